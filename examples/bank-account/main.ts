@@ -1,0 +1,71 @@
+/**
+ * The bank-account example on an embedded SQLite file: opens accounts, deposits, a concurrent deposit resolved by
+ * retry, an overdraft rejected with its typed error, and the account's history read back from the store.
+ *
+ *   npm start
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { EventStore, Sqlite } from "effect-eventstore"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
+import { mkdirSync } from "node:fs"
+import * as path from "node:path"
+import { Account, cents, Deposit, FraudCheck, formatCents, OpenAccount, Withdraw } from "./Account.js"
+
+const dataDir = process.env.BANK_DATA_DIR ?? path.join(process.cwd(), "data")
+mkdirSync(dataDir, { recursive: true })
+const filename = path.join(dataDir, "bank-account.db")
+
+// Large deposits wait for a (simulated) fraud review: long enough for two concurrent deposits to overlap.
+const FraudCheckLive = Layer.succeed(FraudCheck, {
+  review: (amount) => amount >= 100_000 ? Effect.sleep("20 millis") : Effect.void
+})
+
+const program = Effect.gen(function*() {
+  yield* Console.log(`effect-eventstore · bank account on SQLite (${path.relative(process.cwd(), filename)}, durable)`)
+  // A fresh account id per run: the database file keeps the history of earlier runs.
+  const id = `acc-${Date.now().toString(36)}`
+  const show = (label: string, r: { version: number; state: { balance: number } }) =>
+    Console.log(`${label.padEnd(44)} → v${r.version}, balance ${formatCents(r.state.balance)}`)
+
+  yield* show(`open ${id} for Ada`, yield* Account.handle(id, OpenAccount.make({ owner: "Ada" })))
+  yield* show("deposit 100.00", yield* Account.handle(id, Deposit.make({ amount: cents(100_00) })))
+
+  // Two tellers deposit at the same moment: both load version 2, one append wins, the other gets a
+  // ConcurrencyError, reloads, decides again and succeeds.
+  const [a, b] = yield* Effect.all([
+    Account.handle(id, Deposit.make({ amount: cents(2_500_00) })),
+    Account.handle(id, Deposit.make({ amount: cents(1_000_00) }))
+  ], { concurrency: "unbounded" })
+  yield* Console.log(
+    `${"concurrent deposits 2500.00 ‖ 1000.00".padEnd(44)} → v${Math.max(a.version, b.version)}, ` +
+      `balance ${formatCents(Math.max(a.version, b.version) === a.version ? a.state.balance : b.state.balance)}, ` +
+      `${a.retries + b.retries} retry`
+  )
+
+  const overdraft = yield* Account.handle(id, Withdraw.make({ amount: cents(5_000_00) })).pipe(Effect.flip)
+  yield* Console.log(`${"withdraw 5000.00".padEnd(44)} → rejected: ${overdraft._tag}` +
+    (overdraft._tag === "InsufficientFunds"
+      ? ` (balance ${formatCents(overdraft.balance)}, requested ${formatCents(overdraft.requested)})`
+      : ""))
+  yield* show("withdraw 600.00", yield* Account.handle(id, Withdraw.make({ amount: cents(600_00) })))
+
+  yield* Console.log(`\nhistory of ${Account.streamId(id)}:`)
+  yield* Account.read(id).pipe(
+    Stream.runForEach((e) => {
+      const { _tag, ...fields } = e.payload
+      return Console.log(`  v${e.version}  pos ${String(e.position).padStart(4)}  ${_tag.padEnd(15)} ${JSON.stringify(fields)}`)
+    })
+  )
+
+  const store = yield* EventStore.EventStore
+  const total = yield* Stream.runCount(store.readAll({ filter: { streamTypes: ["Account"] } }))
+  yield* Console.log(`\nthe store holds ${total} account events (runs accumulate in the same file)`)
+})
+
+program.pipe(
+  Effect.provide(Layer.merge(Sqlite.layer({ filename }), FraudCheckLive)),
+  NodeRuntime.runMain
+)

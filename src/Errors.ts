@@ -1,0 +1,104 @@
+/**
+ * The typed errors of the event store contract. They are `Schema.TaggedError`s, so they carry the fields a caller
+ * needs (stream id, expected and actual version, position) and serialize across process boundaries unchanged.
+ *
+ * @since 0.1.0
+ */
+import * as Schema from "effect/Schema"
+
+/**
+ * What an append expects the stream to look like when it writes.
+ *
+ * - `"any"`: no check.
+ * - `"no-stream"`: the stream must not exist (it has no events).
+ * - `"stream-exists"`: the stream must have at least one event.
+ * - `n`: the stream's current version must be exactly `n` (`0` is the same as `"no-stream"`).
+ *
+ * @since 0.1.0
+ */
+export const ExpectedVersion = Schema.Union(
+  Schema.Literal("any", "no-stream", "stream-exists"),
+  Schema.NonNegativeInt
+)
+
+/** @since 0.1.0 */
+export type ExpectedVersion = typeof ExpectedVersion.Type
+
+/**
+ * The stream was not at the version the append expected. Nothing was written.
+ *
+ * @since 0.1.0
+ */
+export class ConcurrencyError extends Schema.TaggedError<ConcurrencyError>()("ConcurrencyError", {
+  streamId: Schema.String,
+  expected: ExpectedVersion,
+  actual: Schema.NonNegativeInt
+}) {
+  override get message(): string {
+    return `stream ${JSON.stringify(this.streamId)}: expected version ${this.expected}, actual ${this.actual}`
+  }
+}
+
+/**
+ * A stored event could not be turned back into a value: its type is unknown to the registry, its payload is not
+ * valid JSON, it fails its schema, or an upcaster failed. The event stays in the store; the error names where it is.
+ *
+ * @since 0.1.0
+ */
+export class EventDecodeError extends Schema.TaggedError<EventDecodeError>()("EventDecodeError", {
+  streamId: Schema.String,
+  version: Schema.Number,
+  position: Schema.Number,
+  type: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `cannot decode event ${this.type} at position ${this.position} (stream ${
+      JSON.stringify(this.streamId)
+    } v${this.version}): ${this.reason}`
+  }
+}
+
+/**
+ * The input was rejected before anything was written: a bad stream id or event id, an empty event list, a payload
+ * that fails its schema or is too large, a malformed option.
+ *
+ * @since 0.1.0
+ */
+export class InvalidInput extends Schema.TaggedError<InvalidInput>()("InvalidInput", {
+  field: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `invalid ${this.field}: ${this.reason}`
+  }
+}
+
+/**
+ * An event id in the append is already stored. Event ids are unique across the store, so nothing was written.
+ *
+ * @since 0.1.0
+ */
+export class DuplicateEventError extends Schema.TaggedError<DuplicateEventError>()("DuplicateEventError", {
+  streamId: Schema.String,
+  eventId: Schema.String
+}) {
+  override get message(): string {
+    return `event id ${this.eventId} is already stored (append to stream ${JSON.stringify(this.streamId)})`
+  }
+}
+
+/**
+ * The storage backend failed (I/O, a driver error, a lock held for too long). `operation` names what was running.
+ *
+ * @since 0.1.0
+ */
+export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
+  operation: Schema.String,
+  cause: Schema.Defect
+}) {
+  override get message(): string {
+    const cause = this.cause instanceof Error ? this.cause.message : String(this.cause)
+    return `${this.operation} failed: ${cause}`
+  }
+}

@@ -1,0 +1,278 @@
+/**
+ * The event model: events defined with `effect/Schema` (tagged structs or classes whose `_tag` is the event type
+ * name), the registry that encodes them for storage and decodes them on the way back (with schema versions and
+ * upcasters), metadata, and the envelope every stored event travels in.
+ *
+ * @since 0.1.0
+ */
+import * as Chunk from "effect/Chunk"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import type * as DateTime from "effect/DateTime"
+import * as Schema from "effect/Schema"
+import * as SchemaAST from "effect/SchemaAST"
+import * as Stream from "effect/Stream"
+import { EventDecodeError, InvalidInput } from "./Errors.js"
+
+/**
+ * Who and what caused an event. Stored with every event; `tags` carries custom string values.
+ *
+ * @since 0.1.0
+ */
+export const Metadata = Schema.Struct({
+  correlationId: Schema.optionalWith(Schema.String, { exact: true }),
+  causationId: Schema.optionalWith(Schema.String, { exact: true }),
+  tenantId: Schema.optionalWith(Schema.String, { exact: true }),
+  principalId: Schema.optionalWith(Schema.String, { exact: true }),
+  tags: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { exact: true })
+})
+
+/** @since 0.1.0 */
+export type Metadata = typeof Metadata.Type
+
+/**
+ * An event on its way into the store, already encoded: `payload` is a JSON value.
+ *
+ * @since 0.1.0
+ */
+export interface NewEvent {
+  readonly type: string
+  readonly payload: unknown
+  /** The version of the event's schema that wrote `payload`; 1 when omitted. */
+  readonly schemaVersion?: number
+  /** A unique id; a time-ordered UUID (v7) is generated when omitted. */
+  readonly eventId?: string
+  /** Merged over the append's metadata. */
+  readonly metadata?: Metadata
+}
+
+/**
+ * A stored event. `payload` is the JSON value as stored (`RecordedEvent<unknown>`) or, after a registry decoded
+ * it, the domain event (`RecordedEvent<A>`).
+ *
+ * @since 0.1.0
+ */
+export interface RecordedEvent<P = unknown> {
+  readonly eventId: string
+  readonly streamId: string
+  /** The aggregate (or category) the stream belongs to. */
+  readonly streamType: string
+  /** 1-based, gapless within the stream. */
+  readonly version: number
+  /** Global, unique, strictly increasing in commit order. */
+  readonly position: number
+  readonly type: string
+  readonly schemaVersion: number
+  readonly payload: P
+  readonly metadata: Metadata
+  /** When the store recorded the event, from Effect's `Clock`, millisecond precision. */
+  readonly recordedAt: DateTime.Utc
+}
+
+/**
+ * A schema for one event type: its decoded form has a literal `_tag`, the event type name.
+ *
+ * @since 0.1.0
+ */
+export type EventSchema = Schema.Schema<any, any, never>
+
+/**
+ * An event schema with a version above 1 and the upcaster that lifts payloads written by older versions.
+ *
+ * @since 0.1.0
+ */
+export interface Versioned<S extends EventSchema = EventSchema> {
+  readonly _tag: "Versioned"
+  readonly schema: S
+  readonly version: number
+  /** Turns a payload written with `fromVersion` (< `version`) into the current encoded shape. */
+  readonly upcast: (payload: unknown, fromVersion: number) => unknown
+}
+
+/**
+ * Declares that `schema` is at `version` and how older payloads become current ones.
+ *
+ * @example
+ * ```ts
+ * const Deposited = Schema.TaggedStruct("Deposited", { amount: Schema.Int, currency: Schema.String })
+ * // version 1 had no currency
+ * const registry = Event.registry([Event.versioned(Deposited, 2, (p: any) => ({ ...p, currency: "EUR" }))])
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const versioned = <S extends EventSchema>(
+  schema: S,
+  version: number,
+  upcast: (payload: unknown, fromVersion: number) => unknown
+): Versioned<S> => ({ _tag: "Versioned", schema, version, upcast })
+
+type Definition = EventSchema | Versioned
+
+/** @since 0.1.0 */
+export type DefinitionType<D> = D extends Versioned<infer S> ? Schema.Schema.Type<S>
+  : D extends Schema.Schema.Any ? Schema.Schema.Type<D>
+  : never
+
+/**
+ * Encodes domain events for the store and decodes stored events back, by event type.
+ *
+ * @since 0.1.0
+ */
+export interface Registry<A extends { readonly _tag: string }> {
+  /** The union of all event schemas. */
+  readonly schema: Schema.Schema<A, unknown>
+  /** The event type names, in definition order. */
+  readonly types: ReadonlyArray<A["_tag"]>
+  /** Encodes one event; a value failing its schema is `InvalidInput`. */
+  readonly encode: (
+    event: A,
+    options?: { readonly eventId?: string; readonly metadata?: Metadata }
+  ) => Either.Either<NewEvent, InvalidInput>
+  /** Decodes one stored event, upcasting older schema versions; failures are `EventDecodeError`s. */
+  readonly decode: (event: RecordedEvent) => Either.Either<RecordedEvent<A>, EventDecodeError>
+}
+
+interface Entry {
+  readonly type: string
+  readonly version: number
+  readonly upcast: ((payload: unknown, fromVersion: number) => unknown) | undefined
+  readonly encode: (a: unknown) => Either.Either<unknown, ParseResult.ParseError>
+  readonly decode: (i: unknown) => Either.Either<unknown, ParseResult.ParseError>
+}
+
+const tagOf = (schema: Schema.Schema.Any): string => {
+  const ast = SchemaAST.encodedAST(schema.ast)
+  for (const ps of SchemaAST.getPropertySignatures(ast)) {
+    if (ps.name === "_tag" && SchemaAST.isLiteral(ps.type) && typeof ps.type.literal === "string") {
+      return ps.type.literal
+    }
+  }
+  throw new TypeError(`an event schema needs a literal string _tag (Schema.TaggedStruct or Schema.TaggedClass)`)
+}
+
+const decodeError = (event: RecordedEvent, reason: string) =>
+  new EventDecodeError({
+    streamId: event.streamId,
+    version: event.version,
+    position: event.position,
+    type: event.type,
+    reason
+  })
+
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * Builds a registry from event schemas (or {@link versioned} ones). Each `_tag` must be unique. The payload is stored
+ * without its `_tag` (the event type is its own column) and gets it back when decoded.
+ *
+ * @example
+ * ```ts
+ * const Opened = Schema.TaggedStruct("AccountOpened", { owner: Schema.String })
+ * const Deposited = Schema.TaggedStruct("Deposited", { amount: Schema.Int })
+ * const AccountEvents = Event.registry([Opened, Deposited])
+ * type AccountEvent = Event.Registry.Type<typeof AccountEvents>
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const registry = <const Defs extends ReadonlyArray<Definition>>(
+  definitions: Defs
+): Registry<Extract<DefinitionType<Defs[number]>, { readonly _tag: string }>> => {
+  type A = Extract<DefinitionType<Defs[number]>, { readonly _tag: string }>
+  const entries = new Map<string, Entry>()
+  const schemas: Array<Schema.Schema.Any> = []
+  for (const def of definitions) {
+    const schema: EventSchema = "_tag" in def && def._tag === "Versioned" ? (def as Versioned).schema : def as EventSchema
+    const type = tagOf(schema)
+    if (entries.has(type)) throw new TypeError(`event type ${type} is defined twice`)
+    const isVersioned = "_tag" in def && def._tag === "Versioned"
+    entries.set(type, {
+      type,
+      version: isVersioned ? (def as Versioned).version : 1,
+      upcast: isVersioned ? (def as Versioned).upcast : undefined,
+      encode: Schema.encodeEither(schema as Schema.Schema<unknown, unknown>),
+      decode: Schema.decodeUnknownEither(schema as Schema.Schema<unknown, unknown>)
+    })
+    schemas.push(schema)
+  }
+  const union = (schemas.length === 1 ? schemas[0] : Schema.Union(...schemas)) as unknown as Schema.Schema<A, unknown>
+
+  const encode: Registry<A>["encode"] = (event, options) => {
+    const entry = isRecord(event) && typeof event._tag === "string" ? entries.get(event._tag) : undefined
+    if (entry === undefined) {
+      return Either.left(
+        new InvalidInput({ field: "event", reason: `unknown event type ${String((event as any)?._tag)}` })
+      )
+    }
+    const encoded = entry.encode(event)
+    if (Either.isLeft(encoded)) {
+      return Either.left(
+        new InvalidInput({
+          field: `event ${entry.type}`,
+          reason: ParseResult.TreeFormatter.formatErrorSync(encoded.left)
+        })
+      )
+    }
+    const { _tag, ...payload } = encoded.right as Record<string, unknown>
+    return Either.right({
+      type: entry.type,
+      payload,
+      schemaVersion: entry.version,
+      ...(options?.eventId !== undefined ? { eventId: options.eventId } : {}),
+      ...(options?.metadata !== undefined ? { metadata: options.metadata } : {})
+    })
+  }
+
+  const decode: Registry<A>["decode"] = (event) => {
+    const entry = entries.get(event.type)
+    if (entry === undefined) return Either.left(decodeError(event, "unknown event type"))
+    let payload = event.payload
+    if (event.schemaVersion !== entry.version) {
+      if (event.schemaVersion > entry.version || entry.upcast === undefined) {
+        return Either.left(
+          decodeError(event, `stored schema version ${event.schemaVersion}, registry has ${entry.version}`)
+        )
+      }
+      try {
+        payload = entry.upcast(payload, event.schemaVersion)
+      } catch (cause) {
+        return Either.left(decodeError(event, `upcaster failed: ${String(cause)}`))
+      }
+    }
+    if (!isRecord(payload)) return Either.left(decodeError(event, "payload is not an object"))
+    const decoded = entry.decode({ ...payload, _tag: entry.type })
+    if (Either.isLeft(decoded)) {
+      return Either.left(decodeError(event, ParseResult.TreeFormatter.formatErrorSync(decoded.left)))
+    }
+    return Either.right({ ...event, payload: decoded.right as A })
+  }
+
+  return { schema: union, types: [...entries.keys()] as Array<A["_tag"]>, encode, decode }
+}
+
+/** @since 0.1.0 */
+export declare namespace Registry {
+  /** The event union a registry holds. */
+  export type Type<R> = R extends Registry<infer A> ? A : never
+}
+
+/**
+ * Decodes a stream of stored events with a registry. Events before an undecodable one are delivered; then the
+ * stream fails with its `EventDecodeError`.
+ *
+ * @since 0.1.0
+ */
+export const decodeStream = <A extends { readonly _tag: string }>(registry: Registry<A>) =>
+<E, R>(self: Stream.Stream<RecordedEvent, E, R>): Stream.Stream<RecordedEvent<A>, E | EventDecodeError, R> =>
+  Stream.flatMap(Stream.chunks(self), (chunk) => {
+    const out: Array<RecordedEvent<A>> = []
+    for (const event of chunk) {
+      const decoded = registry.decode(event)
+      if (Either.isLeft(decoded)) {
+        return Stream.concat(Stream.fromIterable(out), Stream.fail(decoded.left))
+      }
+      out.push(decoded.right)
+    }
+    return Stream.fromChunk(Chunk.unsafeFromArray(out))
+  })

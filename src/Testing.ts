@@ -1,0 +1,183 @@
+/**
+ * What users test deciders with: a given/when/then spec that needs no store, a `replay` of command sequences for
+ * property tests, and arbitraries derived from the same Schemas the domain uses (for `it.prop`).
+ *
+ * @since 0.1.0
+ */
+import * as Arbitrary from "effect/Arbitrary"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Equal from "effect/Equal"
+import * as FastCheck from "effect/FastCheck"
+import type * as Schema from "effect/Schema"
+import * as Utils from "effect/Utils"
+import type { Aggregate, Decider } from "./Aggregate.js"
+import { layerMemory } from "./EventStore.js"
+
+export {
+  /**
+   * The in-memory event store, for tests that go through `Aggregate.handle`.
+   *
+   * @since 0.1.0
+   */
+  layerMemory
+}
+
+/**
+ * A spec step did not hold: `expected` and `actual` say how.
+ *
+ * @since 0.1.0
+ */
+export class SpecFailure extends Data.TaggedError("SpecFailure")<{
+  readonly message: string
+  readonly expected: unknown
+  readonly actual: unknown
+}> {}
+
+/** Structural equality: plain objects and arrays by content, Schema classes and Data values by their own `Equal`. */
+export const equals = (a: unknown, b: unknown): boolean => Utils.structuralRegion(() => Equal.equals(a, b))
+
+const deciderOf = <State, Command, E, Err, R>(
+  d: Decider<State, Command, E, Err, R> | Aggregate<State, Command, E & { readonly _tag: string }, Err, R>
+): Decider<State, Command, E, Err, R> => ("decider" in d ? d.decider as Decider<State, Command, E, Err, R> : d)
+
+const show = (u: unknown) => {
+  try {
+    return JSON.stringify(u)
+  } catch {
+    return String(u)
+  }
+}
+
+/**
+ * A given/when/then spec for a decider (or an aggregate's decider).
+ *
+ * @example
+ * ```ts
+ * it.effect("withdrawing more than the balance fails", () =>
+ *   Testing.spec(Account)
+ *     .given([Opened.make({ owner: "ada" }), Deposited.make({ amount: 100 })])
+ *     .when(Withdraw.make({ amount: 150 }))
+ *     .thenFails(new InsufficientFunds({ balance: 100, requested: 150 })))
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const spec = <State, Command, E, Err, R>(
+  subject: Decider<State, Command, E, Err, R> | Aggregate<State, Command, E & { readonly _tag: string }, Err, R>
+) => {
+  const decider = deciderOf(subject)
+  return {
+    given: (history: ReadonlyArray<E>) => {
+      const state = history.reduce(decider.evolve, decider.initialState)
+      return {
+        when: (command: Command) => {
+          const decided = Effect.either(decider.decide(command, state))
+          return {
+            /** `decide` produces exactly these events. */
+            then: (expected: ReadonlyArray<E>): Effect.Effect<void, SpecFailure, R> =>
+              Effect.flatMap(decided, (result) =>
+                Either.isLeft(result)
+                  ? Effect.fail(
+                    new SpecFailure({
+                      message: `expected events ${show(expected)}, decide failed with ${show(result.left)}`,
+                      expected,
+                      actual: result.left
+                    })
+                  )
+                  : equals(result.right, expected)
+                  ? Effect.void
+                  : Effect.fail(
+                    new SpecFailure({
+                      message: `expected events ${show(expected)}, got ${show(result.right)}`,
+                      expected,
+                      actual: result.right
+                    })
+                  )),
+            /** `decide` fails with exactly this error. */
+            thenFails: (expected: Err): Effect.Effect<void, SpecFailure, R> =>
+              Effect.flatMap(decided, (result) =>
+                Either.isRight(result)
+                  ? Effect.fail(
+                    new SpecFailure({
+                      message: `expected failure ${show(expected)}, decide produced ${show(result.right)}`,
+                      expected,
+                      actual: result.right
+                    })
+                  )
+                  : equals(result.left, expected)
+                  ? Effect.void
+                  : Effect.fail(
+                    new SpecFailure({
+                      message: `expected failure ${show(expected)}, got ${show(result.left)}`,
+                      expected,
+                      actual: result.left
+                    })
+                  ))
+          }
+        }
+      }
+    }
+  }
+}
+
+/** @since 0.1.0 */
+export interface Replay<State, E, Err> {
+  /** The state after each command (index 0 is the initial state). */
+  readonly states: ReadonlyArray<State>
+  readonly events: ReadonlyArray<E>
+  /** The commands `decide` rejected, with their errors. */
+  readonly rejected: ReadonlyArray<Err>
+}
+
+/**
+ * Runs a sequence of commands through a decider without a store: decide on the current state, fold the events,
+ * collect rejections. The building block of property tests ("for any sequence of commands, the balance is never
+ * negative").
+ *
+ * @since 0.1.0
+ */
+export const replay = <State, Command, E, Err, R>(
+  subject: Decider<State, Command, E, Err, R> | Aggregate<State, Command, E & { readonly _tag: string }, Err, R>,
+  commands: Iterable<Command>
+): Effect.Effect<Replay<State, E, Err>, never, R> => {
+  const decider = deciderOf(subject)
+  return Effect.gen(function*() {
+    let state = decider.initialState
+    const states: Array<State> = [state]
+    const events: Array<E> = []
+    const rejected: Array<Err> = []
+    for (const command of commands) {
+      const result = yield* Effect.either(decider.decide(command, state))
+      if (Either.isLeft(result)) {
+        rejected.push(result.left)
+      } else {
+        for (const event of result.right) {
+          state = decider.evolve(state, event)
+          events.push(event)
+        }
+      }
+      states.push(state)
+    }
+    return { states, events, rejected }
+  })
+}
+
+/**
+ * The fast-check arbitrary of a Schema (what `it.prop` derives when given a Schema).
+ *
+ * @since 0.1.0
+ */
+export const arbitrary: <A, I, R>(schema: Schema.Schema<A, I, R>) => FastCheck.Arbitrary<A> = Arbitrary.make
+
+/**
+ * Sequences of commands drawn from a command Schema, for `replay`-based properties.
+ *
+ * @since 0.1.0
+ */
+export const commandSequences = <A, I, R>(
+  schema: Schema.Schema<A, I, R>,
+  constraints?: { readonly minLength?: number; readonly maxLength?: number }
+): FastCheck.Arbitrary<Array<A>> =>
+  FastCheck.array(Arbitrary.make(schema), { minLength: constraints?.minLength ?? 0, maxLength: constraints?.maxLength ?? 50 })

@@ -1,0 +1,268 @@
+/**
+ * What every backend shares on the way in and out: input validation and encoding of an append (so every backend
+ * rejects the same inputs before writing anything), and the stored row format with its decoding into
+ * `RecordedEvent`s (so a corrupt row fails the same way everywhere).
+ */
+import * as DateTime from "effect/DateTime"
+import * as Either from "effect/Either"
+import type { ExpectedVersion } from "../Errors.js"
+import { EventDecodeError, InvalidInput } from "../Errors.js"
+import type { Metadata, NewEvent, RecordedEvent } from "../Event.js"
+import { uuidV7 } from "./uuid.js"
+
+/** Limits on what an append may carry. */
+export const limits = {
+  idLength: 256,
+  eventIdLength: 128,
+  typeLength: 256,
+  payloadBytes: 1024 * 1024,
+  metadataBytes: 64 * 1024
+} as const
+
+/** One event as every backend stores it. */
+export interface EventRow {
+  readonly position: number
+  readonly event_id: string
+  readonly stream_id: string
+  readonly stream_type: string
+  readonly version: number
+  readonly event_type: string
+  readonly schema_version: number
+  readonly payload: string
+  readonly metadata: string | null
+  readonly recorded_at: number
+}
+
+export interface PreparedEvent {
+  readonly eventId: string
+  readonly type: string
+  readonly schemaVersion: number
+  readonly payload: unknown
+  readonly payloadJson: string
+  readonly metadata: Metadata
+  readonly metadataJson: string | null
+  readonly tenantId: string | null
+}
+
+/** An append that passed validation: everything a backend needs to write it. */
+export interface PreparedAppend {
+  readonly streamId: string
+  readonly streamType: string
+  readonly expected: ExpectedVersion
+  readonly recordedAt: number
+  readonly events: ReadonlyArray<PreparedEvent>
+}
+
+export interface AppendInput {
+  readonly expectedVersion?: ExpectedVersion | undefined
+  readonly streamType?: string | undefined
+  readonly metadata?: Metadata | undefined
+}
+
+// C0 controls, DEL and C1 controls.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/
+
+const checkId = (field: string, value: unknown, max: number): InvalidInput | undefined => {
+  if (typeof value !== "string" || value.length === 0) return new InvalidInput({ field, reason: "must be a non-empty string" })
+  if (value.length > max) return new InvalidInput({ field, reason: `longer than ${max} characters` })
+  if (CONTROL.test(value)) return new InvalidInput({ field, reason: "contains control characters" })
+  return undefined
+}
+
+/**
+ * The stream type of a stream id without an explicit one: the part before the first `-` (the category, as in
+ * `Account-42`), or the whole id.
+ */
+export const categoryOf = (streamId: string): string => {
+  const dash = streamId.indexOf("-")
+  return dash > 0 ? streamId.slice(0, dash) : streamId
+}
+
+const EMPTY_METADATA: Metadata = Object.freeze({})
+
+const isEmpty = (m: Metadata) => {
+  for (const _ in m) return false
+  return true
+}
+
+const mergeMetadata = (base: Metadata | undefined, own: Metadata | undefined): Metadata => {
+  if (own === undefined || isEmpty(own)) return base ?? EMPTY_METADATA
+  if (base === undefined || isEmpty(base)) return own
+  const tags = base.tags !== undefined && own.tags !== undefined ? { ...base.tags, ...own.tags } : own.tags ?? base.tags
+  return tags === undefined ? { ...base, ...own } : { ...base, ...own, tags }
+}
+
+const checkMetadata = (metadata: Metadata): InvalidInput | undefined => {
+  for (const key of ["correlationId", "causationId", "tenantId", "principalId"] as const) {
+    const value = metadata[key]
+    if (value !== undefined && typeof value !== "string") {
+      return new InvalidInput({ field: `metadata.${key}`, reason: "must be a string" })
+    }
+  }
+  if (metadata.tags !== undefined) {
+    if (typeof metadata.tags !== "object" || metadata.tags === null) {
+      return new InvalidInput({ field: "metadata.tags", reason: "must be a record of strings" })
+    }
+    for (const key in metadata.tags) {
+      if (typeof metadata.tags[key] !== "string") {
+        return new InvalidInput({ field: `metadata.tags.${key}`, reason: "must be a string" })
+      }
+    }
+  }
+  return undefined
+}
+
+const isExpectedVersion = (u: unknown): u is ExpectedVersion =>
+  u === "any" || u === "no-stream" || u === "stream-exists" ||
+  (typeof u === "number" && Number.isSafeInteger(u) && u >= 0)
+
+const stringify = (value: unknown): string | undefined => {
+  try {
+    return JSON.stringify(value)
+  } catch {
+    return undefined
+  }
+}
+
+/** Validates and encodes an append. Pure: `recordedAt` comes from the caller's `Clock`. */
+export const prepareAppend = (
+  streamId: string,
+  events: ReadonlyArray<NewEvent>,
+  options: AppendInput | undefined,
+  recordedAt: number
+): Either.Either<PreparedAppend, InvalidInput> => {
+  const badStream = checkId("streamId", streamId, limits.idLength)
+  if (badStream) return Either.left(badStream)
+  const streamType = options?.streamType ?? categoryOf(streamId)
+  const badType = checkId("streamType", streamType, limits.idLength)
+  if (badType) return Either.left(badType)
+  const expected = options?.expectedVersion ?? "any"
+  if (!isExpectedVersion(expected)) {
+    return Either.left(
+      new InvalidInput({
+        field: "expectedVersion",
+        reason: `must be "any", "no-stream", "stream-exists" or a non-negative integer`
+      })
+    )
+  }
+  if (!Array.isArray(events) || events.length === 0) {
+    return Either.left(new InvalidInput({ field: "events", reason: "an append needs at least one event" }))
+  }
+  if (options?.metadata !== undefined) {
+    const bad = checkMetadata(options.metadata)
+    if (bad) return Either.left(bad)
+  }
+  const prepared: Array<PreparedEvent> = new Array(events.length)
+  const ids = events.length > 1 ? new Set<string>() : undefined
+  for (let i = 0; i < events.length; i++) {
+    const event = events[i]!
+    const field = `events[${i}]`
+    const badEventType = checkId(`${field}.type`, event.type, limits.typeLength)
+    if (badEventType) return Either.left(badEventType)
+    let eventId: string
+    if (event.eventId === undefined) {
+      eventId = uuidV7(recordedAt)
+    } else {
+      const badId = checkId(`${field}.eventId`, event.eventId, limits.eventIdLength)
+      if (badId) return Either.left(badId)
+      eventId = event.eventId
+    }
+    if (ids !== undefined) {
+      if (ids.has(eventId)) {
+        return Either.left(new InvalidInput({ field: `${field}.eventId`, reason: `${eventId} appears twice` }))
+      }
+      ids.add(eventId)
+    }
+    const schemaVersion = event.schemaVersion ?? 1
+    if (!Number.isSafeInteger(schemaVersion) || schemaVersion < 1) {
+      return Either.left(new InvalidInput({ field: `${field}.schemaVersion`, reason: "must be a positive integer" }))
+    }
+    const payloadJson = stringify(event.payload)
+    if (payloadJson === undefined || typeof event.payload !== "object" || event.payload === null) {
+      return Either.left(new InvalidInput({ field: `${field}.payload`, reason: "must be a JSON object" }))
+    }
+    if (payloadJson.length * 3 > limits.payloadBytes && Buffer.byteLength(payloadJson) > limits.payloadBytes) {
+      return Either.left(
+        new InvalidInput({ field: `${field}.payload`, reason: `larger than ${limits.payloadBytes} bytes` })
+      )
+    }
+    if (event.metadata !== undefined) {
+      const bad = checkMetadata(event.metadata)
+      if (bad) return Either.left(bad)
+    }
+    const metadata = mergeMetadata(options?.metadata, event.metadata)
+    let metadataJson: string | null = null
+    if (metadata !== EMPTY_METADATA) {
+      metadataJson = JSON.stringify(metadata)
+      if (metadataJson.length > limits.metadataBytes) {
+        return Either.left(
+          new InvalidInput({ field: `${field}.metadata`, reason: `larger than ${limits.metadataBytes} bytes` })
+        )
+      }
+    }
+    prepared[i] = {
+      eventId,
+      type: event.type,
+      schemaVersion,
+      payload: event.payload,
+      payloadJson,
+      metadata,
+      metadataJson,
+      tenantId: metadata.tenantId ?? null
+    }
+  }
+  return Either.right({ streamId, streamType, expected, recordedAt, events: prepared })
+}
+
+/** The events of an append as they were recorded, given the version and position of its first event. */
+export const recorded = (
+  append: PreparedAppend,
+  positions: ReadonlyArray<number>,
+  firstVersion: number
+): Array<RecordedEvent> => {
+  const recordedAt = DateTime.unsafeMake(append.recordedAt)
+  return append.events.map((event, i) => ({
+    eventId: event.eventId,
+    streamId: append.streamId,
+    streamType: append.streamType,
+    version: firstVersion + i,
+    position: positions[i]!,
+    type: event.type,
+    schemaVersion: event.schemaVersion,
+    payload: event.payload,
+    metadata: event.metadata,
+    recordedAt
+  }))
+}
+
+/** Decodes a stored row; malformed JSON is an `EventDecodeError` naming the row. */
+export const fromRow = (row: EventRow): Either.Either<RecordedEvent, EventDecodeError> => {
+  let payload: unknown
+  let metadata: Metadata
+  try {
+    payload = JSON.parse(row.payload)
+    metadata = row.metadata === null ? EMPTY_METADATA : JSON.parse(row.metadata)
+  } catch (cause) {
+    return Either.left(
+      new EventDecodeError({
+        streamId: row.stream_id,
+        version: row.version,
+        position: row.position,
+        type: row.event_type,
+        reason: `stored JSON is malformed: ${cause instanceof Error ? cause.message : String(cause)}`
+      })
+    )
+  }
+  return Either.right({
+    eventId: row.event_id,
+    streamId: row.stream_id,
+    streamType: row.stream_type,
+    version: row.version,
+    position: row.position,
+    type: row.event_type,
+    schemaVersion: row.schema_version,
+    payload,
+    metadata,
+    recordedAt: DateTime.unsafeMake(row.recorded_at)
+  })
+}

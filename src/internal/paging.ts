@@ -1,0 +1,106 @@
+/**
+ * Streams of stored events built from one page query, shared by every backend: catch-up reads that stop at the end,
+ * and live subscriptions that wait for a commit signal (or a poll tick, for writers in other processes) once caught
+ * up. Pages are decoded as they arrive; a corrupt row ends the stream with its `EventDecodeError` after every event
+ * before it was emitted.
+ */
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as PubSub from "effect/PubSub"
+import * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type { EventDecodeError } from "../Errors.js"
+import type { RecordedEvent } from "../Event.js"
+import { type EventRow, fromRow } from "./codec.js"
+
+type State = { readonly cursor: number } | { readonly error: EventDecodeError }
+
+const decodePage = (
+  rows: ReadonlyArray<EventRow>,
+  cursorOf: (row: EventRow) => number,
+  cursor: number
+): readonly [Chunk.Chunk<RecordedEvent>, State] => {
+  const out: Array<RecordedEvent> = new Array(rows.length)
+  for (let i = 0; i < rows.length; i++) {
+    const decoded = fromRow(rows[i]!)
+    if (Either.isLeft(decoded)) {
+      out.length = i
+      return [Chunk.unsafeFromArray(out), { error: decoded.left }]
+    }
+    out[i] = decoded.right
+  }
+  return [Chunk.unsafeFromArray(out), { cursor: rows.length > 0 ? cursorOf(rows[rows.length - 1]!) : cursor }]
+}
+
+/** A finite read: pages until one comes back short. */
+export const catchUp = <E>(options: {
+  readonly start: number
+  readonly pageSize: number
+  readonly fetch: (cursor: number, limit: number) => Effect.Effect<ReadonlyArray<EventRow>, E>
+  readonly cursorOf: (row: EventRow) => number
+}): Stream.Stream<RecordedEvent, E | EventDecodeError> =>
+  Stream.paginateChunkEffect<State, RecordedEvent, E | EventDecodeError, never>(
+    { cursor: options.start },
+    (state) => {
+      if ("error" in state) return Effect.fail(state.error)
+      return Effect.map(options.fetch(state.cursor, options.pageSize), (rows) => {
+        const [chunk, next] = decodePage(rows, options.cursorOf, state.cursor)
+        const more = "error" in next || rows.length === options.pageSize
+        return [chunk, more ? Option.some(next) : Option.none()] as const
+      })
+    }
+  )
+
+/** Wakes subscribers after commits. One per store; publishing costs nothing when nobody listens. */
+export interface Signal {
+  readonly notify: Effect.Effect<void>
+  readonly listen: Effect.Effect<Queue.Dequeue<void>, never, Scope.Scope>
+}
+
+export const makeSignal: Effect.Effect<Signal> = Effect.map(PubSub.sliding<void>(1), (pubsub) => ({
+  notify: PubSub.publish(pubsub, undefined),
+  listen: PubSub.subscribe(pubsub)
+}))
+
+/**
+ * A live read by global position: catches up page by page, then waits for the store's commit signal or, when
+ * `pollInterval` is set, at most that long (for commits made by other processes). Never ends on its own.
+ */
+export const live = <E>(options: {
+  readonly start: Effect.Effect<number, E>
+  readonly pageSize: number
+  readonly fetch: (after: number, limit: number) => Effect.Effect<ReadonlyArray<EventRow>, E>
+  readonly signal: Signal
+  readonly pollInterval: Duration.Duration | undefined
+}): Stream.Stream<RecordedEvent, E | EventDecodeError> =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    // Listen before the first read, so a commit that lands while we read is not missed.
+    const wakeups = yield* options.signal.listen
+    const start = yield* options.start
+    const take = Queue.take(wakeups)
+    const wait = Effect.zipRight(
+      options.pollInterval === undefined || !Duration.isFinite(options.pollInterval)
+        ? take
+        : Effect.race(take, Effect.sleep(options.pollInterval)),
+      Queue.takeAll(wakeups)
+    )
+    const fetchNext = (after: number): Effect.Effect<ReadonlyArray<EventRow>, E> =>
+      Effect.flatMap(
+        options.fetch(after, options.pageSize),
+        (rows) => rows.length > 0 ? Effect.succeed(rows) : Effect.zipRight(wait, fetchNext(after))
+      )
+    return Stream.paginateChunkEffect<State, RecordedEvent, E | EventDecodeError, never>(
+      { cursor: start },
+      (state) =>
+        "error" in state
+          ? Effect.fail(state.error)
+          : Effect.map(fetchNext(state.cursor), (rows) => {
+            const [chunk, next] = decodePage(rows, (row) => row.position, state.cursor)
+            return [chunk, Option.some(next)] as const
+          })
+    )
+  }))
