@@ -1,0 +1,83 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Event } from "effect-eventstore"
+import * as DateTime from "effect/DateTime"
+import * as Either from "effect/Either"
+import * as Schema from "effect/Schema"
+
+class Renamed extends Schema.TaggedClass<Renamed>()("Renamed", { name: Schema.String, at: Schema.DateFromString }) {}
+const Deposited = Schema.TaggedStruct("Deposited", { amount: Schema.Int, currency: Schema.String })
+
+const stored = (type: string, payload: unknown, schemaVersion = 1): Event.RecordedEvent => ({
+  eventId: "e",
+  streamId: "S-1",
+  streamType: "S",
+  version: 3,
+  position: 42,
+  type,
+  schemaVersion,
+  payload,
+  metadata: {},
+  recordedAt: DateTime.unsafeMake(0)
+})
+
+describe("Event registry", () => {
+  const registry = Event.registry([
+    Renamed,
+    Event.versioned(Deposited, 2, (payload) => ({ ...(payload as object), currency: "EUR" }))
+  ])
+
+  it("encodes without the _tag (the type is its own column) and with the schema version", () => {
+    const encoded = Either.getOrThrow(registry.encode(new Renamed({ name: "x", at: new Date(0) })))
+    expect(encoded).toEqual({ type: "Renamed", payload: { name: "x", at: "1970-01-01T00:00:00.000Z" }, schemaVersion: 1 })
+    const deposited = Either.getOrThrow(registry.encode(Deposited.make({ amount: 1, currency: "USD" }), { eventId: "id-1" }))
+    expect(deposited).toEqual({ type: "Deposited", payload: { amount: 1, currency: "USD" }, schemaVersion: 2, eventId: "id-1" })
+  })
+
+  it("decodes back to the domain value (class instances included)", () => {
+    const decoded = Either.getOrThrow(registry.decode(stored("Renamed", { name: "x", at: "1970-01-01T00:00:00.000Z" })))
+    expect(decoded.payload).toBeInstanceOf(Renamed)
+    expect(decoded.payload).toEqual(new Renamed({ name: "x", at: new Date(0) }))
+    expect(decoded.position).toBe(42)
+    expect(registry.types).toEqual(["Renamed", "Deposited"])
+  })
+
+  it("upcasts payloads written by an older schema version", () => {
+    const decoded = Either.getOrThrow(registry.decode(stored("Deposited", { amount: 5 }, 1)))
+    expect(decoded.payload).toEqual({ _tag: "Deposited", amount: 5, currency: "EUR" })
+  })
+
+  it("decode failures are EventDecodeErrors naming the event, never defects", () => {
+    const cases = [
+      stored("Nope", {}),
+      stored("Deposited", { amount: "x", currency: "EUR" }, 2),
+      stored("Deposited", { amount: 1, currency: "EUR" }, 3),
+      stored("Deposited", null, 2)
+    ]
+    for (const event of cases) {
+      const result = registry.decode(event)
+      expect(Either.isLeft(result)).toBe(true)
+      expect(Either.isLeft(result) && result.left).toMatchObject({
+        _tag: "EventDecodeError",
+        streamId: "S-1",
+        version: 3,
+        position: 42,
+        type: event.type
+      })
+    }
+    const throwing = Event.registry([Event.versioned(Deposited, 2, () => {
+      throw new Error("boom")
+    })])
+    const failed = throwing.decode(stored("Deposited", {}, 1))
+    expect(Either.isLeft(failed) && failed.left.reason).toContain("boom")
+  })
+
+  it("encoding a value that fails its schema is InvalidInput", () => {
+    const result = registry.encode(Deposited.make({ amount: 1.5, currency: "EUR" }, { disableValidation: true }))
+    expect(Either.isLeft(result) && result.left._tag).toBe("InvalidInput")
+  })
+
+  it("rejects schemas without a literal _tag and duplicate types at definition time", () => {
+    expect(() => Event.registry([Schema.Struct({ a: Schema.String })])).toThrow(/_tag/)
+    expect(() => Event.registry([Deposited, Deposited])).toThrow(/twice/)
+  })
+})
