@@ -129,7 +129,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
 
   const load: Aggregate<State, Command, E, Err, R>["load"] = (id) =>
     Effect.flatMap(EventStore, (store) => loadStream(store, streamId(id))).pipe(
-      Effect.withSpan("Aggregate.load", { attributes: { "aggregate.id": id, "aggregate.type": name } })
+      Effect.withSpan("Aggregate.load", { captureStackTrace: false, attributes: { "aggregate.id": id, "aggregate.type": name } })
     )
 
   const read: Aggregate<State, Command, E, Err, R>["read"] = (id, readOptions) =>
@@ -181,6 +181,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
         })
       })).pipe(
         Effect.withSpan("Aggregate.handle", {
+          captureStackTrace: false,
           attributes: { "aggregate.id": id, "aggregate.type": name, "command.type": commandType(command) }
         })
       )

@@ -14,7 +14,7 @@ import type { ExpectedVersion } from "./Errors.js"
 import { ConcurrencyError, DuplicateEventError, EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
 import type { Metadata, NewEvent, RecordedEvent } from "./Event.js"
 import { categoryOf, type EventRow, prepareAppend, recorded } from "./internal/codec.js"
-import { catchUp, live, makeSignal } from "./internal/paging.js"
+import { catchUp, live, Signal } from "./internal/paging.js"
 
 export {
   /** @since 0.1.0 */
@@ -167,6 +167,7 @@ export const checkRange = (options: ReadOptions | undefined) => {
 
 /** @internal */
 export const appendSpan = (streamId: string, streamType: string | undefined, count: number) => ({
+  captureStackTrace: false,
   attributes: {
     "aggregate.id": streamId,
     "aggregate.type": streamType ?? categoryOf(streamId),
@@ -188,7 +189,7 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
   const log: Array<EventRow> = []
   const streams = new Map<string, Array<EventRow>>()
   const eventIds = new Set<string>()
-  const signal = yield* makeSignal
+  const signal = new Signal()
 
   const append: EventStoreService["append"] = (streamId, events, options) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -226,7 +227,8 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
             positions.push(row.position)
           }
           if (stream === undefined) streams.set(streamId, rows)
-          return Effect.as(signal.notify, {
+          signal.notify()
+          return Effect.succeed({
             streamId,
             version: rows.length,
             position: positions[positions.length - 1]!,
@@ -253,7 +255,7 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
             return rows.slice(cursor, Math.min(cursor + limit, to))
           })
       })
-    })).pipe(Stream.withSpan("EventStore.read", { attributes: { "aggregate.id": streamId } }))
+    })).pipe(Stream.withSpan("EventStore.read", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
 
   const page = (filter: Filter | undefined) => {
     const types = nonEmpty(filter?.streamTypes)
@@ -278,7 +280,7 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
       const start = yield* checkPosition(options?.fromPosition ?? 0)
       const pageSize = yield* checkPage(options?.pageSize)
       return catchUp({ start, pageSize, fetch: page(options?.filter), cursorOf: (row) => row.position })
-    })).pipe(Stream.withSpan("EventStore.readAll"))
+    })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
 
   const subscribe: EventStoreService["subscribe"] = (options) =>
     Stream.unwrap(Effect.gen(function*() {
@@ -286,11 +288,11 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
       const start = from === "end" ? Effect.sync(() => log.length) : Effect.succeed(yield* checkPosition(from))
       const pageSize = yield* checkPage(options?.pageSize)
       return live({ start, pageSize, fetch: page(options?.filter), signal, pollInterval: undefined })
-    })).pipe(Stream.withSpan("EventStore.subscribe"))
+    })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
 
   const version: EventStoreService["version"] = (streamId) =>
     Effect.sync(() => streams.get(streamId)?.length ?? 0).pipe(
-      Effect.withSpan("EventStore.version", { attributes: { "aggregate.id": streamId } })
+      Effect.withSpan("EventStore.version", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
     )
 
   return EventStore.of({ append, read, readAll, subscribe, version })

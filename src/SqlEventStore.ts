@@ -13,10 +13,11 @@ import type { Connection } from "@effect/sql/SqlConnection"
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
@@ -24,7 +25,9 @@ import * as Stream from "effect/Stream"
 import { ConcurrencyError, DuplicateEventError, StoreError } from "./Errors.js"
 import type { ExpectedVersion } from "./Errors.js"
 import {
+  type AppendError,
   appendSpan,
+  type AppendResult,
   checkPage,
   checkPosition,
   checkRange,
@@ -34,7 +37,9 @@ import {
   nonEmpty
 } from "./EventStore.js"
 import { type EventRow, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
-import { catchUp, live, makeSignal } from "./internal/paging.js"
+import * as GroupCommit from "./internal/groupCommit.js"
+import { isSync, type SyncConnection } from "./internal/connection.js"
+import { catchUp, live, Signal } from "./internal/paging.js"
 
 /** @since 0.1.0 */
 export interface Options {
@@ -45,6 +50,14 @@ export interface Options {
   readonly pollInterval?: Duration.DurationInput
   /** Retries an append that found the database locked by another process. Default: 20 jittered tries over ~2 s. */
   readonly busyRetry?: Schedule.Schedule<unknown>
+  /**
+   * A connection used only for writing, held by the store for its lifetime (SQLite: a second connection to the same
+   * file, so that writes never wait behind reads). Without it, each commit reserves a connection from the
+   * `SqlClient` in context.
+   */
+  readonly writeConnection?: Connection
+  /** Concurrent appends share one transaction up to this many events in all; default 2048. */
+  readonly maxGroupEvents?: number
 }
 
 /** @internal */
@@ -108,7 +121,7 @@ export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Eff
     while: (e) => e._tag === "MigrationPending" || (e._tag === "SqlError" && isBusy(e))
   }),
   Effect.mapError((cause) => new StoreError({ operation: "migrate", cause })),
-  Effect.withSpan("EventStore.migrate")
+  Effect.withSpan("EventStore.migrate", { captureStackTrace: false })
 )
 
 const errorCode = (error: SqlError): string | undefined => {
@@ -164,23 +177,44 @@ interface Written {
   readonly position: number
 }
 
-const insertChunk = (
-  conn: Connection,
-  append: PreparedAppend,
-  from: number,
-  to: number,
-  expected: ExpectedVersion
-) => {
+const insertParams = (append: PreparedAppend, from: number, to: number, expected: ExpectedVersion) => {
   const params: Array<unknown> = [append.streamId, append.streamType, append.recordedAt, append.streamId]
   for (let i = from; i < to; i++) {
     const e = append.events[i]!
     params.push(e.eventId, e.type, e.schemaVersion, e.payloadJson, e.metadataJson, e.tenantId)
   }
   if (typeof expected === "number") params.push(expected)
-  return conn.execute(insertSql(to - from, expected), params, undefined) as Effect.Effect<
+  return params
+}
+
+const insertChunk = (
+  conn: Connection,
+  append: PreparedAppend,
+  from: number,
+  to: number,
+  expected: ExpectedVersion
+) =>
+  conn.execute(insertSql(to - from, expected), insertParams(append, from, to, expected), undefined) as Effect.Effect<
     ReadonlyArray<Written>,
     SqlError
   >
+
+/**
+ * The synchronous fast path of a lone append on a synchronous driver: the same single statement, run on the spot.
+ * Anything but a success (a conflict, a constraint, a lock) returns `undefined` with nothing written, and the
+ * effectful path runs it again and explains the failure.
+ */
+const writeSync = (conn: SyncConnection, append: PreparedAppend): ReadonlyArray<Written> | undefined => {
+  const n = append.events.length
+  if (n > CHUNK) return undefined
+  let rows: ReadonlyArray<Written>
+  try {
+    rows = conn.executeSync(insertSql(n, append.expected), insertParams(append, 0, n, append.expected))
+  } catch {
+    return undefined
+  }
+  if (rows.length === 0) return undefined
+  return rows.length > 1 ? [...rows].sort(byVersion) : rows
 }
 
 const currentVersion = (conn: Connection, streamId: string) =>
@@ -207,18 +241,22 @@ const explainUnique = (
           Effect.fail(new ConcurrencyError({ streamId: append.streamId, expected: append.expected, actual })))
   )
 
+type AppendFailure = ConcurrencyError | DuplicateEventError
+
 /**
- * Writes one prepared append on `conn`. Returns the (version, position) of each event in version order, or fails
- * with a typed conflict. Runs outside any transaction when the append fits one statement.
+ * Writes one append on `conn`, inside the group's transaction or (alone) in autocommit. A conflict or a duplicate
+ * event id fails only this append, with nothing of it written: a single statement is atomic on its own, and an
+ * append spanning several statements runs inside a savepoint. Any other SQL error fails the whole group.
  */
-const write = (
+const writeOne = (
   conn: Connection,
-  append: PreparedAppend
-): Effect.Effect<ReadonlyArray<Written>, ConcurrencyError | DuplicateEventError | SqlError> => {
+  append: PreparedAppend,
+  inTransaction: boolean
+): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
   const n = append.events.length
   const conflict = Effect.flatMap(currentVersion(conn, append.streamId), (actual) =>
     Effect.fail(new ConcurrencyError({ streamId: append.streamId, expected: append.expected, actual })))
-  const onUnique = <A>(self: Effect.Effect<A, ConcurrencyError | SqlError>) =>
+  const onUnique = <A>(self: Effect.Effect<A, AppendFailure | SqlError>) =>
     Effect.catchTag(self, "SqlError", (e) => isUniqueViolation(e) ? explainUnique(conn, append) : Effect.fail(e))
   if (n <= CHUNK) {
     return insertChunk(conn, append, 0, n, append.expected).pipe(
@@ -228,27 +266,60 @@ const write = (
       onUnique
     )
   }
-  // Too large for one statement: chunks in one transaction; each chunk after the first expects the version the
-  // previous one reached, which nobody else can change while we hold the write lock.
-  return Effect.uninterruptibleMask((restore) =>
-    Effect.gen(function*() {
-      yield* conn.executeUnprepared(BEGIN, [], undefined)
-      const result = yield* restore(Effect.gen(function*() {
-        const written: Array<Written> = []
-        let expected = append.expected
-        for (let from = 0; from < n; from += CHUNK) {
-          const rows = yield* insertChunk(conn, append, from, Math.min(n, from + CHUNK), expected)
-          if (rows.length === 0) return yield* conflict
-          const sorted = [...rows].sort(byVersion)
-          written.push(...sorted)
-          expected = sorted[sorted.length - 1]!.version
-        }
-        return written
-      })).pipe(onUnique, Effect.onError(() => Effect.ignore(conn.executeUnprepared("ROLLBACK", [], undefined))))
-      yield* conn.executeUnprepared("COMMIT", [], undefined)
-      return result
-    })
+  // Too large for one statement: chunks, each expecting the version the previous one reached (nobody else can
+  // change it while we hold the write lock), inside a savepoint so that a failure undoes them all.
+  const chunks = Effect.gen(function*() {
+    const written: Array<Written> = []
+    let expected = append.expected
+    for (let from = 0; from < n; from += CHUNK) {
+      const rows = yield* insertChunk(conn, append, from, Math.min(n, from + CHUNK), expected)
+      if (rows.length === 0) return yield* conflict
+      const sorted = [...rows].sort(byVersion)
+      written.push(...sorted)
+      expected = sorted[sorted.length - 1]!.version
+    }
+    return written
+  }).pipe(onUnique)
+  const savepoint = Effect.zipRight(
+    exec(conn, "SAVEPOINT eventstore_append"),
+    Effect.tapErrorTag(chunks, "ConcurrencyError", () => rollbackTo(conn)).pipe(
+      Effect.tapErrorTag("DuplicateEventError", () => rollbackTo(conn)),
+      Effect.zipLeft(exec(conn, "RELEASE eventstore_append"))
+    )
   )
+  return inTransaction ? savepoint : transaction(conn, savepoint)
+}
+
+const exec = (conn: Connection, statement: string) => Effect.asVoid(conn.execute(statement, [], undefined))
+
+const rollbackTo = (conn: Connection) =>
+  Effect.zipRight(exec(conn, "ROLLBACK TO eventstore_append"), exec(conn, "RELEASE eventstore_append"))
+
+/** Runs `body` in a write transaction; rolls back on any failure. Callers run it uninterruptibly. */
+const transaction = <A, E>(conn: Connection, body: Effect.Effect<A, E | SqlError>): Effect.Effect<A, E | SqlError> =>
+  Effect.zipRight(
+    exec(conn, BEGIN),
+    body.pipe(
+      Effect.zipLeft(exec(conn, "COMMIT")),
+      Effect.onError(() => Effect.ignore(exec(conn, "ROLLBACK")))
+    )
+  )
+
+/**
+ * Writes a group of appends: one that fits a statement alone runs in autocommit; anything else shares one
+ * transaction (one fsync). Per-append conflicts come back as failed exits; SQL errors fail the group.
+ */
+const writeGroup = (
+  conn: Connection,
+  appends: ReadonlyArray<PreparedAppend>
+): Effect.Effect<ReadonlyArray<Exit.Exit<ReadonlyArray<Written>, AppendFailure>>, SqlError> => {
+  const separate = (append: PreparedAppend, inTransaction: boolean) =>
+    Effect.matchEffect(writeOne(conn, append, inTransaction), {
+      onFailure: (e) => e._tag === "SqlError" ? Effect.fail(e) : Effect.succeed(Exit.fail(e)),
+      onSuccess: (written) => Effect.succeed(Exit.succeed(written))
+    })
+  if (appends.length === 1) return Effect.map(separate(appends[0]!, false), (exit) => [exit])
+  return transaction(conn, Effect.forEach(appends, (append) => separate(append, true)))
 }
 
 // IMMEDIATE takes SQLite's write lock up front, so the busy timeout applies instead of a deadlock error later.
@@ -267,27 +338,71 @@ export const make = (
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* migrate
-    const signal = yield* makeSignal
+    const signal = new Signal()
     const pollInterval = Duration.decode(options.pollInterval ?? "500 millis")
     const busyRetry = options.busyRetry ??
       Schedule.intersect(Schedule.jittered(Schedule.spaced("100 millis")), Schedule.recurs(20))
     const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
 
+    // The write connection: held for the store's lifetime when a dedicated client is given, else reserved per group.
+    const held = options.writeConnection
+    const withWriter: <A, E>(f: (conn: Connection) => Effect.Effect<A, E>) => Effect.Effect<A, E | SqlError> =
+      held === undefined ? (f) => Effect.scoped(Effect.flatMap(sql.reserve, f)) : (f) => f(held)
+
+    const writer = GroupCommit.make<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>({
+      run: (appends) =>
+        Effect.map(withWriter((conn) => writeGroup(conn, appends)), (exits) => {
+          signal.notify()
+          return exits
+        }),
+      runSync: held !== undefined && isSync(held)
+        ? (append) => {
+          const written = writeSync(held, append)
+          if (written !== undefined) signal.notify()
+          return written
+        }
+        : undefined,
+      size: (append) => append.events.length,
+      maxSize: options.maxGroupEvents ?? 2048
+    })
+
+    const result = (prepared: PreparedAppend, written: ReadonlyArray<Written>): AppendResult => {
+      const last = written[written.length - 1]!
+      return {
+        streamId: prepared.streamId,
+        version: last.version,
+        position: last.position,
+        events: recorded(prepared, written.map((w) => w.position), written[0]!.version)
+      }
+    }
+
+    const retryBusy = (prepared: PreparedAppend) =>
+      Effect.retry(writer.submit(prepared), {
+        schedule: busyRetry,
+        while: (e) => e._tag === "SqlError" && isBusy(e)
+      })
+
+    const submit = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
+      Effect.matchEffect(writer.submit(prepared), {
+        onSuccess: (written) => Effect.succeed(result(prepared, written)),
+        onFailure: (e) =>
+          e._tag !== "SqlError"
+            ? Effect.fail(e)
+            : isBusy(e)
+            // Locked by another process beyond the busy timeout: try again (the retry is built only when needed).
+            ? Effect.mapBoth(retryBusy(prepared), {
+              onFailure: (e) => e._tag === "SqlError" ? storeError("append")(e) : e,
+              onSuccess: (written) => result(prepared, written)
+            })
+            : Effect.fail(storeError("append")(e))
+      })
+
     const append: EventStoreService["append"] = (streamId, events, options) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        Effect.flatMap(prepareAppend(streamId, events, options, now), (prepared) =>
-          Effect.scoped(Effect.flatMap(sql.reserve, (conn) => write(conn, prepared))).pipe(
-            Effect.retry({ schedule: busyRetry, while: (e) => e._tag === "SqlError" && isBusy(e) }),
-            Effect.catchTag("SqlError", (e) => Effect.fail(storeError("append")(e))),
-            Effect.flatMap((written) =>
-              Effect.as(signal.notify, {
-                streamId,
-                version: written[written.length - 1]!.version,
-                position: written[written.length - 1]!.position,
-                events: recorded(prepared, written.map((w) => w.position), written[0]!.version)
-              })
-            )
-          ))).pipe(Effect.withSpan("EventStore.append", appendSpan(streamId, options?.streamType, events.length)))
+      Effect.useSpan("EventStore.append", appendSpan(streamId, options?.streamType, events.length), () =>
+        Effect.clockWith((clock) => {
+          const prepared = prepareAppend(streamId, events, options, clock.unsafeCurrentTimeMillis())
+          return Either.isLeft(prepared) ? Effect.fail(prepared.left) : submit(prepared.right)
+        }))
 
     const read: EventStoreService["read"] = (streamId, options) =>
       Stream.unwrap(Effect.gen(function*() {
@@ -307,7 +422,7 @@ export const make = (
               storeError("read")
             )
         })
-      })).pipe(Stream.withSpan("EventStore.read", { attributes: { "aggregate.id": streamId } }))
+      })).pipe(Stream.withSpan("EventStore.read", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
 
     const page = (filter: Filter | undefined) => {
       const streamTypes = nonEmpty(filter?.streamTypes)
@@ -338,7 +453,7 @@ export const make = (
           fetch: (after, limit) => fetch(after, limit, "readAll"),
           cursorOf: (row) => row.position
         })
-      })).pipe(Stream.withSpan("EventStore.readAll"))
+      })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
 
     const head = Effect.mapError(
       Effect.map(
@@ -355,14 +470,14 @@ export const make = (
         const pageSize = yield* checkPage(options?.pageSize)
         const fetch = page(options?.filter)
         return live({ start, pageSize, fetch: (after, limit) => fetch(after, limit, "subscribe"), signal, pollInterval })
-      })).pipe(Stream.withSpan("EventStore.subscribe"))
+      })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
 
     const version: EventStoreService["version"] = (streamId) =>
       sql<{ v: number }>`SELECT COALESCE((SELECT version FROM ${sql(E)} WHERE stream_id = ${streamId}
         ORDER BY version DESC LIMIT 1), 0) AS v`.withoutTransform.pipe(
         Effect.map((rows) => Number(rows[0]?.v ?? 0)),
         Effect.mapError(storeError("version")),
-        Effect.withSpan("EventStore.version", { attributes: { "aggregate.id": streamId } })
+        Effect.withSpan("EventStore.version", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
       )
 
     return EventStore.of({ append, read, readAll, subscribe, version })

@@ -1,22 +1,26 @@
 /**
  * The embedded default: an event store in one SQLite file, no server. WAL journal, `synchronous=FULL` (an
  * acknowledged append survives `kill -9` and power loss) unless `durability: "normal"` is chosen, and a busy timeout
- * so that several processes can share the file.
+ * so that several processes can share the file. Writes go through a connection of their own, held by the store,
+ * so they never queue behind reads; reads and your own queries use the `SqlClient` this layer provides.
  *
  * @since 0.1.0
  */
+import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { StoreError } from "./Errors.js"
-import type { EventStore } from "./EventStore.js"
+import { EventStore } from "./EventStore.js"
+import * as SqliteConnection from "./internal/sqliteConnection.js"
 import * as SqlEventStore from "./SqlEventStore.js"
 
 /** @since 0.1.0 */
 export interface Options {
-  /** Path of the database file (created if missing). */
+  /** Path of the database file (created if missing). `":memory:"` works, on a single connection. */
   readonly filename: string
   /**
    * `"full"` (default): every acknowledged append is on disk (`synchronous=FULL`).
@@ -29,6 +33,16 @@ export interface Options {
   readonly pollInterval?: Duration.DurationInput
 }
 
+const pragmas = (options: Options) => [
+  `busy_timeout = ${Math.round(Duration.toMillis(Duration.decode(options.busyTimeout ?? "5 seconds")))}`,
+  `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
+]
+
+const configure = (client: SqliteClient.SqliteClient, options: Options) =>
+  Effect.forEach(pragmas(options), (pragma) => client.unsafe(`PRAGMA ${pragma}`), { discard: true }).pipe(
+    Effect.mapError((cause) => new StoreError({ operation: "open", cause }))
+  )
+
 /**
  * The `SqlClient` for an SQLite file, configured for the event store: WAL, durability, busy timeout.
  *
@@ -37,27 +51,25 @@ export interface Options {
 export const layerClient = (
   options: Options
 ): Layer.Layer<SqliteClient.SqliteClient | SqlClient.SqlClient, StoreError> =>
-  Layer.effectDiscard(
-    Effect.gen(function*() {
-      const sql = yield* SqliteClient.SqliteClient
-      const busy = Math.round(Duration.toMillis(Duration.decode(options.busyTimeout ?? "5 seconds")))
-      yield* sql.unsafe(`PRAGMA busy_timeout = ${busy}`)
-      yield* sql.unsafe(`PRAGMA synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`)
-    }).pipe(Effect.mapError((cause) => new StoreError({ operation: "open", cause })))
-  ).pipe(
-    Layer.provideMerge(SqliteClient.layer({ filename: options.filename })),
-    Layer.catchAll((error) =>
-      Layer.fail(error instanceof StoreError ? error : new StoreError({ operation: "open", cause: error }))
-    )
+  Layer.scopedContext(Effect.map(client(options), (client) =>
+    Context.make(SqliteClient.SqliteClient, client).pipe(Context.add(SqlClient.SqlClient, client))
+  ))
+
+const client = (options: Options) =>
+  Effect.tap(
+    Effect.provide(SqliteClient.make({ filename: options.filename }), Reactivity.layer),
+    (client) => configure(client, options)
   )
 
+const isMemory = (filename: string) => filename === ":memory:" || filename === ""
+
 /**
- * A ready `EventStore` on an SQLite file, plus the `SqlClient` it uses (for projections and snapshots in the same
- * database).
+ * A ready `EventStore` on an SQLite file, plus the `SqlClient` it reads with (for projections and snapshots in the
+ * same database).
  *
  * @example
  * ```ts
- * const program = Account.handle("42", Account.Open({ owner: "ada" }))
+ * const program = Account.handle("42", OpenAccount.make({ owner: "ada" }))
  * program.pipe(Effect.provide(Sqlite.layer({ filename: "./data/bank.db" })))
  * ```
  *
@@ -66,6 +78,17 @@ export const layerClient = (
 export const layer = (
   options: Options
 ): Layer.Layer<EventStore | SqliteClient.SqliteClient | SqlClient.SqlClient, StoreError> =>
-  SqlEventStore.layer(options.pollInterval === undefined ? {} : { pollInterval: options.pollInterval }).pipe(
-    Layer.provideMerge(layerClient(options))
-  )
+  Layer.scoped(
+    EventStore,
+    Effect.gen(function*() {
+      // ":memory:" is one database per connection: there, the store writes through the shared client.
+      const writeConnection = isMemory(options.filename) ? undefined : yield* SqliteConnection.make(
+        options.filename,
+        pragmas(options)
+      ).pipe(Effect.mapError((cause) => new StoreError({ operation: "open", cause })))
+      return yield* SqlEventStore.make({
+        ...(options.pollInterval !== undefined ? { pollInterval: options.pollInterval } : {}),
+        ...(writeConnection !== undefined ? { writeConnection } : {})
+      })
+    })
+  ).pipe(Layer.provideMerge(layerClient(options)))

@@ -9,9 +9,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
-import * as PubSub from "effect/PubSub"
-import * as Queue from "effect/Queue"
-import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { EventDecodeError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
@@ -55,16 +52,31 @@ export const catchUp = <E>(options: {
     }
   )
 
-/** Wakes subscribers after commits. One per store; publishing costs nothing when nobody listens. */
-export interface Signal {
-  readonly notify: Effect.Effect<void>
-  readonly listen: Effect.Effect<Queue.Dequeue<void>, never, Scope.Scope>
+/**
+ * Wakes subscribers after commits. `notify` is a plain call (it runs once per commit, on the write path); a
+ * subscriber notes `version` before it reads, and `wait(seen)` returns at once if a commit came since.
+ */
+export class Signal {
+  version = 0
+  private waiters = new Set<() => void>()
+  notify(): void {
+    this.version++
+    if (this.waiters.size === 0) return
+    const waiters = this.waiters
+    this.waiters = new Set()
+    for (const wake of waiters) wake()
+  }
+  wait(seen: number): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (this.version !== seen) return resume(Effect.void)
+      const wake = () => resume(Effect.void)
+      this.waiters.add(wake)
+      return Effect.sync(() => {
+        this.waiters.delete(wake)
+      })
+    })
+  }
 }
-
-export const makeSignal: Effect.Effect<Signal> = Effect.map(PubSub.sliding<void>(1), (pubsub) => ({
-  notify: PubSub.publish(pubsub, undefined),
-  listen: PubSub.subscribe(pubsub)
-}))
 
 /**
  * A live read by global position: catches up page by page, then waits for the store's commit signal or, when
@@ -77,22 +89,21 @@ export const live = <E>(options: {
   readonly signal: Signal
   readonly pollInterval: Duration.Duration | undefined
 }): Stream.Stream<RecordedEvent, E | EventDecodeError> =>
-  Stream.unwrapScoped(Effect.gen(function*() {
-    // Listen before the first read, so a commit that lands while we read is not missed.
-    const wakeups = yield* options.signal.listen
-    const start = yield* options.start
-    const take = Queue.take(wakeups)
-    const wait = Effect.zipRight(
+  Stream.unwrap(Effect.map(options.start, (start) => {
+    const { signal } = options
+    const wait = (seen: number) =>
       options.pollInterval === undefined || !Duration.isFinite(options.pollInterval)
-        ? take
-        : Effect.race(take, Effect.sleep(options.pollInterval)),
-      Queue.takeAll(wakeups)
-    )
+        ? signal.wait(seen)
+        : Effect.race(signal.wait(seen), Effect.sleep(options.pollInterval))
+    // The signal's version is noted before each read, so a commit that lands while we read is not missed.
     const fetchNext = (after: number): Effect.Effect<ReadonlyArray<EventRow>, E> =>
-      Effect.flatMap(
-        options.fetch(after, options.pageSize),
-        (rows) => rows.length > 0 ? Effect.succeed(rows) : Effect.zipRight(wait, fetchNext(after))
-      )
+      Effect.suspend(() => {
+        const seen = signal.version
+        return Effect.flatMap(
+          options.fetch(after, options.pageSize),
+          (rows) => rows.length > 0 ? Effect.succeed(rows) : Effect.zipRight(wait(seen), fetchNext(after))
+        )
+      })
     return Stream.paginateChunkEffect<State, RecordedEvent, E | EventDecodeError, never>(
       { cursor: start },
       (state) =>

@@ -1,0 +1,9 @@
+/** A write connection that can also run a statement synchronously (SQLite); it throws the driver's error. */
+import type { Connection } from "@effect/sql/SqlConnection"
+
+export interface SyncConnection extends Connection {
+  readonly executeSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<any>
+}
+
+export const isSync = (conn: Connection): conn is SyncConnection =>
+  typeof (conn as Partial<SyncConnection>).executeSync === "function"

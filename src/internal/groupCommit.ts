@@ -1,0 +1,182 @@
+/**
+ * Group commit, independent of any SQL dialect: concurrent submissions are gathered into groups and each group is
+ * handed to `run` (one transaction, one fsync). There is no writer fiber to hop to: the first caller to find the
+ * writer idle becomes the leader and runs groups on its own fiber until the queue is empty; the others wait on a
+ * callback the leader completes (a microtask, not a Deferred: this path runs once per append).
+ *
+ * Adaptive: a submission that finds the writer idle and no recent contention runs at once, with nothing added.
+ * Once a submission has had to wait for a leader, leaders yield once before taking a group, so that appenders
+ * that are ready to run join it; after a long enough run of uncontended groups, they stop yielding again.
+ *
+ * Interruption: a waiting entry that has not been taken into a group is removed (nothing written). Once taken, the
+ * group finishes; the interrupted caller then sees the interruption (its append stands). Leaders run
+ * uninterruptibly for the same reason.
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+
+export interface GroupCommit<In, Out, E> {
+  readonly submit: (input: In) => Effect.Effect<Out, E>
+}
+
+interface Entry<In, Out, E> {
+  readonly input: In
+  state: "queued" | "claimed" | "cancelled" | "done"
+  exit: Exit.Exit<Out, E> | undefined
+  resume: ((effect: Effect.Effect<Out, E>) => void) | undefined
+  onDone: (() => void) | undefined
+}
+
+/** How many uncontended groups in a row turn the yield before a group off again. */
+const CONTENTION_MEMORY = 64
+
+/**
+ * @param run executes one group and returns one result per input, in order (`Exit.fail` for an input that failed on
+ *   its own). Failing as a whole (or dying) fails every input of the group.
+ * @param size the weight of one input (events in an append); a group stops growing at `maxSize`.
+ */
+export const make = <In, Out, E>(options: {
+  readonly run: (inputs: ReadonlyArray<In>) => Effect.Effect<ReadonlyArray<Exit.Exit<Out, E>>, E>
+  /**
+   * For a driver that runs statements synchronously (SQLite): commits one input alone, on the spot, returning
+   * `undefined` whenever anything but a plain success happened (nothing committed) so that `run` takes over and
+   * explains it. Only called when the writer is idle, so it cannot interleave with a group.
+   */
+  readonly runSync?: ((input: In) => Out | undefined) | undefined
+  readonly size: (input: In) => number
+  readonly maxSize: number
+}): GroupCommit<In, Out, E> => {
+  let queue: Array<Entry<In, Out, E>> = []
+  let leading = false
+  let contention = 0
+
+  const settle = (entry: Entry<In, Out, E>, exit: Exit.Exit<Out, E>) => {
+    entry.exit = exit
+    entry.state = "done"
+    const resume = entry.resume
+    entry.resume = undefined
+    resume?.(exit)
+    entry.onDone?.()
+  }
+
+  /** Takes the next group off the queue: at most `maxSize` in weight (but at least one entry). */
+  const nextGroup = (): Array<Entry<In, Out, E>> => {
+    const group: Array<Entry<In, Out, E>> = []
+    let weight = 0
+    let i = 0
+    for (; i < queue.length; i++) {
+      const entry = queue[i]!
+      if (entry.state === "cancelled") continue
+      const w = options.size(entry.input)
+      if (group.length > 0 && weight + w > options.maxSize) break
+      entry.state = "claimed"
+      group.push(entry)
+      weight += w
+    }
+    queue = i === queue.length ? [] : queue.slice(i)
+    return group
+  }
+
+  const groupFailed = (cause: Cause.Cause<E>): Exit.Exit<Out, E> => {
+    const failure = Cause.failureOption(cause)
+    return failure._tag === "Some" ? Exit.fail(failure.value) : Exit.failCause(cause)
+  }
+
+  const runGroup = (group: ReadonlyArray<Entry<In, Out, E>>) =>
+    Effect.matchCause(options.run(group.map((entry) => entry.input)), {
+      onFailure: (cause) => {
+        const exit = groupFailed(cause)
+        for (const entry of group) settle(entry, exit)
+      },
+      onSuccess: (exits) => {
+        if (group.length === 1 && queue.length === 0 && contention > 0) contention--
+        for (let i = 0; i < group.length; i++) settle(group[i]!, exits[i]!)
+      }
+    })
+
+  /** Leadership ends: whoever queued after the last look waits for a leader, so wake the first to take the lead. */
+  const unsafeRelease = () => {
+    leading = false
+    if (queue.length === 0) return
+    // (An entry that has not registered its callback yet checks `leading` itself when it does.)
+    const next = queue.find((entry) => entry.state === "queued" && entry.resume !== undefined)
+    if (next !== undefined) {
+      const resume = next.resume!
+      next.resume = undefined
+      resume(drive(next))
+    }
+  }
+  const release = Effect.sync(unsafeRelease)
+
+  const drain: Effect.Effect<void> = Effect.suspend(() => {
+    const group = nextGroup()
+    return group.length === 0 ? Effect.void : Effect.flatMap(runGroup(group), () => drain)
+  })
+
+  const lead = (own: Entry<In, Out, E>): Effect.Effect<Out, E> =>
+    Effect.uninterruptible(
+      // When appenders have been contending, let those ready to run join this group first.
+      (contention > 0 ? Effect.zipRight(Effect.yieldNow(), drain) : drain).pipe(
+        Effect.ensuring(release),
+        Effect.zipRight(Effect.suspend(() => own.exit ?? Effect.dieMessage("group commit: entry not settled")))
+      )
+    )
+
+  const cancel = (entry: Entry<In, Out, E>) =>
+    Effect.suspend(() => {
+      if (entry.state === "queued") {
+        entry.state = "cancelled"
+        entry.resume = undefined
+        return Effect.void
+      }
+      // taken into a group that is committing: wait for it, so the append's fate is settled before we are interrupted
+      return Effect.async<void>((done) => {
+        if (entry.state === "done") return done(Effect.void)
+        entry.onDone = () => done(Effect.void)
+      })
+    })
+
+  const drive = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> =>
+    Effect.suspend(() => {
+      if (entry.state === "done") return entry.exit!
+      if (!leading) {
+        leading = true
+        return lead(entry)
+      }
+      contention = CONTENTION_MEMORY
+      return Effect.async<Out, E>((resume) => {
+        // re-checked at registration: the fiber may have yielded since the checks above
+        if (entry.state === "done") return resume(entry.exit!)
+        if (!leading) return resume(drive(entry))
+        entry.resume = resume
+        return cancel(entry)
+      })
+    })
+
+  /** Alone and uncontended: run at once, without an entry in the queue. */
+  const solo = (input: In): Effect.Effect<Out, E> =>
+    Effect.uninterruptible(
+      Effect.flatMap(Effect.exit(options.run([input])), (exit): Effect.Effect<Out, E> => {
+        unsafeRelease()
+        return Exit.isSuccess(exit) ? exit.value[0]! : Exit.failCause(exit.cause)
+      })
+    )
+
+  return {
+    submit: (input) =>
+      Effect.suspend(() => {
+        if (!leading && contention === 0 && queue.length === 0) {
+          if (options.runSync !== undefined) {
+            const out = options.runSync(input)
+            if (out !== undefined) return Effect.succeed(out)
+          }
+          leading = true
+          return solo(input)
+        }
+        const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
+        queue.push(entry)
+        return drive(entry)
+      })
+  }
+}
