@@ -197,7 +197,7 @@ async function loadBench(n: number, runs: number) {
 const peakRss = (mode: "lib" | "raw", filename: string): number => {
   const self = fileURLToPath(import.meta.url)
   const tsx = path.join(path.dirname(self), "..", "node_modules", ".bin", "tsx")
-  const child = spawnSync(tsx, ["--conditions=source", self, "--child-rss", mode, filename], { encoding: "utf8" })
+  const child = spawnSync(tsx, [self, "--child-rss", mode, filename], { encoding: "utf8" })
   if (child.status !== 0) throw new Error(`rss child failed: ${child.stderr}`)
   return JSON.parse(child.stdout.trim().split("\n").pop()!).rssMb
 }

@@ -116,9 +116,9 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
       return Effect.map(
         Stream.runForEachChunk(store.read(sid), (chunk) => {
           for (const raw of chunk) {
-            const decoded = registry.decode(raw)
+            const decoded = registry.decodePayload(raw)
             if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
-            state = decider.evolve(state, decoded.right.payload)
+            state = decider.evolve(state, decoded.right)
             version = raw.version
           }
           return Effect.void

@@ -13,6 +13,7 @@ import * as Schema from "effect/Schema"
 import * as SchemaAST from "effect/SchemaAST"
 import * as Stream from "effect/Stream"
 import { EventDecodeError, InvalidInput } from "./Errors.js"
+import * as FastDecode from "./internal/fastDecode.js"
 
 /**
  * Who and what caused an event. Stored with every event; `tags` carries custom string values.
@@ -131,6 +132,8 @@ export interface Registry<A extends { readonly _tag: string }> {
   ) => Either.Either<NewEvent, InvalidInput>
   /** Decodes one stored event, upcasting older schema versions; failures are `EventDecodeError`s. */
   readonly decode: (event: RecordedEvent) => Either.Either<RecordedEvent<A>, EventDecodeError>
+  /** Like `decode`, for the payload only (what a fold needs). */
+  readonly decodePayload: (event: RecordedEvent) => Either.Either<A, EventDecodeError>
 }
 
 interface Entry {
@@ -139,6 +142,8 @@ interface Entry {
   readonly upcast: ((payload: unknown, fromVersion: number) => unknown) | undefined
   readonly encode: (a: unknown) => Either.Either<unknown, ParseResult.ParseError>
   readonly decode: (i: unknown) => Either.Either<unknown, ParseResult.ParseError>
+  /** The payload (without `_tag`) to the decoded event, or `undefined` to use `decode`. */
+  readonly fast: ((payload: unknown) => unknown) | undefined
 }
 
 const tagOf = (schema: Schema.Schema.Any): string => {
@@ -159,6 +164,16 @@ const decodeError = (event: RecordedEvent, reason: string) =>
     type: event.type,
     reason
   })
+
+/** The fast decoder of a schema, fed the stored payload (which has no `_tag`). */
+const fastPayload = (schema: Schema.Schema.Any, type: string) => {
+  const fast = FastDecode.compile(schema)
+  if (fast === undefined) return undefined
+  return (payload: unknown) => {
+    if (typeof payload !== "object" || payload === null || "_tag" in payload) return undefined
+    return fast({ _tag: type, ...payload })
+  }
+}
 
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
@@ -192,7 +207,8 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
       version: isVersioned ? (def as Versioned).version : 1,
       upcast: isVersioned ? (def as Versioned).upcast : undefined,
       encode: Schema.encodeEither(schema as Schema.Schema<unknown, unknown>),
-      decode: Schema.decodeUnknownEither(schema as Schema.Schema<unknown, unknown>)
+      decode: Schema.decodeUnknownEither(schema as Schema.Schema<unknown, unknown>),
+      fast: fastPayload(schema, type)
     })
     schemas.push(schema)
   }
@@ -224,7 +240,7 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
     })
   }
 
-  const decode: Registry<A>["decode"] = (event) => {
+  const decodePayload: Registry<A>["decodePayload"] = (event) => {
     const entry = entries.get(event.type)
     if (entry === undefined) return Either.left(decodeError(event, "unknown event type"))
     let payload = event.payload
@@ -240,15 +256,22 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
         return Either.left(decodeError(event, `upcaster failed: ${String(cause)}`))
       }
     }
+    if (entry.fast !== undefined) {
+      const value = entry.fast(payload)
+      if (value !== undefined) return Either.right(value as A)
+    }
     if (!isRecord(payload)) return Either.left(decodeError(event, "payload is not an object"))
     const decoded = entry.decode({ ...payload, _tag: entry.type })
     if (Either.isLeft(decoded)) {
       return Either.left(decodeError(event, ParseResult.TreeFormatter.formatErrorSync(decoded.left)))
     }
-    return Either.right({ ...event, payload: decoded.right as A })
+    return Either.right(decoded.right as A)
   }
 
-  return { schema: union, types: [...entries.keys()] as Array<A["_tag"]>, encode, decode }
+  const decode: Registry<A>["decode"] = (event) =>
+    Either.map(decodePayload(event), (payload) => ({ ...event, payload }))
+
+  return { schema: union, types: [...entries.keys()] as Array<A["_tag"]>, encode, decode, decodePayload }
 }
 
 /** @since 0.1.0 */

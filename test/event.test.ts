@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Event } from "effect-eventstore"
 import * as DateTime from "effect/DateTime"
+import * as FastCheck from "effect/FastCheck"
 import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
 
@@ -79,5 +80,44 @@ describe("Event registry", () => {
   it("rejects schemas without a literal _tag and duplicate types at definition time", () => {
     expect(() => Event.registry([Schema.Struct({ a: Schema.String })])).toThrow(/_tag/)
     expect(() => Event.registry([Deposited, Deposited])).toThrow(/twice/)
+  })
+})
+
+describe("fast decode path", () => {
+  const Rich = Schema.TaggedStruct("Rich", {
+    n: Schema.Int,
+    s: Schema.String.pipe(Schema.minLength(2)),
+    b: Schema.Boolean,
+    kind: Schema.Literal("a", "b"),
+    maybe: Schema.optional(Schema.Number),
+    exact: Schema.optionalWith(Schema.String, { exact: true }),
+    id: Schema.String.pipe(Schema.brand("Id"))
+  })
+  const registry = Event.registry([Rich])
+  const full = Schema.decodeUnknownEither(Rich)
+  const valueArb = FastCheck.oneof(
+    FastCheck.integer(),
+    FastCheck.double(),
+    FastCheck.string(),
+    FastCheck.boolean(),
+    FastCheck.constantFrom("a", "b", undefined, null)
+  )
+  const payloadArb = FastCheck.record(
+    { n: valueArb, s: valueArb, b: valueArb, kind: valueArb, maybe: valueArb, exact: valueArb, id: valueArb, extra: valueArb },
+    { requiredKeys: [] }
+  )
+
+  it.prop("agrees with Schema's decode on every input", [payloadArb], ([payload]) => {
+    const viaRegistry = registry.decode(stored("Rich", payload))
+    const viaSchema = full({ ...payload, _tag: "Rich" })
+    expect(Either.isRight(viaRegistry)).toBe(Either.isRight(viaSchema))
+    if (Either.isRight(viaRegistry) && Either.isRight(viaSchema)) {
+      expect(viaRegistry.right.payload).toStrictEqual(viaSchema.right)
+    }
+  }, { fastCheck: { numRuns: 2000 } })
+
+  it("valid payloads are decoded (excess keys dropped, as Schema does)", () => {
+    const ok = registry.decode(stored("Rich", { n: 1, s: "xy", b: true, kind: "a", id: "i", extra: 5 }))
+    expect(Either.getOrThrow(ok).payload).toStrictEqual({ _tag: "Rich", n: 1, s: "xy", b: true, kind: "a", id: "i" })
   })
 })
