@@ -11,6 +11,7 @@ import { Aggregate, Event, EventStore, Sqlite } from "effect-eventstore"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
@@ -130,6 +131,103 @@ async function appendBench(name: string, rounds: number, count: number, perAppen
   emit(name, median(lib), "events/s", median(raw))
 }
 
+// --- concurrency -------------------------------------------------------------------------------------------------
+const percentile = (xs: ReadonlyArray<number>, p: number) => [...xs].sort((a, b) => a - b)[Math.floor(p * (xs.length - 1))]!
+
+/** `fibers` fibers, each appending single events to its own stream; appends/s and every append's latency (ms). */
+async function libConcurrent(fibers: number, perFiber: number) {
+  const rt = libRuntime(freshFile())
+  const out = await rt.runPromise(Effect.gen(function*() {
+    const store = yield* EventStore.EventStore
+    const latencies: Array<number> = []
+    const start = performance.now()
+    yield* Effect.forEach(Array.from({ length: fibers }, (_, f) => f), (f) =>
+      Effect.gen(function*() {
+        for (let i = 0; i < perFiber; i++) {
+          const t = performance.now()
+          yield* store.append(`Conc-${f}`, [{ type: "Deposited", payload: { amount: i } }], { expectedVersion: i })
+          latencies.push(performance.now() - t)
+        }
+      }), { concurrency: "unbounded", discard: true })
+    return { rate: (fibers * perFiber) / ((performance.now() - start) / 1000), latencies }
+  }))
+  await rt.dispose()
+  return out
+}
+
+/** Raw single-insert commits: throughput and per-insert latency (ms), the baseline for the concurrent benches. */
+async function rawSingles(count: number) {
+  const db = await rawDb(freshFile())
+  const insert = db.prepare(INSERT)
+  const latencies: Array<number> = []
+  const start = performance.now()
+  for (let i = 0; i < count; i++) {
+    const t = performance.now()
+    insert.run(crypto.randomUUID(), `Conc-${i % 32}`, "Conc", Math.floor(i / 32) + 1, "Deposited", JSON.stringify({ amount: i }), Date.now())
+    latencies.push(performance.now() - t)
+  }
+  const rate = count / ((performance.now() - start) / 1000)
+  db.close()
+  return { rate, latencies }
+}
+
+async function concurrentBench(rounds: number, perFiber: number) {
+  await libConcurrent(32, Math.min(perFiber, 20))
+  const lib: Array<Awaited<ReturnType<typeof libConcurrent>>> = []
+  const raw: Array<Awaited<ReturnType<typeof rawSingles>>> = []
+  for (let r = 0; r < rounds; r++) {
+    raw.push(await rawSingles(Math.min(32 * perFiber, 2000)))
+    lib.push(await libConcurrent(32, perFiber))
+  }
+  const libLat = lib.flatMap((x) => x.latencies)
+  const rawLat = raw.flatMap((x) => x.latencies)
+  emit("sqlite.append.concurrent32", median(lib.map((x) => x.rate)), "appends/s", median(raw.map((x) => x.rate)))
+  emit("sqlite.append.concurrent32.p50", percentile(libLat, 0.5), "ms", percentile(rawLat, 0.5))
+  emit("sqlite.append.concurrent32.p99", percentile(libLat, 0.99), "ms", percentile(rawLat, 0.99))
+}
+
+/** 32 fibers running commands on 4 hot aggregates through the handler: commands/s and retries. */
+const Counter = Aggregate.make({
+  name: "Hot",
+  events: Event.registry([Deposited]),
+  decider: {
+    initialState: 0,
+    decide: (amount: number, _state: number) => Effect.succeed([Deposited.make({ amount })]),
+    evolve: (state: number, event: typeof Deposited.Type) => state + event.amount
+  },
+  retry: Schedule.intersect(Schedule.jittered(Schedule.exponential("1 millis", 1.5)), Schedule.recurs(100))
+})
+
+async function libContended(perFiber: number) {
+  const rt = libRuntime(freshFile())
+  const out = await rt.runPromise(Effect.gen(function*() {
+    let retries = 0
+    const start = performance.now()
+    yield* Effect.forEach(Array.from({ length: 32 }, (_, f) => f), (f) =>
+      Effect.gen(function*() {
+        for (let i = 0; i < perFiber; i++) retries += (yield* Counter.handle(`h${f % 4}`, 1)).retries
+      }), { concurrency: "unbounded", discard: true })
+    const seconds = (performance.now() - start) / 1000
+    const total = yield* Effect.forEach([0, 1, 2, 3], (h) => Counter.load(`h${h}`))
+    if (total.reduce((a, l) => a + l.state, 0) !== 32 * perFiber) throw new Error("contended: lost commands")
+    return { rate: (32 * perFiber) / seconds, retries }
+  }))
+  await rt.dispose()
+  return out
+}
+
+async function contendedBench(rounds: number, perFiber: number) {
+  const lib: Array<Awaited<ReturnType<typeof libContended>>> = []
+  const raw: Array<number> = []
+  for (let r = 0; r < rounds; r++) {
+    raw.push((await rawSingles(1000)).rate)
+    lib.push(await libContended(perFiber))
+  }
+  emit("sqlite.append.contended", median(lib.map((x) => x.rate)), "commands/s", median(raw))
+  const commands = 32 * perFiber * rounds
+  emit("sqlite.append.contended.retries", lib.reduce((a, x) => a + x.retries, 0), "retries", commands)
+}
+
 // --- loads ---------------------------------------------------------------------------------------------------------
 const PAGE = 512
 
@@ -225,6 +323,8 @@ async function main() {
     await appendBench("sqlite.append.single", quick ? 3 : 11, quick ? 300 : 1_000, 1)
   }
   if (want("sqlite.append.batch100")) await appendBench("sqlite.append.batch100", quick ? 3 : 11, quick ? 10 : 40, 100)
+  if (want("sqlite.append.concurrent32")) await concurrentBench(quick ? 2 : 5, quick ? 20 : 200)
+  if (want("sqlite.append.contended")) await contendedBench(quick ? 1 : 3, quick ? 5 : 25)
   if (want("sqlite.load")) {
     const a = await loadBench(small, quick ? 5 : 15)
     emit(`sqlite.load.${label(small)}`, a.lib, "ms", a.raw)

@@ -13,6 +13,7 @@ import * as Stream from "effect/Stream"
 import type { ConcurrencyError, EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
 import * as Event from "./Event.js"
 import { type AppendError, EventStore, type ReadError, type ReadOptions } from "./EventStore.js"
+import * as Telemetry from "./Telemetry.js"
 
 /**
  * The pure core of an aggregate. `decide` returns the events a command produces (none for an idempotent no-op) or
@@ -108,24 +109,21 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
   const retry = options.retry ?? defaultRetry
   const streamId = (id: string) => `${name}-${id}`
 
-  const loadStream = (store: EventStore["Type"], sid: string) =>
-    Effect.suspend(() => {
-      let state = decider.initialState
-      let version = 0
-      // Folds page by page into local variables: no per-event effects, nothing kept but the state.
-      return Effect.map(
-        Stream.runForEachChunk(store.read(sid), (chunk) => {
-          for (const raw of chunk) {
-            const decoded = registry.decodePayload(raw)
-            if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
-            state = decider.evolve(state, decoded.right)
-            version = raw.version
-          }
-          return Effect.void
-        }),
-        (): Loaded<State> => ({ state, version })
-      )
-    })
+  // Page by page into a local state: no Stream (its fixed cost exceeds a short stream's whole load), no per-event
+  // effects, nothing kept but the state.
+  const loadStream = (store: EventStore["Type"], sid: string): Effect.Effect<Loaded<State>, ReadError> => {
+    const next = (state: State, version: number): Effect.Effect<Loaded<State>, ReadError> =>
+      Effect.flatMap(store.readPage(sid, { after: version, limit: PAGE }), (page) => {
+        for (const raw of page) {
+          const decoded = registry.decodePayload(raw)
+          if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+          state = decider.evolve(state, decoded.right)
+          version = raw.version
+        }
+        return page.length < PAGE ? Effect.succeed({ state, version }) : next(state, version)
+      })
+    return Effect.suspend(() => next(decider.initialState, 0))
+  }
 
   const load: Aggregate<State, Command, E, Err, R>["load"] = (id) =>
     Effect.flatMap(EventStore, (store) => loadStream(store, streamId(id))).pipe(
@@ -173,6 +171,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
                   onFailure: () => Effect.fail(error),
                   onSuccess: () => {
                     retries++
+                    Telemetry.commandRetries.unsafeUpdate(1, [])
                     return run()
                   }
                 })
@@ -188,6 +187,8 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
 
   return { name, events: registry, decider, streamId, load, read, handle }
 }
+
+const PAGE = 512
 
 const isConflict = (error: unknown): error is ConcurrencyError =>
   typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "ConcurrencyError"

@@ -8,12 +8,13 @@
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
 import type { ExpectedVersion } from "./Errors.js"
 import { ConcurrencyError, DuplicateEventError, EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
 import type { Metadata, NewEvent, RecordedEvent } from "./Event.js"
-import { categoryOf, type EventRow, prepareAppend, recorded } from "./internal/codec.js"
+import { categoryOf, type EventRow, fromRow, prepareAppend, recorded } from "./internal/codec.js"
 import { catchUp, live, Signal } from "./internal/paging.js"
 
 export {
@@ -73,6 +74,14 @@ export interface Filter {
 }
 
 /** @since 0.1.0 */
+export interface PageOptions {
+  /** Events with a version greater than this; 0 (the default) starts at the beginning. */
+  readonly after?: number
+  /** At most this many events; default 512, at most 10000. */
+  readonly limit?: number
+}
+
+/** @since 0.1.0 */
 export interface ReadAllOptions {
   /**
    * Deliver events *after* this global position (exclusive), so a checkpoint — the position of the last event
@@ -114,6 +123,11 @@ export interface EventStoreService {
   ) => Effect.Effect<AppendResult, AppendError>
   /** The events of one stream, by version. */
   readonly read: (streamId: string, options?: ReadOptions) => Stream.Stream<RecordedEvent, ReadError>
+  /**
+   * One page of a stream, forward: what `read` is made of, as a plain Effect. Folds that load an aggregate page by
+   * page use it (a `Stream` costs more than a short page does).
+   */
+  readonly readPage: (streamId: string, options?: PageOptions) => Effect.Effect<ReadonlyArray<RecordedEvent>, ReadError>
   /** The global log by position, up to its end as of each page; ends when caught up. */
   readonly readAll: (options?: ReadAllOptions) => Stream.Stream<RecordedEvent, ReadError>
   /** The global log by position: catches up, then stays live. Every event once, in position order. */
@@ -145,6 +159,26 @@ export const checkPage = (pageSize: number | undefined): Effect.Effect<number, I
     : Number.isSafeInteger(pageSize) && pageSize > 0 && pageSize <= 10_000
     ? Effect.succeed(pageSize)
     : Effect.fail(new InvalidInput({ field: "pageSize", reason: "must be an integer from 1 to 10000" }))
+
+/** @internal */
+export const checkPageOptions = (options: PageOptions | undefined) => {
+  const after = options?.after ?? 0
+  if (!Number.isSafeInteger(after) || after < 0) {
+    return Effect.fail(new InvalidInput({ field: "after", reason: "must be a non-negative integer" }))
+  }
+  return Effect.map(checkPage(options?.limit), (limit) => ({ after, limit }))
+}
+
+/** @internal decodes a page of rows: all of them, or the first failure */
+export const decodeRows = (rows: ReadonlyArray<EventRow>): Effect.Effect<Array<RecordedEvent>, EventDecodeError> => {
+  const out: Array<RecordedEvent> = new Array(rows.length)
+  for (let i = 0; i < rows.length; i++) {
+    const decoded = fromRow(rows[i]!)
+    if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+    out[i] = decoded.right
+  }
+  return Effect.succeed(out)
+}
 
 /** @internal */
 export const checkPosition = (position: unknown): Effect.Effect<number, InvalidInput> =>
@@ -257,6 +291,10 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
       })
     })).pipe(Stream.withSpan("EventStore.read", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
 
+  const readPage: EventStoreService["readPage"] = (streamId, options) =>
+    Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
+      Effect.suspend(() => decodeRows((streams.get(streamId) ?? []).slice(after, after + limit))))
+
   const page = (filter: Filter | undefined) => {
     const types = nonEmpty(filter?.streamTypes)
     const eventTypes = nonEmpty(filter?.eventTypes)
@@ -295,7 +333,7 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
       Effect.withSpan("EventStore.version", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
     )
 
-  return EventStore.of({ append, read, readAll, subscribe, version })
+  return EventStore.of({ append, read, readPage, readAll, subscribe, version })
 })
 
 /**

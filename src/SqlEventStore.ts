@@ -29,7 +29,9 @@ import {
   appendSpan,
   type AppendResult,
   checkPage,
+  checkPageOptions,
   checkPosition,
+  decodeRows,
   checkRange,
   EventStore,
   type EventStoreService,
@@ -39,6 +41,7 @@ import {
 import { type EventRow, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import { isSync, type SyncConnection } from "./internal/connection.js"
+import * as Telemetry from "./Telemetry.js"
 import { catchUp, live, Signal } from "./internal/paging.js"
 
 /** @since 0.1.0 */
@@ -319,8 +322,38 @@ const writeGroup = (
       onSuccess: (written) => Effect.succeed(Exit.succeed(written))
     })
   if (appends.length === 1) return Effect.map(separate(appends[0]!, false), (exit) => [exit])
+  if (isSync(conn)) return transaction(conn, writeManySync(conn, appends, separate))
   return transaction(conn, Effect.forEach(appends, (append) => separate(append, true)))
 }
+
+/**
+ * The appends of a group on a synchronous driver, inside the group's transaction: each one's statement runs on the
+ * spot; the few that do not simply succeed (a conflict, a duplicate id, more rows than one statement takes) go
+ * through the effectful path afterwards, in the same transaction, which writes or explains them. Commit order
+ * within the group is the order they were written in.
+ */
+const writeManySync = (
+  conn: SyncConnection,
+  appends: ReadonlyArray<PreparedAppend>,
+  separate: (
+    append: PreparedAppend,
+    inTransaction: boolean
+  ) => Effect.Effect<Exit.Exit<ReadonlyArray<Written>, AppendFailure>, SqlError>
+): Effect.Effect<ReadonlyArray<Exit.Exit<ReadonlyArray<Written>, AppendFailure>>, SqlError> =>
+  Effect.suspend(() => {
+    const exits: Array<Exit.Exit<ReadonlyArray<Written>, AppendFailure>> = new Array(appends.length)
+    const rest: Array<number> = []
+    for (let i = 0; i < appends.length; i++) {
+      const written = writeSync(conn, appends[i]!)
+      if (written === undefined) rest.push(i)
+      else exits[i] = Exit.succeed(written)
+    }
+    if (rest.length === 0) return Effect.succeed(exits)
+    return Effect.as(
+      Effect.forEach(rest, (i) => Effect.map(separate(appends[i]!, true), (exit) => exits[i] = exit), { discard: true }),
+      exits
+    )
+  })
 
 // IMMEDIATE takes SQLite's write lock up front, so the busy timeout applies instead of a deadlock error later.
 const BEGIN = "BEGIN IMMEDIATE"
@@ -349,16 +382,33 @@ export const make = (
     const withWriter: <A, E>(f: (conn: Connection) => Effect.Effect<A, E>) => Effect.Effect<A, E | SqlError> =
       held === undefined ? (f) => Effect.scoped(Effect.flatMap(sql.reserve, f)) : (f) => f(held)
 
+    const committed = (appends: number, conflicts: number) => {
+      Telemetry.commits.unsafeUpdate(1, [])
+      Telemetry.appends.unsafeUpdate(appends - conflicts, [])
+      Telemetry.groupSize.unsafeUpdate(appends, [])
+      if (conflicts > 0) Telemetry.conflicts.unsafeUpdate(conflicts, [])
+    }
+
     const writer = GroupCommit.make<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>({
       run: (appends) =>
         Effect.map(withWriter((conn) => writeGroup(conn, appends)), (exits) => {
           signal.notify()
+          let conflicts = 0
+          for (const exit of exits) {
+            if (Exit.isFailure(exit) && exit.cause._tag === "Fail" && exit.cause.error._tag === "ConcurrencyError") {
+              conflicts++
+            }
+          }
+          committed(exits.length, conflicts)
           return exits
         }),
       runSync: held !== undefined && isSync(held)
         ? (append) => {
           const written = writeSync(held, append)
-          if (written !== undefined) signal.notify()
+          if (written !== undefined) {
+            signal.notify()
+            committed(1, 0)
+          }
           return written
         }
         : undefined,
@@ -424,6 +474,14 @@ export const make = (
         })
       })).pipe(Stream.withSpan("EventStore.read", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
 
+    const readPage: EventStoreService["readPage"] = (streamId, options) =>
+      Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
+        sql<EventRow>`SELECT * FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${after}
+          ORDER BY version LIMIT ${limit}`.withoutTransform.pipe(
+          Effect.mapError(storeError("read")),
+          Effect.flatMap(decodeRows)
+        ))
+
     const page = (filter: Filter | undefined) => {
       const streamTypes = nonEmpty(filter?.streamTypes)
       const eventTypes = nonEmpty(filter?.eventTypes)
@@ -480,7 +538,7 @@ export const make = (
         Effect.withSpan("EventStore.version", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
       )
 
-    return EventStore.of({ append, read, readAll, subscribe, version })
+    return EventStore.of({ append, read, readPage, readAll, subscribe, version })
   })
 
 /**

@@ -17,4 +17,6 @@ export * as Sqlite from "./Sqlite.js"
 /** @since 0.1.0 */
 export * as SqlEventStore from "./SqlEventStore.js"
 /** @since 0.1.0 */
+export * as Telemetry from "./Telemetry.js"
+/** @since 0.1.0 */
 export * as Testing from "./Testing.js"

@@ -5,8 +5,9 @@
  * callback the leader completes (a microtask, not a Deferred: this path runs once per append).
  *
  * Adaptive: a submission that finds the writer idle and no recent contention runs at once, with nothing added.
- * Once a submission has had to wait for a leader, leaders yield once before taking a group, so that appenders
- * that are ready to run join it; after a long enough run of uncontended groups, they stop yielding again.
+ * Once submissions come from more than one fiber (or one has had to wait for a leader), leaders yield once before
+ * taking a group, so that appenders that are ready to run join it; after a long enough run of groups of one, they
+ * stop yielding again.
  *
  * Interruption: a waiting entry that has not been taken into a group is removed (nothing written). Once taken, the
  * group finishes; the interrupted caller then sees the interruption (its append stands). Leaders run
@@ -163,9 +164,18 @@ export const make = <In, Out, E>(options: {
       })
     )
 
+  // The fiber of the previous submission. Submissions from different fibers mean appenders run concurrently (even
+  // if, on a synchronous driver, each append happens to finish before the next fiber runs): group them.
+  let lastFiber = -1
+
   return {
     submit: (input) =>
-      Effect.suspend(() => {
+      Effect.withFiberRuntime((fiber) => {
+        const id = fiber.id().id
+        if (id !== lastFiber) {
+          if (lastFiber !== -1) contention = CONTENTION_MEMORY
+          lastFiber = id
+        }
         if (!leading && contention === 0 && queue.length === 0) {
           if (options.runSync !== undefined) {
             const out = options.runSync(input)

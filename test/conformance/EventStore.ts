@@ -257,6 +257,27 @@ export const eventStoreSuite = (name: string, storeLayer: Layer.Layer<EventStore
         expect(yield* Effect.map(collect(Stream.take(store.read(stream(), { pageSize: 2 }), 3)), versionsOf)).toEqual([1, 2, 3])
       }))
 
+    it.effect("readPage: one page forward after a version, as an Effect", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const { stream } = category()
+        const written = yield* store.append(stream(), evs(7))
+        const page = (options?: EventStore.PageOptions) => Effect.map(store.readPage(stream(), options), versionsOf)
+        expect(yield* page()).toEqual([1, 2, 3, 4, 5, 6, 7])
+        expect(yield* page({ after: 2, limit: 3 })).toEqual([3, 4, 5])
+        expect(yield* page({ after: 5, limit: 3 })).toEqual([6, 7])
+        expect(yield* page({ after: 7 })).toEqual([])
+        expect(yield* Effect.map(store.readPage(stream(2)), versionsOf)).toEqual([])
+        const [first] = yield* store.readPage(stream(), { limit: 1 })
+        expect(first).toEqual(written.events[0])
+        const bad = [
+          yield* Effect.flip(store.readPage(stream(), { after: -1 })),
+          yield* Effect.flip(store.readPage(stream(), { limit: 0 })),
+          yield* Effect.flip(store.readPage(stream(), { limit: 10_001 }))
+        ]
+        expect(bad.map((e) => e._tag)).toEqual(["InvalidInput", "InvalidInput", "InvalidInput"])
+      }))
+
     it.effect("readAll: global order, exclusive fromPosition, filters, paging", () =>
       Effect.gen(function*() {
         const store = yield* Store

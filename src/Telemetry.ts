@@ -1,0 +1,59 @@
+/**
+ * The names of what the library reports: span names and attributes (see each operation) and metrics. Metrics are
+ * Effect `Metric`s, so any metrics layer (OpenTelemetry, Prometheus) exports them.
+ *
+ * @since 0.1.0
+ */
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+
+/**
+ * Commits made by the SQL store's writer (one per group of appends).
+ *
+ * @since 0.1.0
+ */
+export const commits = Metric.counter("eventstore_commits_total", {
+  description: "Transactions committed by the event store writer",
+  incremental: true
+})
+
+/**
+ * Appends written (each in some commit).
+ *
+ * @since 0.1.0
+ */
+export const appends = Metric.counter("eventstore_appends_total", {
+  description: "Appends written by the event store",
+  incremental: true
+})
+
+/**
+ * How many appends shared each commit.
+ *
+ * @since 0.1.0
+ */
+export const groupSize = Metric.histogram(
+  "eventstore_commit_group_size",
+  MetricBoundaries.exponential({ start: 1, factor: 2, count: 10 }),
+  "Appends per commit"
+)
+
+/**
+ * Appends refused because the stream was not at the expected version.
+ *
+ * @since 0.1.0
+ */
+export const conflicts = Metric.counter("eventstore_append_conflicts_total", {
+  description: "Appends refused with ConcurrencyError",
+  incremental: true
+})
+
+/**
+ * Commands that had to load and decide again after a conflict (one per retry).
+ *
+ * @since 0.1.0
+ */
+export const commandRetries = Metric.counter("eventstore_command_retries_total", {
+  description: "Command handler retries after a ConcurrencyError",
+  incremental: true
+})

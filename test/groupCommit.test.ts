@@ -1,0 +1,101 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as GroupCommit from "../src/internal/groupCommit.js"
+
+/** A writer whose `run` records every group and can be slowed down or made to fail. */
+const recorder = (options: { readonly delay?: "20 millis"; readonly maxSize?: number } = {}) => {
+  const groups: Array<ReadonlyArray<number>> = []
+  const writer = GroupCommit.make<number, string, string>({
+    run: (inputs) =>
+      Effect.gen(function*() {
+        groups.push(inputs)
+        if (options.delay) yield* Effect.sleep(options.delay)
+        if (inputs.includes(-1)) return yield* Effect.fail("group failed")
+        if (inputs.includes(-2)) return yield* Effect.die("boom")
+        return inputs.map((n) => n % 2 === 0 ? Exit.succeed(`ok ${n}`) : Exit.fail(`odd ${n}`))
+      }),
+    size: () => 1,
+    maxSize: options.maxSize ?? 100
+  })
+  return { groups, writer }
+}
+
+describe("group commit", () => {
+  it.live("one submitter alone: each submission is its own group", () =>
+    Effect.gen(function*() {
+      const { groups, writer } = recorder()
+      for (let i = 0; i < 5; i++) expect(yield* writer.submit(i * 2)).toBe(`ok ${i * 2}`)
+      expect(groups).toEqual([[0], [2], [4], [6], [8]])
+    }))
+
+  it.live("concurrent submitters share groups; each gets its own result", () =>
+    Effect.gen(function*() {
+      const { groups, writer } = recorder()
+      const results = yield* Effect.forEach(
+        Array.from({ length: 20 }, (_, i) => i),
+        (i) => Effect.either(writer.submit(i)),
+        { concurrency: "unbounded" }
+      )
+      expect(results.map((r) => r._tag === "Right" ? r.right : r.left)).toEqual(
+        Array.from({ length: 20 }, (_, i) => i % 2 === 0 ? `ok ${i}` : `odd ${i}`)
+      )
+      expect(groups.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 20 }, (_, i) => i))
+      expect(groups.length).toBeLessThan(20)
+      expect(Math.max(...groups.map((g) => g.length))).toBeGreaterThan(1)
+    }))
+
+  it.live("fibers submitting in loops keep forming groups, within maxSize", () =>
+    Effect.gen(function*() {
+      const { groups, writer } = recorder({ maxSize: 4 })
+      yield* Effect.forEach(Array.from({ length: 8 }, (_, f) => f), (f) =>
+        Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (i) => writer.submit((f * 100 + i) * 2), { discard: true }), {
+        concurrency: "unbounded",
+        discard: true
+      })
+      expect(groups.flat().length).toBe(80)
+      expect(groups.every((g) => g.length <= 4)).toBe(true)
+      expect(groups.filter((g) => g.length > 1).length).toBeGreaterThan(5)
+    }))
+
+  it.live("a group that fails as a whole fails every member; a defect kills them; the writer recovers", () =>
+    Effect.gen(function*() {
+      const { writer } = recorder({ delay: "20 millis" })
+      const slow = yield* Effect.fork(writer.submit(0))
+      yield* Effect.sleep("5 millis")
+      const [a, b] = yield* Effect.all([Effect.exit(writer.submit(-1)), Effect.exit(writer.submit(2))], { concurrency: "unbounded" })
+      yield* Fiber.join(slow)
+      expect(a).toEqual(Exit.fail("group failed"))
+      expect(b).toEqual(Exit.fail("group failed"))
+      const died = yield* Effect.exit(writer.submit(-2))
+      expect(Exit.isFailure(died) && died.cause._tag).toBe("Die")
+      expect(yield* writer.submit(4)).toBe("ok 4")
+    }))
+
+  it.live("interrupted while queued: the submission is dropped and never reaches run", () =>
+    Effect.gen(function*() {
+      const { groups, writer } = recorder({ delay: "20 millis" })
+      const leader = yield* Effect.fork(writer.submit(0))
+      yield* Effect.sleep("5 millis") // the leader's group is running now
+      const queued = yield* Effect.fork(writer.submit(42))
+      yield* Effect.sleep("1 millis")
+      yield* Fiber.interrupt(queued)
+      yield* Fiber.join(leader)
+      expect(yield* writer.submit(2)).toBe("ok 2")
+      expect(groups.flat()).not.toContain(42)
+    }))
+
+  it.live("interrupted once its group runs: the group finishes first, then the caller is interrupted", () =>
+    Effect.gen(function*() {
+      const { groups, writer } = recorder({ delay: "20 millis" })
+      const caller = yield* Effect.fork(writer.submit(8))
+      yield* Effect.sleep("5 millis")
+      const started = Date.now()
+      const exit = yield* Fiber.interrupt(caller)
+      expect(Exit.isInterrupted(exit)).toBe(true)
+      expect(Date.now() - started).toBeGreaterThanOrEqual(10) // waited for the group
+      expect(groups).toEqual([[8]])
+      expect(yield* writer.submit(10)).toBe("ok 10")
+    }))
+})
