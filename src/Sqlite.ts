@@ -27,14 +27,26 @@ export interface Options {
    * `"normal"`: faster; a power loss may drop the last commits, a process crash does not (`synchronous=NORMAL`).
    */
   readonly durability?: "full" | "normal"
-  /** How long a write waits for another process's lock before failing with `StoreError`; default 5 seconds. */
+  /**
+   * How long a write waits for another process's lock before failing with `StoreError`; default 5 seconds. (The
+   * event store's writer retries with a backoff instead of blocking the thread.)
+   */
   readonly busyTimeout?: Duration.DurationInput
   /** How often a caught-up subscription looks for events appended by other processes; default 500 ms. */
   readonly pollInterval?: Duration.DurationInput
 }
 
+const busyTimeout = (options: Options) => Duration.decode(options.busyTimeout ?? "5 seconds")
+
 const pragmas = (options: Options) => [
-  `busy_timeout = ${Math.round(Duration.toMillis(Duration.decode(options.busyTimeout ?? "5 seconds")))}`,
+  `busy_timeout = ${Math.round(Duration.toMillis(busyTimeout(options)))}`,
+  `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
+]
+
+// The writer never waits inside SQLite: a lock held by another process makes its write fail at once and retry
+// after a backoff (`SqlEventStore.defaultBusyRetry`), so that this process's thread is never blocked meanwhile.
+const writerPragmas = (options: Options) => [
+  "busy_timeout = 0",
   `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
 ]
 
@@ -84,9 +96,10 @@ export const layer = (
       // ":memory:" is one database per connection: there, the store writes through the shared client.
       const writeConnection = isMemory(options.filename) ? undefined : yield* SqliteConnection.make(
         options.filename,
-        pragmas(options)
+        writerPragmas(options)
       ).pipe(Effect.mapError((cause) => new StoreError({ operation: "open", cause })))
       return yield* SqlEventStore.make({
+        busyRetry: SqlEventStore.defaultBusyRetry(busyTimeout(options)),
         ...(options.pollInterval !== undefined ? { pollInterval: options.pollInterval } : {}),
         ...(writeConnection !== undefined ? { writeConnection } : {})
       })

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -7,10 +8,12 @@ import * as GroupCommit from "../src/internal/groupCommit.js"
 /** A writer whose `run` records every group and can be slowed down or made to fail. */
 const recorder = (options: { readonly delay?: "20 millis"; readonly maxSize?: number } = {}) => {
   const groups: Array<ReadonlyArray<number>> = []
+  const started = Effect.runSync(Deferred.make<void>())
   const writer = GroupCommit.make<number, string, string>({
     run: (inputs) =>
       Effect.gen(function*() {
         groups.push(inputs)
+        yield* Deferred.succeed(started, undefined)
         if (options.delay) yield* Effect.sleep(options.delay)
         if (inputs.includes(-1)) return yield* Effect.fail("group failed")
         if (inputs.includes(-2)) return yield* Effect.die("boom")
@@ -19,7 +22,7 @@ const recorder = (options: { readonly delay?: "20 millis"; readonly maxSize?: nu
     size: () => 1,
     maxSize: options.maxSize ?? 100
   })
-  return { groups, writer }
+  return { groups, writer, started: Deferred.await(started) }
 }
 
 describe("group commit", () => {
@@ -61,9 +64,9 @@ describe("group commit", () => {
 
   it.live("a group that fails as a whole fails every member; a defect kills them; the writer recovers", () =>
     Effect.gen(function*() {
-      const { writer } = recorder({ delay: "20 millis" })
+      const { started, writer } = recorder({ delay: "20 millis" })
       const slow = yield* Effect.fork(writer.submit(0))
-      yield* Effect.sleep("5 millis")
+      yield* started
       const [a, b] = yield* Effect.all([Effect.exit(writer.submit(-1)), Effect.exit(writer.submit(2))], { concurrency: "unbounded" })
       yield* Fiber.join(slow)
       expect(a).toEqual(Exit.fail("group failed"))
@@ -75,9 +78,9 @@ describe("group commit", () => {
 
   it.live("interrupted while queued: the submission is dropped and never reaches run", () =>
     Effect.gen(function*() {
-      const { groups, writer } = recorder({ delay: "20 millis" })
+      const { groups, started, writer } = recorder({ delay: "20 millis" })
       const leader = yield* Effect.fork(writer.submit(0))
-      yield* Effect.sleep("5 millis") // the leader's group is running now
+      yield* started // the leader's group is running now
       const queued = yield* Effect.fork(writer.submit(42))
       yield* Effect.sleep("1 millis")
       yield* Fiber.interrupt(queued)
@@ -88,13 +91,13 @@ describe("group commit", () => {
 
   it.live("interrupted once its group runs: the group finishes first, then the caller is interrupted", () =>
     Effect.gen(function*() {
-      const { groups, writer } = recorder({ delay: "20 millis" })
+      const { groups, started, writer } = recorder({ delay: "20 millis" })
       const caller = yield* Effect.fork(writer.submit(8))
-      yield* Effect.sleep("5 millis")
-      const started = Date.now()
+      yield* started
+      const startedAt = Date.now()
       const exit = yield* Fiber.interrupt(caller)
       expect(Exit.isInterrupted(exit)).toBe(true)
-      expect(Date.now() - started).toBeGreaterThanOrEqual(10) // waited for the group
+      expect(Date.now() - startedAt).toBeGreaterThanOrEqual(10) // waited for the group
       expect(groups).toEqual([[8]])
       expect(yield* writer.submit(10)).toBe("ok 10")
     }))

@@ -40,11 +40,11 @@ const CONTENTION_MEMORY = 64
 export const make = <In, Out, E>(options: {
   readonly run: (inputs: ReadonlyArray<In>) => Effect.Effect<ReadonlyArray<Exit.Exit<Out, E>>, E>
   /**
-   * For a driver that runs statements synchronously (SQLite): commits one input alone, on the spot, returning
-   * `undefined` whenever anything but a plain success happened (nothing committed) so that `run` takes over and
-   * explains it. Only called when the writer is idle, so it cannot interleave with a group.
+   * For a driver that runs statements synchronously (SQLite): commits one input alone, on the spot, and returns its
+   * result; `undefined` when the write as a whole failed (nothing committed), and `run` takes over. Only called
+   * when the writer is idle, so it cannot interleave with a group.
    */
-  readonly runSync?: ((input: In) => Out | undefined) | undefined
+  readonly runSync?: ((input: In) => Exit.Exit<Out, E> | undefined) | undefined
   readonly size: (input: In) => number
   readonly maxSize: number
 }): GroupCommit<In, Out, E> => {
@@ -178,8 +178,8 @@ export const make = <In, Out, E>(options: {
         }
         if (!leading && contention === 0 && queue.length === 0) {
           if (options.runSync !== undefined) {
-            const out = options.runSync(input)
-            if (out !== undefined) return Effect.succeed(out)
+            const exit = options.runSync(input)
+            if (exit !== undefined) return exit
           }
           leading = true
           return solo(input)

@@ -1,0 +1,276 @@
+/**
+ * How the SQL event store writes: the conditional multi-row `INSERT … SELECT` of one append (the expected-version
+ * check and the write in one statement), and groups of appends in one transaction where a conflict or a duplicate
+ * id fails only its own append.
+ *
+ * Two runners over the same statements:
+ * - `writeGroup`: effectful, over any `@effect/sql` `Connection` (PostgreSQL, SQLite `:memory:`).
+ * - `writeGroupSync`: for a synchronous driver (SQLite's writer connection). A whole group — BEGIN, every append,
+ *   COMMIT — runs in one synchronous call, so the write lock is never held across a yield of the Effect runtime.
+ *   That matters in one thread: another connection of the same process waiting for the lock would block the thread
+ *   that must release it.
+ */
+import type { Connection } from "@effect/sql/SqlConnection"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import { ConcurrencyError, DuplicateEventError, type ExpectedVersion } from "../Errors.js"
+import type { PreparedAppend } from "./codec.js"
+import type { SyncConnection } from "./connection.js"
+import { isUniqueViolation, tables } from "./migrations.js"
+
+const E = tables.events
+
+/** Rows per INSERT statement: stays far below SQLite's 32766 bound parameters. */
+export const CHUNK = 500
+
+export interface Written {
+  readonly version: number
+  readonly position: number
+}
+
+export type AppendFailure = ConcurrencyError | DuplicateEventError
+
+export type Outcome = Exit.Exit<ReadonlyArray<Written>, AppendFailure>
+
+const condition = (expected: ExpectedVersion) =>
+  expected === "any"
+    ? ""
+    : expected === "no-stream"
+    ? " WHERE h.v = 0"
+    : expected === "stream-exists"
+    ? " WHERE h.v > 0"
+    : " WHERE h.v = ?"
+
+const statements = new Map<string, string>()
+
+/**
+ * The conditional insert of `rows` events. Parameters: stream id, stream type, recorded-at, stream id, then per event
+ * (event id, type, schema version, payload, metadata, tenant), then the expected version when it is a number.
+ */
+const insertSql = (rows: number, expected: ExpectedVersion): string => {
+  const key = `${typeof expected === "number" ? "n" : expected}:${rows}`
+  let text = statements.get(key)
+  if (text === undefined) {
+    const values = Array.from({ length: rows }, (_, i) => `(?, ${i + 1}, ?, ?, ?, ?, ?)`).join(", ")
+    text =
+      `INSERT INTO ${E} (event_id, stream_id, stream_type, version, event_type, schema_version, payload, metadata, tenant_id, recorded_at)
+SELECT v.column1, ?, ?, h.v + v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, ?
+FROM (SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = ? ORDER BY version DESC LIMIT 1), 0) AS v) AS h,
+(VALUES ${values}) AS v${condition(expected)}
+ORDER BY v.column2
+RETURNING version, position`
+    statements.set(key, text)
+  }
+  return text
+}
+
+const insertParams = (append: PreparedAppend, from: number, to: number, expected: ExpectedVersion) => {
+  const params: Array<unknown> = [append.streamId, append.streamType, append.recordedAt, append.streamId]
+  for (let i = from; i < to; i++) {
+    const e = append.events[i]!
+    params.push(e.eventId, e.type, e.schemaVersion, e.payloadJson, e.metadataJson, e.tenantId)
+  }
+  if (typeof expected === "number") params.push(expected)
+  return params
+}
+
+const VERSION_SQL =
+  `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = ? ORDER BY version DESC LIMIT 1), 0) AS v`
+
+const existingIdSql = (n: number) =>
+  `SELECT event_id FROM ${E} WHERE event_id IN (${Array.from({ length: n }, () => "?").join(", ")}) LIMIT 1`
+
+const byVersion = (a: Written, b: Written) => a.version - b.version
+const sorted = (rows: ReadonlyArray<Written>) => rows.length > 1 ? [...rows].sort(byVersion) : rows
+
+const conflictError = (append: PreparedAppend, actual: unknown) =>
+  new ConcurrencyError({ streamId: append.streamId, expected: append.expected, actual: Number(actual ?? 0) })
+
+const SAVEPOINT = "SAVEPOINT eventstore_append"
+const RELEASE = "RELEASE eventstore_append"
+const ROLLBACK_TO = "ROLLBACK TO eventstore_append"
+
+// --- effectful ---------------------------------------------------------------------------------------------------
+
+const exec = (conn: Connection, statement: string) => Effect.asVoid(conn.execute(statement, [], undefined))
+
+const query = <A>(conn: Connection, statement: string, params: ReadonlyArray<unknown>) =>
+  conn.execute(statement, params, undefined) as Effect.Effect<ReadonlyArray<A>, SqlError>
+
+const conflict = (conn: Connection, append: PreparedAppend) =>
+  Effect.flatMap(
+    query<{ v: number }>(conn, VERSION_SQL, [append.streamId]),
+    (rows) => Effect.fail(conflictError(append, rows[0]?.v))
+  )
+
+/** Why a unique index refused the insert: a stored event id, or a concurrent writer on the stream. */
+const explainUnique = (conn: Connection, append: PreparedAppend): Effect.Effect<never, AppendFailure | SqlError> =>
+  Effect.flatMap(
+    query<{ event_id: string }>(conn, existingIdSql(append.events.length), append.events.map((e) => e.eventId)),
+    (rows): Effect.Effect<never, AppendFailure | SqlError> =>
+      rows.length > 0
+        ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: rows[0]!.event_id }))
+        : conflict(conn, append)
+  )
+
+/** Runs `body` in a write transaction; rolls back on any failure. Callers run it uninterruptibly. */
+const transaction = <A, E>(
+  conn: Connection,
+  begin: string,
+  body: Effect.Effect<A, E | SqlError>
+): Effect.Effect<A, E | SqlError> =>
+  Effect.zipRight(
+    exec(conn, begin),
+    body.pipe(
+      Effect.zipLeft(exec(conn, "COMMIT")),
+      Effect.onError(() => Effect.ignore(exec(conn, "ROLLBACK")))
+    )
+  )
+
+const writeOne = (
+  conn: Connection,
+  append: PreparedAppend,
+  begin: string,
+  inTransaction: boolean
+): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
+  const n = append.events.length
+  const onUnique = <A>(self: Effect.Effect<A, AppendFailure | SqlError>) =>
+    Effect.catchTag(self, "SqlError", (e) => isUniqueViolation(e) ? explainUnique(conn, append) : Effect.fail(e))
+  if (n <= CHUNK) {
+    return query<Written>(conn, insertSql(n, append.expected), insertParams(append, 0, n, append.expected)).pipe(
+      Effect.flatMap((rows) => rows.length === 0 ? conflict(conn, append) : Effect.succeed(sorted(rows))),
+      onUnique
+    )
+  }
+  // Too large for one statement: chunks, each expecting the version the previous one reached (nobody else can
+  // change it while we hold the write lock), inside a savepoint so that a failure undoes them all.
+  const chunks = Effect.gen(function*() {
+    const written: Array<Written> = []
+    let expected = append.expected
+    for (let from = 0; from < n; from += CHUNK) {
+      const to = Math.min(n, from + CHUNK)
+      const rows = yield* query<Written>(conn, insertSql(to - from, expected), insertParams(append, from, to, expected))
+      if (rows.length === 0) return yield* conflict(conn, append)
+      written.push(...sorted(rows))
+      expected = written[written.length - 1]!.version
+    }
+    return written
+  }).pipe(onUnique)
+  const rollbackTo = Effect.zipRight(exec(conn, ROLLBACK_TO), exec(conn, RELEASE))
+  const savepoint = Effect.zipRight(
+    exec(conn, SAVEPOINT),
+    chunks.pipe(
+      Effect.tapError((e) => e._tag === "SqlError" ? Effect.void : rollbackTo),
+      Effect.zipLeft(exec(conn, RELEASE))
+    )
+  )
+  return inTransaction ? savepoint : transaction(conn, begin, savepoint)
+}
+
+/**
+ * Writes a group of appends: one that fits a statement alone runs in autocommit; anything else shares one
+ * transaction (one fsync). Per-append conflicts come back as failed exits; SQL errors fail the group.
+ */
+export const writeGroup = (
+  conn: Connection,
+  begin: string,
+  appends: ReadonlyArray<PreparedAppend>
+): Effect.Effect<ReadonlyArray<Outcome>, SqlError> => {
+  const separate = (append: PreparedAppend, inTransaction: boolean) =>
+    Effect.matchEffect(writeOne(conn, append, begin, inTransaction), {
+      onFailure: (e) => e._tag === "SqlError" ? Effect.fail(e) : Effect.succeed(Exit.fail(e)),
+      onSuccess: (written) => Effect.succeed(Exit.succeed(written))
+    })
+  if (appends.length === 1) return Effect.map(separate(appends[0]!, false), (exit) => [exit])
+  return transaction(conn, begin, Effect.forEach(appends, (append) => separate(append, true)))
+}
+
+// --- synchronous -------------------------------------------------------------------------------------------------
+
+const codeOf = (cause: unknown): string | undefined => {
+  const code = (cause as { readonly code?: unknown } | null)?.code
+  return typeof code === "string" ? code : undefined
+}
+
+const isUnique = (cause: unknown) => isUniqueViolation(new SqlError({ cause }))
+
+const run = (conn: SyncConnection, statement: string, params: ReadonlyArray<unknown> = []) =>
+  conn.executeSync(statement, params)
+
+const conflictSync = (conn: SyncConnection, append: PreparedAppend) =>
+  Exit.fail(conflictError(append, (run(conn, VERSION_SQL, [append.streamId])[0] as { v?: number } | undefined)?.v))
+
+const explainUniqueSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
+  const [row] = run(conn, existingIdSql(append.events.length), append.events.map((e) => e.eventId)) as Array<
+    { event_id: string }
+  >
+  return row !== undefined
+    ? Exit.fail(new DuplicateEventError({ streamId: append.streamId, eventId: row.event_id }))
+    : conflictSync(conn, append)
+}
+
+/** One statement; a unique violation undoes the statement only (SQLite's default ABORT), and is explained. */
+const insertSync = (
+  conn: SyncConnection,
+  append: PreparedAppend,
+  from: number,
+  to: number,
+  expected: ExpectedVersion
+): ReadonlyArray<Written> | "unique" => {
+  try {
+    return run(conn, insertSql(to - from, expected), insertParams(append, from, to, expected)) as Array<Written>
+  } catch (cause) {
+    if (isUnique(cause)) return "unique"
+    throw cause
+  }
+}
+
+const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
+  const n = append.events.length
+  if (n <= CHUNK) {
+    const rows = insertSync(conn, append, 0, n, append.expected)
+    if (rows === "unique") return explainUniqueSync(conn, append)
+    return rows.length === 0 ? conflictSync(conn, append) : Exit.succeed(sorted(rows))
+  }
+  run(conn, SAVEPOINT)
+  const written: Array<Written> = []
+  let expected = append.expected
+  for (let from = 0; from < n; from += CHUNK) {
+    const rows = insertSync(conn, append, from, Math.min(n, from + CHUNK), expected)
+    if (rows === "unique" || rows.length === 0) {
+      run(conn, ROLLBACK_TO)
+      run(conn, RELEASE)
+      return rows === "unique" ? explainUniqueSync(conn, append) : conflictSync(conn, append)
+    }
+    written.push(...sorted(rows))
+    expected = written[written.length - 1]!.version
+  }
+  run(conn, RELEASE)
+  return Exit.succeed(written)
+}
+
+/**
+ * Writes a group in one synchronous call: a lone append that fits one statement in autocommit, anything else in one
+ * `BEGIN IMMEDIATE … COMMIT`. Throws the driver's error when the group as a whole fails (nothing of it committed).
+ */
+export const writeGroupSync = (conn: SyncConnection, appends: ReadonlyArray<PreparedAppend>): Array<Outcome> => {
+  if (appends.length === 1 && appends[0]!.events.length <= CHUNK) return [writeOneSync(conn, appends[0]!)]
+  run(conn, "BEGIN IMMEDIATE")
+  try {
+    const outcomes = appends.map((append) => writeOneSync(conn, append))
+    run(conn, "COMMIT")
+    return outcomes
+  } catch (cause) {
+    try {
+      run(conn, "ROLLBACK")
+    } catch {
+      // the transaction may already be gone (SQLite rolls back on some errors); the original error is what matters
+    }
+    throw cause
+  }
+}
+
+/** The driver error of a failed synchronous group, as `@effect/sql` reports errors. */
+export const sqlError = (cause: unknown) =>
+  new SqlError({ cause, message: `Failed to write events${codeOf(cause) ? ` (${codeOf(cause)})` : ""}` })
