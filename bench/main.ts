@@ -7,7 +7,7 @@
  *   npm run bench -- --quick  small sizes, for CI (well under 60 s)
  */
 import Database from "better-sqlite3"
-import { Aggregate, Event, EventStore, Sqlite } from "effect-eventstore"
+import { Aggregate, Event, EventStore, Snapshot, Sqlite } from "effect-eventstore"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
@@ -35,7 +35,7 @@ const emit = (bench: string, value: number, unit: string, baseline: number) => {
 
 // --- the domain the load benchmarks fold ---------------------------------------------------------------------------
 const Deposited = Schema.TaggedStruct("Deposited", { amount: Schema.Int })
-const Ledger = Aggregate.make({
+const ledgerOptions = {
   name: "Ledger",
   events: Event.registry([Deposited]),
   decider: {
@@ -43,7 +43,8 @@ const Ledger = Aggregate.make({
     decide: (_: never, __: number) => Effect.succeed([]),
     evolve: (state: number, event: typeof Deposited.Type) => state + event.amount
   }
-})
+}
+const Ledger = Aggregate.make(ledgerOptions)
 
 // --- helpers -------------------------------------------------------------------------------------------------------
 /** A library runtime on a fresh (or given) SQLite file, durable unless asked. */
@@ -312,6 +313,81 @@ async function childRss(mode: string, filename: string) {
   console.log(JSON.stringify({ rssMb: process.resourceUsage().maxRSS / 1024 }))
 }
 
+// --- snapshots and cache -------------------------------------------------------------------------------------------
+const LedgerState = Schema.Number
+
+/**
+ * On a stream of `n` events: a snapshot ≤ 100 events behind the head, then loads from it (baseline: the full
+ * replay); a warm cache with no new events (baseline: the raw query for events after the cached version); and the
+ * write of a 10 KB snapshot (baseline: the raw durable insert of the same row).
+ */
+async function snapshotBench(filename: string, n: number, runs: number) {
+  const Snapped = Aggregate.make({ ...ledgerOptions, snapshots: { schema: LedgerState, every: "on-demand" } })
+  const Cached = Aggregate.make({ ...ledgerOptions, cache: { capacity: 16 } })
+  const rt = ManagedRuntime.make(Sqlite.layer({ filename }))
+  const tail = 50
+  const out = await rt.runPromise(Effect.gen(function*() {
+    const store = yield* EventStore.EventStore
+    const snapshots = yield* Snapshot.SnapshotStore
+    // the snapshot at n, then `tail` more events
+    yield* Snapped.snapshot("big")
+    yield* store.append(
+      Ledger.streamId("big"),
+      Array.from({ length: tail }, (_, i) => ({ type: "Deposited", payload: { amount: i % 7 } })),
+      { expectedVersion: n, streamType: "Ledger" }
+    )
+    const time = function*<A, E, R>(effect: Effect.Effect<A, E, R>, times: number) {
+      const samples: Array<number> = []
+      for (let i = 0; i < times; i++) {
+        const t = performance.now()
+        yield* effect
+        samples.push(performance.now() - t)
+      }
+      return median(samples)
+    }
+    const full = yield* Ledger.load("big")
+    const fromSnapshot = yield* Snapped.load("big")
+    if (full.state !== fromSnapshot.state || full.version !== n + tail) throw new Error("snapshot load mismatch")
+    const snapshotMs = yield* time(Snapped.load("big"), runs * 20)
+    const fullMs = yield* time(Ledger.load("big"), runs)
+    yield* Cached.load("big")
+    const cachedMs = yield* time(Cached.load("big"), 500)
+    const state10k = { blob: "x".repeat(10 * 1024) }
+    const writeMs = yield* time(
+      snapshots.save({ streamId: "Bench-snap", streamType: "Bench", version: 1, schemaVersion: 1, state: state10k }),
+      100
+    )
+    return { snapshotMs, fullMs, cachedMs, writeMs }
+  }))
+  await rt.dispose()
+  // raw baselines on the same file
+  const db = new Database(filename)
+  db.pragma("journal_mode = WAL")
+  db.pragma("synchronous = FULL")
+  const after = db.prepare("SELECT * FROM eventstore_events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?")
+  const rawCached: Array<number> = []
+  for (let i = 0; i < 500; i++) {
+    const t = performance.now()
+    after.all(Ledger.streamId("big"), n + tail, PAGE)
+    rawCached.push(performance.now() - t)
+  }
+  const insert = db.prepare(
+    `INSERT INTO eventstore_snapshots (stream_id, stream_type, version, schema_version, state, analytics, size_bytes, created_at)
+     VALUES (?, 'Bench', ?, 1, ?, NULL, ?, ?)`
+  )
+  const json = JSON.stringify({ blob: "x".repeat(10 * 1024) })
+  const rawWrite: Array<number> = []
+  for (let i = 0; i < 100; i++) {
+    const t = performance.now()
+    insert.run("Bench-raw", i + 1, json, json.length, Date.now())
+    rawWrite.push(performance.now() - t)
+  }
+  db.close()
+  emit(`sqlite.load.snapshot.${label(n)}`, out.snapshotMs, "ms", out.fullMs)
+  emit("sqlite.load.cached", out.cachedMs, "ms", median(rawCached))
+  emit("sqlite.snapshot.write", out.writeMs, "ms", median(rawWrite))
+}
+
 // --- main ----------------------------------------------------------------------------------------------------------
 const label = (n: number) => n >= 1000 ? `${n / 1000}k` : `${n}`
 
@@ -333,6 +409,9 @@ async function main() {
     emit("sqlite.load.scaling", b.lib / a.lib, `x (${label(large)} time / ${label(small)} time)`, b.raw / a.raw)
     emit(`sqlite.load.${label(small)}.peakRss`, peakRss("lib", a.filename), "MB", peakRss("raw", a.filename))
     emit(`sqlite.load.${label(large)}.peakRss`, peakRss("lib", b.filename), "MB", peakRss("raw", b.filename))
+  }
+  if (want("sqlite.load.snapshot") || want("sqlite.load.cached") || want("sqlite.snapshot")) {
+    await snapshotBench(await seedStream(large), large, quick ? 3 : 7)
   }
   fs.rmSync(dir, { recursive: true, force: true })
 }

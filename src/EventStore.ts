@@ -293,7 +293,9 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
 
   const readPage: EventStoreService["readPage"] = (streamId, options) =>
     Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
-      Effect.suspend(() => decodeRows((streams.get(streamId) ?? []).slice(after, after + limit))))
+      Effect.suspend(() => decodeRows((streams.get(streamId) ?? []).slice(after, after + limit)))).pipe(
+      Effect.withSpan("EventStore.readPage", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
+    )
 
   const page = (filter: Filter | undefined) => {
     const types = nonEmpty(filter?.streamTypes)

@@ -211,7 +211,7 @@ export const make = (
           ORDER BY version LIMIT ${limit}`.withoutTransform.pipe(
           Effect.mapError(storeError("read")),
           Effect.flatMap(decodeRows)
-        ))
+        )).pipe(Effect.withSpan("EventStore.readPage", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
 
     const page = (filter: Filter | undefined) => {
       const streamTypes = nonEmpty(filter?.streamTypes)

@@ -16,6 +16,8 @@ import * as Layer from "effect/Layer"
 import { StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import * as SqliteConnection from "./internal/sqliteConnection.js"
+import * as Snapshot from "./Snapshot.js"
+import type { SnapshotStore } from "./Snapshot.js"
 import * as SqlEventStore from "./SqlEventStore.js"
 
 /** @since 0.1.0 */
@@ -76,8 +78,8 @@ const client = (options: Options) =>
 const isMemory = (filename: string) => filename === ":memory:" || filename === ""
 
 /**
- * A ready `EventStore` on an SQLite file, plus the `SqlClient` it reads with (for projections and snapshots in the
- * same database).
+ * A ready `EventStore` and `SnapshotStore` on an SQLite file, plus the `SqlClient` they read with (for your own
+ * queries and projections in the same database).
  *
  * @example
  * ```ts
@@ -89,7 +91,10 @@ const isMemory = (filename: string) => filename === ":memory:" || filename === "
  */
 export const layer = (
   options: Options
-): Layer.Layer<EventStore | SqliteClient.SqliteClient | SqlClient.SqlClient, StoreError> =>
+): Layer.Layer<EventStore | SnapshotStore | SqliteClient.SqliteClient | SqlClient.SqlClient, StoreError> =>
+  Layer.merge(layerEventStore(options), Snapshot.layerSql).pipe(Layer.provideMerge(layerClient(options)))
+
+const layerEventStore = (options: Options) =>
   Layer.scoped(
     EventStore,
     Effect.gen(function*() {
@@ -104,4 +109,4 @@ export const layer = (
         ...(writeConnection !== undefined ? { writeConnection } : {})
       })
     })
-  ).pipe(Layer.provideMerge(layerClient(options)))
+  )

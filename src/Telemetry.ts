@@ -57,3 +57,33 @@ export const commandRetries = Metric.counter("eventstore_command_retries_total",
   description: "Command handler retries after a ConcurrencyError",
   incremental: true
 })
+
+/**
+ * Snapshots written by aggregates' snapshot policies (and on demand).
+ *
+ * @since 0.1.0
+ */
+export const snapshotsWritten = Metric.counter("eventstore_snapshots_written_total", {
+  description: "Snapshots written",
+  incremental: true
+})
+
+/**
+ * Snapshot writes that failed (the command that triggered them had already succeeded).
+ *
+ * @since 0.1.0
+ */
+export const snapshotFailures = Metric.counter("eventstore_snapshot_failures_total", {
+  description: "Snapshot writes that failed",
+  incremental: true
+})
+
+/**
+ * Snapshots ignored on load (old schema version without an upcaster, undecodable state): the load replayed instead.
+ *
+ * @since 0.1.0
+ */
+export const snapshotsIgnored = Metric.counter("eventstore_snapshots_ignored_total", {
+  description: "Snapshots ignored on load",
+  incremental: true
+})

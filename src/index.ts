@@ -7,11 +7,15 @@
 /** @since 0.1.0 */
 export * as Aggregate from "./Aggregate.js"
 /** @since 0.1.0 */
+export * as Analytics from "./Analytics.js"
+/** @since 0.1.0 */
 export * as Errors from "./Errors.js"
 /** @since 0.1.0 */
 export * as Event from "./Event.js"
 /** @since 0.1.0 */
 export * as EventStore from "./EventStore.js"
+/** @since 0.1.0 */
+export * as Snapshot from "./Snapshot.js"
 /** @since 0.1.0 */
 export * as Sqlite from "./Sqlite.js"
 /** @since 0.1.0 */

@@ -32,6 +32,13 @@ export interface AccountState {
 
 export const initialState: AccountState = { status: "new", owner: "", balance: 0 }
 
+/** How the state is stored in snapshots. */
+export const AccountStateSchema = Schema.Struct({
+  status: Schema.Literal("new", "open", "closed"),
+  owner: Schema.String,
+  balance: Schema.Int
+})
+
 export const evolve = (state: AccountState, event: AccountEvent): AccountState => {
   switch (event._tag) {
     case "AccountOpened":
@@ -120,5 +127,8 @@ export const decide = (
 export const Account = Aggregate.make({
   name: "Account",
   events: AccountEvents,
-  decider: { initialState, decide, evolve }
+  decider: { initialState, decide, evolve },
+  // a snapshot every 100 events; loads start from the latest one
+  snapshots: { schema: AccountStateSchema, every: 100 },
+  analytics: true
 })

@@ -5,10 +5,13 @@
  *   npm start
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { EventStore, Sqlite } from "effect-eventstore"
+import { Analytics, EventStore, Snapshot, Sqlite } from "effect-eventstore"
 import * as Console from "effect/Console"
+import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import { mkdirSync } from "node:fs"
 import * as path from "node:path"
@@ -59,6 +62,38 @@ const program = Effect.gen(function*() {
       return Console.log(`  v${e.version}  pos ${String(e.position).padStart(4)}  ${_tag.padEnd(15)} ${JSON.stringify(fields)}`)
     })
   )
+
+  // A busy account: 250 small deposits; a snapshot is written after every 100 events.
+  const busy = `${id}-busy`
+  yield* Account.handle(busy, OpenAccount.make({ owner: "Grace" }))
+  for (let i = 0; i < 249; i++) {
+    yield* Account.handle(busy, i % 10 === 9 ? Withdraw.make({ amount: cents(50) }) : Deposit.make({ amount: cents(100) }))
+  }
+  const snapshots = yield* Snapshot.SnapshotStore
+  const latest = yield* Effect.retry(
+    Effect.flatMap(
+      snapshots.latest(Account.streamId(busy)),
+      (s) => Option.isSome(s) && s.value.version >= 200 ? Effect.succeed(s.value) : Effect.fail("snapshot pending")
+    ),
+    { times: 100, schedule: Schedule.spaced("10 millis") }
+  )
+  const loaded = yield* Account.load(busy)
+  yield* Console.log(
+    `\n${Account.streamId(busy)}: v${loaded.version}, balance ${formatCents(loaded.state.balance)}, ` +
+      `loaded from the snapshot at v${latest.version} + ${loaded.version - latest.version} events`
+  )
+  if (loaded.analytics !== undefined) {
+    const a = loaded.analytics
+    const share = Analytics.distribution(a)
+    yield* Console.log(`analytics: ${a.total} events, ` + Object.entries(a.counts).map(([type, n]) =>
+      `${type} ${n} (${share[type]!.toFixed(1)}%)`
+    ).join(", "))
+    yield* Console.log(
+      `  most frequent ${Option.getOrThrow(Analytics.mostFrequent(a)).type}, least frequent ${
+        Option.getOrThrow(Analytics.leastFrequent(a)).type
+      }, first ${a.firstAt ? DateTime.formatIso(a.firstAt) : "-"}, last ${a.lastAt ? DateTime.formatIso(a.lastAt) : "-"}`
+    )
+  }
 
   const store = yield* EventStore.EventStore
   const total = yield* Stream.runCount(store.readAll({ filter: { streamTypes: ["Account"] } }))

@@ -62,7 +62,7 @@ export interface AppendInput {
 // C0 controls, DEL and C1 controls.
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/
 
-const checkId = (field: string, value: unknown, max: number): InvalidInput | undefined => {
+export const checkId = (field: string, value: unknown, max: number): InvalidInput | undefined => {
   if (typeof value !== "string" || value.length === 0) return new InvalidInput({ field, reason: "must be a non-empty string" })
   if (value.length > max) return new InvalidInput({ field, reason: `longer than ${max} characters` })
   if (CONTROL.test(value)) return new InvalidInput({ field, reason: "contains control characters" })

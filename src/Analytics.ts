@@ -1,0 +1,123 @@
+/**
+ * Event analytics of one aggregate: how many events it has, of which types, when the first and the last were
+ * recorded. Maintained incrementally while the aggregate is folded, persisted with its snapshots and restored from
+ * them, so a load from a snapshot reports exactly what a full replay would.
+ *
+ * @since 0.1.0
+ */
+import * as DateTime from "effect/DateTime"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+
+/**
+ * @since 0.1.0
+ */
+export const Analytics = Schema.Struct({
+  total: Schema.NonNegativeInt,
+  counts: Schema.Record({ key: Schema.String, value: Schema.NonNegativeInt }),
+  firstAt: Schema.optionalWith(Schema.DateTimeUtcFromNumber, { exact: true }),
+  lastAt: Schema.optionalWith(Schema.DateTimeUtcFromNumber, { exact: true })
+})
+
+/** @since 0.1.0 */
+export interface Analytics extends Schema.Schema.Type<typeof Analytics> {}
+
+/** @since 0.1.0 */
+export const empty: Analytics = { total: 0, counts: {} }
+
+/**
+ * A mutable accumulator for folds: one per load, frozen into an `Analytics` at the end.
+ *
+ * @since 0.1.0
+ */
+export class Tracker {
+  private total: number
+  private readonly counts: Record<string, number>
+  private firstAt: number | undefined
+  private lastAt: number | undefined
+
+  constructor(from: Analytics = empty) {
+    this.total = from.total
+    this.counts = { ...from.counts }
+    this.firstAt = from.firstAt?.epochMillis
+    this.lastAt = from.lastAt?.epochMillis
+  }
+
+  /** Records one applied event. */
+  record(type: string, recordedAt: DateTime.Utc): void {
+    this.total++
+    this.counts[type] = (this.counts[type] ?? 0) + 1
+    const at = recordedAt.epochMillis
+    if (this.firstAt === undefined) this.firstAt = at
+    this.lastAt = at
+  }
+
+  get value(): Analytics {
+    return {
+      total: this.total,
+      counts: { ...this.counts },
+      ...(this.firstAt !== undefined ? { firstAt: DateTime.unsafeMake(this.firstAt) } : {}),
+      ...(this.lastAt !== undefined ? { lastAt: DateTime.unsafeMake(this.lastAt) } : {})
+    }
+  }
+}
+
+/**
+ * The share of each event type, in percent of all events.
+ *
+ * @since 0.1.0
+ */
+export const distribution = (analytics: Analytics): Record<string, number> => {
+  const out: Record<string, number> = {}
+  for (const [type, count] of Object.entries(analytics.counts)) {
+    out[type] = analytics.total === 0 ? 0 : (count / analytics.total) * 100
+  }
+  return out
+}
+
+const extreme = (analytics: Analytics, better: (a: number, b: number) => boolean) => {
+  let best: { readonly type: string; readonly count: number } | undefined
+  for (const [type, count] of Object.entries(analytics.counts).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)) {
+    if (best === undefined || better(count, best.count)) best = { type, count }
+  }
+  return Option.fromNullable(best)
+}
+
+/**
+ * The most frequent event type (ties: the first by name).
+ *
+ * @since 0.1.0
+ */
+export const mostFrequent = (analytics: Analytics): Option.Option<{ readonly type: string; readonly count: number }> =>
+  extreme(analytics, (a, b) => a > b)
+
+/**
+ * The least frequent event type (ties: the first by name).
+ *
+ * @since 0.1.0
+ */
+export const leastFrequent = (analytics: Analytics): Option.Option<{ readonly type: string; readonly count: number }> =>
+  extreme(analytics, (a, b) => a < b)
+
+const minAt = (a: DateTime.Utc | undefined, b: DateTime.Utc | undefined) =>
+  a === undefined ? b : b === undefined ? a : a.epochMillis <= b.epochMillis ? a : b
+const maxAt = (a: DateTime.Utc | undefined, b: DateTime.Utc | undefined) =>
+  a === undefined ? b : b === undefined ? a : a.epochMillis >= b.epochMillis ? a : b
+
+/**
+ * Combines the analytics of two sets of events (two aggregates, or two parts of one stream).
+ *
+ * @since 0.1.0
+ */
+export const merge = (a: Analytics, b: Analytics): Analytics => {
+  const counts: Record<string, number> = { ...a.counts }
+  for (const [type, count] of Object.entries(b.counts)) counts[type] = (counts[type] ?? 0) + count
+  const firstAt = minAt(a.firstAt, b.firstAt)
+  const lastAt = maxAt(a.lastAt, b.lastAt)
+  return {
+    total: a.total + b.total,
+    counts,
+    ...(firstAt !== undefined ? { firstAt } : {}),
+    ...(lastAt !== undefined ? { lastAt } : {})
+  }
+}
