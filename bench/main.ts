@@ -279,13 +279,25 @@ async function loadBench(n: number, runs: number) {
   if (got.state !== expected.state || got.version !== n) throw new Error(`load mismatch: ${JSON.stringify(got)}`)
   const libTimes: Array<number> = []
   const rawTimes: Array<number> = []
-  for (let r = 0; r < runs; r++) {
-    let t = performance.now()
+  const timeRaw = () => {
+    const t = performance.now()
     rawLoad(db, Ledger.streamId("big"))
     rawTimes.push(performance.now() - t)
-    t = performance.now()
+  }
+  const timeLib = async () => {
+    const t = performance.now()
     await rt.runPromise(load)
     libTimes.push(performance.now() - t)
+  }
+  for (let r = 0; r < runs; r++) {
+    // alternate who goes first
+    if (r % 2 === 0) {
+      timeRaw()
+      await timeLib()
+    } else {
+      await timeLib()
+      timeRaw()
+    }
   }
   await rt.dispose()
   db.close()

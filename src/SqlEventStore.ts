@@ -100,6 +100,10 @@ export const make = (
     const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
     const begin = sql.onDialectOrElse({ sqlite: () => "BEGIN IMMEDIATE", orElse: () => "BEGIN" })
     const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
+    // every column a RecordedEvent needs (not tenant_id)
+    const COLUMNS = sql.literal(
+      "position, event_id, stream_id, stream_type, version, event_type, schema_version, payload, metadata, recorded_at"
+    )
 
     // The write connection: held for the store's lifetime when a dedicated client is given, else reserved per group.
     const held = options.writeConnection
@@ -196,9 +200,9 @@ export const make = (
           fetch: (cursor, limit) =>
             Effect.mapError(
               backward
-                ? sql<EventRow>`SELECT * FROM ${sql(E)} WHERE stream_id = ${streamId} AND version < ${cursor}
+                ? sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version < ${cursor}
                     AND version >= ${from} ORDER BY version DESC LIMIT ${limit}`.withoutTransform
-                : sql<EventRow>`SELECT * FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${cursor}
+                : sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${cursor}
                     AND version <= ${to} ORDER BY version LIMIT ${limit}`.withoutTransform,
               storeError("read")
             )
@@ -207,7 +211,7 @@ export const make = (
 
     const readPage: EventStoreService["readPage"] = (streamId, options) =>
       Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
-        sql<EventRow>`SELECT * FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${after}
+        sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${after}
           ORDER BY version LIMIT ${limit}`.withoutTransform.pipe(
           Effect.mapError(storeError("read")),
           Effect.flatMap(decodeRows)
@@ -223,9 +227,9 @@ export const make = (
       return (after: number, limit: number, operation: string) =>
         Effect.mapError(
           streamTypes || eventTypes
-            ? sql<EventRow>`SELECT * FROM ${sql(E)} WHERE position > ${after} AND ${where}
+            ? sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE position > ${after} AND ${where}
                 ORDER BY position LIMIT ${limit}`.withoutTransform
-            : sql<EventRow>`SELECT * FROM ${sql(E)} WHERE position > ${after}
+            : sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE position > ${after}
                 ORDER BY position LIMIT ${limit}`.withoutTransform,
           storeError(operation)
         )

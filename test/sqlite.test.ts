@@ -17,6 +17,8 @@ const root = path.resolve(import.meta.dirname, "..")
 
 // An hour-long poll interval: the subscription tests pass only if commits wake subscribers directly.
 eventStoreSuite("sqlite", Sqlite.layer({ filename: dbFile("conformance"), pollInterval: "1 hour" }))
+// ":memory:" writes through the shared client, on the effectful write path (the one PostgreSQL will use).
+eventStoreSuite("sqlite :memory:", Sqlite.layer({ filename: ":memory:", pollInterval: "1 hour" }))
 
 const collect = <A, E, R>(s: Stream.Stream<A, E, R>) => Effect.map(Stream.runCollect(s), Chunk.toReadonlyArray)
 

@@ -235,6 +235,17 @@ export const recorded = (
   }))
 }
 
+// Events appended together share their timestamp; reading them back, they share one (immutable) DateTime.
+let lastMillis = Number.NaN
+let lastDateTime: DateTime.Utc = DateTime.unsafeMake(0)
+const dateTimeOf = (millis: number): DateTime.Utc => {
+  if (millis !== lastMillis) {
+    lastMillis = millis
+    lastDateTime = DateTime.unsafeMake(millis)
+  }
+  return lastDateTime
+}
+
 /** Decodes a stored row; malformed JSON is an `EventDecodeError` naming the row. */
 export const fromRow = (row: EventRow): Either.Either<RecordedEvent, EventDecodeError> => {
   let payload: unknown
@@ -263,6 +274,6 @@ export const fromRow = (row: EventRow): Either.Either<RecordedEvent, EventDecode
     schemaVersion: row.schema_version,
     payload,
     metadata,
-    recordedAt: DateTime.unsafeMake(row.recorded_at)
+    recordedAt: dateTimeOf(row.recorded_at)
   })
 }
