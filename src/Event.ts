@@ -32,7 +32,8 @@ export const Metadata = Schema.Struct({
 export type Metadata = typeof Metadata.Type
 
 /**
- * An event on its way into the store, already encoded: `payload` is a JSON value.
+ * An event on its way into the store, already encoded: `payload` is a JSON object (what a registry's `encode`
+ * produces; at most 1 MiB serialized).
  *
  * @since 0.1.0
  */

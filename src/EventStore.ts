@@ -7,6 +7,7 @@
  */
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
@@ -214,6 +215,91 @@ export const nonEmpty = (list: ReadonlyArray<string> | undefined) =>
   list !== undefined && list.length > 0 ? list : undefined
 
 /**
+ * @internal What a backend provides. The reading side of the contract (validation, paging, decoding, spans,
+ * subscriptions) is built from it once, the same for every backend.
+ */
+export interface Backend {
+  readonly append: EventStoreService["append"]
+  readonly version: EventStoreService["version"]
+  /**
+   * Rows of one stream: forward, versions after `cursor` up to `to`; backward, versions before `cursor` down to
+   * `from`; at most `limit`, in the direction's order.
+   */
+  readonly streamRows: (
+    streamId: string,
+    range: {
+      readonly backward: boolean
+      readonly cursor: number
+      readonly from: number
+      readonly to: number
+      readonly limit: number
+    }
+  ) => Effect.Effect<ReadonlyArray<EventRow>, StoreError>
+  /** Rows of the global log after a position, selected by `filter`, at most `limit`, by position. */
+  readonly logRows: (
+    filter: Filter | undefined,
+    operation: string
+  ) => (after: number, limit: number) => Effect.Effect<ReadonlyArray<EventRow>, StoreError>
+  /** The position of the last event in the log; 0 when empty. */
+  readonly head: Effect.Effect<number, StoreError>
+  /** Woken after each commit made through this store. */
+  readonly signal: Signal
+  /** How often a caught-up subscription polls for other processes' commits; `undefined`: never. */
+  readonly pollInterval: Duration.Duration | undefined
+}
+
+const streamSpan = (streamId: string) =>
+  ({ captureStackTrace: false, attributes: { "aggregate.id": streamId } }) as const
+
+/** @internal */
+export const fromBackend = (backend: Backend): EventStoreService => {
+  const read: EventStoreService["read"] = (streamId, options) =>
+    Stream.unwrap(Effect.gen(function*() {
+      const { backward, from, to } = yield* checkRange(options)
+      const pageSize = yield* checkPage(options?.pageSize)
+      return catchUp({
+        start: backward ? to + 1 : from - 1,
+        pageSize,
+        cursorOf: (row) => row.version,
+        fetch: (cursor, limit) => backend.streamRows(streamId, { backward, cursor, from, to, limit })
+      })
+    })).pipe(Stream.withSpan("EventStore.read", streamSpan(streamId)))
+
+  const readPage: EventStoreService["readPage"] = (streamId, options) =>
+    Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
+      Effect.flatMap(
+        backend.streamRows(streamId, { backward: false, cursor: after, from: 1, to: Number.MAX_SAFE_INTEGER, limit }),
+        decodeRows
+      )).pipe(Effect.withSpan("EventStore.readPage", streamSpan(streamId)))
+
+  const readAll: EventStoreService["readAll"] = (options) =>
+    Stream.unwrap(Effect.gen(function*() {
+      const start = yield* checkPosition(options?.fromPosition ?? 0)
+      const pageSize = yield* checkPage(options?.pageSize)
+      return catchUp({ start, pageSize, fetch: backend.logRows(options?.filter, "readAll"), cursorOf: (row) => row.position })
+    })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
+
+  const subscribe: EventStoreService["subscribe"] = (options) =>
+    Stream.unwrap(Effect.gen(function*() {
+      const from = options?.fromPosition ?? 0
+      const start = from === "end" ? backend.head : Effect.succeed(yield* checkPosition(from))
+      const pageSize = yield* checkPage(options?.pageSize)
+      return live({
+        start,
+        pageSize,
+        fetch: backend.logRows(options?.filter, "subscribe"),
+        signal: backend.signal,
+        pollInterval: backend.pollInterval
+      })
+    })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
+
+  const version: EventStoreService["version"] = (streamId) =>
+    backend.version(streamId).pipe(Effect.withSpan("EventStore.version", streamSpan(streamId)))
+
+  return EventStore.of({ append: backend.append, read, readPage, readAll, subscribe, version })
+}
+
+/**
  * An event store in memory: for tests and prototypes. Same contract as the durable ones, nothing survives the
  * process.
  *
@@ -270,39 +356,23 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
           })
         })).pipe(Effect.withSpan("EventStore.append", appendSpan(streamId, options?.streamType, events.length))))
 
-  const read: EventStoreService["read"] = (streamId, options) =>
-    Stream.unwrap(Effect.gen(function*() {
-      const { backward, from, to } = yield* checkRange(options)
-      const pageSize = yield* checkPage(options?.pageSize)
-      return catchUp({
-        start: backward ? to + 1 : from - 1,
-        pageSize,
-        cursorOf: (row) => row.version,
-        fetch: (cursor, limit) =>
-          Effect.sync(() => {
-            const rows = streams.get(streamId) ?? []
-            if (backward) {
-              const end = Math.min(cursor - 1, rows.length) // highest version wanted
-              const start = Math.max(from, end - limit + 1)
-              return end < start ? [] : rows.slice(start - 1, end).reverse()
-            }
-            return rows.slice(cursor, Math.min(cursor + limit, to))
-          })
-      })
-    })).pipe(Stream.withSpan("EventStore.read", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
+  const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
+    Effect.sync(() => {
+      const rows = streams.get(streamId) ?? []
+      if (backward) {
+        const end = Math.min(cursor - 1, rows.length) // highest version wanted
+        const start = Math.max(from, end - limit + 1)
+        return end < start ? [] : rows.slice(start - 1, end).reverse()
+      }
+      return rows.slice(cursor, Math.min(cursor + limit, to))
+    })
 
-  const readPage: EventStoreService["readPage"] = (streamId, options) =>
-    Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
-      Effect.suspend(() => decodeRows((streams.get(streamId) ?? []).slice(after, after + limit)))).pipe(
-      Effect.withSpan("EventStore.readPage", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
-    )
-
-  const page = (filter: Filter | undefined) => {
+  const logRows: Backend["logRows"] = (filter) => {
     const types = nonEmpty(filter?.streamTypes)
     const eventTypes = nonEmpty(filter?.eventTypes)
     const typeSet = types && new Set(types)
     const eventSet = eventTypes && new Set(eventTypes)
-    return (after: number, limit: number) =>
+    return (after, limit) =>
       Effect.sync(() => {
         const out: Array<EventRow> = []
         for (let i = after; i < log.length && out.length < limit; i++) {
@@ -315,27 +385,15 @@ export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*
       })
   }
 
-  const readAll: EventStoreService["readAll"] = (options) =>
-    Stream.unwrap(Effect.gen(function*() {
-      const start = yield* checkPosition(options?.fromPosition ?? 0)
-      const pageSize = yield* checkPage(options?.pageSize)
-      return catchUp({ start, pageSize, fetch: page(options?.filter), cursorOf: (row) => row.position })
-    })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
-
-  const subscribe: EventStoreService["subscribe"] = (options) =>
-    Stream.unwrap(Effect.gen(function*() {
-      const from = options?.fromPosition ?? 0
-      const start = from === "end" ? Effect.sync(() => log.length) : Effect.succeed(yield* checkPosition(from))
-      const pageSize = yield* checkPage(options?.pageSize)
-      return live({ start, pageSize, fetch: page(options?.filter), signal, pollInterval: undefined })
-    })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
-
-  const version: EventStoreService["version"] = (streamId) =>
-    Effect.sync(() => streams.get(streamId)?.length ?? 0).pipe(
-      Effect.withSpan("EventStore.version", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
-    )
-
-  return EventStore.of({ append, read, readPage, readAll, subscribe, version })
+  return fromBackend({
+    append,
+    version: (streamId) => Effect.sync(() => streams.get(streamId)?.length ?? 0),
+    streamRows,
+    logRows,
+    head: Effect.sync(() => log.length),
+    signal,
+    pollInterval: undefined
+  })
 })
 
 /**

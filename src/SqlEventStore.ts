@@ -19,30 +19,25 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import { StoreError } from "./Errors.js"
 import {
   type AppendError,
   appendSpan,
   type AppendResult,
-  checkPage,
-  checkPageOptions,
-  checkPosition,
-  decodeRows,
-  checkRange,
+  type Backend,
   EventStore,
   type EventStoreService,
-  type Filter,
+  fromBackend,
   nonEmpty
 } from "./EventStore.js"
 import { type EventRow, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
-import * as GroupCommit from "./internal/groupCommit.js"
 import { isSync } from "./internal/connection.js"
-import * as Telemetry from "./Telemetry.js"
+import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
 import { isBusy, tables } from "./internal/migrations.js"
+import { Signal } from "./internal/paging.js"
 import { type AppendFailure, type Outcome, sqlError, type Written, writeGroup, writeGroupSync } from "./internal/sqlWrite.js"
-import { catchUp, live, Signal } from "./internal/paging.js"
+import * as Telemetry from "./Telemetry.js"
 
 /** @since 0.1.0 */
 export interface Options {
@@ -189,42 +184,24 @@ export const make = (
           return Either.isLeft(prepared) ? Effect.fail(prepared.left) : submit(prepared.right)
         }))
 
-    const read: EventStoreService["read"] = (streamId, options) =>
-      Stream.unwrap(Effect.gen(function*() {
-        const { backward, from, to } = yield* checkRange(options)
-        const pageSize = yield* checkPage(options?.pageSize)
-        return catchUp({
-          start: backward ? to + 1 : from - 1,
-          pageSize,
-          cursorOf: (row) => row.version,
-          fetch: (cursor, limit) =>
-            Effect.mapError(
-              backward
-                ? sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version < ${cursor}
-                    AND version >= ${from} ORDER BY version DESC LIMIT ${limit}`.withoutTransform
-                : sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${cursor}
-                    AND version <= ${to} ORDER BY version LIMIT ${limit}`.withoutTransform,
-              storeError("read")
-            )
-        })
-      })).pipe(Stream.withSpan("EventStore.read", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
+    const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
+      Effect.mapError(
+        backward
+          ? sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version < ${cursor}
+              AND version >= ${from} ORDER BY version DESC LIMIT ${limit}`.withoutTransform
+          : sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${cursor}
+              AND version <= ${to} ORDER BY version LIMIT ${limit}`.withoutTransform,
+        storeError("read")
+      )
 
-    const readPage: EventStoreService["readPage"] = (streamId, options) =>
-      Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
-        sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${after}
-          ORDER BY version LIMIT ${limit}`.withoutTransform.pipe(
-          Effect.mapError(storeError("read")),
-          Effect.flatMap(decodeRows)
-        )).pipe(Effect.withSpan("EventStore.readPage", { captureStackTrace: false, attributes: { "aggregate.id": streamId } }))
-
-    const page = (filter: Filter | undefined) => {
+    const logRows: Backend["logRows"] = (filter, operation) => {
       const streamTypes = nonEmpty(filter?.streamTypes)
       const eventTypes = nonEmpty(filter?.eventTypes)
       const where = sql.and([
         ...(streamTypes ? [sql.in("stream_type", streamTypes)] : []),
         ...(eventTypes ? [sql.in("event_type", eventTypes)] : [])
       ])
-      return (after: number, limit: number, operation: string) =>
+      return (after, limit) =>
         Effect.mapError(
           streamTypes || eventTypes
             ? sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE position > ${after} AND ${where}
@@ -235,45 +212,26 @@ export const make = (
         )
     }
 
-    const readAll: EventStoreService["readAll"] = (options) =>
-      Stream.unwrap(Effect.gen(function*() {
-        const start = yield* checkPosition(options?.fromPosition ?? 0)
-        const pageSize = yield* checkPage(options?.pageSize)
-        const fetch = page(options?.filter)
-        return catchUp({
-          start,
-          pageSize,
-          fetch: (after, limit) => fetch(after, limit, "readAll"),
-          cursorOf: (row) => row.position
-        })
-      })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
-
-    const head = Effect.mapError(
-      Effect.map(
-        sql<{ p: number | null }>`SELECT MAX(position) AS p FROM ${sql(E)}`.withoutTransform,
-        (rows) => Number(rows[0]?.p ?? 0)
+    return fromBackend({
+      append,
+      version: (streamId) =>
+        sql<{ v: number }>`SELECT COALESCE((SELECT version FROM ${sql(E)} WHERE stream_id = ${streamId}
+          ORDER BY version DESC LIMIT 1), 0) AS v`.withoutTransform.pipe(
+          Effect.map((rows) => Number(rows[0]?.v ?? 0)),
+          Effect.mapError(storeError("version"))
+        ),
+      streamRows,
+      logRows,
+      head: Effect.mapError(
+        Effect.map(
+          sql<{ p: number | null }>`SELECT MAX(position) AS p FROM ${sql(E)}`.withoutTransform,
+          (rows) => Number(rows[0]?.p ?? 0)
+        ),
+        storeError("subscribe")
       ),
-      storeError("subscribe")
-    )
-
-    const subscribe: EventStoreService["subscribe"] = (options) =>
-      Stream.unwrap(Effect.gen(function*() {
-        const from = options?.fromPosition ?? 0
-        const start = from === "end" ? head : Effect.succeed(yield* checkPosition(from))
-        const pageSize = yield* checkPage(options?.pageSize)
-        const fetch = page(options?.filter)
-        return live({ start, pageSize, fetch: (after, limit) => fetch(after, limit, "subscribe"), signal, pollInterval })
-      })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
-
-    const version: EventStoreService["version"] = (streamId) =>
-      sql<{ v: number }>`SELECT COALESCE((SELECT version FROM ${sql(E)} WHERE stream_id = ${streamId}
-        ORDER BY version DESC LIMIT 1), 0) AS v`.withoutTransform.pipe(
-        Effect.map((rows) => Number(rows[0]?.v ?? 0)),
-        Effect.mapError(storeError("version")),
-        Effect.withSpan("EventStore.version", { captureStackTrace: false, attributes: { "aggregate.id": streamId } })
-      )
-
-    return EventStore.of({ append, read, readPage, readAll, subscribe, version })
+      signal,
+      pollInterval
+    })
   })
 
 /**

@@ -2,7 +2,7 @@
 import type { Connection } from "@effect/sql/SqlConnection"
 
 export interface SyncConnection extends Connection {
-  readonly executeSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<any>
+  readonly executeSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<unknown>
 }
 
 export const isSync = (conn: Connection): conn is SyncConnection =>
