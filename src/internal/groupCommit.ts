@@ -179,7 +179,10 @@ export const make = <In, Out, E>(options: {
         if (!leading && contention === 0 && queue.length === 0) {
           if (options.runSync !== undefined) {
             const exit = options.runSync(input)
-            if (exit !== undefined) return exit
+            // A synchronous commit blocked the thread for a whole fsync: let other fibers run before this one goes
+            // on (without it, a fiber appending in a loop holds the thread for Effect's whole op budget, every
+            // other appender waiting behind a hundred fsyncs instead of joining a group).
+            if (exit !== undefined) return Effect.zipRight(Effect.yieldNow(), exit)
           }
           leading = true
           return solo(input)
