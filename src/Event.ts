@@ -166,16 +166,6 @@ const decodeError = (event: RecordedEvent, reason: string) =>
     reason
   })
 
-/** The fast decoder of a schema, fed the stored payload (which has no `_tag`). */
-const fastPayload = (schema: Schema.Schema.Any, type: string) => {
-  const fast = FastDecode.compile(schema)
-  if (fast === undefined) return undefined
-  return (payload: unknown) => {
-    if (typeof payload !== "object" || payload === null || "_tag" in payload) return undefined
-    return fast({ _tag: type, ...payload })
-  }
-}
-
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
 /**
@@ -209,7 +199,7 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
       upcast: isVersioned ? (def as Versioned).upcast : undefined,
       encode: Schema.encodeEither(schema as Schema.Schema<unknown, unknown>),
       decode: Schema.decodeUnknownEither(schema as Schema.Schema<unknown, unknown>),
-      fast: fastPayload(schema, type)
+      fast: FastDecode.compile(schema, type)
     })
     schemas.push(schema)
   }

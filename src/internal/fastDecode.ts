@@ -46,21 +46,33 @@ const compileCheck = (ast: AST.AST): Check | undefined => {
   }
 }
 
-/** A decoder that returns the decoded value, or `undefined` when the fast path does not apply or the input fails. */
-export const compile = (schema: Schema.Schema.Any): ((u: unknown) => unknown) | undefined => {
+/**
+ * A decoder for a stored payload of event type `tag` (the payload has no `_tag`; the schema's `_tag` must be that
+ * literal). Returns the decoded event, or `undefined` when the fast path does not apply or the payload fails.
+ */
+export const compile = (schema: Schema.Schema.Any, tag: string): ((payload: unknown) => unknown) | undefined => {
   const ast = schema.ast
   if (ast._tag !== "TypeLiteral" || ast.indexSignatures.length > 0) return undefined
-  const props: Array<{ readonly name: PropertyKey; readonly optional: boolean; readonly check: Check }> = []
+  const props: Array<{ readonly name: PropertyKey; readonly optional: boolean; readonly check: Check | "tag" }> = []
   for (const ps of ast.propertySignatures) {
+    if (ps.name === "_tag") {
+      if (ps.type._tag !== "Literal" || ps.type.literal !== tag) return undefined
+      props.push({ name: ps.name, optional: false, check: "tag" })
+      continue
+    }
     const check = compileCheck(ps.type)
     if (check === undefined) return undefined
     props.push({ name: ps.name, optional: ps.isOptional, check })
   }
   return (u) => {
-    if (typeof u !== "object" || u === null || Array.isArray(u)) return undefined
+    if (typeof u !== "object" || u === null || Array.isArray(u) || "_tag" in u) return undefined
     const input = u as Record<PropertyKey, unknown>
     const out: Record<PropertyKey, unknown> = {}
     for (const { check, name, optional } of props) {
+      if (check === "tag") {
+        out[name] = tag
+        continue
+      }
       if (!(name in input)) {
         if (optional) continue
         return undefined
