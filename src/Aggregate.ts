@@ -143,17 +143,30 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
   const snapshotStore = Effect.serviceOption(Snapshot.SnapshotStore)
 
   /** Folds the events after `from` onto it, page by page: no Stream, no per-event effects. */
+  /**
+   * Folds the events after `from` onto it, page by page: no Stream, no per-event effects. A start past version 0
+   * (a snapshot, a cached state) is checked on the way: the first page starts at its own version, which must be
+   * there; if it is not, the stream is behind the start (a snapshot of another database, a truncated stream) and
+   * the result is `undefined`, so the caller replays.
+   */
   const foldFrom = (
     store: EventStoreService,
     sid: string,
     from: Snapshot.Cached<State>
-  ): Effect.Effect<Snapshot.Cached<State>, ReadError> => {
+  ): Effect.Effect<Snapshot.Cached<State> | undefined, ReadError> => {
     const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
     let state = from.state
     let version = from.version
-    const next = (): Effect.Effect<Snapshot.Cached<State>, ReadError> =>
-      Effect.flatMap(store.readPage(sid, { after: version, limit: PAGE }), (page) => {
-        for (const raw of page) {
+    const next = (first: boolean): Effect.Effect<Snapshot.Cached<State> | undefined, ReadError> => {
+      const verify = first && version > 0
+      return Effect.flatMap(store.readPage(sid, { after: verify ? version - 1 : version, limit: PAGE }), (page) => {
+        let i = 0
+        if (verify) {
+          if (page[0]?.version !== version) return Effect.succeed(undefined)
+          i = 1
+        }
+        for (; i < page.length; i++) {
+          const raw = page[i]!
           const decoded = registry.decodePayload(raw)
           if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
           state = decider.evolve(state, decoded.right)
@@ -162,9 +175,10 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
         }
         return page.length < PAGE
           ? Effect.succeed({ state, version, analytics: tracker?.value })
-          : next()
+          : next(false)
       })
-    return next()
+    }
+    return next(true)
   }
 
   const initial: Snapshot.Cached<State> = {
@@ -204,12 +218,26 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
           Effect.catchAll((error) => ignored(sid, 0, error.message))
         ))
 
-  const loadFrom = (store: EventStoreService, sid: string): Effect.Effect<Snapshot.Cached<State>, ReadError> => {
-    const cached = cache?.get(store, sid)
-    const start = cached !== undefined ? Effect.succeed(cached) : fromSnapshot(sid)
+  /** `replay`: ignore the cache and snapshots (they claimed a version the stream does not have). */
+  const loadFrom = (
+    store: EventStoreService,
+    sid: string,
+    replay = false
+  ): Effect.Effect<Snapshot.Cached<State>, ReadError> => {
+    const cached = replay ? undefined : cache?.get(store, sid)
+    const start = replay ? Effect.succeed(initial) : cached !== undefined ? Effect.succeed(cached) : fromSnapshot(sid)
     return Effect.flatMap(start, (from) =>
-      Effect.tap(foldFrom(store, sid, from), (loaded) => {
+      Effect.flatMap(foldFrom(store, sid, from), (loaded) => {
+        if (loaded === undefined) {
+          // the start was ahead of the stream: forget it and replay from the beginning
+          cache?.delete(store, sid)
+          return Effect.zipRight(
+            cached === undefined ? ignored(sid, from.version, "the stream has no event at the snapshot's version") : Effect.void,
+            loadFrom(store, sid, true)
+          )
+        }
         if (cache !== undefined && loaded.version > 0) cache.set(store, sid, loaded)
+        return Effect.succeed(loaded)
       }))
   }
 
@@ -272,8 +300,9 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
       Effect.suspend(() => {
         const sid = streamId(id)
         let retries = 0
+        let replay = false
         const attempt = Effect.gen(function*() {
-          const current = yield* loadFrom(store, sid)
+          const current = yield* loadFrom(store, sid, replay)
           const decided = yield* decider.decide(command, current.state)
           if (decided.length === 0) return { ...loaded(current), events: [], retries }
           const encoded: Array<Event.NewEvent> = []
@@ -311,6 +340,8 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err = 
             Effect.catchAll(attempt, (error) => {
               if (!isConflict(error)) return Effect.fail(error)
               cache?.delete(store, sid)
+              // The stream is behind the version we started from: the snapshot (or cache) was ahead of it.
+              if (typeof error.expected === "number" && error.actual < error.expected) replay = true
               return Effect.matchEffect(driver.next(error), {
                 onFailure: () => Effect.fail(error),
                 onSuccess: () => {

@@ -17,11 +17,13 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import { StoreError } from "./Errors.js"
 import {
   type AppendError,
+  type AppendOptions,
   appendSpan,
   type AppendResult,
   type Backend,
@@ -30,6 +32,7 @@ import {
   fromBackend,
   nonEmpty
 } from "./EventStore.js"
+import type { NewEvent } from "./Event.js"
 import { type EventRow, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
 import { isSync } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
@@ -177,12 +180,37 @@ export const make = (
             : Effect.fail(storeError("append")(e))
       })
 
+    const prepareAndSubmit = (
+      streamId: string,
+      events: ReadonlyArray<NewEvent>,
+      options: AppendOptions | undefined
+    ): Effect.Effect<AppendResult, AppendError> =>
+      Effect.clockWith((clock) => {
+        const prepared = prepareAppend(streamId, events, options, clock.unsafeCurrentTimeMillis())
+        return Either.isLeft(prepared) ? Effect.fail(prepared.left) : submit(prepared.right)
+      })
+
+    // Appends are never part of a caller's SqlClient transaction. With one shared connection (SQLite ":memory:"),
+    // an append from inside such a transaction would wait for the connection that transaction holds: refuse it.
+    const guarded: typeof prepareAndSubmit = held !== undefined
+      ? prepareAndSubmit
+      : (streamId, events, options) =>
+        Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+          Option.isSome(transaction)
+            ? Effect.fail(
+              new StoreError({
+                operation: "append",
+                cause: "an append cannot run inside a transaction of the store's own SqlClient connection"
+              })
+            )
+            : prepareAndSubmit(streamId, events, options))
+
     const append: EventStoreService["append"] = (streamId, events, options) =>
-      Effect.useSpan("EventStore.append", appendSpan(streamId, options?.streamType, events.length), () =>
-        Effect.clockWith((clock) => {
-          const prepared = prepareAppend(streamId, events, options, clock.unsafeCurrentTimeMillis())
-          return Either.isLeft(prepared) ? Effect.fail(prepared.left) : submit(prepared.right)
-        }))
+      Effect.useSpan(
+        "EventStore.append",
+        appendSpan(streamId, options?.streamType, events.length),
+        () => guarded(streamId, events, options)
+      )
 
     const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
       Effect.mapError(

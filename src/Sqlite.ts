@@ -47,7 +47,8 @@ const pragmas = (options: Options) => [
 
 // The writer never waits inside SQLite: a lock held by another process makes its write fail at once and retry
 // after a backoff (`SqlEventStore.defaultBusyRetry`), so that this process's thread is never blocked meanwhile.
-const writerPragmas = (options: Options) => [
+/** @internal */
+export const writerPragmas = (options: Options) => [
   "busy_timeout = 0",
   `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
 ]

@@ -102,3 +102,57 @@ describe("group commit", () => {
       expect(yield* writer.submit(10)).toBe("ok 10")
     }))
 })
+
+describe("group commit under churn", () => {
+  it.live("a waiter interrupted just as the leader finishes does not strand the appends queued behind it", () =>
+    Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      const written: Array<string> = []
+      let first = true
+      const writer = GroupCommit.make<string, string, never>({
+        run: (inputs) =>
+          Effect.gen(function*() {
+            if (first) {
+              first = false
+              yield* Deferred.await(gate)
+            }
+            written.push(...inputs)
+            return inputs.map((i) => Exit.succeed(i))
+          }),
+        size: () => 1,
+        maxSize: 100
+      })
+      const a = yield* Effect.fork(writer.submit("a"))
+      yield* Effect.yieldNow()
+      const b = yield* Effect.fork(writer.submit("b"))
+      yield* Effect.yieldNow()
+      const c = yield* Effect.fork(writer.submit("c"))
+      yield* Effect.yieldNow()
+      yield* Deferred.succeed(gate, undefined)
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(b)
+      expect(yield* Fiber.join(a)).toBe("a")
+      expect(yield* Fiber.join(c).pipe(Effect.timeout("2 seconds"))).toBe("c")
+      expect(written).toContain("c")
+    }))
+
+  it.live("a leader is not held by other fibers' appends once its own is done", () =>
+    Effect.gen(function*() {
+      const writer = GroupCommit.make<number, number, never>({
+        run: (inputs) => Effect.as(Effect.sleep("2 millis"), inputs.map((i) => Exit.succeed(i))),
+        size: () => 1,
+        maxSize: 4
+      })
+      let worst = 0
+      yield* Effect.forEach(Array.from({ length: 8 }, (_, f) => f), (f) =>
+        Effect.gen(function*() {
+          for (let i = 0; i < 50; i++) {
+            const t = Date.now()
+            yield* writer.submit(f)
+            worst = Math.max(worst, Date.now() - t)
+          }
+        }), { concurrency: "unbounded", discard: true })
+      // each append waits for at most a few 2 ms groups, not for the whole run (~200 ms)
+      expect(worst).toBeLessThan(100)
+    }))
+})

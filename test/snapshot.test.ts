@@ -85,7 +85,8 @@ describe("snapshots", () => {
       reads.length = 0
       const loaded = yield* Tally.load("a")
       expect(loaded).toEqual({ state: { total: 14, name: "" }, version: 14 })
-      expect(reads).toEqual([{ after: 10, events: 4 }])
+      // from the snapshot: its own version (to check it is there) and the 4 after it
+      expect(reads).toEqual([{ after: 9, events: 5 }])
     }).pipe(Effect.provide(layer))
   })
 
@@ -145,6 +146,17 @@ describe("snapshots", () => {
       expect(yield* Tally.load("bad")).toEqual({ state: { total: 1, name: "" }, version: 1 })
     }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
 
+  it.live("a snapshot ahead of the stream (another database's, a truncated stream) is ignored", () =>
+    Effect.gen(function*() {
+      yield* append("ahead", [Added.make({ n: 1 })])
+      const snapshots = yield* Snapshot.SnapshotStore
+      yield* snapshots.save({ streamId: "Tally-ahead", streamType: "Tally", version: 9, schemaVersion: 1, state: { total: 100, name: "" } })
+      const Tally = tally({ snapshots: { schema: TallyState, every: "on-demand" } })
+      expect(yield* Tally.load("ahead")).toEqual({ state: { total: 1, name: "" }, version: 1 })
+      const handled = yield* Tally.handle("ahead", { events: [Added.make({ n: 2 })] })
+      expect(handled).toMatchObject({ version: 2, state: { total: 3, name: "" }, retries: 0 })
+    }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
+
   it.live("a failing snapshot write never fails the command; it is counted", () => {
     const failing = Layer.succeed(Snapshot.SnapshotStore, {
       save: () => Effect.die("disk on fire"),
@@ -173,11 +185,11 @@ describe("state cache", () => {
       expect((yield* Tally.load("c")).version).toBe(50)
       reads.length = 0
       expect((yield* Tally.load("c")).state.total).toBe(50)
-      expect(reads).toEqual([{ after: 50, events: 0 }])
+      expect(reads).toEqual([{ after: 49, events: 1 }]) // the cached version itself, checked, and nothing after it
       yield* append("c", [Doubled.make({})])
       reads.length = 0
       expect((yield* Tally.load("c")).state.total).toBe(100)
-      expect(reads).toEqual([{ after: 50, events: 1 }])
+      expect(reads).toEqual([{ after: 49, events: 2 }])
     }).pipe(Effect.provide(layer))
   })
 
@@ -185,7 +197,7 @@ describe("state cache", () => {
     const { layer, reads } = counting()
     const Tally = tally({ cache: { capacity: 10 } })
     return Effect.gen(function*() {
-      yield* Tally.handle("x", { events: [Added.make({ n: 1 })] })
+      for (let i = 0; i < 3; i++) yield* Tally.handle("x", { events: [Added.make({ n: 1 })] })
       reads.length = 0
       // another writer appends while this command is deciding
       const result = yield* Effect.all([
@@ -193,8 +205,8 @@ describe("state cache", () => {
         Effect.zipRight(Effect.sleep("5 millis"), append("x", [Doubled.make({})]))
       ], { concurrency: "unbounded" })
       expect(result[0].retries).toBe(1)
-      expect(result[0].state.total).toBe(12)
-      expect(reads.map((r) => r.after)).toEqual([1, 0]) // cached start, then a full read after the conflict
+      expect(result[0].state.total).toBe(16)
+      expect(reads.map((r) => r.after)).toEqual([2, 0]) // cached start (v3), then a full read after the conflict
     }).pipe(Effect.provide(layer))
   })
 
@@ -214,9 +226,13 @@ describe("state cache", () => {
       // and through an aggregate: two stores, same stream id, separate states
       const Tally = tally({ cache: { capacity: 10 } })
       const run = (n: number) =>
-        Effect.zipRight(Tally.handle("same", { events: [Added.make({ n })] }), Tally.load("same")).pipe(
-          Effect.provide(EventStore.layerMemory)
-        )
+        Effect.zipRight(
+          Effect.tap(Tally.handle("same", { events: [Added.make({ n })] }), (handled) => {
+            expect(handled.retries).toBe(0) // a state cached for the other store would have forced a conflict
+            expect(handled.version).toBe(1)
+          }),
+          Tally.load("same")
+        ).pipe(Effect.provide(EventStore.layerMemory))
       expect((yield* run(1)).state.total).toBe(1)
       expect((yield* run(2)).state.total).toBe(2)
     }))

@@ -9,6 +9,7 @@ import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as SqliteConnection from "../src/internal/sqliteConnection.js"
 import { eventStoreSuite } from "./conformance/EventStore.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-sqlite-"))
@@ -30,6 +31,25 @@ describe("SQLite specifics", () => {
       expect((yield* sql.unsafe<{ synchronous: number }>("PRAGMA synchronous"))[0]!.synchronous).toBe(2)
       expect((yield* sql.unsafe<{ timeout: number }>("PRAGMA busy_timeout"))[0]!.timeout).toBe(5000)
     }).pipe(Effect.provide(Sqlite.layer({ filename: dbFile("pragmas") }))))
+
+  it.live("the writer connection, which commits the events, is durable too", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("writer")
+      expect(Sqlite.writerPragmas({ filename })).toContain("synchronous = FULL")
+      expect(Sqlite.writerPragmas({ filename, durability: "normal" })).toContain("synchronous = NORMAL")
+      const conn = yield* SqliteConnection.make(filename, Sqlite.writerPragmas({ filename }))
+      expect(conn.executeSync("PRAGMA synchronous", [])).toEqual([{ synchronous: 2 }])
+      expect(conn.executeSync("PRAGMA journal_mode", [])).toEqual([{ journal_mode: "wal" }])
+    }).pipe(Effect.scoped))
+
+  it.live(":memory: refuses an append from inside a transaction of its own connection (instead of deadlocking)", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const sql = yield* SqlClient.SqlClient
+      const inside = yield* Effect.flip(sql.withTransaction(store.append("Tx-1", [{ type: "A", payload: {} }])))
+      expect(inside).toMatchObject({ _tag: "StoreError", operation: "append" })
+      expect((yield* store.append("Tx-2", [{ type: "A", payload: {} }])).version).toBe(1)
+    }).pipe(Effect.provide(Sqlite.layer({ filename: ":memory:" }))))
 
   it.live("durability \"normal\" is opt-in", () =>
     Effect.gen(function*() {

@@ -92,7 +92,15 @@ const mergeMetadata = (base: Metadata | undefined, own: Metadata | undefined): M
   return tags === undefined ? { ...base, ...own } : { ...base, ...own, tags }
 }
 
+const METADATA_KEYS = new Set(["correlationId", "causationId", "tenantId", "principalId", "tags"])
+
 const checkMetadata = (metadata: Metadata): InvalidInput | undefined => {
+  if (typeof metadata !== "object" || metadata === null || Array.isArray(metadata)) {
+    return new InvalidInput({ field: "metadata", reason: "must be an object" })
+  }
+  for (const key in metadata) {
+    if (!METADATA_KEYS.has(key)) return new InvalidInput({ field: `metadata.${key}`, reason: "is not a metadata field" })
+  }
   for (const key of ["correlationId", "causationId", "tenantId", "principalId"] as const) {
     const value = metadata[key]
     if (value !== undefined && typeof value !== "string") {
@@ -115,6 +123,18 @@ const checkMetadata = (metadata: Metadata): InvalidInput | undefined => {
 const isExpectedVersion = (u: unknown): u is ExpectedVersion =>
   u === "any" || u === "no-stream" || u === "stream-exists" ||
   (typeof u === "number" && Number.isSafeInteger(u) && u >= 0)
+
+/** JSON has no NaN or Infinity (`JSON.stringify` writes `null`): a payload holding one would not read back. */
+const hasNonFinite = (value: unknown, depth = 0): boolean => {
+  if (typeof value === "number") return !Number.isFinite(value)
+  if (typeof value !== "object" || value === null || depth > 64) return false
+  if (Array.isArray(value)) {
+    for (const item of value) if (hasNonFinite(item, depth + 1)) return true
+    return false
+  }
+  for (const key in value) if (hasNonFinite((value as Record<string, unknown>)[key], depth + 1)) return true
+  return false
+}
 
 const stringify = (value: unknown): string | undefined => {
   try {
@@ -157,6 +177,9 @@ export const prepareAppend = (
   for (let i = 0; i < events.length; i++) {
     const event = events[i]!
     const field = `events[${i}]`
+    if (typeof event !== "object" || event === null) {
+      return Either.left(new InvalidInput({ field, reason: "must be an object with a type and a payload" }))
+    }
     const badEventType = checkId(`${field}.type`, event.type, limits.typeLength)
     if (badEventType) return Either.left(badEventType)
     let eventId: string
@@ -178,8 +201,14 @@ export const prepareAppend = (
       return Either.left(new InvalidInput({ field: `${field}.schemaVersion`, reason: "must be a positive integer" }))
     }
     const payloadJson = stringify(event.payload)
-    if (payloadJson === undefined || typeof event.payload !== "object" || event.payload === null) {
+    if (
+      payloadJson === undefined || typeof event.payload !== "object" || event.payload === null ||
+      Array.isArray(event.payload)
+    ) {
       return Either.left(new InvalidInput({ field: `${field}.payload`, reason: "must be a JSON object" }))
+    }
+    if (hasNonFinite(event.payload)) {
+      return Either.left(new InvalidInput({ field: `${field}.payload`, reason: "holds NaN or Infinity, which JSON cannot store" }))
     }
     if (payloadJson.length * 3 > limits.payloadBytes && Buffer.byteLength(payloadJson) > limits.payloadBytes) {
       return Either.left(
@@ -193,7 +222,11 @@ export const prepareAppend = (
     const metadata = mergeMetadata(options?.metadata, event.metadata)
     let metadataJson: string | null = null
     if (metadata !== EMPTY_METADATA) {
-      metadataJson = JSON.stringify(metadata)
+      const json = stringify(metadata)
+      if (json === undefined) {
+        return Either.left(new InvalidInput({ field: `${field}.metadata`, reason: "must be serializable as JSON" }))
+      }
+      metadataJson = json
       if (metadataJson.length > limits.metadataBytes) {
         return Either.left(
           new InvalidInput({ field: `${field}.metadata`, reason: `larger than ${limits.metadataBytes} bytes` })

@@ -1,8 +1,9 @@
 /**
  * Group commit, independent of any SQL dialect: concurrent submissions are gathered into groups and each group is
  * handed to `run` (one transaction, one fsync). There is no writer fiber to hop to: the first caller to find the
- * writer idle becomes the leader and runs groups on its own fiber until the queue is empty; the others wait on a
- * callback the leader completes (a microtask, not a Deferred: this path runs once per append).
+ * writer idle becomes the leader and runs groups on its own fiber; the others wait on a callback the leader
+ * completes (a microtask, not a Deferred: this path runs once per append). Once the leader's own append is done,
+ * whatever is still queued is drained by a daemon fiber, so no caller waits on other callers' appends.
  *
  * Adaptive: a submission that finds the writer idle and no recent contention runs at once, with nothing added.
  * Once submissions come from more than one fiber (or one has had to wait for a leader), leaders yield once before
@@ -84,8 +85,9 @@ export const make = <In, Out, E>(options: {
     return failure._tag === "Some" ? Exit.fail(failure.value) : Exit.failCause(cause)
   }
 
+  // `run` is called inside `suspend`, so that even a synchronous throw becomes a failure of this group.
   const runGroup = (group: ReadonlyArray<Entry<In, Out, E>>) =>
-    Effect.matchCause(options.run(group.map((entry) => entry.input)), {
+    Effect.matchCause(Effect.suspend(() => options.run(group.map((entry) => entry.input))), {
       onFailure: (cause) => {
         const exit = groupFailed(cause)
         for (const entry of group) settle(entry, exit)
@@ -96,30 +98,37 @@ export const make = <In, Out, E>(options: {
       }
     })
 
-  /** Leadership ends: whoever queued after the last look waits for a leader, so wake the first to take the lead. */
-  const unsafeRelease = () => {
-    leading = false
-    if (queue.length === 0) return
-    // (An entry that has not registered its callback yet checks `leading` itself when it does.)
-    const next = queue.find((entry) => entry.state === "queued" && entry.resume !== undefined)
-    if (next !== undefined) {
-      const resume = next.resume!
-      next.resume = undefined
-      resume(drive(next))
-    }
-  }
-  const release = Effect.sync(unsafeRelease)
+  /**
+   * Runs groups until the queue is empty. Leadership ends in the same synchronous step that finds the queue empty,
+   * so an entry is either seen here or sees `leading === false` and leads itself: nothing is ever handed to a
+   * waiting fiber (which could be interrupted before it acts on it). Once `own` is settled and more is queued, the
+   * rest is drained by a daemon fiber, so that the leader's caller is not held by other fibers' appends.
+   */
+  const drain = (own: Entry<In, Out, E> | undefined): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const group = nextGroup()
+      if (group.length === 0) {
+        leading = false
+        return Effect.void
+      }
+      return Effect.flatMap(runGroup(group), () => {
+        if (own !== undefined && own.state === "done" && queue.some((entry) => entry.state === "queued")) {
+          return Effect.asVoid(Effect.forkDaemon(drain(undefined)))
+        }
+        return drain(own)
+      })
+    })
 
-  const drain: Effect.Effect<void> = Effect.suspend(() => {
-    const group = nextGroup()
-    return group.length === 0 ? Effect.void : Effect.flatMap(runGroup(group), () => drain)
+  // Only an internal bug could leave `drain` abnormally; never leave `leading` stuck if it does.
+  const release = Effect.sync(() => {
+    if (queue.every((entry) => entry.state !== "queued")) leading = false
   })
 
   const lead = (own: Entry<In, Out, E>): Effect.Effect<Out, E> =>
     Effect.uninterruptible(
       // When appenders have been contending, let those ready to run join this group first.
-      (contention > 0 ? Effect.zipRight(Effect.yieldNow(), drain) : drain).pipe(
-        Effect.ensuring(release),
+      (contention > 0 ? Effect.zipRight(Effect.yieldNow(), drain(own)) : drain(own)).pipe(
+        Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : release),
         Effect.zipRight(Effect.suspend(() => own.exit ?? Effect.dieMessage("group commit: entry not settled")))
       )
     )
@@ -155,15 +164,6 @@ export const make = <In, Out, E>(options: {
       })
     })
 
-  /** Alone and uncontended: run at once, without an entry in the queue. */
-  const solo = (input: In): Effect.Effect<Out, E> =>
-    Effect.uninterruptible(
-      Effect.flatMap(Effect.exit(options.run([input])), (exit): Effect.Effect<Out, E> => {
-        unsafeRelease()
-        return Exit.isSuccess(exit) ? exit.value[0]! : Exit.failCause(exit.cause)
-      })
-    )
-
   // The fiber of the previous submission. Submissions from different fibers mean appenders run concurrently (even
   // if, on a synchronous driver, each append happens to finish before the next fiber runs): group them.
   let lastFiber = -1
@@ -184,8 +184,6 @@ export const make = <In, Out, E>(options: {
             // other appender waiting behind a hundred fsyncs instead of joining a group).
             if (exit !== undefined) return Effect.zipRight(Effect.yieldNow(), exit)
           }
-          leading = true
-          return solo(input)
         }
         const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
         queue.push(entry)

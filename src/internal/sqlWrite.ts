@@ -104,10 +104,20 @@ const conflict = (conn: Connection, append: PreparedAppend) =>
     (rows) => Effect.fail(conflictError(append, rows[0]?.v))
   )
 
-/** Why a unique index refused the insert: a stored event id, or a concurrent writer on the stream. */
-const explainUnique = (conn: Connection, append: PreparedAppend): Effect.Effect<never, AppendFailure | SqlError> =>
+const idsOf = (append: PreparedAppend, from: number, to: number) => append.events.slice(from, to).map((e) => e.eventId)
+
+/**
+ * Why a unique index refused the insert of events [from, to): a stored event id among them, or a concurrent writer
+ * on the stream.
+ */
+const explainUnique = (
+  conn: Connection,
+  append: PreparedAppend,
+  from: number,
+  to: number
+): Effect.Effect<never, AppendFailure | SqlError> =>
   Effect.flatMap(
-    query<{ event_id: string }>(conn, existingIdSql(append.events.length), append.events.map((e) => e.eventId)),
+    query<{ event_id: string }>(conn, existingIdSql(to - from), idsOf(append, from, to)),
     (rows): Effect.Effect<never, AppendFailure | SqlError> =>
       rows.length > 0
         ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: rows[0]!.event_id }))
@@ -128,6 +138,12 @@ const transaction = <A, E>(
     )
   )
 
+/**
+ * One append: chunks of at most `CHUNK` rows, each expecting the version the previous one reached (nobody else can
+ * change it while we hold the write lock). Inside a transaction it runs in a savepoint, so that a failure undoes
+ * all of it and leaves the transaction usable (PostgreSQL aborts a transaction on any error without one).
+ * In autocommit it is one statement, atomic on its own, or a transaction of its own when it needs several.
+ */
 const writeOne = (
   conn: Connection,
   append: PreparedAppend,
@@ -135,28 +151,21 @@ const writeOne = (
   inTransaction: boolean
 ): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
   const n = append.events.length
-  const onUnique = <A>(self: Effect.Effect<A, AppendFailure | SqlError>) =>
-    Effect.catchTag(self, "SqlError", (e) => isUniqueViolation(e) ? explainUnique(conn, append) : Effect.fail(e))
-  if (n <= CHUNK) {
-    return query<Written>(conn, insertSql(n, append.expected), insertParams(append, 0, n, append.expected)).pipe(
-      Effect.flatMap((rows) => rows.length === 0 ? conflict(conn, append) : Effect.succeed(sorted(rows))),
-      onUnique
-    )
-  }
-  // Too large for one statement: chunks, each expecting the version the previous one reached (nobody else can
-  // change it while we hold the write lock), inside a savepoint so that a failure undoes them all.
   const chunks = Effect.gen(function*() {
     const written: Array<Written> = []
     let expected = append.expected
     for (let from = 0; from < n; from += CHUNK) {
       const to = Math.min(n, from + CHUNK)
-      const rows = yield* query<Written>(conn, insertSql(to - from, expected), insertParams(append, from, to, expected))
+      const rows = yield* query<Written>(conn, insertSql(to - from, expected), insertParams(append, from, to, expected)).pipe(
+        Effect.catchTag("SqlError", (e) => isUniqueViolation(e) ? explainUnique(conn, append, from, to) : Effect.fail(e))
+      )
       if (rows.length === 0) return yield* conflict(conn, append)
       written.push(...sorted(rows))
       expected = written[written.length - 1]!.version
     }
     return written
-  }).pipe(onUnique)
+  })
+  if (!inTransaction && n <= CHUNK) return chunks
   const rollbackTo = Effect.zipRight(exec(conn, ROLLBACK_TO), exec(conn, RELEASE))
   const savepoint = Effect.zipRight(
     exec(conn, SAVEPOINT),
@@ -182,8 +191,12 @@ export const writeGroup = (
       onFailure: (e) => e._tag === "SqlError" ? Effect.fail(e) : Effect.succeed(Exit.fail(e)),
       onSuccess: (written) => Effect.succeed(Exit.succeed(written))
     })
-  if (appends.length === 1) return Effect.map(separate(appends[0]!, false), (exit) => [exit])
-  return transaction(conn, begin, Effect.forEach(appends, (append) => separate(append, true)))
+  const grouped = transaction(conn, begin, Effect.forEach(appends, (append) => separate(append, true)))
+  if (appends.length > 1) return grouped
+  // A lone append runs in autocommit. If it fails, the failure was explained by a second statement that another
+  // process could have raced: decide again inside a transaction, where the answer is consistent (and the append
+  // may well succeed).
+  return Effect.flatMap(separate(appends[0]!, false), (exit) => Exit.isSuccess(exit) ? Effect.succeed([exit]) : grouped)
 }
 
 // --- synchronous -------------------------------------------------------------------------------------------------
@@ -201,10 +214,8 @@ const run = (conn: SyncConnection, statement: string, params: ReadonlyArray<unkn
 const conflictSync = (conn: SyncConnection, append: PreparedAppend) =>
   Exit.fail(conflictError(append, (run(conn, VERSION_SQL, [append.streamId])[0] as { v?: number } | undefined)?.v))
 
-const explainUniqueSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
-  const [row] = run(conn, existingIdSql(append.events.length), append.events.map((e) => e.eventId)) as Array<
-    { event_id: string }
-  >
+const explainUniqueSync = (conn: SyncConnection, append: PreparedAppend, from: number, to: number): Outcome => {
+  const [row] = run(conn, existingIdSql(to - from), idsOf(append, from, to)) as Array<{ event_id: string }>
   return row !== undefined
     ? Exit.fail(new DuplicateEventError({ streamId: append.streamId, eventId: row.event_id }))
     : conflictSync(conn, append)
@@ -230,18 +241,19 @@ const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outcome => 
   const n = append.events.length
   if (n <= CHUNK) {
     const rows = insertSync(conn, append, 0, n, append.expected)
-    if (rows === "unique") return explainUniqueSync(conn, append)
+    if (rows === "unique") return explainUniqueSync(conn, append, 0, n)
     return rows.length === 0 ? conflictSync(conn, append) : Exit.succeed(sorted(rows))
   }
   run(conn, SAVEPOINT)
   const written: Array<Written> = []
   let expected = append.expected
   for (let from = 0; from < n; from += CHUNK) {
-    const rows = insertSync(conn, append, from, Math.min(n, from + CHUNK), expected)
+    const to = Math.min(n, from + CHUNK)
+    const rows = insertSync(conn, append, from, to, expected)
     if (rows === "unique" || rows.length === 0) {
       run(conn, ROLLBACK_TO)
       run(conn, RELEASE)
-      return rows === "unique" ? explainUniqueSync(conn, append) : conflictSync(conn, append)
+      return rows === "unique" ? explainUniqueSync(conn, append, from, to) : conflictSync(conn, append)
     }
     written.push(...sorted(rows))
     expected = written[written.length - 1]!.version
@@ -255,7 +267,12 @@ const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outcome => 
  * `BEGIN IMMEDIATE … COMMIT`. Throws the driver's error when the group as a whole fails (nothing of it committed).
  */
 export const writeGroupSync = (conn: SyncConnection, appends: ReadonlyArray<PreparedAppend>): Array<Outcome> => {
-  if (appends.length === 1 && appends[0]!.events.length <= CHUNK) return [writeOneSync(conn, appends[0]!)]
+  if (appends.length === 1 && appends[0]!.events.length <= CHUNK) {
+    const outcome = writeOneSync(conn, appends[0]!)
+    // A failure in autocommit was explained by a second statement another process could have raced: decide again
+    // inside a transaction, where the answer is consistent (and the append may well succeed).
+    if (Exit.isSuccess(outcome)) return [outcome]
+  }
   run(conn, "BEGIN IMMEDIATE")
   try {
     const outcomes = appends.map((append) => writeOneSync(conn, append))

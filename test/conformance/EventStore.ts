@@ -211,6 +211,14 @@ export const eventStoreSuite = (name: string, storeLayer: Layer.Layer<EventStore
           ["bad expected version", store.append(stream(), evs(1), { expectedVersion: -1 })],
           ["fractional expected version", store.append(stream(), evs(1), { expectedVersion: 1.5 })],
           ["metadata tag not a string", store.append(stream(), evs(1), { metadata: { tags: { a: 1 as unknown as string } } })],
+          ["metadata null", store.append(stream(), evs(1), { metadata: null as unknown as Event.Metadata })],
+          ["metadata a string", store.append(stream(), evs(1), { metadata: "abc" as unknown as Event.Metadata })],
+          ["metadata with an unknown field", store.append(stream(), evs(1), { metadata: { extra: 1n } as unknown as Event.Metadata })],
+          ["event metadata cyclic", store.append(stream(), [ev("A", {}, { metadata: cyclic as Event.Metadata })])],
+          ["an event that is null", store.append(stream(), [null as unknown as Event.NewEvent])],
+          ["payload an array", store.append(stream(), [{ type: "A", payload: [1] }])],
+          ["payload with NaN", store.append(stream(), [ev("A", { n: Number.NaN })])],
+          ["payload with Infinity deep inside", store.append(stream(), [ev("A", { a: [{ b: Infinity }] })])],
           ["bad event after good ones", store.append(stream(), [...evs(3), ev("")])]
         ]
         for (const [label, attempt] of cases) {
