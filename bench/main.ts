@@ -7,7 +7,8 @@
  *   npm run bench -- --quick  small sizes, for CI (well under 60 s)
  */
 import Database from "better-sqlite3"
-import { Aggregate, Event, EventStore, Snapshot, Sqlite } from "effect-eventstore"
+import { Aggregate, Event, EventStore, Snapshot } from "effect-eventstore"
+import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"

@@ -5,18 +5,14 @@
  *
  * @since 0.1.0
  */
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
-import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
+import type * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Stream from "effect/Stream"
+import type * as Stream from "effect/Stream"
 import type { ExpectedVersion } from "./Errors.js"
 import { ConcurrencyError, DuplicateEventError, EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
 import type { Metadata, NewEvent, RecordedEvent } from "./Event.js"
-import { categoryOf, type EventRow, fromRow, prepareAppend, recorded } from "./internal/codec.js"
-import { catchUp, live, Signal } from "./internal/paging.js"
+import * as Memory from "./internal/memory.js"
 
 export {
   /** @since 0.1.0 */
@@ -150,251 +146,13 @@ export interface EventStoreService {
  */
 export class EventStore extends Context.Tag("effect-eventstore/EventStore")<EventStore, EventStoreService>() {}
 
-/** @internal */
-export const defaults = { pageSize: 512 } as const
-
-/** @internal validates read options shared by every backend */
-export const checkPage = (pageSize: number | undefined): Effect.Effect<number, InvalidInput> =>
-  pageSize === undefined
-    ? Effect.succeed(defaults.pageSize)
-    : Number.isSafeInteger(pageSize) && pageSize > 0 && pageSize <= 10_000
-    ? Effect.succeed(pageSize)
-    : Effect.fail(new InvalidInput({ field: "pageSize", reason: "must be an integer from 1 to 10000" }))
-
-/** @internal */
-export const checkPageOptions = (options: PageOptions | undefined) => {
-  const after = options?.after ?? 0
-  if (!Number.isSafeInteger(after) || after < 0) {
-    return Effect.fail(new InvalidInput({ field: "after", reason: "must be a non-negative integer" }))
-  }
-  return Effect.map(checkPage(options?.limit), (limit) => ({ after, limit }))
-}
-
-/** @internal decodes a page of rows: all of them, or the first failure */
-export const decodeRows = (rows: ReadonlyArray<EventRow>): Effect.Effect<Array<RecordedEvent>, EventDecodeError> => {
-  const out: Array<RecordedEvent> = new Array(rows.length)
-  for (let i = 0; i < rows.length; i++) {
-    const decoded = fromRow(rows[i]!)
-    if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
-    out[i] = decoded.right
-  }
-  return Effect.succeed(out)
-}
-
-/** @internal */
-export const checkPosition = (position: unknown): Effect.Effect<number, InvalidInput> =>
-  typeof position === "number" && Number.isSafeInteger(position) && position >= 0
-    ? Effect.succeed(position)
-    : Effect.fail(new InvalidInput({ field: "fromPosition", reason: "must be a non-negative integer" }))
-
-/** @internal */
-export const checkRange = (options: ReadOptions | undefined) => {
-  const from = options?.from ?? 1
-  const to = options?.to ?? Number.MAX_SAFE_INTEGER
-  if (!Number.isSafeInteger(from) || from < 1) {
-    return Effect.fail(new InvalidInput({ field: "from", reason: "must be a positive integer" }))
-  }
-  if (!Number.isSafeInteger(to) || to < 0) {
-    return Effect.fail(new InvalidInput({ field: "to", reason: "must be a non-negative integer" }))
-  }
-  return Effect.succeed({ from, to, backward: options?.direction === "backward" })
-}
-
-/** @internal */
-export const appendSpan = (streamId: string, streamType: string | undefined, count: number) => ({
-  captureStackTrace: false,
-  attributes: {
-    "aggregate.id": streamId,
-    "aggregate.type": streamType ?? categoryOf(streamId),
-    "event.count": count
-  }
-})
-
-/** @internal */
-export const nonEmpty = (list: ReadonlyArray<string> | undefined) =>
-  list !== undefined && list.length > 0 ? list : undefined
-
-/**
- * @internal What a backend provides. The reading side of the contract (validation, paging, decoding, spans,
- * subscriptions) is built from it once, the same for every backend.
- */
-export interface Backend {
-  readonly append: EventStoreService["append"]
-  readonly version: EventStoreService["version"]
-  /**
-   * Rows of one stream: forward, versions after `cursor` up to `to`; backward, versions before `cursor` down to
-   * `from`; at most `limit`, in the direction's order.
-   */
-  readonly streamRows: (
-    streamId: string,
-    range: {
-      readonly backward: boolean
-      readonly cursor: number
-      readonly from: number
-      readonly to: number
-      readonly limit: number
-    }
-  ) => Effect.Effect<ReadonlyArray<EventRow>, StoreError>
-  /** Rows of the global log after a position, selected by `filter`, at most `limit`, by position. */
-  readonly logRows: (
-    filter: Filter | undefined,
-    operation: string
-  ) => (after: number, limit: number) => Effect.Effect<ReadonlyArray<EventRow>, StoreError>
-  /** The position of the last event in the log; 0 when empty. */
-  readonly head: Effect.Effect<number, StoreError>
-  /** Woken after each commit made through this store. */
-  readonly signal: Signal
-  /** How often a caught-up subscription polls for other processes' commits; `undefined`: never. */
-  readonly pollInterval: Duration.Duration | undefined
-}
-
-const streamSpan = (streamId: string) =>
-  ({ captureStackTrace: false, attributes: { "aggregate.id": streamId } }) as const
-
-/** @internal */
-export const fromBackend = (backend: Backend): EventStoreService => {
-  const read: EventStoreService["read"] = (streamId, options) =>
-    Stream.unwrap(Effect.gen(function*() {
-      const { backward, from, to } = yield* checkRange(options)
-      const pageSize = yield* checkPage(options?.pageSize)
-      return catchUp({
-        start: backward ? to + 1 : from - 1,
-        pageSize,
-        cursorOf: (row) => row.version,
-        fetch: (cursor, limit) => backend.streamRows(streamId, { backward, cursor, from, to, limit })
-      })
-    })).pipe(Stream.withSpan("EventStore.read", streamSpan(streamId)))
-
-  const readPage: EventStoreService["readPage"] = (streamId, options) =>
-    Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
-      Effect.flatMap(
-        backend.streamRows(streamId, { backward: false, cursor: after, from: 1, to: Number.MAX_SAFE_INTEGER, limit }),
-        decodeRows
-      )).pipe(Effect.withSpan("EventStore.readPage", streamSpan(streamId)))
-
-  const readAll: EventStoreService["readAll"] = (options) =>
-    Stream.unwrap(Effect.gen(function*() {
-      const start = yield* checkPosition(options?.fromPosition ?? 0)
-      const pageSize = yield* checkPage(options?.pageSize)
-      return catchUp({ start, pageSize, fetch: backend.logRows(options?.filter, "readAll"), cursorOf: (row) => row.position })
-    })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
-
-  const subscribe: EventStoreService["subscribe"] = (options) =>
-    Stream.unwrap(Effect.gen(function*() {
-      const from = options?.fromPosition ?? 0
-      const start = from === "end" ? backend.head : Effect.succeed(yield* checkPosition(from))
-      const pageSize = yield* checkPage(options?.pageSize)
-      return live({
-        start,
-        pageSize,
-        fetch: backend.logRows(options?.filter, "subscribe"),
-        signal: backend.signal,
-        pollInterval: backend.pollInterval
-      })
-    })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
-
-  const version: EventStoreService["version"] = (streamId) =>
-    backend.version(streamId).pipe(Effect.withSpan("EventStore.version", streamSpan(streamId)))
-
-  return EventStore.of({ append: backend.append, read, readPage, readAll, subscribe, version })
-}
-
 /**
  * An event store in memory: for tests and prototypes. Same contract as the durable ones, nothing survives the
  * process.
  *
  * @since 0.1.0
  */
-export const makeMemory: Effect.Effect<EventStoreService> = Effect.gen(function*() {
-  const log: Array<EventRow> = []
-  const streams = new Map<string, Array<EventRow>>()
-  const eventIds = new Set<string>()
-  const signal = new Signal()
-
-  const append: EventStoreService["append"] = (streamId, events, options) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) =>
-      Effect.flatMap(prepareAppend(streamId, events, options, now), (prepared) =>
-        Effect.suspend((): Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError> => {
-          const stream = streams.get(streamId)
-          const actual = stream?.length ?? 0
-          const expected = prepared.expected
-          const ok = expected === "any" ||
-            (expected === "no-stream" ? actual === 0 : expected === "stream-exists" ? actual > 0 : actual === expected)
-          if (!ok) return Effect.fail(new ConcurrencyError({ streamId, expected, actual }))
-          for (const event of prepared.events) {
-            if (eventIds.has(event.eventId)) {
-              return Effect.fail(new DuplicateEventError({ streamId, eventId: event.eventId }))
-            }
-          }
-          const rows = stream ?? []
-          const positions: Array<number> = []
-          for (const event of prepared.events) {
-            const row: EventRow = {
-              position: log.length + 1,
-              event_id: event.eventId,
-              stream_id: streamId,
-              stream_type: prepared.streamType,
-              version: rows.length + 1,
-              event_type: event.type,
-              schema_version: event.schemaVersion,
-              payload: event.payloadJson,
-              metadata: event.metadataJson,
-              recorded_at: prepared.recordedAt
-            }
-            log.push(row)
-            rows.push(row)
-            eventIds.add(event.eventId)
-            positions.push(row.position)
-          }
-          if (stream === undefined) streams.set(streamId, rows)
-          signal.notify()
-          return Effect.succeed({
-            streamId,
-            version: rows.length,
-            position: positions[positions.length - 1]!,
-            events: recorded(prepared, positions, actual + 1)
-          })
-        })).pipe(Effect.withSpan("EventStore.append", appendSpan(streamId, options?.streamType, events.length))))
-
-  const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
-    Effect.sync(() => {
-      const rows = streams.get(streamId) ?? []
-      if (backward) {
-        const end = Math.min(cursor - 1, rows.length) // highest version wanted
-        const start = Math.max(from, end - limit + 1)
-        return end < start ? [] : rows.slice(start - 1, end).reverse()
-      }
-      return rows.slice(cursor, Math.min(cursor + limit, to))
-    })
-
-  const logRows: Backend["logRows"] = (filter) => {
-    const types = nonEmpty(filter?.streamTypes)
-    const eventTypes = nonEmpty(filter?.eventTypes)
-    const typeSet = types && new Set(types)
-    const eventSet = eventTypes && new Set(eventTypes)
-    return (after, limit) =>
-      Effect.sync(() => {
-        const out: Array<EventRow> = []
-        for (let i = after; i < log.length && out.length < limit; i++) {
-          const row = log[i]!
-          if (typeSet && !typeSet.has(row.stream_type)) continue
-          if (eventSet && !eventSet.has(row.event_type)) continue
-          out.push(row)
-        }
-        return out
-      })
-  }
-
-  return fromBackend({
-    append,
-    version: (streamId) => Effect.sync(() => streams.get(streamId)?.length ?? 0),
-    streamRows,
-    logRows,
-    head: Effect.sync(() => log.length),
-    signal,
-    pollInterval: undefined
-  })
-})
+export const makeMemory: Effect.Effect<EventStoreService> = Memory.make
 
 /**
  * The in-memory store as a layer; each build is a fresh, empty store.

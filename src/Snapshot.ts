@@ -1,13 +1,11 @@
 /**
- * Snapshots: the `SnapshotStore` service (memory and SQL layers), the snapshot policy an aggregate chooses, the
- * schema-versioned codec of its state, and the in-process state cache. Loading from a snapshot is an optimisation
+ * Snapshots: the `SnapshotStore` contract and its memory layer (the SQL store is `SqlSnapshotStore`), the snapshot
+ * policy an aggregate chooses, and the schema-versioned codec of its state. Loading from a snapshot is an optimisation
  * that must never change what `decide` sees, so every problem with a snapshot (an old schema version without an
  * upcaster, a state that no longer decodes) makes the load fall back to a full replay, with a warning.
  *
  * @since 0.1.0
  */
-import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
@@ -17,9 +15,8 @@ import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as Analytics from "./Analytics.js"
-import { InvalidInput, StoreError } from "./Errors.js"
-import { checkId, limits } from "./internal/codec.js"
-import * as Migrations from "./internal/migrations.js"
+import { InvalidInput, type StoreError } from "./Errors.js"
+import { decodeStored, prepare, span, statsOf, type StoredSnapshot } from "./internal/snapshotRows.js"
 
 /**
  * A stored snapshot. `state` and `analytics` are the encoded (JSON) values.
@@ -76,108 +73,6 @@ export interface SnapshotStoreService {
 /** @since 0.1.0 */
 export class SnapshotStore extends Context.Tag("effect-eventstore/SnapshotStore")<SnapshotStore, SnapshotStoreService>() {}
 
-// --- shared by the backends ----------------------------------------------------------------------------------------
-
-interface Row {
-  readonly stream_id: string
-  readonly stream_type: string
-  readonly version: number
-  readonly schema_version: number
-  readonly state: string
-  readonly analytics: string | null
-  readonly size_bytes: number
-  readonly created_at: number
-}
-
-const prepare = (snapshot: NewSnapshot, now: number): Either.Either<Row, InvalidInput> => {
-  const bad = checkId("streamId", snapshot.streamId, limits.idLength) ??
-    checkId("streamType", snapshot.streamType, limits.idLength)
-  if (bad) return Either.left(bad)
-  if (!Number.isSafeInteger(snapshot.version) || snapshot.version < 1) {
-    return Either.left(new InvalidInput({ field: "version", reason: "must be a positive integer" }))
-  }
-  if (!Number.isSafeInteger(snapshot.schemaVersion) || snapshot.schemaVersion < 1) {
-    return Either.left(new InvalidInput({ field: "schemaVersion", reason: "must be a positive integer" }))
-  }
-  let state: string | undefined
-  let analytics: string | undefined
-  try {
-    state = JSON.stringify(snapshot.state)
-    analytics = snapshot.analytics === undefined ? undefined : JSON.stringify(snapshot.analytics)
-  } catch {
-    // reported below
-  }
-  if (state === undefined) return Either.left(new InvalidInput({ field: "state", reason: "must be a JSON value" }))
-  return Either.right({
-    stream_id: snapshot.streamId,
-    stream_type: snapshot.streamType,
-    version: snapshot.version,
-    schema_version: snapshot.schemaVersion,
-    state,
-    analytics: analytics ?? null,
-    size_bytes: Buffer.byteLength(state) + (analytics === undefined ? 0 : Buffer.byteLength(analytics)),
-    created_at: now
-  })
-}
-
-const fromRow = (row: Row): Either.Either<Snapshot, string> => {
-  try {
-    return Either.right({
-      streamId: row.stream_id,
-      streamType: row.stream_type,
-      version: Number(row.version),
-      schemaVersion: Number(row.schema_version),
-      state: JSON.parse(row.state),
-      analytics: row.analytics === null ? undefined : JSON.parse(row.analytics),
-      sizeBytes: Number(row.size_bytes),
-      createdAt: DateTime.unsafeMake(Number(row.created_at))
-    })
-  } catch (cause) {
-    return Either.left(String(cause))
-  }
-}
-
-/** A stored snapshot that is not even JSON is treated as absent (and the load replays), with a warning. */
-const decodeRow = (row: Row | undefined): Effect.Effect<Option.Option<Snapshot>> => {
-  if (row === undefined) return Effect.succeed(Option.none())
-  const decoded = fromRow(row)
-  return Either.isRight(decoded)
-    ? Effect.succeed(Option.some(decoded.right))
-    : Effect.as(
-      Effect.logWarning("snapshot ignored: stored JSON is malformed").pipe(
-        Effect.annotateLogs({ streamId: row.stream_id, version: row.version, reason: decoded.left })
-      ),
-      Option.none()
-    )
-}
-
-const statsOf = (rows: ReadonlyArray<Pick<Row, "stream_id" | "size_bytes" | "created_at">>): Stats => {
-  let totalBytes = 0
-  let oldest: number | undefined
-  let newest: number | undefined
-  const streams = new Set<string>()
-  for (const row of rows) {
-    totalBytes += Number(row.size_bytes)
-    streams.add(row.stream_id)
-    const at = Number(row.created_at)
-    if (oldest === undefined || at < oldest) oldest = at
-    if (newest === undefined || at > newest) newest = at
-  }
-  return {
-    count: rows.length,
-    aggregates: streams.size,
-    totalBytes,
-    averageBytes: rows.length === 0 ? 0 : totalBytes / rows.length,
-    oldest: Option.map(Option.fromNullable(oldest), DateTime.unsafeMake),
-    newest: Option.map(Option.fromNullable(newest), DateTime.unsafeMake)
-  }
-}
-
-const span = (streamId?: string) => ({
-  captureStackTrace: false,
-  attributes: streamId === undefined ? {} : { "aggregate.id": streamId }
-})
-
 // --- memory --------------------------------------------------------------------------------------------------------
 
 /**
@@ -186,7 +81,7 @@ const span = (streamId?: string) => ({
  * @since 0.1.0
  */
 export const makeMemory: Effect.Effect<SnapshotStoreService> = Effect.sync(() => {
-  const byStream = new Map<string, Array<Row>>() // ascending by version
+  const byStream = new Map<string, Array<StoredSnapshot>>() // ascending by version
   const save: SnapshotStoreService["save"] = (snapshot) =>
     Effect.clockWith((clock) => {
       const row = prepare(snapshot, clock.unsafeCurrentTimeMillis())
@@ -198,7 +93,7 @@ export const makeMemory: Effect.Effect<SnapshotStoreService> = Effect.sync(() =>
       return Effect.void
     }).pipe(Effect.withSpan("SnapshotStore.save", span(snapshot.streamId)))
   const atOrBefore: SnapshotStoreService["atOrBefore"] = (streamId, version) =>
-    Effect.suspend(() => decodeRow((byStream.get(streamId) ?? []).filter((r) => r.version <= version).at(-1)))
+    Effect.suspend(() => decodeStored((byStream.get(streamId) ?? []).filter((r) => r.version <= version).at(-1)))
   return SnapshotStore.of({
     save,
     latest: (streamId) => atOrBefore(streamId, Number.MAX_SAFE_INTEGER),
@@ -216,63 +111,6 @@ export const makeMemory: Effect.Effect<SnapshotStoreService> = Effect.sync(() =>
 
 /** @since 0.1.0 */
 export const layerMemory: Layer.Layer<SnapshotStore> = Layer.effect(SnapshotStore, makeMemory)
-
-// --- SQL -----------------------------------------------------------------------------------------------------------
-
-const T = Migrations.tables.snapshots
-
-/**
- * Snapshots in the SQL database of the `SqlClient` in context (table `eventstore_snapshots`). Runs the library's
- * migrations first.
- *
- * @since 0.1.0
- */
-export const makeSql: Effect.Effect<SnapshotStoreService, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* Migrations.migrate
-  const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
-
-  const save: SnapshotStoreService["save"] = (snapshot) =>
-    Effect.clockWith((clock): Effect.Effect<unknown, InvalidInput | StoreError> => {
-      const row = prepare(snapshot, clock.unsafeCurrentTimeMillis())
-      if (Either.isLeft(row)) return Effect.fail(row.left)
-      const r = row.right
-      return Effect.mapError(
-        sql`INSERT INTO ${sql(T)} (stream_id, stream_type, version, schema_version, state, analytics, size_bytes, created_at)
-          VALUES (${r.stream_id}, ${r.stream_type}, ${r.version}, ${r.schema_version}, ${r.state}, ${r.analytics},
-            ${r.size_bytes}, ${r.created_at})
-          ON CONFLICT (stream_id, version) DO UPDATE SET stream_type = excluded.stream_type,
-            schema_version = excluded.schema_version, state = excluded.state, analytics = excluded.analytics,
-            size_bytes = excluded.size_bytes, created_at = excluded.created_at`.raw,
-        storeError("snapshot.save")
-      )
-    }).pipe(Effect.asVoid, Effect.withSpan("SnapshotStore.save", span(snapshot.streamId)))
-
-  const atOrBefore: SnapshotStoreService["atOrBefore"] = (streamId, version) =>
-    sql<Row>`SELECT * FROM ${sql(T)} WHERE stream_id = ${streamId} AND version <= ${version}
-      ORDER BY version DESC LIMIT 1`.withoutTransform.pipe(
-      Effect.mapError(storeError("snapshot.load")),
-      Effect.flatMap((rows) => decodeRow(rows[0])),
-      Effect.withSpan("SnapshotStore.load", span(streamId))
-    )
-
-  return SnapshotStore.of({
-    save,
-    latest: (streamId) => atOrBefore(streamId, Number.MAX_SAFE_INTEGER),
-    atOrBefore,
-    deleteOlderThan: (streamId, version) =>
-      sql<{ n: number }>`DELETE FROM ${sql(T)} WHERE stream_id = ${streamId} AND version < ${version}
-        RETURNING 1 AS n`.withoutTransform.pipe(
-        Effect.map((rows) => rows.length),
-        Effect.mapError(storeError("snapshot.delete"))
-      ),
-    stats: sql<Pick<Row, "stream_id" | "size_bytes" | "created_at">>`SELECT stream_id, size_bytes, created_at
-      FROM ${sql(T)}`.withoutTransform.pipe(Effect.map(statsOf), Effect.mapError(storeError("snapshot.stats")))
-  })
-})
-
-/** @since 0.1.0 */
-export const layerSql: Layer.Layer<SnapshotStore, StoreError, SqlClient.SqlClient> = Layer.effect(SnapshotStore, makeSql)
 
 // --- policy and codec ----------------------------------------------------------------------------------------------
 

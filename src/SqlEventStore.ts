@@ -1,16 +1,18 @@
 /**
  * The event store over `@effect/sql`'s `SqlClient`: the implementation behind `Sqlite.layer` (and the PostgreSQL
- * layer to come). Dialect differences are confined to the DDL, the append statement and error classification.
+ * layer to come). The SQL text lives in `internal/` once per concern — schema (`migrations.ts`), write path
+ * (`sqlWrite.ts`), read path (`sqlRead.ts`) — and driver errors are classified in `sqlErrors.ts`, so a dialect is
+ * an addition there, not a rewrite here.
  *
  * An append is one statement: a conditional multi-row `INSERT … SELECT` that reads the stream's head and writes the
  * new events only if the expected version holds, so the check and the write are atomic without a transaction; the
  * unique index on (stream, version) is the backstop against any other writer. Batches too large for one statement
- * run as several such statements in one transaction.
+ * run as several such statements in one transaction. Concurrent appends share a transaction (group commit).
  *
  * @since 0.1.0
  */
-import type { Connection } from "@effect/sql/SqlConnection"
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -20,25 +22,18 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import { StoreError } from "./Errors.js"
-import {
-  type AppendError,
-  type AppendOptions,
-  appendSpan,
-  type AppendResult,
-  type Backend,
-  EventStore,
-  type EventStoreService,
-  fromBackend,
-  nonEmpty
-} from "./EventStore.js"
+import { ConcurrencyError, StoreError } from "./Errors.js"
 import type { NewEvent } from "./Event.js"
-import { type EventRow, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
+import { type AppendError, type AppendOptions, type AppendResult, EventStore, type EventStoreService } from "./EventStore.js"
+import * as Background from "./internal/background.js"
+import { appendSpan, type Backend, fromBackend } from "./internal/backend.js"
+import { type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
 import { isSync } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
-import { isBusy, tables } from "./internal/migrations.js"
 import { Signal } from "./internal/paging.js"
+import { isBusy } from "./internal/sqlErrors.js"
+import * as SqlRead from "./internal/sqlRead.js"
 import { type AppendFailure, type Outcome, sqlError, type Written, writeGroup, writeGroupSync } from "./internal/sqlWrite.js"
 import * as Telemetry from "./Telemetry.js"
 
@@ -59,9 +54,9 @@ export interface Options {
   readonly writeConnection?: Connection
   /** Concurrent appends share one transaction up to this many events in all; default 2048. */
   readonly maxGroupEvents?: number
+  /** When the store's scope closes, how long in-flight commits may take before they are interrupted; default 5 s. */
+  readonly shutdownGrace?: Duration.DurationInput
 }
-
-const E = tables.events
 
 /**
  * Retries a write that found the database locked by another process: jittered exponential backoff from 2 ms, at
@@ -82,8 +77,156 @@ export const defaultBusyRetry = (total: Duration.DurationInput): Schedule.Schedu
  */
 export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Migrations.migrate
 
+const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
+
+// --- step 1: the group-commit writer -------------------------------------------------------------------------------
+
+/** Counts a settled group in the metrics and wakes subscribers. */
+const settled = (signal: Signal) => (exits: ReadonlyArray<Outcome>) => {
+  signal.notify()
+  let conflicts = 0
+  for (const exit of exits) {
+    if (Exit.isFailure(exit) && exit.cause._tag === "Fail" && exit.cause.error instanceof ConcurrencyError) conflicts++
+  }
+  Telemetry.commits.unsafeUpdate(1, [])
+  Telemetry.appends.unsafeUpdate(exits.length - conflicts, [])
+  Telemetry.groupSize.unsafeUpdate(exits.length, [])
+  if (conflicts > 0) Telemetry.conflicts.unsafeUpdate(conflicts, [])
+  return exits
+}
+
 /**
- * An `EventStore` over the `SqlClient` in context. Runs the migrations first.
+ * The writer: groups of appends, each group one transaction. On a synchronous connection (SQLite's own writer) a
+ * whole group runs in one synchronous call and a lone append is written on the spot; otherwise each group runs on a
+ * connection (held, or reserved from the client per group).
+ */
+const makeWriter = (
+  sql: SqlClient.SqlClient,
+  options: Options,
+  signal: Signal,
+  background: Background.Background
+) => {
+  const held = options.writeConnection
+  const maxSize = options.maxGroupEvents ?? 2048
+  const size = (append: PreparedAppend) => append.events.length
+  const done = settled(signal)
+  if (held !== undefined && isSync(held)) {
+    return GroupCommit.make<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>({
+      run: (appends) => Effect.map(Effect.try({ try: () => writeGroupSync(held, appends), catch: sqlError }), done),
+      // A lone append is written on the spot; only a failure of the whole write (a lock) takes the slower road.
+      runSync: (append) => {
+        try {
+          return done(writeGroupSync(held, [append]))[0]
+        } catch {
+          return undefined
+        }
+      },
+      size,
+      maxSize,
+      fork: background.run
+    })
+  }
+  const begin = sql.onDialectOrElse({ sqlite: () => "BEGIN IMMEDIATE", orElse: () => "BEGIN" })
+  const withWriter: <A, E>(f: (conn: Connection) => Effect.Effect<A, E>) => Effect.Effect<A, E | SqlError> =
+    held === undefined ? (f) => Effect.scoped(Effect.flatMap(sql.reserve, f)) : (f) => f(held)
+  return GroupCommit.make<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>({
+    run: (appends) => Effect.map(withWriter((conn) => writeGroup(conn, begin, appends)), done),
+    size,
+    maxSize,
+    fork: background.run
+  })
+}
+
+// --- step 2: the append --------------------------------------------------------------------------------------------
+
+const result = (prepared: PreparedAppend, written: ReadonlyArray<Written>): AppendResult => {
+  const last = written[written.length - 1]!
+  return {
+    streamId: prepared.streamId,
+    version: last.version,
+    position: last.position,
+    events: recorded(prepared, written.map((w) => w.position), written[0]!.version)
+  }
+}
+
+/**
+ * Validates, submits to the writer, and retries (with a backoff that does not block the thread) when another
+ * process holds the database's write lock.
+ */
+const makeAppend = (
+  options: Options,
+  writer: GroupCommit.GroupCommit<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>
+): EventStoreService["append"] => {
+  const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
+  const toStoreError = <E extends { readonly _tag: string }>(e: E | SqlError) =>
+    e._tag === "SqlError" ? storeError("append")(e as SqlError) : e as E
+
+  const submit = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
+    Effect.matchEffect(writer.submit(prepared), {
+      onSuccess: (written) => Effect.succeed(result(prepared, written)),
+      onFailure: (e) =>
+        e._tag !== "SqlError"
+          ? Effect.fail(e)
+          : isBusy(e)
+          // Locked by another process: try again after a backoff (the retry is built only when needed).
+          ? Effect.mapBoth(
+            Effect.retry(writer.submit(prepared), { schedule: busyRetry, while: (e) => e._tag === "SqlError" && isBusy(e) }),
+            { onFailure: toStoreError, onSuccess: (written) => result(prepared, written) }
+          )
+          : Effect.fail(storeError("append")(e))
+    })
+
+  const prepareAndSubmit = (
+    streamId: string,
+    events: ReadonlyArray<NewEvent>,
+    appendOptions: AppendOptions | undefined
+  ): Effect.Effect<AppendResult, AppendError> =>
+    Effect.clockWith((clock) => {
+      const prepared = prepareAppend(streamId, events, appendOptions, clock.unsafeCurrentTimeMillis())
+      return Either.isLeft(prepared) ? Effect.fail(prepared.left) : submit(prepared.right)
+    })
+
+  // Appends are never part of a caller's SqlClient transaction. With one shared connection (SQLite ":memory:"),
+  // an append from inside such a transaction would wait for the connection that transaction holds: refuse it.
+  const guarded: typeof prepareAndSubmit = options.writeConnection !== undefined
+    ? prepareAndSubmit
+    : (streamId, events, appendOptions) =>
+      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+        Option.isSome(transaction)
+          ? Effect.fail(
+            new StoreError({
+              operation: "append",
+              cause: "an append cannot run inside a transaction of the store's own SqlClient connection"
+            })
+          )
+          : prepareAndSubmit(streamId, events, appendOptions))
+
+  return (streamId, events, appendOptions) =>
+    Effect.useSpan(
+      "EventStore.append",
+      appendSpan(streamId, appendOptions?.streamType, events.length),
+      () => guarded(streamId, events, appendOptions)
+    )
+}
+
+// --- step 3: the reading side --------------------------------------------------------------------------------------
+
+const makeReads = (sql: SqlClient.SqlClient): Pick<Backend, "streamRows" | "logRows" | "head" | "version"> => {
+  const statements = SqlRead.make(sql)
+  return {
+    streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
+    logRows: (filter, operation) => {
+      const page = statements.log(filter)
+      return (after, limit) => Effect.mapError(page(after, limit), storeError(operation))
+    },
+    head: Effect.mapError(statements.head, storeError("subscribe")),
+    version: (streamId) => Effect.mapError(statements.version(streamId), storeError("version"))
+  }
+}
+
+/**
+ * An `EventStore` over the `SqlClient` in context. Runs the migrations first. The writer's background work (the
+ * drain of queued appends) belongs to the scope: closing it lets in-flight commits finish (up to `shutdownGrace`).
  *
  * @since 0.1.0
  */
@@ -94,171 +237,13 @@ export const make = (
     const sql = yield* SqlClient.SqlClient
     yield* migrate
     const signal = new Signal()
-    const pollInterval = Duration.decode(options.pollInterval ?? "500 millis")
-    const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
-    const begin = sql.onDialectOrElse({ sqlite: () => "BEGIN IMMEDIATE", orElse: () => "BEGIN" })
-    const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
-    // every column a RecordedEvent needs (not tenant_id)
-    const COLUMNS = sql.literal(
-      "position, event_id, stream_id, stream_type, version, event_type, schema_version, payload, metadata, recorded_at"
-    )
-
-    // The write connection: held for the store's lifetime when a dedicated client is given, else reserved per group.
-    const held = options.writeConnection
-    const withWriter: <A, E>(f: (conn: Connection) => Effect.Effect<A, E>) => Effect.Effect<A, E | SqlError> =
-      held === undefined ? (f) => Effect.scoped(Effect.flatMap(sql.reserve, f)) : (f) => f(held)
-
-    const committed = (appends: number, conflicts: number) => {
-      Telemetry.commits.unsafeUpdate(1, [])
-      Telemetry.appends.unsafeUpdate(appends - conflicts, [])
-      Telemetry.groupSize.unsafeUpdate(appends, [])
-      if (conflicts > 0) Telemetry.conflicts.unsafeUpdate(conflicts, [])
-    }
-
-    const settled = (exits: ReadonlyArray<Outcome>) => {
-      signal.notify()
-      let conflicts = 0
-      for (const exit of exits) {
-        if (Exit.isFailure(exit) && exit.cause._tag === "Fail" && exit.cause.error._tag === "ConcurrencyError") {
-          conflicts++
-        }
-      }
-      committed(exits.length, conflicts)
-      return exits
-    }
-
-    const writer = GroupCommit.make<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>(
-      held !== undefined && isSync(held)
-        ? {
-          run: (appends) => Effect.map(Effect.try({ try: () => writeGroupSync(held, appends), catch: sqlError }), settled),
-          // A lone append is written on the spot; only a failure of the whole write (a lock) takes the slower road.
-          runSync: (append) => {
-            try {
-              return settled(writeGroupSync(held, [append]))[0]
-            } catch {
-              return undefined
-            }
-          },
-          size: (append) => append.events.length,
-          maxSize: options.maxGroupEvents ?? 2048
-        }
-        : {
-          run: (appends) => Effect.map(withWriter((conn) => writeGroup(conn, begin, appends)), settled),
-          size: (append) => append.events.length,
-          maxSize: options.maxGroupEvents ?? 2048
-        }
-    )
-
-    const result = (prepared: PreparedAppend, written: ReadonlyArray<Written>): AppendResult => {
-      const last = written[written.length - 1]!
-      return {
-        streamId: prepared.streamId,
-        version: last.version,
-        position: last.position,
-        events: recorded(prepared, written.map((w) => w.position), written[0]!.version)
-      }
-    }
-
-    const retryBusy = (prepared: PreparedAppend) =>
-      Effect.retry(writer.submit(prepared), {
-        schedule: busyRetry,
-        while: (e) => e._tag === "SqlError" && isBusy(e)
-      })
-
-    const submit = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
-      Effect.matchEffect(writer.submit(prepared), {
-        onSuccess: (written) => Effect.succeed(result(prepared, written)),
-        onFailure: (e) =>
-          e._tag !== "SqlError"
-            ? Effect.fail(e)
-            : isBusy(e)
-            // Locked by another process beyond the busy timeout: try again (the retry is built only when needed).
-            ? Effect.mapBoth(retryBusy(prepared), {
-              onFailure: (e) => e._tag === "SqlError" ? storeError("append")(e) : e,
-              onSuccess: (written) => result(prepared, written)
-            })
-            : Effect.fail(storeError("append")(e))
-      })
-
-    const prepareAndSubmit = (
-      streamId: string,
-      events: ReadonlyArray<NewEvent>,
-      options: AppendOptions | undefined
-    ): Effect.Effect<AppendResult, AppendError> =>
-      Effect.clockWith((clock) => {
-        const prepared = prepareAppend(streamId, events, options, clock.unsafeCurrentTimeMillis())
-        return Either.isLeft(prepared) ? Effect.fail(prepared.left) : submit(prepared.right)
-      })
-
-    // Appends are never part of a caller's SqlClient transaction. With one shared connection (SQLite ":memory:"),
-    // an append from inside such a transaction would wait for the connection that transaction holds: refuse it.
-    const guarded: typeof prepareAndSubmit = held !== undefined
-      ? prepareAndSubmit
-      : (streamId, events, options) =>
-        Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
-          Option.isSome(transaction)
-            ? Effect.fail(
-              new StoreError({
-                operation: "append",
-                cause: "an append cannot run inside a transaction of the store's own SqlClient connection"
-              })
-            )
-            : prepareAndSubmit(streamId, events, options))
-
-    const append: EventStoreService["append"] = (streamId, events, options) =>
-      Effect.useSpan(
-        "EventStore.append",
-        appendSpan(streamId, options?.streamType, events.length),
-        () => guarded(streamId, events, options)
-      )
-
-    const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
-      Effect.mapError(
-        backward
-          ? sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version < ${cursor}
-              AND version >= ${from} ORDER BY version DESC LIMIT ${limit}`.withoutTransform
-          : sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE stream_id = ${streamId} AND version > ${cursor}
-              AND version <= ${to} ORDER BY version LIMIT ${limit}`.withoutTransform,
-        storeError("read")
-      )
-
-    const logRows: Backend["logRows"] = (filter, operation) => {
-      const streamTypes = nonEmpty(filter?.streamTypes)
-      const eventTypes = nonEmpty(filter?.eventTypes)
-      const where = sql.and([
-        ...(streamTypes ? [sql.in("stream_type", streamTypes)] : []),
-        ...(eventTypes ? [sql.in("event_type", eventTypes)] : [])
-      ])
-      return (after, limit) =>
-        Effect.mapError(
-          streamTypes || eventTypes
-            ? sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE position > ${after} AND ${where}
-                ORDER BY position LIMIT ${limit}`.withoutTransform
-            : sql<EventRow>`SELECT ${COLUMNS} FROM ${sql(E)} WHERE position > ${after}
-                ORDER BY position LIMIT ${limit}`.withoutTransform,
-          storeError(operation)
-        )
-    }
-
+    const background = yield* Background.make(options.shutdownGrace ?? "5 seconds")
+    const writer = makeWriter(sql, options, signal, background)
     return fromBackend({
-      append,
-      version: (streamId) =>
-        sql<{ v: number }>`SELECT COALESCE((SELECT version FROM ${sql(E)} WHERE stream_id = ${streamId}
-          ORDER BY version DESC LIMIT 1), 0) AS v`.withoutTransform.pipe(
-          Effect.map((rows) => Number(rows[0]?.v ?? 0)),
-          Effect.mapError(storeError("version"))
-        ),
-      streamRows,
-      logRows,
-      head: Effect.mapError(
-        Effect.map(
-          sql<{ p: number | null }>`SELECT MAX(position) AS p FROM ${sql(E)}`.withoutTransform,
-          (rows) => Number(rows[0]?.p ?? 0)
-        ),
-        storeError("subscribe")
-      ),
+      append: makeAppend(options, writer),
+      ...makeReads(sql),
       signal,
-      pollInterval
+      pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })
   })
 
@@ -268,4 +253,4 @@ export const make = (
  * @since 0.1.0
  */
 export const layer = (options?: Options): Layer.Layer<EventStore, StoreError, SqlClient.SqlClient> =>
-  Layer.scoped(EventStore, make(options))
+  Layer.scoped(EventStore, Effect.map(make(options), EventStore.of))

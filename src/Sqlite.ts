@@ -16,9 +16,9 @@ import * as Layer from "effect/Layer"
 import { StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import * as SqliteConnection from "./internal/sqliteConnection.js"
-import * as Snapshot from "./Snapshot.js"
 import type { SnapshotStore } from "./Snapshot.js"
 import * as SqlEventStore from "./SqlEventStore.js"
+import * as SqlSnapshotStore from "./SqlSnapshotStore.js"
 
 /** @since 0.1.0 */
 export interface Options {
@@ -93,7 +93,7 @@ const isMemory = (filename: string) => filename === ":memory:" || filename === "
 export const layer = (
   options: Options
 ): Layer.Layer<EventStore | SnapshotStore | SqliteClient.SqliteClient | SqlClient.SqlClient, StoreError> =>
-  Layer.merge(layerEventStore(options), Snapshot.layerSql).pipe(Layer.provideMerge(layerClient(options)))
+  Layer.merge(layerEventStore(options), SqlSnapshotStore.layer({ busyRetry: SqlEventStore.defaultBusyRetry(busyTimeout(options)) })).pipe(Layer.provideMerge(layerClient(options)))
 
 const layerEventStore = (options: Options) =>
   Layer.scoped(

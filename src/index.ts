@@ -1,5 +1,7 @@
 /**
- * effect-eventstore: event sourcing and CQRS for Effect.
+ * effect-eventstore: event sourcing and CQRS for Effect. The root holds the backend-free modules only; backends
+ * (`effect-eventstore/Sqlite`, `effect-eventstore/SqlEventStore`, `effect-eventstore/SqlSnapshotStore`) are reached
+ * by their subpath, so importing the root loads no native module.
  *
  * @since 0.1.0
  */
@@ -16,10 +18,6 @@ export * as Event from "./Event.js"
 export * as EventStore from "./EventStore.js"
 /** @since 0.1.0 */
 export * as Snapshot from "./Snapshot.js"
-/** @since 0.1.0 */
-export * as Sqlite from "./Sqlite.js"
-/** @since 0.1.0 */
-export * as SqlEventStore from "./SqlEventStore.js"
 /** @since 0.1.0 */
 export * as Telemetry from "./Telemetry.js"
 /** @since 0.1.0 */

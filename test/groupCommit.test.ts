@@ -3,7 +3,12 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
 import * as GroupCommit from "../src/internal/groupCommit.js"
+
+// The background drain runs in fibers of this scope (in the library: the store's layer scope).
+const scope = Effect.runSync(Scope.make())
+const fork = (effect: Effect.Effect<void>) => Effect.asVoid(Effect.forkIn(effect, scope))
 
 /** A writer whose `run` records every group and can be slowed down or made to fail. */
 const recorder = (options: { readonly delay?: "20 millis"; readonly maxSize?: number } = {}) => {
@@ -20,7 +25,8 @@ const recorder = (options: { readonly delay?: "20 millis"; readonly maxSize?: nu
         return inputs.map((n) => n % 2 === 0 ? Exit.succeed(`ok ${n}`) : Exit.fail(`odd ${n}`))
       }),
     size: () => 1,
-    maxSize: options.maxSize ?? 100
+    maxSize: options.maxSize ?? 100,
+    fork
   })
   return { groups, writer, started: Deferred.await(started) }
 }
@@ -120,7 +126,8 @@ describe("group commit under churn", () => {
             return inputs.map((i) => Exit.succeed(i))
           }),
         size: () => 1,
-        maxSize: 100
+        maxSize: 100,
+        fork
       })
       const a = yield* Effect.fork(writer.submit("a"))
       yield* Effect.yieldNow()
@@ -141,7 +148,8 @@ describe("group commit under churn", () => {
       const writer = GroupCommit.make<number, number, never>({
         run: (inputs) => Effect.as(Effect.sleep("2 millis"), inputs.map((i) => Exit.succeed(i))),
         size: () => 1,
-        maxSize: 4
+        maxSize: 4,
+        fork
       })
       let worst = 0
       yield* Effect.forEach(Array.from({ length: 8 }, (_, f) => f), (f) =>

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Aggregate, Analytics, Event, EventStore, Snapshot, Sqlite, Telemetry } from "effect-eventstore"
+import { Aggregate, Analytics, Event, EventStore, Snapshot, Telemetry } from "effect-eventstore"
+import * as Sqlite from "effect-eventstore/Sqlite"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"

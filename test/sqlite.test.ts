@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { EventStore, Sqlite } from "effect-eventstore"
+import { EventStore } from "effect-eventstore"
+import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { EventStore, Sqlite, Telemetry } from "effect-eventstore"
+import { EventStore, Telemetry } from "effect-eventstore"
+import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Stream from "effect/Stream"

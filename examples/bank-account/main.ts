@@ -5,7 +5,8 @@
  *   npm start
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Analytics, EventStore, Snapshot, Sqlite } from "effect-eventstore"
+import { Analytics, EventStore, Snapshot } from "effect-eventstore"
+import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Console from "effect/Console"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"

@@ -1,7 +1,8 @@
 /**
  * The README's tour, runnable: `npx tsx --conditions=source examples/tour/main.ts`.
  */
-import { Aggregate, Event, Sqlite } from "effect-eventstore"
+import { Aggregate, Event } from "effect-eventstore"
+import * as Sqlite from "effect-eventstore/Sqlite"
 import { Effect, Schema } from "effect"
 import * as os from "node:os"
 import * as path from "node:path"

@@ -19,18 +19,21 @@ export const limits = {
   metadataBytes: 64 * 1024
 } as const
 
-/** One event as every backend stores it. */
-export interface EventRow {
+/**
+ * One event as every backend stores it: the payload and metadata as JSON text. What a driver hands back is checked
+ * by `fromStored` before anything trusts it (a `bigint` column arrives from `pg` as a string).
+ */
+export interface StoredEvent {
   readonly position: number
-  readonly event_id: string
-  readonly stream_id: string
-  readonly stream_type: string
+  readonly eventId: string
+  readonly streamId: string
+  readonly streamType: string
   readonly version: number
-  readonly event_type: string
-  readonly schema_version: number
+  readonly type: string
+  readonly schemaVersion: number
   readonly payload: string
   readonly metadata: string | null
-  readonly recorded_at: number
+  readonly recordedAt: number
 }
 
 export interface PreparedEvent {
@@ -279,34 +282,76 @@ const dateTimeOf = (millis: number): DateTime.Utc => {
   return lastDateTime
 }
 
-/** Decodes a stored row; malformed JSON is an `EventDecodeError` naming the row. */
-export const fromRow = (row: EventRow): Either.Either<RecordedEvent, EventDecodeError> => {
+/**
+ * A driver's integer as a number: numbers that are safe integers, and the decimal strings (or bigints) drivers use
+ * for 64-bit columns; `undefined` for anything else.
+ */
+export const toInteger = (value: unknown): number | undefined => {
+  if (typeof value === "number") return Number.isSafeInteger(value) ? value : undefined
+  if (typeof value === "bigint") {
+    const n = Number(value)
+    return Number.isSafeInteger(n) ? n : undefined
+  }
+  if (typeof value === "string" && /^-?[0-9]{1,16}$/.test(value)) {
+    const n = Number(value)
+    return Number.isSafeInteger(n) ? n : undefined
+  }
+  return undefined
+}
+
+const isPlainObject = (u: unknown): u is Record<string, unknown> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * Decodes a stored event. Total: a row whose columns are not what the store writes (malformed JSON, a version or
+ * timestamp that is not an integer, a payload that is not a JSON object) is an `EventDecodeError` naming the row.
+ */
+export const fromStored = (row: StoredEvent): Either.Either<RecordedEvent, EventDecodeError> => {
+  const position = toInteger(row.position)
+  const version = toInteger(row.version)
+  const streamId = typeof row.streamId === "string" ? row.streamId : String(row.streamId)
+  const type = typeof row.type === "string" ? row.type : String(row.type)
+  const fail = (reason: string) =>
+    Either.left(
+      new EventDecodeError({
+        streamId,
+        version: version ?? -1,
+        position: position ?? -1,
+        type,
+        reason
+      })
+    )
+  if (position === undefined || position < 1) return fail(`stored position ${String(row.position)} is not a positive integer`)
+  if (version === undefined || version < 1) return fail(`stored version ${String(row.version)} is not a positive integer`)
+  const schemaVersion = toInteger(row.schemaVersion)
+  if (schemaVersion === undefined || schemaVersion < 1) {
+    return fail(`stored schema version ${String(row.schemaVersion)} is not a positive integer`)
+  }
+  const recordedAt = toInteger(row.recordedAt)
+  if (recordedAt === undefined || Math.abs(recordedAt) > 8.64e15) return fail(`stored recorded_at ${String(row.recordedAt)} is not a timestamp in milliseconds`)
+  if (typeof row.eventId !== "string" || typeof row.streamType !== "string") return fail("stored ids are not text")
+  if (typeof row.payload !== "string") return fail("stored payload is not JSON text")
+  if (row.metadata !== null && typeof row.metadata !== "string") return fail("stored metadata is not JSON text")
   let payload: unknown
-  let metadata: Metadata
+  let metadata: unknown
   try {
     payload = JSON.parse(row.payload)
     metadata = row.metadata === null ? EMPTY_METADATA : JSON.parse(row.metadata)
   } catch (cause) {
-    return Either.left(
-      new EventDecodeError({
-        streamId: row.stream_id,
-        version: row.version,
-        position: row.position,
-        type: row.event_type,
-        reason: `stored JSON is malformed: ${cause instanceof Error ? cause.message : String(cause)}`
-      })
-    )
+    return fail(`stored JSON is malformed: ${cause instanceof Error ? cause.message : String(cause)}`)
   }
+  if (!isPlainObject(payload)) return fail("stored payload is not a JSON object")
+  if (!isPlainObject(metadata)) return fail("stored metadata is not a JSON object")
   return Either.right({
-    eventId: row.event_id,
-    streamId: row.stream_id,
-    streamType: row.stream_type,
-    version: row.version,
-    position: row.position,
-    type: row.event_type,
-    schemaVersion: row.schema_version,
+    eventId: row.eventId,
+    streamId,
+    streamType: row.streamType,
+    version,
+    position,
+    type,
+    schemaVersion,
     payload,
-    metadata,
-    recordedAt: dateTimeOf(row.recorded_at)
+    metadata: metadata as Metadata,
+    recordedAt: dateTimeOf(recordedAt)
   })
 }

@@ -3,7 +3,8 @@
  * handed to `run` (one transaction, one fsync). There is no writer fiber to hop to: the first caller to find the
  * writer idle becomes the leader and runs groups on its own fiber; the others wait on a callback the leader
  * completes (a microtask, not a Deferred: this path runs once per append). Once the leader's own append is done,
- * whatever is still queued is drained by a daemon fiber, so no caller waits on other callers' appends.
+ * whatever is still queued is drained by a background fiber (`fork`, owned by the store's scope), so no caller waits
+ * on other callers' appends.
  *
  * Adaptive: a submission that finds the writer idle and no recent contention runs at once, with nothing added.
  * Once submissions come from more than one fiber (or one has had to wait for a leader), leaders yield once before
@@ -48,6 +49,8 @@ export const make = <In, Out, E>(options: {
   readonly runSync?: ((input: In) => Exit.Exit<Out, E> | undefined) | undefined
   readonly size: (input: In) => number
   readonly maxSize: number
+  /** Runs the drain of what is left once a leader's own input is done: a fiber owned by the caller's scope. */
+  readonly fork: (effect: Effect.Effect<void>) => Effect.Effect<void>
 }): GroupCommit<In, Out, E> => {
   let queue: Array<Entry<In, Out, E>> = []
   let leading = false
@@ -102,7 +105,8 @@ export const make = <In, Out, E>(options: {
    * Runs groups until the queue is empty. Leadership ends in the same synchronous step that finds the queue empty,
    * so an entry is either seen here or sees `leading === false` and leads itself: nothing is ever handed to a
    * waiting fiber (which could be interrupted before it acts on it). Once `own` is settled and more is queued, the
-   * rest is drained by a daemon fiber, so that the leader's caller is not held by other fibers' appends.
+   * rest is drained by a background fiber (uninterruptible, like a leader), so that the leader's caller is not held by
+   * other fibers' appends.
    */
   const drain = (own: Entry<In, Out, E> | undefined): Effect.Effect<void> =>
     Effect.suspend(() => {
@@ -113,7 +117,7 @@ export const make = <In, Out, E>(options: {
       }
       return Effect.flatMap(runGroup(group), () => {
         if (own !== undefined && own.state === "done" && queue.some((entry) => entry.state === "queued")) {
-          return Effect.asVoid(Effect.forkDaemon(drain(undefined)))
+          return options.fork(Effect.uninterruptible(Effect.ensuring(drain(undefined), release)))
         }
         return drain(own)
       })

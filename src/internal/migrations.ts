@@ -1,15 +1,14 @@
 /**
- * The library's SQL schema, as @effect/sql migrations in the library's own table (`eventstore_migrations`), and
- * the classification of driver errors the SQL services share. Every SQL-backed service runs `migrate` when it
- * starts; it is idempotent and safe to run from several processes at once.
+ * The library's SQL schema, as @effect/sql migrations in the library's own table (`eventstore_migrations`). Every
+ * SQL-backed service runs `migrate` when it starts; it is idempotent and safe to run from several processes at once.
  */
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import { StoreError } from "../Errors.js"
+import { isBusy } from "./sqlErrors.js"
 
 export const tables = {
   events: "eventstore_events",
@@ -77,23 +76,6 @@ const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClien
 const latestMigration = Math.max(...Object.keys(migrations).map((key) => Number(key.split("_")[0])))
 
 class MigrationPending extends Data.TaggedError("MigrationPending")<{ readonly found: number }> {}
-
-const errorCode = (error: SqlError): string | undefined => {
-  const cause = error.cause as { readonly code?: unknown } | undefined
-  return typeof cause?.code === "string" ? cause.code : undefined
-}
-
-/** A unique index refused a write (SQLite or PostgreSQL). */
-export const isUniqueViolation = (error: SqlError) => {
-  const code = errorCode(error)
-  return code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY" || code === "23505"
-}
-
-/** Locked by another connection: worth retrying. */
-export const isBusy = (error: SqlError) => {
-  const code = errorCode(error)
-  return code !== undefined && (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"))
-}
 
 /** Runs the library's migrations; waits for another process that is running them. */
 export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {

@@ -12,33 +12,33 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type { EventDecodeError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
-import { type EventRow, fromRow } from "./codec.js"
+import { fromStored, type StoredEvent } from "./codec.js"
 
 type State = { readonly cursor: number } | { readonly error: EventDecodeError }
 
 const decodePage = (
-  rows: ReadonlyArray<EventRow>,
-  cursorOf: (row: EventRow) => number,
+  rows: ReadonlyArray<StoredEvent>,
+  cursorOf: (event: RecordedEvent) => number,
   cursor: number
 ): readonly [Chunk.Chunk<RecordedEvent>, State] => {
   const out: Array<RecordedEvent> = new Array(rows.length)
   for (let i = 0; i < rows.length; i++) {
-    const decoded = fromRow(rows[i]!)
+    const decoded = fromStored(rows[i]!)
     if (Either.isLeft(decoded)) {
       out.length = i
       return [Chunk.unsafeFromArray(out), { error: decoded.left }]
     }
     out[i] = decoded.right
   }
-  return [Chunk.unsafeFromArray(out), { cursor: rows.length > 0 ? cursorOf(rows[rows.length - 1]!) : cursor }]
+  return [Chunk.unsafeFromArray(out), { cursor: out.length > 0 ? cursorOf(out[out.length - 1]!) : cursor }]
 }
 
 /** A finite read: pages until one comes back short. */
 export const catchUp = <E>(options: {
   readonly start: number
   readonly pageSize: number
-  readonly fetch: (cursor: number, limit: number) => Effect.Effect<ReadonlyArray<EventRow>, E>
-  readonly cursorOf: (row: EventRow) => number
+  readonly fetch: (cursor: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEvent>, E>
+  readonly cursorOf: (event: RecordedEvent) => number
 }): Stream.Stream<RecordedEvent, E | EventDecodeError> =>
   Stream.paginateChunkEffect<State, RecordedEvent, E | EventDecodeError, never>(
     { cursor: options.start },
@@ -85,7 +85,7 @@ export class Signal {
 export const live = <E>(options: {
   readonly start: Effect.Effect<number, E>
   readonly pageSize: number
-  readonly fetch: (after: number, limit: number) => Effect.Effect<ReadonlyArray<EventRow>, E>
+  readonly fetch: (after: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEvent>, E>
   readonly signal: Signal
   readonly pollInterval: Duration.Duration | undefined
 }): Stream.Stream<RecordedEvent, E | EventDecodeError> =>
@@ -96,7 +96,7 @@ export const live = <E>(options: {
         ? signal.wait(seen)
         : Effect.race(signal.wait(seen), Effect.sleep(options.pollInterval))
     // The signal's version is noted before each read, so a commit that lands while we read is not missed.
-    const fetchNext = (after: number): Effect.Effect<ReadonlyArray<EventRow>, E> =>
+    const fetchNext = (after: number): Effect.Effect<ReadonlyArray<StoredEvent>, E> =>
       Effect.suspend(() => {
         const seen = signal.version
         return Effect.flatMap(
@@ -110,7 +110,7 @@ export const live = <E>(options: {
         "error" in state
           ? Effect.fail(state.error)
           : Effect.map(fetchNext(state.cursor), (rows) => {
-            const [chunk, next] = decodePage(rows, (row) => row.position, state.cursor)
+            const [chunk, next] = decodePage(rows, (event) => event.position, state.cursor)
             return [chunk, Option.some(next)] as const
           })
     )

@@ -17,7 +17,8 @@ import * as Exit from "effect/Exit"
 import { ConcurrencyError, DuplicateEventError, type ExpectedVersion } from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
 import type { SyncConnection } from "./connection.js"
-import { isUniqueViolation, tables } from "./migrations.js"
+import { tables } from "./migrations.js"
+import { codeOf, isUniqueViolation } from "./sqlErrors.js"
 
 const E = tables.events
 
@@ -201,12 +202,6 @@ export const writeGroup = (
 
 // --- synchronous -------------------------------------------------------------------------------------------------
 
-const codeOf = (cause: unknown): string | undefined => {
-  const code = (cause as { readonly code?: unknown } | null)?.code
-  return typeof code === "string" ? code : undefined
-}
-
-const isUnique = (cause: unknown) => isUniqueViolation(new SqlError({ cause }))
 
 const run = (conn: SyncConnection, statement: string, params: ReadonlyArray<unknown> = []) =>
   conn.executeSync(statement, params)
@@ -232,7 +227,7 @@ const insertSync = (
   try {
     return run(conn, insertSql(to - from, expected), insertParams(append, from, to, expected)) as Array<Written>
   } catch (cause) {
-    if (isUnique(cause)) return "unique"
+    if (isUniqueViolation(cause)) return "unique"
     throw cause
   }
 }

@@ -1,0 +1,162 @@
+/**
+ * The storage seam: what a backend (memory, SQL) implements — an append, a version query, pages of stored rows, a
+ * commit signal — and `fromBackend`, which builds the whole reading side of the `EventStore` contract from it
+ * once (validation, paging, total decoding, spans, subscriptions), the same for every backend. Not public API:
+ * users see only `EventStore`.
+ */
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Stream from "effect/Stream"
+import type { EventDecodeError, StoreError } from "../Errors.js"
+import { InvalidInput } from "../Errors.js"
+import type { RecordedEvent } from "../Event.js"
+import type { EventStoreService, Filter, PageOptions, ReadOptions } from "../EventStore.js"
+import { categoryOf, fromStored, type StoredEvent } from "./codec.js"
+import { catchUp, live, type Signal } from "./paging.js"
+
+const positionOf = (row: RecordedEvent) => row.position
+const versionOf = (row: RecordedEvent) => row.version
+
+export const defaults = { pageSize: 512 } as const
+
+/** Validates read options shared by every backend. */
+export const checkPage = (pageSize: number | undefined): Effect.Effect<number, InvalidInput> =>
+  pageSize === undefined
+    ? Effect.succeed(defaults.pageSize)
+    : Number.isSafeInteger(pageSize) && pageSize > 0 && pageSize <= 10_000
+    ? Effect.succeed(pageSize)
+    : Effect.fail(new InvalidInput({ field: "pageSize", reason: "must be an integer from 1 to 10000" }))
+
+export const checkPageOptions = (options: PageOptions | undefined) => {
+  const after = options?.after ?? 0
+  if (!Number.isSafeInteger(after) || after < 0) {
+    return Effect.fail(new InvalidInput({ field: "after", reason: "must be a non-negative integer" }))
+  }
+  return Effect.map(checkPage(options?.limit), (limit) => ({ after, limit }))
+}
+
+/** @internal decodes a page of rows: all of them, or the first failure */
+export const decodeRows = (rows: ReadonlyArray<StoredEvent>): Effect.Effect<Array<RecordedEvent>, EventDecodeError> => {
+  const out: Array<RecordedEvent> = new Array(rows.length)
+  for (let i = 0; i < rows.length; i++) {
+    const decoded = fromStored(rows[i]!)
+    if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+    out[i] = decoded.right
+  }
+  return Effect.succeed(out)
+}
+
+export const checkPosition = (position: unknown): Effect.Effect<number, InvalidInput> =>
+  typeof position === "number" && Number.isSafeInteger(position) && position >= 0
+    ? Effect.succeed(position)
+    : Effect.fail(new InvalidInput({ field: "fromPosition", reason: "must be a non-negative integer" }))
+
+export const checkRange = (options: ReadOptions | undefined) => {
+  const from = options?.from ?? 1
+  const to = options?.to ?? Number.MAX_SAFE_INTEGER
+  if (!Number.isSafeInteger(from) || from < 1) {
+    return Effect.fail(new InvalidInput({ field: "from", reason: "must be a positive integer" }))
+  }
+  if (!Number.isSafeInteger(to) || to < 0) {
+    return Effect.fail(new InvalidInput({ field: "to", reason: "must be a non-negative integer" }))
+  }
+  return Effect.succeed({ from, to, backward: options?.direction === "backward" })
+}
+
+export const appendSpan = (streamId: string, streamType: string | undefined, count: number) => ({
+  captureStackTrace: false,
+  attributes: {
+    "aggregate.id": streamId,
+    "aggregate.type": streamType ?? categoryOf(streamId),
+    "event.count": count
+  }
+})
+
+export const nonEmpty = (list: ReadonlyArray<string> | undefined) =>
+  list !== undefined && list.length > 0 ? list : undefined
+
+/**
+ * What a backend provides. The reading side of the contract (validation, paging, decoding, spans,
+ * subscriptions) is built from it once, the same for every backend.
+ */
+export interface Backend {
+  readonly append: EventStoreService["append"]
+  readonly version: EventStoreService["version"]
+  /**
+   * Rows of one stream: forward, versions after `cursor` up to `to`; backward, versions before `cursor` down to
+   * `from`; at most `limit`, in the direction's order.
+   */
+  readonly streamRows: (
+    streamId: string,
+    range: {
+      readonly backward: boolean
+      readonly cursor: number
+      readonly from: number
+      readonly to: number
+      readonly limit: number
+    }
+  ) => Effect.Effect<ReadonlyArray<StoredEvent>, StoreError>
+  /** Rows of the global log after a position, selected by `filter`, at most `limit`, by position. */
+  readonly logRows: (
+    filter: Filter | undefined,
+    operation: string
+  ) => (after: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEvent>, StoreError>
+  /** The position of the last event in the log; 0 when empty. */
+  readonly head: Effect.Effect<number, StoreError>
+  /** Woken after each commit made through this store. */
+  readonly signal: Signal
+  /** How often a caught-up subscription polls for other processes' commits; `undefined`: never. */
+  readonly pollInterval: Duration.Duration | undefined
+}
+
+const streamSpan = (streamId: string) =>
+  ({ captureStackTrace: false, attributes: { "aggregate.id": streamId } }) as const
+
+export const fromBackend = (backend: Backend): EventStoreService => {
+  const read: EventStoreService["read"] = (streamId, options) =>
+    Stream.unwrap(Effect.gen(function*() {
+      const { backward, from, to } = yield* checkRange(options)
+      const pageSize = yield* checkPage(options?.pageSize)
+      return catchUp({
+        start: backward ? to + 1 : from - 1,
+        pageSize,
+        cursorOf: versionOf,
+        fetch: (cursor, limit) => backend.streamRows(streamId, { backward, cursor, from, to, limit })
+      })
+    })).pipe(Stream.withSpan("EventStore.read", streamSpan(streamId)))
+
+  const readPage: EventStoreService["readPage"] = (streamId, options) =>
+    Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
+      Effect.flatMap(
+        backend.streamRows(streamId, { backward: false, cursor: after, from: 1, to: Number.MAX_SAFE_INTEGER, limit }),
+        decodeRows
+      )).pipe(Effect.withSpan("EventStore.readPage", streamSpan(streamId)))
+
+  const readAll: EventStoreService["readAll"] = (options) =>
+    Stream.unwrap(Effect.gen(function*() {
+      const start = yield* checkPosition(options?.fromPosition ?? 0)
+      const pageSize = yield* checkPage(options?.pageSize)
+      return catchUp({ start, pageSize, fetch: backend.logRows(options?.filter, "readAll"), cursorOf: positionOf })
+    })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
+
+  const subscribe: EventStoreService["subscribe"] = (options) =>
+    Stream.unwrap(Effect.gen(function*() {
+      const from = options?.fromPosition ?? 0
+      const start = from === "end" ? backend.head : Effect.succeed(yield* checkPosition(from))
+      const pageSize = yield* checkPage(options?.pageSize)
+      return live({
+        start,
+        pageSize,
+        fetch: backend.logRows(options?.filter, "subscribe"),
+        signal: backend.signal,
+        pollInterval: backend.pollInterval
+      })
+    })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
+
+  const version: EventStoreService["version"] = (streamId) =>
+    backend.version(streamId).pipe(Effect.withSpan("EventStore.version", streamSpan(streamId)))
+
+  return { append: backend.append, read, readPage, readAll, subscribe, version }
+}
+

@@ -1,0 +1,103 @@
+/**
+ * The memory backend of `EventStore.layerMemory`: the log and the streams as arrays of `StoredEvent`s (JSON text, so
+ * a caller mutating what it appended or read never changes what the store holds).
+ */
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import { ConcurrencyError, DuplicateEventError } from "../Errors.js"
+import type { AppendResult, EventStoreService } from "../EventStore.js"
+import { appendSpan, type Backend, fromBackend, nonEmpty } from "./backend.js"
+import { prepareAppend, recorded, type StoredEvent } from "./codec.js"
+import { Signal } from "./paging.js"
+
+export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
+  const log: Array<StoredEvent> = []
+  const streams = new Map<string, Array<StoredEvent>>()
+  const eventIds = new Set<string>()
+  const signal = new Signal()
+
+  const append: EventStoreService["append"] = (streamId, events, options) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.flatMap(prepareAppend(streamId, events, options, now), (prepared) =>
+        Effect.suspend((): Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError> => {
+          const stream = streams.get(streamId)
+          const actual = stream?.length ?? 0
+          const expected = prepared.expected
+          const ok = expected === "any" ||
+            (expected === "no-stream" ? actual === 0 : expected === "stream-exists" ? actual > 0 : actual === expected)
+          if (!ok) return Effect.fail(new ConcurrencyError({ streamId, expected, actual }))
+          for (const event of prepared.events) {
+            if (eventIds.has(event.eventId)) {
+              return Effect.fail(new DuplicateEventError({ streamId, eventId: event.eventId }))
+            }
+          }
+          const rows = stream ?? []
+          const positions: Array<number> = []
+          for (const event of prepared.events) {
+            const row: StoredEvent = {
+              position: log.length + 1,
+              eventId: event.eventId,
+              streamId,
+              streamType: prepared.streamType,
+              version: rows.length + 1,
+              type: event.type,
+              schemaVersion: event.schemaVersion,
+              payload: event.payloadJson,
+              metadata: event.metadataJson,
+              recordedAt: prepared.recordedAt
+            }
+            log.push(row)
+            rows.push(row)
+            eventIds.add(event.eventId)
+            positions.push(row.position)
+          }
+          if (stream === undefined) streams.set(streamId, rows)
+          signal.notify()
+          return Effect.succeed({
+            streamId,
+            version: rows.length,
+            position: positions[positions.length - 1]!,
+            events: recorded(prepared, positions, actual + 1)
+          })
+        })).pipe(Effect.withSpan("EventStore.append", appendSpan(streamId, options?.streamType, events.length))))
+
+  const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
+    Effect.sync(() => {
+      const rows = streams.get(streamId) ?? []
+      if (backward) {
+        const end = Math.min(cursor - 1, rows.length) // highest version wanted
+        const start = Math.max(from, end - limit + 1)
+        return end < start ? [] : rows.slice(start - 1, end).reverse()
+      }
+      return rows.slice(cursor, Math.min(cursor + limit, to))
+    })
+
+  const logRows: Backend["logRows"] = (filter) => {
+    const types = nonEmpty(filter?.streamTypes)
+    const eventTypes = nonEmpty(filter?.eventTypes)
+    const typeSet = types && new Set(types)
+    const eventSet = eventTypes && new Set(eventTypes)
+    return (after, limit) =>
+      Effect.sync(() => {
+        const out: Array<StoredEvent> = []
+        for (let i = after; i < log.length && out.length < limit; i++) {
+          const row = log[i]!
+          if (typeSet && !typeSet.has(row.streamType)) continue
+          if (eventSet && !eventSet.has(row.type)) continue
+          out.push(row)
+        }
+        return out
+      })
+  }
+
+  return fromBackend({
+    append,
+    version: (streamId) => Effect.sync(() => streams.get(streamId)?.length ?? 0),
+    streamRows,
+    logRows,
+    head: Effect.sync(() => log.length),
+    signal,
+    pollInterval: undefined
+  })
+})
+

@@ -1,0 +1,72 @@
+/**
+ * Every SQL statement of the event store's read path, in one place: one stream by version, the global log by
+ * position (optionally filtered), the head of the log and a stream's version. Columns are selected under their
+ * `StoredEvent` names, so rows need no renaming; `fromStored` checks every value a driver hands back.
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import type { Filter } from "../EventStore.js"
+import { nonEmpty } from "./backend.js"
+import { type StoredEvent, toInteger } from "./codec.js"
+import { tables } from "./migrations.js"
+
+const E = tables.events
+
+// every column a RecordedEvent needs (not tenant_id), under its StoredEvent name
+const COLUMNS = `position, event_id AS "eventId", stream_id AS "streamId", stream_type AS "streamType", version,
+  event_type AS "type", schema_version AS "schemaVersion", payload, metadata, recorded_at AS "recordedAt"`
+
+export interface StreamRange {
+  readonly backward: boolean
+  readonly cursor: number
+  readonly from: number
+  readonly to: number
+  readonly limit: number
+}
+
+export const make = (sql: SqlClient.SqlClient) => {
+  const columns = sql.literal(COLUMNS)
+  const table = sql(E)
+  return {
+    /** Forward: versions after `cursor` up to `to`; backward: versions before `cursor` down to `from`. */
+    stream: (streamId: string, { backward, cursor, from, limit, to }: StreamRange) =>
+      backward
+        ? sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE stream_id = ${streamId} AND version < ${cursor}
+            AND version >= ${from} ORDER BY version DESC LIMIT ${limit}`.withoutTransform
+        : sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE stream_id = ${streamId} AND version > ${cursor}
+            AND version <= ${to} ORDER BY version LIMIT ${limit}`.withoutTransform,
+
+    /** The log after a position, by position, selected by `filter`. */
+    log: (filter: Filter | undefined) => {
+      const streamTypes = nonEmpty(filter?.streamTypes)
+      const eventTypes = nonEmpty(filter?.eventTypes)
+      if (streamTypes === undefined && eventTypes === undefined) {
+        return (after: number, limit: number) =>
+          sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}
+            ORDER BY position LIMIT ${limit}`.withoutTransform
+      }
+      const where = sql.and([
+        ...(streamTypes ? [sql.in("stream_type", streamTypes)] : []),
+        ...(eventTypes ? [sql.in("event_type", eventTypes)] : [])
+      ])
+      return (after: number, limit: number) =>
+        sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after} AND ${where}
+          ORDER BY position LIMIT ${limit}`.withoutTransform
+    },
+
+    /** The position of the last event; 0 when the log is empty. */
+    head: Effect.map(
+      sql<{ p: unknown }>`SELECT MAX(position) AS p FROM ${table}`.withoutTransform,
+      (rows) => toInteger(rows[0]?.p) ?? 0
+    ) as Effect.Effect<number, SqlError>,
+
+    /** The stream's version; 0 when it has no events. */
+    version: (streamId: string): Effect.Effect<number, SqlError> =>
+      Effect.map(
+        sql<{ v: unknown }>`SELECT COALESCE((SELECT version FROM ${table} WHERE stream_id = ${streamId}
+          ORDER BY version DESC LIMIT 1), 0) AS v`.withoutTransform,
+        (rows) => toInteger(rows[0]?.v) ?? 0
+      )
+  }
+}
