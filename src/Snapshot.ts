@@ -131,6 +131,12 @@ export interface Policy<State> {
   readonly every: number | "on-demand"
   /** The version of `schema`; bump it when the state's shape changes. Default 1. */
   readonly version?: number
+  /**
+   * `"background"` (default): a snapshot due after a command is written in a fiber of the aggregate's layer, and the
+   * command returns without waiting. `"inline"`: the command waits for the write (its failure is still only logged
+   * and counted, never the command's).
+   */
+  readonly write?: "inline" | "background"
   /** Lifts a state encoded by an older `version` to the current encoded shape. Without it, old snapshots are ignored. */
   readonly upcast?: (state: unknown, fromVersion: number) => unknown
 }

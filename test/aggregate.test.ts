@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Aggregate, Event, EventStore } from "effect-eventstore"
+import { Aggregate, Event, EventStore, Testing } from "effect-eventstore"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
@@ -40,20 +40,20 @@ describe("Aggregate", () => {
       expect(first.events[0]).toMatchObject({ streamId: `Counter-${c}`, streamType: "Counter", type: "Added", version: 1 })
       const second = yield* Counter.handle(c, { _tag: "Add", n: 3 }, { metadata: { correlationId: "corr" } })
       expect(second).toMatchObject({ version: 2, state: 5 })
-      expect(yield* Counter.load(c)).toEqual({ state: 5, version: 2 })
+      expect(yield* Counter.load(c)).toEqual({ state: 5, version: 2, source: "replay" })
       const read = yield* Effect.map(Stream.runCollect(Counter.read(c)), Chunk.toReadonlyArray)
       expect(read.map((e) => e.payload)).toEqual([Added.make({ n: 2 }), Added.make({ n: 3 })])
       expect(read[1]!.metadata).toEqual({ correlationId: "corr" })
-    }).pipe(Effect.provide(EventStore.layerMemory)))
+    }).pipe(Effect.provide(Testing.layer(Counter))))
 
   it.live("a command that decides nothing appends nothing", () =>
     Effect.gen(function*() {
       const c = id()
       yield* Counter.handle(c, { _tag: "Add", n: 1 })
       const noop = yield* Counter.handle(c, { _tag: "Noop" })
-      expect(noop).toEqual({ events: [], version: 1, state: 1, retries: 0 })
+      expect(noop).toEqual({ events: [], version: 1, state: 1, source: "replay", retries: 0 })
       expect(yield* Effect.flatMap(EventStore.EventStore, (s) => s.version(Counter.streamId(c)))).toBe(1)
-    }).pipe(Effect.provide(EventStore.layerMemory)))
+    }).pipe(Effect.provide(Testing.layer(Counter))))
 
   it.live("a domain error passes through typed and nothing is written", () =>
     Effect.gen(function*() {
@@ -62,7 +62,7 @@ describe("Aggregate", () => {
       const error = yield* Effect.flip(Counter.handle(c, { _tag: "Add", n: 20 }))
       expect(error).toEqual(new TooBig({ n: 110 }))
       expect((yield* Counter.load(c)).version).toBe(1)
-    }).pipe(Effect.provide(EventStore.layerMemory)))
+    }).pipe(Effect.provide(Testing.layer(Counter))))
 
   it.live("concurrent commands on one aggregate: the loser reloads, decides again and succeeds", () =>
     Effect.gen(function*() {
@@ -72,7 +72,7 @@ describe("Aggregate", () => {
         { concurrency: "unbounded" }
       )
       expect(results.reduce((acc, r) => acc + r.retries, 0)).toBeGreaterThan(0)
-      expect(yield* Counter.load(c)).toEqual({ state: 10, version: 4 })
+      expect(yield* Counter.load(c)).toMatchObject({ state: 10, version: 4 })
       // A domain rule is checked against the fresh state on every retry.
       const c2 = id()
       const exits = yield* Effect.all(
@@ -80,8 +80,8 @@ describe("Aggregate", () => {
         { concurrency: "unbounded" }
       )
       expect(exits.filter((e) => e._tag === "Left").map((e) => e._tag === "Left" && e.left._tag)).toEqual(["TooBig"])
-      expect(yield* Counter.load(c2)).toEqual({ state: 60, version: 1 })
-    }).pipe(Effect.provide(EventStore.layerMemory)))
+      expect(yield* Counter.load(c2)).toMatchObject({ state: 60, version: 1 })
+    }).pipe(Effect.provide(Testing.layer(Counter))))
 
   it.live("when the retry schedule is exhausted the ConcurrencyError surfaces", () =>
     Effect.gen(function*() {
@@ -91,7 +91,7 @@ describe("Aggregate", () => {
         { concurrency: "unbounded" }
       ))
       expect(error).toMatchObject({ _tag: "ConcurrencyError", streamId: `Counter-${c}`, expected: 0, actual: 1 })
-    }).pipe(Effect.provide(EventStore.layerMemory)))
+    }).pipe(Effect.provide(Testing.layer(Counter))))
 
   it.live("an event that fails its schema on the way in is InvalidInput; nothing is written", () =>
     Effect.gen(function*() {
@@ -99,7 +99,7 @@ describe("Aggregate", () => {
       const error = yield* Effect.flip(Counter.handle(c, { _tag: "Add", n: 1.5 }))
       expect(error._tag).toBe("InvalidInput")
       expect((yield* Counter.load(c)).version).toBe(0)
-    }).pipe(Effect.provide(EventStore.layerMemory)))
+    }).pipe(Effect.provide(Testing.layer(Counter))))
 
   it.live("handle and append run in spans carrying the aggregate, type and event count", () =>
     Effect.gen(function*() {
@@ -122,5 +122,5 @@ describe("Aggregate", () => {
       expect(append?.attributes.get("aggregate.id")).toBe(`Counter-${c}`)
       expect(append?.attributes.get("aggregate.type")).toBe("Counter")
       expect(append?.attributes.get("event.count")).toBe(1)
-    }).pipe(Effect.provide(EventStore.layerMemory)))
+    }).pipe(Effect.provide(Testing.layer(Counter))))
 })

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { EventStore, Testing } from "effect-eventstore"
+import { Testing } from "effect-eventstore"
 import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
 import {
@@ -94,7 +94,7 @@ describe("bank account decider", () => {
         const loaded = yield* Account.load(id)
         expect(loaded.state).toEqual(replayed.states[replayed.states.length - 1])
         expect(loaded.version).toBe(replayed.events.length)
-      }).pipe(Effect.provide(FraudCheckNoop), Effect.provide(EventStore.layerMemory)),
+      }).pipe(Effect.provide(Testing.layer(Account)), Effect.provide(FraudCheckNoop)),
     { fastCheck: { numRuns: 50 } }
   )
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Aggregate, Analytics, Event, EventStore, Snapshot, Telemetry } from "effect-eventstore"
+import { Aggregate, Analytics, Event, EventStore, Snapshot, StateCache, Telemetry } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
@@ -85,10 +85,10 @@ describe("snapshots", () => {
       expect(snapshot.version).toBe(10) // the append of versions 9-10 reached 10; 11-14 crossed no multiple
       reads.length = 0
       const loaded = yield* Tally.load("a")
-      expect(loaded).toEqual({ state: { total: 14, name: "" }, version: 14 })
+      expect(loaded).toEqual({ state: { total: 14, name: "" }, version: 14, source: "snapshot" })
       // from the snapshot: its own version (to check it is there) and the 4 after it
       expect(reads).toEqual([{ after: 9, events: 5 }])
-    }).pipe(Effect.provide(layer))
+    }).pipe(Effect.provide(Aggregate.layer(Tally)), Effect.provide(layer))
   })
 
   it.live.prop(
@@ -102,11 +102,14 @@ describe("snapshots", () => {
         const id = crypto.randomUUID()
         // written in a few appends, with a snapshot taken at version k
         yield* append(id, events.slice(0, k).length > 0 ? events.slice(0, k) : []).pipe(Effect.when(() => k > 0))
-        if (k > 0) expect(yield* Snapped.snapshot(id)).toBe(k)
+        const snapped = Aggregate.layer(Snapped)
+        if (k > 0) expect(yield* Effect.provide(Snapped.snapshot(id), snapped)).toBe(k)
         if (k < events.length) yield* append(id, events.slice(k))
-        const fromSnapshot = yield* Snapped.load(id)
-        const replayed = yield* Plain.load(id)
-        expect(fromSnapshot).toEqual(replayed)
+        const fromSnapshot = yield* Effect.provide(Snapped.load(id), snapped)
+        const replayed = yield* Effect.provide(Plain.load(id), Aggregate.layer(Plain))
+        expect(fromSnapshot.source).toBe(k > 0 ? "snapshot" : "replay")
+        expect(replayed.source).toBe("replay")
+        expect({ ...fromSnapshot, source: "replay" }).toEqual(replayed)
         expect(fromSnapshot.state).toEqual(events.reduce(evolve, initialState))
         expect(fromSnapshot.analytics?.total).toBe(events.length)
       }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))),
@@ -119,10 +122,14 @@ describe("snapshots", () => {
     return Effect.gen(function*() {
       yield* append("old", [Added.make({ n: 5 }), Added.make({ n: 6 })])
       const V1 = tally({ snapshots: { schema: TallyState, every: "on-demand" } })
-      yield* V1.snapshot("old")
+      yield* V1.snapshot("old").pipe(Effect.provide(Aggregate.layer(V1)))
       const ignoredBefore = Telemetry.snapshotsIgnored.unsafeValue([]).count
       const V2 = tally({ snapshots: { schema: TallyState, every: "on-demand", version: 2 } })
-      expect(yield* V2.load("old")).toEqual({ state: { total: 11, name: "" }, version: 2 })
+      expect(yield* V2.load("old").pipe(Effect.provide(Aggregate.layer(V2)))).toEqual({
+        state: { total: 11, name: "" },
+        version: 2,
+        source: "replay"
+      })
       expect(logs.some((l) => l.includes("snapshot ignored"))).toBe(true)
       expect(Telemetry.snapshotsIgnored.unsafeValue([]).count).toBe(ignoredBefore + 1)
       // with an upcaster the old snapshot is used
@@ -134,7 +141,8 @@ describe("snapshots", () => {
           upcast: (state) => ({ ...(state as object), name: "upcast" })
         }
       })
-      expect((yield* Upcasting.load("old")).state).toEqual({ total: 11, name: "upcast" })
+      const upcast = yield* Upcasting.load("old").pipe(Effect.provide(Aggregate.layer(Upcasting)))
+      expect(upcast).toMatchObject({ state: { total: 11, name: "upcast" }, source: "snapshot" })
     }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory)), Effect.provide(logger))
   })
 
@@ -144,7 +152,11 @@ describe("snapshots", () => {
       const snapshots = yield* Snapshot.SnapshotStore
       yield* snapshots.save({ streamId: "Tally-bad", streamType: "Tally", version: 1, schemaVersion: 1, state: { total: "many" } })
       const Tally = tally({ snapshots: { schema: TallyState, every: "on-demand" } })
-      expect(yield* Tally.load("bad")).toEqual({ state: { total: 1, name: "" }, version: 1 })
+      expect(yield* Tally.load("bad").pipe(Effect.provide(Aggregate.layer(Tally)))).toEqual({
+        state: { total: 1, name: "" },
+        version: 1,
+        source: "replay"
+      })
     }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
 
   it.live("a snapshot ahead of the stream (another database's, a truncated stream) is ignored", () =>
@@ -153,9 +165,11 @@ describe("snapshots", () => {
       const snapshots = yield* Snapshot.SnapshotStore
       yield* snapshots.save({ streamId: "Tally-ahead", streamType: "Tally", version: 9, schemaVersion: 1, state: { total: 100, name: "" } })
       const Tally = tally({ snapshots: { schema: TallyState, every: "on-demand" } })
-      expect(yield* Tally.load("ahead")).toEqual({ state: { total: 1, name: "" }, version: 1 })
-      const handled = yield* Tally.handle("ahead", { events: [Added.make({ n: 2 })] })
-      expect(handled).toMatchObject({ version: 2, state: { total: 3, name: "" }, retries: 0 })
+      yield* Effect.gen(function*() {
+        expect(yield* Tally.load("ahead")).toEqual({ state: { total: 1, name: "" }, version: 1, source: "replay" })
+        const handled = yield* Tally.handle("ahead", { events: [Added.make({ n: 2 })] })
+        expect(handled).toMatchObject({ version: 2, state: { total: 3, name: "" }, retries: 0 })
+      }).pipe(Effect.provide(Aggregate.layer(Tally)))
     }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
 
   it.live("a failing snapshot write never fails the command; it is counted", () => {
@@ -166,14 +180,14 @@ describe("snapshots", () => {
       deleteOlderThan: () => Effect.succeed(0),
       stats: Effect.die("unused")
     })
+    const Tally = tally({ snapshots: { schema: TallyState, every: 1 } })
     return Effect.gen(function*() {
       const before = Telemetry.snapshotFailures.unsafeValue([]).count
-      const Tally = tally({ snapshots: { schema: TallyState, every: 1 } })
       const handled = yield* Tally.handle("fail", { events: [Added.make({ n: 3 })] })
       expect(handled.version).toBe(1)
       yield* Effect.sleep("50 millis")
       expect(Telemetry.snapshotFailures.unsafeValue([]).count).toBe(before + 1)
-    }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, failing)))
+    }).pipe(Effect.provide(Aggregate.layer(Tally)), Effect.provide(Layer.merge(EventStore.layerMemory, failing)))
   })
 })
 
@@ -183,15 +197,15 @@ describe("state cache", () => {
     const Tally = tally({ cache: { capacity: 10 } })
     return Effect.gen(function*() {
       yield* append("c", Array.from({ length: 50 }, () => Added.make({ n: 1 })))
-      expect((yield* Tally.load("c")).version).toBe(50)
+      expect((yield* Tally.load("c")).source).toBe("replay")
       reads.length = 0
-      expect((yield* Tally.load("c")).state.total).toBe(50)
+      expect(yield* Tally.load("c")).toMatchObject({ state: { total: 50 }, version: 50, source: "cache" })
       expect(reads).toEqual([{ after: 49, events: 1 }]) // the cached version itself, checked, and nothing after it
       yield* append("c", [Doubled.make({})])
       reads.length = 0
       expect((yield* Tally.load("c")).state.total).toBe(100)
       expect(reads).toEqual([{ after: 49, events: 2 }])
-    }).pipe(Effect.provide(layer))
+    }).pipe(Effect.provide(Aggregate.layer(Tally)), Effect.provide(layer))
   })
 
   it.live("a ConcurrencyError drops the cached state: the retry reads the stream again", () => {
@@ -208,23 +222,20 @@ describe("state cache", () => {
       expect(result[0].retries).toBe(1)
       expect(result[0].state.total).toBe(16)
       expect(reads.map((r) => r.after)).toEqual([2, 0]) // cached start (v3), then a full read after the conflict
-    }).pipe(Effect.provide(layer))
+    }).pipe(Effect.provide(Aggregate.layer(Tally)), Effect.provide(layer))
   })
 
-  it.live("capacity bounds the cache (least recently used goes first); stores never share entries", () =>
+  it.live("capacity bounds the cache (least recently used goes first); each handler layer has its own", () =>
     Effect.gen(function*() {
-      const cache = new Snapshot.StateCache<number>(2)
-      const a = {}
-      const b = {}
-      cache.set(a, "s1", { state: 1, version: 1, analytics: undefined })
-      cache.set(a, "s2", { state: 2, version: 1, analytics: undefined })
-      cache.get(a, "s1")
-      cache.set(a, "s3", { state: 3, version: 1, analytics: undefined })
-      expect(cache.get(a, "s2")).toBeUndefined()
-      expect(cache.get(a, "s1")?.state).toBe(1)
-      expect(cache.size(a)).toBe(2)
-      expect(cache.get(b, "s1")).toBeUndefined()
-      // and through an aggregate: two stores, same stream id, separate states
+      const cache = new StateCache.Lru<number>(2)
+      cache.set("s1", { state: 1, version: 1, analytics: undefined })
+      cache.set("s2", { state: 2, version: 1, analytics: undefined })
+      cache.get("s1")
+      cache.set("s3", { state: 3, version: 1, analytics: undefined })
+      expect(cache.get("s2")).toBeUndefined()
+      expect(cache.get("s1")?.state).toBe(1)
+      expect(cache.size).toBe(2)
+      // through an aggregate: two stores (two handler layers), same stream id, separate states
       const Tally = tally({ cache: { capacity: 10 } })
       const run = (n: number) =>
         Effect.zipRight(
@@ -233,7 +244,7 @@ describe("state cache", () => {
             expect(handled.version).toBe(1)
           }),
           Tally.load("same")
-        ).pipe(Effect.provide(EventStore.layerMemory))
+        ).pipe(Effect.provide(Aggregate.layer(Tally)), Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory)))
       expect((yield* run(1)).state.total).toBe(1)
       expect((yield* run(2)).state.total).toBe(2)
     }))
@@ -259,16 +270,17 @@ describe("event analytics", () => {
     expect(Analytics.merge(Analytics.empty, Analytics.empty)).toEqual(Analytics.empty)
   })
 
+  const Tally = tally({ analytics: true, snapshots: { schema: TallyState, every: 3 } })
   it.live("handle and load report the same analytics as a replay, restored from snapshots", () =>
     Effect.gen(function*() {
-      const Tally = tally({ analytics: true, snapshots: { schema: TallyState, every: 3 } })
       yield* Tally.handle("an", { events: [Added.make({ n: 1 }), Doubled.make({})] })
       const last = yield* Tally.handle("an", { events: [Renamed.make({ name: "x" }), Added.make({ n: 2 })] })
       yield* waitForSnapshot("Tally-an", 4)
       const loaded = yield* Tally.load("an")
       expect(loaded.analytics).toEqual(last.analytics)
       expect(loaded.analytics?.counts).toEqual({ Added: 2, Doubled: 1, Renamed: 1 })
-      const replay = yield* tally({ analytics: true }).load("an")
+      const Replay = tally({ analytics: true })
+      const replay = yield* Replay.load("an").pipe(Effect.provide(Aggregate.layer(Replay)))
       expect(replay.analytics).toEqual(loaded.analytics)
-    }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
+    }).pipe(Effect.provide(Aggregate.layer(Tally)), Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
 })

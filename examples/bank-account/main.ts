@@ -5,7 +5,7 @@
  *   npm start
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Analytics, EventStore, Snapshot } from "effect-eventstore"
+import { Aggregate, Analytics, EventStore, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Console from "effect/Console"
 import * as DateTime from "effect/DateTime"
@@ -101,7 +101,10 @@ const program = Effect.gen(function*() {
   yield* Console.log(`\nthe store holds ${total} account events (runs accumulate in the same file)`)
 })
 
+// The account's command handler (with its snapshot policy it needs a SnapshotStore) on an SQLite file.
+const AppLive = Aggregate.layer(Account).pipe(Layer.provideMerge(Sqlite.layer({ filename })))
+
 program.pipe(
-  Effect.provide(Layer.merge(Sqlite.layer({ filename }), FraudCheckLive)),
+  Effect.provide(Layer.merge(AppLive, FraudCheckLive)),
   NodeRuntime.runMain
 )

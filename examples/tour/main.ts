@@ -1,9 +1,9 @@
 /**
- * The README's tour, runnable: `npx tsx --conditions=source examples/tour/main.ts`.
+ * The README's tour, runnable: `npm run example:tour`.
  */
 import { Aggregate, Event } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
-import { Effect, Schema } from "effect"
+import { Effect, Either, Layer, Schema } from "effect"
 import * as os from "node:os"
 import * as path from "node:path"
 
@@ -14,6 +14,7 @@ class Overdraft extends Schema.TaggedError<Overdraft>()("Overdraft", { balance: 
 
 type Command = { readonly _tag: "Deposit" | "Withdraw"; readonly amount: number }
 
+// a pure decider: decide returns the events, or Either.left with a typed domain error
 const Account = Aggregate.make({
   name: "Account",
   events: Event.registry([Deposited, Withdrawn]),
@@ -21,10 +22,10 @@ const Account = Aggregate.make({
     initialState: 0,
     decide: (command: Command, balance: number) =>
       command._tag === "Deposit"
-        ? Effect.succeed([Deposited.make({ amount: command.amount })])
+        ? Either.right([Deposited.make({ amount: command.amount })])
         : command.amount > balance
-        ? Effect.fail(new Overdraft({ balance }))
-        : Effect.succeed([Withdrawn.make({ amount: command.amount })]),
+        ? Either.left(new Overdraft({ balance }))
+        : Either.right([Withdrawn.make({ amount: command.amount })]),
     evolve: (balance: number, event: typeof Deposited.Type | typeof Withdrawn.Type) =>
       event._tag === "Deposited" ? balance + event.amount : balance - event.amount
   }
@@ -39,4 +40,6 @@ const program = Effect.gen(function*() {
 })
 
 const filename = path.join(os.tmpdir(), `effect-eventstore-tour-${process.pid}.db`)
-program.pipe(Effect.provide(Sqlite.layer({ filename })), Effect.runPromise)
+// the aggregate's handler needs an EventStore: here, one SQLite file
+const AppLive = Aggregate.layer(Account).pipe(Layer.provide(Sqlite.layer({ filename })))
+program.pipe(Effect.provide(AppLive), Effect.runPromise)
