@@ -1,7 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Aggregate, Event, EventStore, Testing } from "effect-eventstore"
+import { Aggregate, Event, EventStore, Snapshot, Testing } from "effect-eventstore"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
@@ -123,4 +126,142 @@ describe("Aggregate", () => {
       expect(append?.attributes.get("aggregate.type")).toBe("Counter")
       expect(append?.attributes.get("event.count")).toBe(1)
     }).pipe(Effect.provide(Testing.layer(Counter))))
+})
+
+// --- the shapes of decide, what a load and a command report, conflicts by class ---------------------------------
+const Pure = Aggregate.make({
+  name: "Pure",
+  events: Event.registry([Added]),
+  decider: {
+    initialState: 0,
+    decide: (command: { readonly form: "array" | "right" | "left" | "effect"; readonly n: number }, state: number) =>
+      command.form === "array"
+        ? [Added.make({ n: command.n })]
+        : command.form === "right"
+        ? Either.right([Added.make({ n: command.n })])
+        : command.form === "left"
+        ? Either.left(new TooBig({ n: state }))
+        : Effect.succeed([Added.make({ n: command.n })]),
+    evolve: (state: number, event: typeof Added.Type) => state + event.n
+  }
+})
+
+/** A domain error that happens to be tagged like the store's conflict: it must not be retried. */
+class LookAlike extends Schema.TaggedError<LookAlike>()("ConcurrencyError", { reason: Schema.String }) {}
+let lookAlikeDecides = 0
+const Strict = Aggregate.make({
+  name: "Strict",
+  events: Event.registry([Added]),
+  decider: {
+    initialState: 0,
+    decide: (_: "go", _state: number) => {
+      lookAlikeDecides++
+      return Either.left(new LookAlike({ reason: "domain" }))
+    },
+    evolve: (state: number, event: typeof Added.Type) => state + event.n
+  }
+})
+
+describe("Aggregate definitions and handlers", () => {
+  it.effect("decide may return the events, an Either, or an Effect", () =>
+    Effect.gen(function*() {
+      const c = id()
+      expect((yield* Pure.handle(c, { form: "array", n: 1 })).state).toBe(1)
+      expect((yield* Pure.handle(c, { form: "right", n: 2 })).state).toBe(3)
+      expect((yield* Pure.handle(c, { form: "effect", n: 3 })).state).toBe(6)
+      expect(yield* Effect.flip(Pure.handle(c, { form: "left", n: 0 }))).toEqual(new TooBig({ n: 6 }))
+      expect((yield* Pure.load(c)).version).toBe(3)
+      // the pure definition is what Testing.spec runs, with no store at all
+      yield* Testing.spec(Pure).given([Added.make({ n: 1 })]).when({ form: "left", n: 0 }).thenFails(new TooBig({ n: 1 }))
+      yield* Testing.spec(Pure).given([]).when({ form: "right", n: 4 }).then([Added.make({ n: 4 })])
+    }).pipe(Effect.provide(Testing.layer(Pure))))
+
+  it.effect("Handled carries the position of its last event; Loaded says where the load started", () =>
+    Effect.gen(function*() {
+      const c = id()
+      const store = yield* EventStore.EventStore
+      yield* store.append("Other-1", [{ type: "X", payload: {} }])
+      const handled = yield* Pure.handle(c, { form: "array", n: 5 })
+      const [recorded] = yield* Effect.map(Stream.runCollect(store.read(Pure.streamId(c))), Chunk.toReadonlyArray)
+      expect(handled.position).toBe(recorded!.position)
+      expect(handled.events[0]!.position).toBe(recorded!.position)
+      expect(handled.events[0]!.payload).toEqual(Added.make({ n: 5 })) // the domain value
+      expect(handled.source).toBe("replay")
+      const noop = yield* Counter.handle(id(), { _tag: "Noop" })
+      expect(noop.position).toBeUndefined()
+    }).pipe(Effect.provide(Testing.layer(Pure, Counter))))
+
+  it.effect("a conflict is recognised by its class, not by its _tag: a look-alike domain error is not retried", () =>
+    Effect.gen(function*() {
+      lookAlikeDecides = 0
+      const error = yield* Effect.flip(Strict.handle(id(), "go"))
+      expect(error).toBeInstanceOf(LookAlike)
+      expect(lookAlikeDecides).toBe(1)
+    }).pipe(Effect.provide(Testing.layer(Strict))))
+
+  it.effect("the handler layer's type says what it needs: a snapshot policy needs a SnapshotStore", () =>
+    Effect.gen(function*() {
+      const Snapped = Aggregate.make({ ...Pure.options, name: "Snapped", snapshots: { schema: Schema.Number, every: 2 } })
+      const needs: Layer.Layer<Aggregate.Handler<"Snapped">, never, EventStore.EventStore | Snapshot.SnapshotStore> =
+        Aggregate.layer(Snapped)
+      // @ts-expect-error without a SnapshotStore the layer cannot be built: a policy is never silently off
+      const missing: Layer.Layer<Aggregate.Handler<"Snapped">, never, EventStore.EventStore> = Aggregate.layer(Snapped)
+      const plain: Layer.Layer<Aggregate.Handler<"Pure">, never, EventStore.EventStore> = Aggregate.layer(Pure)
+      expect([needs, missing, plain].every(Layer.isLayer)).toBe(true)
+      // and at run time, a missing SnapshotStore is a failure to build, never a handler without snapshots
+      const exit = yield* Effect.exit(
+        Snapped.handle("x", { form: "array", n: 1 }).pipe(
+          Effect.provide(missing),
+          Effect.provide(EventStore.layerMemory)
+        )
+      )
+      expect(exit._tag).toBe("Failure")
+    }))
+
+  it.effect("Testing.layer writes snapshots inline: the snapshot is there when the command returns (TestClock)", () =>
+    Effect.gen(function*() {
+      const Snapped = Aggregate.make({ ...Pure.options, name: "Inline", snapshots: { schema: Schema.Number, every: 2 } })
+      yield* Effect.gen(function*() {
+        yield* Snapped.handle("a", { form: "array", n: 1 })
+        yield* Snapped.handle("a", { form: "array", n: 1 })
+        const snapshots = yield* Snapshot.SnapshotStore
+        const latest = yield* snapshots.latest(Snapped.streamId("a"))
+        expect(Option.map(latest, (s) => s.version)).toEqual(Option.some(2))
+        expect(yield* Snapped.load("a")).toMatchObject({ state: 2, version: 2, source: "snapshot" })
+      }).pipe(Effect.provide(Testing.layer(Snapped)))
+    }))
+
+  it.live("background snapshot writes belong to the layer: closing it waits for them, within the grace period", () =>
+    Effect.gen(function*() {
+      const saved: Array<number> = []
+      let hang = false
+      const slow = Layer.succeed(Snapshot.SnapshotStore, {
+        save: (s) => hang ? Effect.never : Effect.zipRight(Effect.sleep("100 millis"), Effect.sync(() => void saved.push(s.version))),
+        latest: () => Effect.succeed(Option.none()),
+        atOrBefore: () => Effect.succeed(Option.none()),
+        deleteOlderThan: () => Effect.succeed(0),
+        stats: Effect.die("unused")
+      })
+      const Snapped = Aggregate.make({ ...Pure.options, name: "Bg", snapshots: { schema: Schema.Number, every: 1 } })
+      const stores = Layer.merge(EventStore.layerMemory, slow)
+      // a write in flight when the scope closes is waited for
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(Aggregate.layer(Snapped).pipe(Layer.provide(stores)))
+        yield* Effect.provide(Snapped.handle("a", { form: "array", n: 1 }), context)
+        expect(saved).toEqual([]) // the command did not wait for it
+      }))
+      expect(saved).toEqual([1])
+      // a write that never ends is interrupted after the grace period
+      hang = true
+      const started = Date.now()
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(
+          Aggregate.layer(Snapped, { shutdownGrace: "200 millis" }).pipe(Layer.provide(stores))
+        )
+        yield* Effect.provide(Snapped.handle("b", { form: "array", n: 1 }), context)
+      }))
+      const took = Date.now() - started
+      expect(took).toBeGreaterThanOrEqual(150)
+      expect(took).toBeLessThan(2_000)
+    }))
 })

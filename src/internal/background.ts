@@ -19,7 +19,8 @@ export const make = (grace: Duration.DurationInput): Effect.Effect<Background, n
   Effect.gen(function*() {
     const set = yield* FiberSet.make<unknown, never>()
     // Finalizers run in reverse order: this wait runs before the FiberSet's own finalizer interrupts what is left.
-    yield* Effect.addFinalizer(() => Effect.ignore(Effect.timeout(FiberSet.awaitEmpty(set), grace)))
+    // (Finalizers are uninterruptible: the wait must be made interruptible for the timeout to end it.)
+    yield* Effect.addFinalizer(() => Effect.ignore(Effect.timeout(Effect.interruptible(FiberSet.awaitEmpty(set)), grace)))
     return {
       run: (effect) => Effect.asVoid(FiberSet.run(set, effect)),
       idle: FiberSet.awaitEmpty(set)
