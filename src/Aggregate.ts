@@ -367,6 +367,51 @@ const makeStarts = <State>(
   return { start, seen: noop, forget: noop, ignored }
 }
 
+/**
+ * Snapshot writes of a handler: `writeSnapshot` now (on demand), and `afterAppend`, which writes one when an append
+ * crossed a multiple of the policy's `every` — inline, or in the handler's background fibers — and never fails.
+ */
+const makeSnapshotWriter = <State>(
+  name: string,
+  policy: Snapshot.Policy<State> | undefined,
+  snapshotStore: Snapshot.SnapshotStoreService | undefined,
+  mode: "inline" | "background",
+  background: Background.Background
+) => {
+  const writeSnapshot = (sid: string, value: Cached<State>): Effect.Effect<void, InvalidInput | StoreError> =>
+    Effect.suspend(() => {
+      if (policy === undefined || snapshotStore === undefined) {
+        return Effect.fail(new InvalidInput({ field: "snapshots", reason: `aggregate ${name} has no snapshot policy` }))
+      }
+      const encoded = Snapshot.encode(policy, value.state, value.analytics)
+      if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+      return snapshotStore.save({
+        streamId: sid,
+        streamType: name,
+        version: value.version,
+        schemaVersion: encoded.right.schemaVersion,
+        state: encoded.right.state,
+        ...(encoded.right.analytics !== undefined ? { analytics: encoded.right.analytics } : {})
+      })
+    }).pipe(Effect.tap(() => Effect.sync(() => Telemetry.snapshotsWritten.unsafeUpdate(1, []))))
+
+  const afterAppend = (sid: string, before: number, after: Cached<State>): Effect.Effect<void> => {
+    if (policy === undefined || policy.every === "on-demand") return Effect.void
+    if (Math.floor(after.version / policy.every) === Math.floor(before / policy.every)) return Effect.void
+    const write = writeSnapshot(sid, after).pipe(
+      Effect.catchAllCause((cause) =>
+        Effect.logWarning("snapshot write failed; the command succeeded").pipe(
+          Effect.annotateLogs({ "aggregate.id": sid, "snapshot.version": after.version }),
+          Effect.annotateLogs("cause", cause),
+          Effect.zipRight(Effect.sync(() => Telemetry.snapshotFailures.unsafeUpdate(1, [])))
+        )
+      )
+    )
+    return mode === "inline" ? write : background.run(write)
+  }
+  return { writeSnapshot, afterAppend }
+}
+
 const commandType = (command: unknown): string =>
   typeof command === "object" && command !== null && typeof (command as { _tag?: unknown })._tag === "string"
     ? (command as { _tag: string })._tag
@@ -434,38 +479,7 @@ export const handler = <State, Command, E extends { readonly _tag: string }, Err
         ? { state: value.state, version: value.version, source: value.source }
         : { state: value.state, version: value.version, source: value.source, analytics: value.analytics }
 
-    const writeSnapshot = (sid: string, value: Cached<State>) =>
-      Effect.suspend(() => {
-        if (policy === undefined || snapshotStore === undefined) {
-          return Effect.fail(new InvalidInput({ field: "snapshots", reason: `aggregate ${name} has no snapshot policy` }))
-        }
-        const encoded = Snapshot.encode(policy, value.state, value.analytics)
-        if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
-        return snapshotStore.save({
-          streamId: sid,
-          streamType: name,
-          version: value.version,
-          schemaVersion: encoded.right.schemaVersion,
-          state: encoded.right.state,
-          ...(encoded.right.analytics !== undefined ? { analytics: encoded.right.analytics } : {})
-        })
-      }).pipe(Effect.tap(() => Effect.sync(() => Telemetry.snapshotsWritten.unsafeUpdate(1, []))))
-
-    /** After an append that crossed a multiple of `every`: a snapshot, inline or in the background; never fails. */
-    const afterAppend = (sid: string, before: number, after: Cached<State>): Effect.Effect<void> => {
-      if (policy === undefined || policy.every === "on-demand") return Effect.void
-      if (Math.floor(after.version / policy.every) === Math.floor(before / policy.every)) return Effect.void
-      const write = writeSnapshot(sid, after).pipe(
-        Effect.catchAllCause((cause) =>
-          Effect.logWarning("snapshot write failed; the command succeeded").pipe(
-            Effect.annotateLogs({ "aggregate.id": sid, "snapshot.version": after.version }),
-            Effect.annotateLogs("cause", cause),
-            Effect.zipRight(Effect.sync(() => Telemetry.snapshotFailures.unsafeUpdate(1, [])))
-          )
-        )
-      )
-      return snapshotWrite === "inline" ? write : background.run(write)
-    }
+    const { afterAppend, writeSnapshot } = makeSnapshotWriter(name, policy, snapshotStore, snapshotWrite, background)
 
     const load: HandlerService<State, Command, E, Err, R>["load"] = (id) =>
       Effect.map(loadFrom(streamId(id), false), loaded).pipe(
