@@ -24,6 +24,12 @@ export interface Options {
    * between attempts does not block the thread). Default: none.
    */
   readonly busyRetry?: Schedule.Schedule<unknown>
+  /**
+   * The client that saves and deletes go through; default the `SqlClient` in context. `Sqlite.layer` passes one over
+   * its writer connection, which fails at once on another process's lock (busy timeout 0), so that `busyRetry`
+   * waits between attempts without blocking the thread; reads stay on the `SqlClient` in context.
+   */
+  readonly writeClient?: SqlClient.SqlClient
 }
 
 /**
@@ -38,6 +44,7 @@ export const make = (
     const sql = yield* SqlClient.SqlClient
     yield* Migrations.migrate
     const statements = SqlSnapshots.make(sql)
+    const writes = options.writeClient === undefined ? statements : SqlSnapshots.make(options.writeClient)
     const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
     const retried = <A>(write: Effect.Effect<A, SqlError>) =>
       options.busyRetry === undefined ? write : Effect.retry(write, { schedule: options.busyRetry, while: isBusy })
@@ -46,7 +53,7 @@ export const make = (
       Effect.clockWith((clock): Effect.Effect<void, InvalidInput | StoreError> => {
         const row = prepare(snapshot, clock.unsafeCurrentTimeMillis())
         if (Either.isLeft(row)) return Effect.fail(row.left)
-        return Effect.mapError(retried(statements.upsert(row.right)), storeError("snapshot.save"))
+        return Effect.mapError(retried(writes.upsert(row.right)), storeError("snapshot.save"))
       }).pipe(Effect.withSpan("SnapshotStore.save", span(snapshot.streamId)))
 
     const atOrBefore: SnapshotStoreService["atOrBefore"] = (streamId, version) =>
@@ -61,7 +68,7 @@ export const make = (
       latest: (streamId) => atOrBefore(streamId, Number.MAX_SAFE_INTEGER),
       atOrBefore,
       deleteOlderThan: (streamId, version) =>
-        Effect.mapError(retried(statements.deleteOlderThan(streamId, version)), storeError("snapshot.delete")),
+        Effect.mapError(retried(writes.deleteOlderThan(streamId, version)), storeError("snapshot.delete")),
       stats: Effect.mapError(Effect.map(statements.stats, statsOf), storeError("snapshot.stats"))
     })
   })

@@ -1,28 +1,42 @@
 /**
  * The embedded default: an event store in one SQLite file, no server. WAL journal, `synchronous=FULL` (an
- * acknowledged append survives `kill -9` and power loss) unless `durability: "normal"` is chosen, and a busy timeout
- * so that several processes can share the file. Writes go through a connection of their own, held by the store,
- * so they never queue behind reads; reads and your own queries use the `SqlClient` this layer provides.
+ * acknowledged append survives `kill -9` and power loss) unless `durability: "normal"` is chosen. Writes go through
+ * a connection of their own, held by the store, so they never queue behind reads; reads and your own queries use
+ * the `SqlClient` this layer provides.
+ *
+ * Opening checks the file once, so that a bad one fails the layer with a `StoreError` naming it (never a defect, and
+ * never later at the first append): that it opens, that it is an SQLite database (its header), that this process
+ * may write it, and that the schema is in place. No wait for another process's lock blocks the thread: the library's
+ * writes (appends, migrations, snapshots) fail at once inside SQLite and retry after an asynchronous backoff, for up
+ * to `busyTimeout`.
  *
  * @since 0.1.0
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as SqlClient from "@effect/sql/SqlClient"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
 import { StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
+import type { SyncConnection } from "./internal/connection.js"
+import * as Migrations from "./internal/migrations.js"
+import { codeOf, isBusy } from "./internal/sqlErrors.js"
 import * as SqliteConnection from "./internal/sqliteConnection.js"
-import type { SnapshotStore } from "./Snapshot.js"
+import { SnapshotStore } from "./Snapshot.js"
 import * as SqlEventStore from "./SqlEventStore.js"
 import * as SqlSnapshotStore from "./SqlSnapshotStore.js"
 
 /** @since 0.1.0 */
 export interface Options {
-  /** Path of the database file (created if missing). `":memory:"` works, on a single connection. */
+  /** Path of the database file (created if missing; its directory must exist). `":memory:"` works, on a single connection. */
   readonly filename: string
   /**
    * `"full"` (default): every acknowledged append is on disk (`synchronous=FULL`).
@@ -30,8 +44,9 @@ export interface Options {
    */
   readonly durability?: "full" | "normal"
   /**
-   * How long a write waits for another process's lock before failing with `StoreError`; default 5 seconds. (The
-   * event store's writer retries with a backoff instead of blocking the thread.)
+   * How long the library's writes (appends, snapshots, the migrations when the store opens) wait for another
+   * process's write lock before failing with `StoreError`; default 5 seconds. They retry with a backoff instead of
+   * blocking the thread. Your own statements on the `SqlClient` wait inside SQLite (`PRAGMA busy_timeout`) for as long.
    */
   readonly busyTimeout?: Duration.DurationInput
   /** How often a caught-up subscription looks for events appended by other processes; default 500 ms. */
@@ -40,47 +55,185 @@ export interface Options {
 
 const busyTimeout = (options: Options) => Duration.decode(options.busyTimeout ?? "5 seconds")
 
-const pragmas = (options: Options) => [
-  `busy_timeout = ${Math.round(Duration.toMillis(busyTimeout(options)))}`,
-  `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
-]
+const synchronous = (options: Options) => `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
 
 // The writer never waits inside SQLite: a lock held by another process makes its write fail at once and retry
 // after a backoff (`SqlEventStore.defaultBusyRetry`), so that this process's thread is never blocked meanwhile.
 /** @internal */
-export const writerPragmas = (options: Options) => [
-  "busy_timeout = 0",
-  `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
-]
+export const writerPragmas = (options: Options) => ["busy_timeout = 0", synchronous(options)]
 
-const configure = (client: SqliteClient.SqliteClient, options: Options) =>
-  Effect.forEach(pragmas(options), (pragma) => client.unsafe(`PRAGMA ${pragma}`), { discard: true }).pipe(
-    Effect.mapError((cause) => new StoreError({ operation: "open", cause }))
-  )
+const isMemory = (filename: string) => filename === ":memory:" || filename === ""
+
+// --- errors --------------------------------------------------------------------------------------------------------
 
 /**
- * The `SqlClient` for an SQLite file, configured for the event store: WAL, durability, busy timeout.
+ * Why a store could not be opened on an SQLite file: the `cause` of the `StoreError` the layer fails with. Its
+ * message names the file and the reason; `code` is SQLite's (`SQLITE_CANTOPEN`, `SQLITE_NOTADB`, `SQLITE_READONLY`,
+ * `SQLITE_FULL`, `SQLITE_BUSY` …) when the driver gave one, and `cause` is the driver's error.
+ *
+ * @since 0.1.0
+ */
+export class OpenError extends Error {
+  override readonly name = "SqliteOpenError"
+  readonly filename: string
+  readonly code: string | undefined
+  constructor(filename: string, reason: string, options: { readonly code: string | undefined; readonly cause: unknown }) {
+    super(`SQLite file ${filename}: ${reason}`, { cause: options.cause })
+    this.filename = filename
+    this.code = options.code
+  }
+}
+
+// The driver's error under the wrappers (SqlError, the Migrator's error, StoreError): the first with an SQLite
+// code, else the innermost.
+const driverError = (error: unknown): unknown => {
+  let current = error
+  for (let depth = 0; depth < 6; depth++) {
+    const code = (current as { readonly code?: unknown } | null | undefined)?.code
+    if (typeof code === "string" && code.startsWith("SQLITE_")) return current
+    const next = (current as { readonly cause?: unknown } | null | undefined)?.cause
+    if (next === undefined || next === null) return current
+    current = next
+  }
+  return current
+}
+
+const hint = (code: string | undefined, timeout: Duration.Duration): string | undefined => {
+  if (code === undefined) return undefined
+  if (code.startsWith("SQLITE_CANTOPEN")) {
+    return "cannot open or create the file (is it a directory? does this process have permission to it and its directory?)"
+  }
+  if (code.startsWith("SQLITE_NOTADB")) return "not an SQLite database, or its header is damaged"
+  if (code.startsWith("SQLITE_READONLY")) {
+    return "read-only for this process (the file, its directory or its filesystem), and the store needs to write"
+  }
+  if (code.startsWith("SQLITE_FULL")) return "the disk is full"
+  if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
+    return `another process held the write lock for longer than busyTimeout (${Duration.format(timeout)})`
+  }
+  return undefined
+}
+
+const openError = (filename: string, timeout: Duration.Duration, operation: string) => (error: unknown): StoreError => {
+  const [op, inner] = error instanceof StoreError ? [error.operation, error.cause] : [operation, error]
+  const driver = driverError(inner)
+  const code = codeOf(driver)
+  const message = driver instanceof Error ? driver.message : String(driver)
+  const pending = (inner as { readonly _tag?: unknown } | null)?._tag === "MigrationPending"
+  const why = pending ? `${message}; still not done after busyTimeout (${Duration.format(timeout)})` : message
+  const explained = hint(code, timeout)
+  const reason = `${explained === undefined ? why : `${explained}: ${why}`}${code === undefined ? "" : ` (${code})`}`
+  return new StoreError({ operation: op, cause: new OpenError(filename, reason, { code, cause: driver }) })
+}
+
+// --- opening -------------------------------------------------------------------------------------------------------
+
+interface Opening {
+  readonly options: Options
+  /** Maps every failure and defect of a step to a `StoreError` naming the file. */
+  readonly guard: <A, E, R>(effect: Effect.Effect<A, E, R>, operation?: string) => Effect.Effect<A, StoreError, R>
+  /** Retries a step that found the database locked, with a backoff, until `busyTimeout` after the opening began. */
+  readonly patiently: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** The busy retry for what is left of `busyTimeout`. */
+  readonly remaining: Effect.Effect<Schedule.Schedule<unknown>>
+}
+
+const opening = (options: Options): Effect.Effect<Opening> =>
+  Effect.map(Clock.currentTimeMillis, (start) => {
+    const timeout = busyTimeout(options)
+    const deadline = start + Duration.toMillis(timeout)
+    const remaining = Effect.map(
+      Clock.currentTimeMillis,
+      (now) => SqlEventStore.defaultBusyRetry(Duration.millis(Math.max(0, deadline - now)))
+    )
+    return {
+      options,
+      remaining,
+      guard: (effect, operation = "open") =>
+        effect.pipe(
+          Effect.catchAllDefect((defect) => Effect.fail(defect)),
+          Effect.mapError(openError(options.filename, timeout, operation))
+        ),
+      patiently: (effect) =>
+        Effect.flatMap(remaining, (schedule) => Effect.retry(effect, { schedule, while: (e) => isBusy(e) }))
+    }
+  })
+
+/**
+ * The shared client: opened without SQLite's own waiting (busy timeout 0 while the store opens; the sqlite-node
+ * client's WAL switch is ours, because it would run under better-sqlite3's default 5 s busy timeout), then checked:
+ * `journal_mode` and `schema_version` read the header, so a file that is not a database fails here.
+ */
+const openClient = ({ guard, options, patiently }: Opening) =>
+  Effect.gen(function*() {
+    const client = yield* guard(SqliteClient.make({ filename: options.filename, disableWAL: true }))
+    const pragma = (statement: string) => guard(patiently(client.unsafe(`PRAGMA ${statement}`)))
+    yield* pragma("busy_timeout = 0")
+    yield* pragma("journal_mode = WAL")
+    yield* pragma(synchronous(options))
+    yield* pragma("schema_version")
+    return client
+  })
+
+// After the opening, users' statements on the client wait for a lock inside SQLite, as SQLite users expect.
+const userBusyTimeout = (client: SqliteClient.SqliteClient, { guard, options }: Opening) =>
+  guard(client.unsafe(`PRAGMA busy_timeout = ${Math.round(Duration.toMillis(busyTimeout(options)))}`))
+
+const clientContext = (client: SqliteClient.SqliteClient) =>
+  Context.make(SqliteClient.SqliteClient, client).pipe(Context.add(SqlClient.SqlClient, client))
+
+/** The writer connection, checked writable, and the schema, migrated through it. */
+const openWriter = (open: Opening, client: SqliteClient.SqliteClient) =>
+  Effect.gen(function*() {
+    const { guard, options, patiently, remaining } = open
+    // ":memory:" is one database per connection: there, the store writes through the shared client.
+    let writer: SyncConnection | undefined = undefined
+    let writeClient: SqlClient.SqlClient = client
+    if (!isMemory(options.filename)) {
+      const connection = yield* guard(patiently(SqliteConnection.make(options.filename, writerPragmas(options))))
+      yield* guard(SqliteConnection.checkWritable(connection))
+      writer = connection
+      writeClient = yield* SqliteConnection.makeClient(connection)
+    }
+    yield* guard(
+      Effect.flatMap(remaining, (schedule) =>
+        Effect.provideService(Migrations.migrateWithin(schedule), SqlClient.SqlClient, writeClient)),
+      "migrate"
+    )
+    return { writer, writeClient }
+  })
+
+const withReactivity = <A, E>(
+  f: (open: Opening) => Effect.Effect<A, E, Scope.Scope | Reactivity.Reactivity>,
+  options: Options
+): Effect.Effect<A, E, Scope.Scope> =>
+  Effect.gen(function*() {
+    const reactivity = yield* Layer.build(Reactivity.layer)
+    return yield* Effect.provide(Effect.flatMap(opening(options), f), reactivity)
+  })
+
+// --- layers --------------------------------------------------------------------------------------------------------
+
+/**
+ * The `SqlClient` for an SQLite file, configured for the event store (WAL, durability, busy timeout) and checked as
+ * `layer` checks it, without the writer and the migrations.
  *
  * @since 0.1.0
  */
 export const layerClient = (
   options: Options
 ): Layer.Layer<SqliteClient.SqliteClient | SqlClient.SqlClient, StoreError> =>
-  Layer.scopedContext(Effect.map(client(options), (client) =>
-    Context.make(SqliteClient.SqliteClient, client).pipe(Context.add(SqlClient.SqlClient, client))
-  ))
-
-const client = (options: Options) =>
-  Effect.tap(
-    Effect.provide(SqliteClient.make({ filename: options.filename }), Reactivity.layer),
-    (client) => configure(client, options)
-  )
-
-const isMemory = (filename: string) => filename === ":memory:" || filename === ""
+  Layer.scopedContext(withReactivity((open) =>
+    Effect.gen(function*() {
+      const client = yield* openClient(open)
+      yield* userBusyTimeout(client, open)
+      return clientContext(client)
+    }), options))
 
 /**
  * A ready `EventStore` and `SnapshotStore` on an SQLite file, plus the `SqlClient` they read with (for your own
- * queries and projections in the same database).
+ * queries and projections in the same database). Fails with a `StoreError` naming the file when it cannot be
+ * opened, is not a database, cannot be written, or stays locked by another process for longer than `busyTimeout`.
  *
  * @example
  * ```ts
@@ -93,21 +246,47 @@ const isMemory = (filename: string) => filename === ":memory:" || filename === "
 export const layer = (
   options: Options
 ): Layer.Layer<EventStore | SnapshotStore | SqliteClient.SqliteClient | SqlClient.SqlClient, StoreError> =>
-  Layer.merge(layerEventStore(options), SqlSnapshotStore.layer({ busyRetry: SqlEventStore.defaultBusyRetry(busyTimeout(options)) })).pipe(Layer.provideMerge(layerClient(options)))
-
-const layerEventStore = (options: Options) =>
-  Layer.scoped(
-    EventStore,
+  Layer.scopedContext(withReactivity((open) =>
     Effect.gen(function*() {
-      // ":memory:" is one database per connection: there, the store writes through the shared client.
-      const writeConnection = isMemory(options.filename) ? undefined : yield* SqliteConnection.make(
-        options.filename,
-        writerPragmas(options)
-      ).pipe(Effect.mapError((cause) => new StoreError({ operation: "open", cause })))
-      return yield* SqlEventStore.make({
-        busyRetry: SqlEventStore.defaultBusyRetry(busyTimeout(options)),
-        ...(options.pollInterval !== undefined ? { pollInterval: options.pollInterval } : {}),
-        ...(writeConnection !== undefined ? { writeConnection } : {})
-      })
-    })
-  )
+      const client = yield* openClient(open)
+      const { writeClient, writer } = yield* openWriter(open, client)
+      const context = clientContext(client)
+      const busyRetry = SqlEventStore.defaultBusyRetry(busyTimeout(options))
+      // The schema is complete by now: the services' own migration check only reads.
+      const [eventStore, snapshotStore] = yield* open.guard(
+        Effect.all([
+          SqlEventStore.make({
+            busyRetry,
+            ...(options.pollInterval !== undefined ? { pollInterval: options.pollInterval } : {}),
+            ...(writer !== undefined ? { writeConnection: writer } : {})
+          }),
+          SqlSnapshotStore.make({ busyRetry, writeClient })
+        ]).pipe(Effect.provide(context))
+      )
+      yield* userBusyTimeout(client, open)
+      return context.pipe(
+        Context.add(EventStore, EventStore.of(eventStore)),
+        Context.add(SnapshotStore, snapshotStore)
+      )
+    }), options))
+
+/**
+ * `layer`, with its options read from `Config`: each option a `Config` of its own, or one `Config` of them all.
+ *
+ * @example
+ * ```ts
+ * const StoreLive = Sqlite.layerConfig({
+ *   filename: Config.string("EVENTSTORE_FILE"),
+ *   busyTimeout: Config.duration("EVENTSTORE_BUSY_TIMEOUT").pipe(Config.withDefault(Duration.seconds(5))),
+ *   durability: Config.literal("full", "normal")("EVENTSTORE_DURABILITY").pipe(Config.withDefault("full"))
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<Options>
+): Layer.Layer<
+  EventStore | SnapshotStore | SqliteClient.SqliteClient | SqlClient.SqlClient,
+  StoreError | ConfigError.ConfigError
+> => Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))

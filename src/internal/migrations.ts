@@ -75,20 +75,51 @@ const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClien
 
 const latestMigration = Math.max(...Object.keys(migrations).map((key) => Number(key.split("_")[0])))
 
-class MigrationPending extends Data.TaggedError("MigrationPending")<{ readonly found: number }> {}
+/** Another process has claimed the migrations and not finished them yet. */
+class MigrationPending extends Data.TaggedError("MigrationPending")<{ readonly found: number }> {
+  override get message(): string {
+    return `another process is creating the schema (at migration ${this.found} of ${latestMigration})`
+  }
+}
 
-/** Runs the library's migrations; waits for another process that is running them. */
-export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {
+const attempt = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* Migrator.make({})({ loader: Migrator.fromRecord(migrations), table: tables.migrations })
   const rows = yield* sql.unsafe<{ id: number | null }>(`SELECT MAX(migration_id) AS id FROM ${tables.migrations}`)
   const found = Number(rows[0]?.id ?? 0)
   if (found < latestMigration) return yield* new MigrationPending({ found })
 }).pipe(
-  Effect.retry({
-    schedule: Schedule.intersect(Schedule.spaced("50 millis"), Schedule.recurs(200)),
-    while: (e) => e._tag === "MigrationPending" || (e._tag === "SqlError" && isBusy(e))
-  }),
-  Effect.mapError((cause) => new StoreError({ operation: "migrate", cause })),
-  Effect.withSpan("EventStore.migrate", { captureStackTrace: false })
+  // The Migrator turns a failed migration (a full disk, a lock) and a failed COMMIT into defects; its transaction
+  // is rolled back by then, so they are failures like any other here.
+  Effect.catchAllDefect((defect) => Effect.fail(defect))
+)
+
+// A failed migration reaches us as the Migrator's error (or a defect) around the driver's: busy is busy at any depth.
+const lockedOut = (error: unknown): boolean => {
+  for (let e = error, depth = 0; e !== undefined && e !== null && depth < 4; depth++) {
+    if (isBusy(e)) return true
+    e = (e as { readonly cause?: unknown }).cause
+  }
+  return false
+}
+
+/**
+ * Runs the library's migrations; waits for another process that is running them. `retry` paces the attempts made
+ * while another process holds the write lock or is midway through the migrations. Each attempt returns at once on a
+ * lock only if the connection's busy timeout is 0 (the SQLite layer migrates through its writer connection, which is
+ * so); otherwise each attempt may also wait inside the driver.
+ */
+export const migrateWithin = (retry: Schedule.Schedule<unknown>): Effect.Effect<void, StoreError, SqlClient.SqlClient> =>
+  attempt.pipe(
+    Effect.retry({
+      schedule: retry,
+      while: (e) => (typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "MigrationPending") || lockedOut(e)
+    }),
+    Effect.mapError((cause) => new StoreError({ operation: "migrate", cause })),
+    Effect.withSpan("EventStore.migrate", { captureStackTrace: false })
+  )
+
+/** Runs the library's migrations; waits (up to 10 s) for another process that is running them. */
+export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = migrateWithin(
+  Schedule.intersect(Schedule.spaced("50 millis"), Schedule.recurs(200))
 )
