@@ -115,7 +115,7 @@ describe("SQLite specifics", () => {
         Effect.async<ReadonlyArray<string>, Error>((resume) => {
           const child = spawn(
             path.join(root, "node_modules/.bin/tsx"),
-            ["--conditions=source", path.join(root, "test/fixtures/append-worker.ts"), filename, worker, String(appends)],
+            ["--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/append-worker.ts"), filename, worker, String(appends)],
             { cwd: root, stdio: ["ignore", "pipe", "pipe"] }
           )
           let out = ""

@@ -62,7 +62,7 @@ describe("SQLite group commit", () => {
       const acked = yield* Effect.async<ReadonlyArray<string>, Error>((resume) => {
         const child = spawn(
           path.join(root, "node_modules/.bin/tsx"),
-          ["--conditions=source", path.join(root, "test/fixtures/kill-worker.ts"), filename],
+          ["--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/kill-worker.ts"), filename],
           { cwd: root, stdio: ["ignore", "pipe", "pipe"] }
         )
         let out = ""
