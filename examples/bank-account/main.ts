@@ -81,7 +81,8 @@ const program = Effect.gen(function*() {
   const loaded = yield* Account.load(busy)
   yield* Console.log(
     `\n${Account.streamId(busy)}: v${loaded.version}, balance ${formatCents(loaded.state.balance)}, ` +
-      `loaded from the snapshot at v${latest.version} + ${loaded.version - latest.version} events`
+      `loaded from ${loaded.source === "snapshot" ? `the snapshot at v${latest.version}` : `the ${loaded.source}`} + ` +
+      `${loaded.version - latest.version} events`
   )
   if (loaded.analytics !== undefined) {
     const a = loaded.analytics
