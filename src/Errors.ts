@@ -14,6 +14,9 @@ import * as Schema from "effect/Schema"
  * - `"stream-exists"`: the stream must have at least one event.
  * - `n`: the stream's current version must be exactly `n` (`0` is the same as `"no-stream"`).
  *
+ * An append checks its option against this schema: `null`, an explicit `undefined`, `"5"`, `-1` or `1.5` are
+ * `InvalidInput`, never a silent `"any"` — a caller that wants no check says `"any"` or leaves the option out.
+ *
  * @since 0.1.0
  */
 export const ExpectedVersion = Schema.Union(

@@ -13,27 +13,60 @@ import * as Schema from "effect/Schema"
 import * as SchemaAST from "effect/SchemaAST"
 import * as Stream from "effect/Stream"
 import { EventDecodeError, InvalidInput } from "./Errors.js"
+import { isPlainObject } from "./internal/codec.js"
 import * as FastDecode from "./internal/fastDecode.js"
+
+/**
+ * A schema for plain objects only (prototype `Object.prototype` or `null`): a `Date`, a `Map`, a boxed string or a
+ * class instance is refused even where a `Struct` or a `Record` would read fields off it. The check is on the input
+ * itself, which a filter (it sees only the decoded copy) cannot make.
+ */
+const plainObject = <A, I>(schema: Schema.Schema<A, I>): Schema.Schema<A, I> =>
+  Schema.transformOrFail(schema, Schema.typeSchema(schema), {
+    strict: true,
+    decode: (a, _, ast, i) =>
+      isPlainObject(i)
+        ? ParseResult.succeed(a)
+        : ParseResult.fail(new ParseResult.Type(ast, i, "must be a plain object")),
+    encode: ParseResult.succeed
+  })
+
+/**
+ * A tag name: any string but `__proto__` (a decoded record would lose that key, and code reading `tags[name]` would
+ * see `Object.prototype`).
+ */
+const TagName = Schema.String.pipe(
+  Schema.filter((key) => key !== "__proto__", { message: () => "__proto__ is not a tag name" })
+)
 
 /**
  * Who and what caused an event. Stored with every event; `tags` carries custom string values.
  *
+ * This schema is the rule an append checks metadata against (the store's hand-written check is proved equal to it by
+ * a property test): a plain object with only these fields, each a string when present (an explicit `undefined` is
+ * refused: leave the field out), and `tags` a plain object of strings whose names are not `__proto__`. Excess fields
+ * are errors, whatever the parse options.
+ *
  * @since 0.1.0
  */
-export const Metadata = Schema.Struct({
+export const Metadata = plainObject(Schema.Struct({
   correlationId: Schema.optionalWith(Schema.String, { exact: true }),
   causationId: Schema.optionalWith(Schema.String, { exact: true }),
   tenantId: Schema.optionalWith(Schema.String, { exact: true }),
   principalId: Schema.optionalWith(Schema.String, { exact: true }),
-  tags: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { exact: true })
-})
+  tags: Schema.optionalWith(plainObject(Schema.Record({ key: TagName, value: Schema.String })), { exact: true })
+})).annotations({ identifier: "Metadata", parseOptions: { onExcessProperty: "error" } })
 
 /** @since 0.1.0 */
 export type Metadata = typeof Metadata.Type
 
 /**
- * An event on its way into the store, already encoded: `payload` is a JSON object (what a registry's `encode`
- * produces; at most 1 MiB serialized).
+ * An event on its way into the store, already encoded: `payload` is a plain JSON object (what a registry's `encode`
+ * produces; at most 1 MiB serialized, nested at most 256 deep) that reads back as it was written — plain objects
+ * (prototype `Object.prototype` or `null`), arrays, strings, finite numbers, booleans and `null`. Anything else,
+ * anywhere in it (a `Date`, `Map`, `Set`, boxed primitive, class instance, `toJSON` method, function, symbol, bigint,
+ * NaN, Infinity, `undefined` in an array, a cycle), is `InvalidInput`. Fields whose value is `undefined` are left out
+ * (as JSON does), and `-0` is stored as `0`. The store keeps a copy: the caller may change its objects afterwards.
  *
  * @since 0.1.0
  */
@@ -44,7 +77,7 @@ export interface NewEvent {
   readonly schemaVersion?: number
   /** A unique id; a time-ordered UUID (v7) is generated when omitted. */
   readonly eventId?: string
-  /** Merged over the append's metadata. */
+  /** Merged over the append's metadata, field by field (tags name by name). */
   readonly metadata?: Metadata
 }
 

@@ -4,6 +4,7 @@ import * as DateTime from "effect/DateTime"
 import * as FastCheck from "effect/FastCheck"
 import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
+import * as Codec from "../src/internal/codec.js"
 
 class Renamed extends Schema.TaggedClass<Renamed>()("Renamed", { name: Schema.String, at: Schema.DateFromString }) {}
 const Deposited = Schema.TaggedStruct("Deposited", { amount: Schema.Int, currency: Schema.String })
@@ -75,6 +76,22 @@ describe("Event registry", () => {
   it("encoding a value that fails its schema is InvalidInput", () => {
     const result = registry.encode(Deposited.make({ amount: 1.5, currency: "EUR" }, { disableValidation: true }))
     expect(Either.isLeft(result) && result.left._tag).toBe("InvalidInput")
+  })
+
+  it("an event whose schema encodes to something JSON does not read back is refused at append, not stored", () => {
+    const AtSelf = Schema.TaggedStruct("AtSelf", { at: Schema.DateFromSelf, tags: Schema.ReadonlySetFromSelf(Schema.String) })
+    const AtString = Schema.TaggedStruct("AtString", { at: Schema.Date, tags: Schema.ReadonlySet(Schema.String) })
+    const both = Event.registry([AtSelf, AtString])
+    const self = Either.getOrThrow(both.encode(AtSelf.make({ at: new Date(0), tags: new Set(["a"]) })))
+    const refused = Codec.prepareAppend("S-1", [self], undefined, 0)
+    expect(Either.isLeft(refused) && refused.left).toMatchObject({ _tag: "InvalidInput", field: "events[0].payload" })
+    expect(Either.isLeft(refused) && refused.left.reason).toMatch(/holds a Date at payload\.at/)
+    // the JSON-friendly encodings of the same values are stored, and decode back from what was stored
+    const json = Either.getOrThrow(both.encode(AtString.make({ at: new Date(0), tags: new Set(["a"]) })))
+    const prepared = Either.getOrThrow(Codec.prepareAppend("S-1", [json], undefined, 0))
+    const [recorded] = Codec.recorded(prepared, [1], 1)
+    expect(recorded!.payload).toEqual(JSON.parse(prepared.events[0]!.payloadJson))
+    expect(Either.getOrThrow(both.decodePayload(recorded!))).toEqual(AtString.make({ at: new Date(0), tags: new Set(["a"]) }))
   })
 
   it("rejects schemas without a literal _tag and duplicate types at definition time", () => {

@@ -16,6 +16,8 @@ export const limits = {
   eventIdLength: 128,
   typeLength: 256,
   payloadBytes: 1024 * 1024,
+  /** How deeply a payload's objects and arrays may nest (a cycle nests forever). */
+  payloadDepth: 256,
   metadataBytes: 64 * 1024
 } as const
 
@@ -81,73 +83,299 @@ export const categoryOf = (streamId: string): string => {
   return dash > 0 ? streamId.slice(0, dash) : streamId
 }
 
-const EMPTY_METADATA: Metadata = Object.freeze({})
-
-const isEmpty = (m: Metadata) => {
-  for (const _ in m) return false
-  return true
+/**
+ * A plain object: its prototype is `Object.prototype` or `null`. Arrays, `Date`s, `Map`s, boxed primitives and class
+ * instances are not (JSON would write them as something else, or as `{}`).
+ */
+export const isPlainObject = (u: unknown): u is Record<string, unknown> => {
+  if (typeof u !== "object" || u === null) return false
+  const proto = Object.getPrototypeOf(u)
+  return proto === Object.prototype || proto === null
 }
 
-const mergeMetadata = (base: Metadata | undefined, own: Metadata | undefined): Metadata => {
-  if (own === undefined || isEmpty(own)) return base ?? EMPTY_METADATA
-  if (base === undefined || isEmpty(base)) return own
-  const tags = base.tags !== undefined && own.tags !== undefined ? { ...base.tags, ...own.tags } : own.tags ?? base.tags
-  return tags === undefined ? { ...base, ...own } : { ...base, ...own, tags }
-}
-
-const METADATA_KEYS = new Set(["correlationId", "causationId", "tenantId", "principalId", "tags"])
-
-const checkMetadata = (metadata: Metadata): InvalidInput | undefined => {
-  if (typeof metadata !== "object" || metadata === null || Array.isArray(metadata)) {
-    return new InvalidInput({ field: "metadata", reason: "must be an object" })
-  }
-  for (const key in metadata) {
-    if (!METADATA_KEYS.has(key)) return new InvalidInput({ field: `metadata.${key}`, reason: "is not a metadata field" })
-  }
-  for (const key of ["correlationId", "causationId", "tenantId", "principalId"] as const) {
-    const value = metadata[key]
-    if (value !== undefined && typeof value !== "string") {
-      return new InvalidInput({ field: `metadata.${key}`, reason: "must be a string" })
-    }
-  }
-  if (metadata.tags !== undefined) {
-    if (typeof metadata.tags !== "object" || metadata.tags === null) {
-      return new InvalidInput({ field: "metadata.tags", reason: "must be a record of strings" })
-    }
-    for (const key in metadata.tags) {
-      if (typeof metadata.tags[key] !== "string") {
-        return new InvalidInput({ field: `metadata.tags.${key}`, reason: "must be a string" })
+/** What a value is, for an error's reason. Only called on the way to an error. */
+const describe = (u: unknown): string => {
+  switch (typeof u) {
+    case "undefined":
+      return "undefined"
+    case "function":
+      return "a function"
+    case "symbol":
+      return "a symbol"
+    case "bigint":
+      return "a bigint"
+    case "number":
+      return String(u)
+    case "object": {
+      if (u === null) return "null"
+      if (Array.isArray(u)) return Object.getPrototypeOf(u) === Array.prototype ? "an array" : "an Array subclass"
+      try {
+        const name: unknown = Object.getPrototypeOf(u)?.constructor?.name
+        return typeof name === "string" && name !== "" ? `a ${name}` : "an object that is not plain"
+      } catch {
+        return "an object that is not plain"
       }
     }
+    default:
+      return `a ${typeof u}`
+  }
+}
+
+// --- metadata ------------------------------------------------------------------------------------------------------
+
+const EMPTY_METADATA: Metadata = Object.freeze({})
+
+const STRING_FIELDS = ["correlationId", "causationId", "tenantId", "principalId"] as const
+const STRING_FIELD_SET: ReadonlySet<PropertyKey> = new Set(STRING_FIELDS)
+const NOT_A_FIELD = `is not a metadata field (${STRING_FIELDS.join(", ")}, tags)`
+
+/**
+ * The fast form of `Event.Metadata` (whose annotations make excess properties errors): accepts exactly what that
+ * schema accepts — `test/inputRules.test.ts` proves it on adversarial inputs. Like the schema's excess check it sees
+ * every own key, non-enumerable and symbol keys included (`Reflect.ownKeys` would say so in one call, but costs ten
+ * times `Object.getOwnPropertyNames`); tag values are checked over the enumerable keys, as `Schema.Record` does.
+ */
+export const checkMetadata = (metadata: unknown, field = "metadata"): InvalidInput | undefined => {
+  if (!isPlainObject(metadata)) {
+    return new InvalidInput({ field, reason: `must be a plain object, not ${describe(metadata)}` })
+  }
+  for (const key of Object.getOwnPropertyNames(metadata)) {
+    if (key === "tags") {
+      const bad = checkTags(metadata.tags, `${field}.tags`)
+      if (bad) return bad
+    } else if (STRING_FIELD_SET.has(key)) {
+      const value = metadata[key]
+      if (typeof value !== "string") {
+        return new InvalidInput({
+          field: `${field}.${key}`,
+          reason: value === undefined ?
+            "must be a string: an absent field is left out, not set to undefined" :
+            `must be a string, not ${describe(value)}`
+        })
+      }
+    } else {
+      return new InvalidInput({ field: `${field}.${key}`, reason: NOT_A_FIELD })
+    }
+  }
+  if (Object.getOwnPropertySymbols(metadata).length > 0) {
+    return new InvalidInput({ field, reason: `has a symbol key, which ${NOT_A_FIELD}` })
   }
   return undefined
 }
 
-const isExpectedVersion = (u: unknown): u is ExpectedVersion =>
+const checkTags = (tags: unknown, field: string): InvalidInput | undefined => {
+  if (!isPlainObject(tags)) {
+    return new InvalidInput({ field, reason: `must be a plain object of strings, not ${describe(tags)}` })
+  }
+  for (const key in tags) {
+    const value = tags[key]
+    if (typeof value !== "string") {
+      return new InvalidInput({ field: `${field}.${key}`, reason: `must be a string, not ${describe(value)}` })
+    }
+  }
+  // Checked even when not enumerable, as the schema's excess check does.
+  if (Object.hasOwn(tags, "__proto__")) {
+    return new InvalidInput({ field: `${field}.__proto__`, reason: "__proto__ is not a tag name" })
+  }
+  if (Object.getOwnPropertySymbols(tags).length > 0) {
+    return new InvalidInput({ field, reason: "has a symbol key (tag names are strings)" })
+  }
+  return undefined
+}
+
+type MutableMetadata = { -readonly [K in keyof Metadata]: Metadata[K] }
+
+/**
+ * Checked metadata as the store writes it: `own` fields over `base`'s, tags merged name by name, in the schema's
+ * field order — a fresh object (what `Schema.decode(Event.Metadata)` builds), never the caller's. `own` is checked:
+ * a field it has is a string, so `undefined` means it has none.
+ */
+const mergeMetadata = (base: Metadata, own: Metadata): Metadata => {
+  const out: MutableMetadata = {}
+  let empty = true
+  for (const key of STRING_FIELDS) {
+    const value = own[key] ?? base[key]
+    if (value !== undefined) {
+      out[key] = value
+      empty = false
+    }
+  }
+  const ownTags = own.tags
+  if (ownTags !== undefined || base.tags !== undefined) {
+    const tags: Record<string, string> = { ...base.tags }
+    for (const key in ownTags) tags[key] = ownTags[key]!
+    out.tags = tags
+    empty = false
+  }
+  return empty ? EMPTY_METADATA : out
+}
+
+/** A copy of checked metadata (tags included), for a result that must not share it. */
+const copyMetadata = (m: Metadata): Metadata => {
+  if (m === EMPTY_METADATA) return m
+  const out: MutableMetadata = { ...m }
+  if (m.tags !== undefined) out.tags = { ...m.tags }
+  return out
+}
+
+// --- expected version ------------------------------------------------------------------------------------------------
+
+/**
+ * The fast form of `ExpectedVersion` (a literal mode or a non-negative safe integer); equal to the schema, proved by
+ * a property test. An explicit `null` or `undefined` is not "any": a caller that means no check leaves the option out.
+ */
+export const isExpectedVersion = (u: unknown): u is ExpectedVersion =>
   u === "any" || u === "no-stream" || u === "stream-exists" ||
   (typeof u === "number" && Number.isSafeInteger(u) && u >= 0)
 
-/** JSON has no NaN or Infinity (`JSON.stringify` writes `null`): a payload holding one would not read back. */
-const hasNonFinite = (value: unknown, depth = 0): boolean => {
-  if (typeof value === "number") return !Number.isFinite(value)
-  if (typeof value !== "object" || value === null || depth > 64) return false
-  if (Array.isArray(value)) {
-    for (const item of value) if (hasNonFinite(item, depth + 1)) return true
-    return false
-  }
-  for (const key in value) if (hasNonFinite((value as Record<string, unknown>)[key], depth + 1)) return true
-  return false
+// --- payloads ------------------------------------------------------------------------------------------------------
+
+/**
+ * Why a payload failed (set with `NOT_JSON`): what was found and where. The copy below reports through these instead
+ * of exceptions or result objects, so a good payload costs no allocation beyond its copy.
+ */
+let failure: { what: string; path: Array<string | number> } = { what: "", path: [] }
+let budget = 0
+const NOT_JSON: unknown = Symbol("NotJson")
+
+const notJson = (what: string): unknown => {
+  failure = { what, path: [] }
+  return NOT_JSON
 }
 
-const stringify = (value: unknown): string | undefined => {
-  try {
-    return JSON.stringify(value)
-  } catch {
-    return undefined
+/**
+ * A copy of `value` made of what JSON stores and reads back unchanged — plain objects (`Object.prototype` or `null`
+ * prototype), plain arrays, strings, finite numbers, booleans, `null` — or `NOT_JSON`. Object fields that are
+ * `undefined` are left out (as `JSON.stringify` does); `-0` becomes `0` (as JSON writes it); only own enumerable
+ * string keys are read (as `JSON.stringify` does). Anything else anywhere is refused: a `Date`, `Map`, `Set`, boxed
+ * primitive, class instance, an object with a `toJSON` method, a function, symbol, bigint, NaN, Infinity, `undefined`
+ * or a hole in an array, nesting deeper than `limits.payloadDepth` (a cycle). It visits at most `budget` values, so
+ * a shared sub-tree repeated into more than a payload's worth of values fails fast instead of being expanded.
+ *
+ * The copy is what the append's result returns: equal to what a read parses, shared with no caller. Copying while
+ * checking was measured against the alternatives (check + stringify the caller's object): it adds ~20% to that for
+ * a two-field payload and for a 20-value one, where checking, stringifying and then `JSON.parse` of the text adds
+ * 100-150%.
+ */
+const copyJson = (value: unknown, depth: number): unknown => {
+  if (--budget < 0) return notJson(`more than ${limits.payloadBytes} values`)
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return value
+    case "number":
+      return value === 0 ? 0 : Number.isFinite(value) ? value : notJson(String(value))
+    case "object": {
+      if (value === null) return null
+      if (depth >= limits.payloadDepth) return notJson(`nesting deeper than ${limits.payloadDepth} levels (or a cycle)`)
+      if (Array.isArray(value)) {
+        if (Object.getPrototypeOf(value) !== Array.prototype) return notJson(describe(value))
+        const n = value.length
+        const out: Array<unknown> = new Array(n)
+        for (let i = 0; i < n; i++) {
+          const item: unknown = value[i]
+          const copy = item === undefined
+            ? notJson("undefined in an array (JSON writes null)")
+            : copyJson(item, depth + 1)
+          if (copy === NOT_JSON) {
+            failure.path.push(i)
+            return NOT_JSON
+          }
+          out[i] = copy
+        }
+        return out
+      }
+      return isPlainObject(value) ? copyObject(value, depth) : notJson(describe(value))
+    }
+    default:
+      return notJson(describe(value))
   }
 }
 
-/** Validates and encodes an append. Pure: `recordedAt` comes from the caller's `Clock`. */
+const copyObject = (value: Record<string, unknown>, depth: number): unknown => {
+  // JSON.stringify would call it (even were it not enumerable, so the loop below would not see it)
+  if (typeof value.toJSON === "function") return notJson("a toJSON method")
+  const out: Record<string, unknown> = {}
+  for (const key in value) {
+    const item = value[key]
+    if (item === undefined) continue
+    const copy = copyJson(item, depth + 1)
+    if (copy === NOT_JSON) {
+      failure.path.push(key)
+      return NOT_JSON
+    }
+    // Assigning "__proto__" would set the copy's prototype; JSON.parse makes it an own property, and so do we.
+    if (key === "__proto__") {
+      Object.defineProperty(out, key, { value: copy, enumerable: true, writable: true, configurable: true })
+    } else {
+      out[key] = copy
+    }
+  }
+  return out
+}
+
+const pathOf = (path: ReadonlyArray<string | number>) => {
+  let out = ""
+  for (let i = path.length - 1; i >= 0; i--) {
+    const key = path[i]!
+    out += typeof key === "number"
+      ? `[${key}]`
+      : /^[A-Za-z_$][\w$]*$/.test(key)
+      ? `.${key}`
+      : `[${JSON.stringify(key)}]`
+  }
+  return out
+}
+
+const PAYLOAD_RULE = "a payload is a plain JSON object: plain objects, arrays, strings, finite numbers, " +
+  "booleans and null, which read back as written"
+
+// What `preparePayload` made, read right after it returns (a result object per event measurably cost more).
+let payloadValue: unknown = undefined
+let payloadJson = ""
+
+/** Makes the payload a fresh JSON object and its text (in `payloadValue`, `payloadJson`), or says why it is not one. */
+const preparePayload = (
+  payload: unknown,
+  field: string
+): InvalidInput | undefined => {
+  if (!isPlainObject(payload)) {
+    return new InvalidInput({ field, reason: `must be a plain JSON object, not ${describe(payload)}` })
+  }
+  budget = limits.payloadBytes
+  const value = copyObject(payload, 0)
+  if (value === NOT_JSON) {
+    const at = `payload${pathOf(failure.path)}`
+    return new InvalidInput({ field, reason: `holds ${failure.what} at ${at}; ${PAYLOAD_RULE}` })
+  }
+  // A tree of plain values: stringify cannot throw or call user code.
+  const json = JSON.stringify(value)
+  if (json.length * 3 > limits.payloadBytes && Buffer.byteLength(json) > limits.payloadBytes) {
+    return new InvalidInput({ field, reason: `larger than ${limits.payloadBytes} bytes` })
+  }
+  payloadValue = value
+  payloadJson = json
+  return undefined
+}
+
+// Events appended together share their timestamp; reading them back, they share one (immutable) DateTime.
+let lastMillis = Number.NaN
+let lastDateTime: DateTime.Utc = DateTime.unsafeMake(0)
+const dateTimeOf = (millis: number): DateTime.Utc => {
+  if (millis !== lastMillis) {
+    lastMillis = millis
+    lastDateTime = DateTime.unsafeMake(millis)
+  }
+  return lastDateTime
+}
+
+// --- the append ----------------------------------------------------------------------------------------------------
+
+/**
+ * Validates and encodes an append. Pure: `recordedAt` comes from the caller's `Clock`. What it keeps of the caller's
+ * payloads and metadata are fresh copies (the JSON it writes, as values), so neither side can change the other's
+ * after the call.
+ */
 export const prepareAppend = (
   streamId: string,
   events: ReadonlyArray<NewEvent>,
@@ -156,24 +384,42 @@ export const prepareAppend = (
 ): Either.Either<PreparedAppend, InvalidInput> => {
   const badStream = checkId("streamId", streamId, limits.idLength)
   if (badStream) return Either.left(badStream)
-  const streamType = options?.streamType ?? categoryOf(streamId)
+  if (options !== undefined && (typeof options !== "object" || options === null)) {
+    return Either.left(new InvalidInput({ field: "options", reason: `must be an object, not ${describe(options)}` }))
+  }
+  const streamType = options?.streamType === undefined ? categoryOf(streamId) : options.streamType
   const badType = checkId("streamType", streamType, limits.idLength)
   if (badType) return Either.left(badType)
-  const expected = options?.expectedVersion ?? "any"
-  if (!isExpectedVersion(expected)) {
-    return Either.left(
-      new InvalidInput({
-        field: "expectedVersion",
-        reason: `must be "any", "no-stream", "stream-exists" or a non-negative integer`
-      })
-    )
+  let expected: ExpectedVersion = "any"
+  if (options !== undefined && "expectedVersion" in options) {
+    const given: unknown = options.expectedVersion
+    if (!isExpectedVersion(given)) {
+      return Either.left(
+        new InvalidInput({
+          field: "expectedVersion",
+          reason: `must be "any", "no-stream", "stream-exists" or a non-negative integer, not ${
+            typeof given === "string" ? JSON.stringify(given) : describe(given)
+          }${given === undefined || given === null ? ` (leave the option out for "any")` : ""}`
+        })
+      )
+    }
+    expected = given
   }
   if (!Array.isArray(events) || events.length === 0) {
     return Either.left(new InvalidInput({ field: "events", reason: "an append needs at least one event" }))
   }
+  let shared = EMPTY_METADATA
+  let sharedJson: string | null = null
   if (options?.metadata !== undefined) {
     const bad = checkMetadata(options.metadata)
     if (bad) return Either.left(bad)
+    shared = mergeMetadata(EMPTY_METADATA, options.metadata)
+    if (shared !== EMPTY_METADATA) {
+      sharedJson = JSON.stringify(shared)
+      if (sharedJson.length > limits.metadataBytes) {
+        return Either.left(new InvalidInput({ field: "metadata", reason: `larger than ${limits.metadataBytes} bytes` }))
+      }
+    }
   }
   const prepared: Array<PreparedEvent> = new Array(events.length)
   const ids = events.length > 1 ? new Set<string>() : undefined
@@ -199,38 +445,20 @@ export const prepareAppend = (
       }
       ids.add(eventId)
     }
-    const schemaVersion = event.schemaVersion ?? 1
+    const schemaVersion = event.schemaVersion === undefined ? 1 : event.schemaVersion
     if (!Number.isSafeInteger(schemaVersion) || schemaVersion < 1) {
       return Either.left(new InvalidInput({ field: `${field}.schemaVersion`, reason: "must be a positive integer" }))
     }
-    const payloadJson = stringify(event.payload)
-    if (
-      payloadJson === undefined || typeof event.payload !== "object" || event.payload === null ||
-      Array.isArray(event.payload)
-    ) {
-      return Either.left(new InvalidInput({ field: `${field}.payload`, reason: "must be a JSON object" }))
-    }
-    if (hasNonFinite(event.payload)) {
-      return Either.left(new InvalidInput({ field: `${field}.payload`, reason: "holds NaN or Infinity, which JSON cannot store" }))
-    }
-    if (payloadJson.length * 3 > limits.payloadBytes && Buffer.byteLength(payloadJson) > limits.payloadBytes) {
-      return Either.left(
-        new InvalidInput({ field: `${field}.payload`, reason: `larger than ${limits.payloadBytes} bytes` })
-      )
-    }
+    const badPayload = preparePayload(event.payload, `${field}.payload`)
+    if (badPayload !== undefined) return Either.left(badPayload)
+    let metadata = shared
+    let metadataJson = sharedJson
     if (event.metadata !== undefined) {
-      const bad = checkMetadata(event.metadata)
+      const bad = checkMetadata(event.metadata, `${field}.metadata`)
       if (bad) return Either.left(bad)
-    }
-    const metadata = mergeMetadata(options?.metadata, event.metadata)
-    let metadataJson: string | null = null
-    if (metadata !== EMPTY_METADATA) {
-      const json = stringify(metadata)
-      if (json === undefined) {
-        return Either.left(new InvalidInput({ field: `${field}.metadata`, reason: "must be serializable as JSON" }))
-      }
-      metadataJson = json
-      if (metadataJson.length > limits.metadataBytes) {
+      metadata = mergeMetadata(shared, event.metadata)
+      metadataJson = metadata === EMPTY_METADATA ? null : JSON.stringify(metadata)
+      if (metadataJson !== null && metadataJson.length > limits.metadataBytes) {
         return Either.left(
           new InvalidInput({ field: `${field}.metadata`, reason: `larger than ${limits.metadataBytes} bytes` })
         )
@@ -240,7 +468,7 @@ export const prepareAppend = (
       eventId,
       type: event.type,
       schemaVersion,
-      payload: event.payload,
+      payload: payloadValue,
       payloadJson,
       metadata,
       metadataJson,
@@ -250,13 +478,17 @@ export const prepareAppend = (
   return Either.right({ streamId, streamType, expected, recordedAt, events: prepared })
 }
 
-/** The events of an append as they were recorded, given the version and position of its first event. */
+/**
+ * The events of an append as they were recorded, given the version and position of its first event: equal to what
+ * a read returns. Hands the prepared payload copies over to the result (call it once per append); metadata, which
+ * events of one append may share, is copied per event.
+ */
 export const recorded = (
   append: PreparedAppend,
   positions: ReadonlyArray<number>,
   firstVersion: number
 ): Array<RecordedEvent> => {
-  const recordedAt = DateTime.unsafeMake(append.recordedAt)
+  const recordedAt = dateTimeOf(append.recordedAt)
   return append.events.map((event, i) => ({
     eventId: event.eventId,
     streamId: append.streamId,
@@ -266,21 +498,24 @@ export const recorded = (
     type: event.type,
     schemaVersion: event.schemaVersion,
     payload: event.payload,
-    metadata: event.metadata,
+    metadata: copyMetadata(event.metadata),
     recordedAt
   }))
 }
 
-// Events appended together share their timestamp; reading them back, they share one (immutable) DateTime.
-let lastMillis = Number.NaN
-let lastDateTime: DateTime.Utc = DateTime.unsafeMake(0)
-const dateTimeOf = (millis: number): DateTime.Utc => {
-  if (millis !== lastMillis) {
-    lastMillis = millis
-    lastDateTime = DateTime.unsafeMake(millis)
-  }
-  return lastDateTime
-}
+/**
+ * The error of a read by stream whose next stored version is not `expected`, the one that must follow: a row is
+ * missing or its version was changed. Such a read fails at that row instead of skipping to it.
+ */
+export const outOfSequence = (event: RecordedEvent, expected: number): EventDecodeError =>
+  new EventDecodeError({
+    streamId: event.streamId,
+    version: event.version,
+    position: event.position,
+    type: event.type,
+    reason: `stored version ${event.version} where version ${expected} must follow: ` +
+      "a row of the stream is missing or its version was changed"
+  })
 
 /**
  * A driver's integer as a number: numbers that are safe integers, and the decimal strings (or bigints) drivers use
@@ -298,9 +533,6 @@ export const toInteger = (value: unknown): number | undefined => {
   }
   return undefined
 }
-
-const isPlainObject = (u: unknown): u is Record<string, unknown> =>
-  typeof u === "object" && u !== null && !Array.isArray(u)
 
 /**
  * Decodes a stored event. Total: a row whose columns are not what the store writes (malformed JSON, a version or
@@ -329,7 +561,10 @@ export const fromStored = (row: StoredEvent): Either.Either<RecordedEvent, Event
   }
   const recordedAt = toInteger(row.recordedAt)
   if (recordedAt === undefined || Math.abs(recordedAt) > 8.64e15) return fail(`stored recorded_at ${String(row.recordedAt)} is not a timestamp in milliseconds`)
-  if (typeof row.eventId !== "string" || typeof row.streamType !== "string") return fail("stored ids are not text")
+  if (
+    typeof row.eventId !== "string" || typeof row.streamType !== "string" || typeof row.streamId !== "string" ||
+    typeof row.type !== "string"
+  ) return fail("stored ids or event type are not text")
   if (typeof row.payload !== "string") return fail("stored payload is not JSON text")
   if (row.metadata !== null && typeof row.metadata !== "string") return fail("stored metadata is not JSON text")
   let payload: unknown

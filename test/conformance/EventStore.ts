@@ -187,46 +187,154 @@ export const eventStoreSuite = (name: string, storeLayer: Layer.Layer<EventStore
       }))
 
     // --- bad input -----------------------------------------------------------------------------------------------
-    it.effect("bad inputs are rejected with InvalidInput and nothing is written", () =>
+    it.effect("bad inputs are rejected with InvalidInput naming the field, and nothing is written", () =>
       Effect.gen(function*() {
         const store = yield* Store
         const { stream, type } = category()
         const cyclic: Record<string, unknown> = {}
         cyclic.self = cyclic
-        const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, EventStore.AppendError>]> = [
-          ["empty stream id", store.append("", evs(1), { streamType: type })],
-          ["long stream id", store.append(`${type}-${"x".repeat(300)}`, evs(1))],
-          ["control character", store.append(`${type}-a\nb`, evs(1))],
-          ["NUL", store.append(`${type}-a\u0000b`, evs(1))],
-          ["empty event list", store.append(stream(), [])],
-          ["empty event type", store.append(stream(), [ev("")])],
-          ["event type with control character", store.append(stream(), [ev("A\tB")])],
-          ["payload not an object", store.append(stream(), [{ type: "A", payload: 42 }])],
-          ["payload with a BigInt", store.append(stream(), [ev("A", { n: 1n })])],
-          ["cyclic payload", store.append(stream(), [ev("A", cyclic)])],
-          ["oversized payload", store.append(stream(), [ev("A", { blob: "x".repeat(1_100_000) })])],
+        const pay = (payload: unknown, i = 0) => [...evs(i), { type: "A", payload }]
+        const meta = (metadata: unknown) => ({ metadata: metadata as Event.Metadata })
+        const expecting = (expectedVersion: unknown) => ({ expectedVersion: expectedVersion as EventStore.ExpectedVersion })
+        class Point {
+          x = 1
+        }
+        class Stamp {
+          toJSON() {
+            return "2024-01-01"
+          }
+        }
+        class List extends Array<number> {}
+        const holey: Array<number> = [1]
+        holey[2] = 3
+        const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, EventStore.AppendError>, string?]> = [
+          ["empty stream id", store.append("", evs(1), { streamType: type }), "streamId"],
+          ["long stream id", store.append(`${type}-${"x".repeat(300)}`, evs(1)), "streamId"],
+          ["control character", store.append(`${type}-a\nb`, evs(1)), "streamId"],
+          ["NUL", store.append(`${type}-a\u0000b`, evs(1)), "streamId"],
+          ["empty event list", store.append(stream(), []), "events"],
+          ["empty event type", store.append(stream(), [ev("")]), "events[0].type"],
+          ["event type with control character", store.append(stream(), [ev("A\tB")]), "events[0].type"],
           ["duplicate ids in one batch", store.append(stream(), [ev("A", {}, { eventId: "same" }), ev("B", {}, { eventId: "same" })])],
-          ["empty event id", store.append(stream(), [ev("A", {}, { eventId: "" })])],
-          ["bad schema version", store.append(stream(), [ev("A", {}, { schemaVersion: 0 })])],
-          ["bad expected version", store.append(stream(), evs(1), { expectedVersion: -1 })],
-          ["fractional expected version", store.append(stream(), evs(1), { expectedVersion: 1.5 })],
-          ["metadata tag not a string", store.append(stream(), evs(1), { metadata: { tags: { a: 1 as unknown as string } } })],
-          ["metadata null", store.append(stream(), evs(1), { metadata: null as unknown as Event.Metadata })],
-          ["metadata a string", store.append(stream(), evs(1), { metadata: "abc" as unknown as Event.Metadata })],
-          ["metadata with an unknown field", store.append(stream(), evs(1), { metadata: { extra: 1n } as unknown as Event.Metadata })],
-          ["event metadata cyclic", store.append(stream(), [ev("A", {}, { metadata: cyclic as Event.Metadata })])],
-          ["an event that is null", store.append(stream(), [null as unknown as Event.NewEvent])],
-          ["payload an array", store.append(stream(), [{ type: "A", payload: [1] }])],
-          ["payload with NaN", store.append(stream(), [ev("A", { n: Number.NaN })])],
-          ["payload with Infinity deep inside", store.append(stream(), [ev("A", { a: [{ b: Infinity }] })])],
-          ["bad event after good ones", store.append(stream(), [...evs(3), ev("")])]
+          ["empty event id", store.append(stream(), [ev("A", {}, { eventId: "" })]), "events[0].eventId"],
+          ["bad schema version", store.append(stream(), [ev("A", {}, { schemaVersion: 0 })]), "events[0].schemaVersion"],
+          ["an event that is null", store.append(stream(), [null as unknown as Event.NewEvent]), "events[0]"],
+          ["bad event after good ones", store.append(stream(), [...evs(3), ev("")]), "events[3].type"],
+          // payloads: a plain JSON object that reads back as it was written
+          ["payload not an object", store.append(stream(), pay(42)), "events[0].payload"],
+          ["payload an array", store.append(stream(), pay([1])), "events[0].payload"],
+          ["payload a Date", store.append(stream(), pay(new Date(0))), "events[0].payload"],
+          ["payload a boxed string", store.append(stream(), pay(new String("x"))), "events[0].payload"],
+          ["payload a boxed number", store.append(stream(), pay(new Number(1))), "events[0].payload"],
+          ["payload a class instance", store.append(stream(), pay(new Point())), "events[0].payload"],
+          ["payload whose toJSON gives a string", store.append(stream(), pay(new Stamp())), "events[0].payload"],
+          ["payload a Map", store.append(stream(), pay(new Map([["a", 1]]))), "events[0].payload"],
+          ["payload a Set", store.append(stream(), pay(new Set([1]))), "events[0].payload"],
+          ["payload with a Date inside", store.append(stream(), pay({ at: new Date(0) })), "events[0].payload"],
+          ["payload with a Map deep inside", store.append(stream(), pay({ a: [{ m: new Map() }] })), "events[0].payload"],
+          ["payload with a Set inside", store.append(stream(), pay({ s: new Set() })), "events[0].payload"],
+          ["payload with a boxed boolean inside", store.append(stream(), pay({ b: new Boolean(false) })), "events[0].payload"],
+          ["payload with a class instance inside", store.append(stream(), pay({ p: new Point() })), "events[0].payload"],
+          ["payload with an Array subclass inside", store.append(stream(), pay({ l: List.of(1) })), "events[0].payload"],
+          ["payload with a function", store.append(stream(), pay({ f: () => 1 })), "events[0].payload"],
+          ["payload with a symbol", store.append(stream(), pay({ s: Symbol("s") })), "events[0].payload"],
+          ["payload with undefined in an array", store.append(stream(), pay({ a: [1, undefined] })), "events[0].payload"],
+          ["payload with a hole in an array", store.append(stream(), pay({ a: holey })), "events[0].payload"],
+          ["payload with a BigInt", store.append(stream(), pay({ n: 1n })), "events[0].payload"],
+          ["payload with a BigInt deep inside", store.append(stream(), pay({ a: [{ n: 1n }] })), "events[0].payload"],
+          ["cyclic payload", store.append(stream(), pay(cyclic)), "events[0].payload"],
+          ["oversized payload", store.append(stream(), pay({ blob: "x".repeat(1_100_000) })), "events[0].payload"],
+          ["payload with NaN", store.append(stream(), pay({ n: Number.NaN })), "events[0].payload"],
+          ["payload with Infinity deep inside", store.append(stream(), pay({ a: [{ b: Infinity }] })), "events[0].payload"],
+          ["bad payload after good events", store.append(stream(), pay(new Date(0), 2)), "events[2].payload"],
+          // expected version: the ExpectedVersion schema; an explicit null or undefined is not "any"
+          ["negative expected version", store.append(stream(), evs(1), expecting(-1)), "expectedVersion"],
+          ["fractional expected version", store.append(stream(), evs(1), expecting(1.5)), "expectedVersion"],
+          ["expected version null", store.append(stream(), evs(1), expecting(null)), "expectedVersion"],
+          ["expected version explicitly undefined", store.append(stream(), evs(1), expecting(undefined)), "expectedVersion"],
+          ["expected version a numeric string", store.append(stream(), evs(1), expecting("5")), "expectedVersion"],
+          ["expected version NaN", store.append(stream(), evs(1), expecting(Number.NaN)), "expectedVersion"],
+          ["expected version a boxed number", store.append(stream(), evs(1), expecting(new Number(1))), "expectedVersion"],
+          ["options null", store.append(stream(), evs(1), null as unknown as EventStore.AppendOptions), "options"],
+          // metadata: the Metadata schema
+          ["metadata tag not a string", store.append(stream(), evs(1), meta({ tags: { a: 1 } })), "metadata.tags.a"],
+          ["metadata tags an array", store.append(stream(), evs(1), meta({ tags: ["a"] })), "metadata.tags"],
+          ["metadata tags a Map", store.append(stream(), evs(1), meta({ tags: new Map([["a", "b"]]) })), "metadata.tags"],
+          ["metadata tags a boxed string", store.append(stream(), evs(1), meta({ tags: new String("ab") })), "metadata.tags"],
+          ["metadata tag named __proto__", store.append(stream(), evs(1), meta({ tags: JSON.parse(`{"__proto__":"x"}`) })), "metadata.tags.__proto__"],
+          ["metadata null", store.append(stream(), evs(1), meta(null)), "metadata"],
+          ["metadata a string", store.append(stream(), evs(1), meta("abc")), "metadata"],
+          ["metadata a Date", store.append(stream(), evs(1), meta(new Date(0))), "metadata"],
+          ["metadata a class instance", store.append(stream(), evs(1), meta(new Point())), "metadata"],
+          ["metadata with an unknown field", store.append(stream(), evs(1), meta({ extra: 1n })), "metadata.extra"],
+          ["metadata with a symbol key", store.append(stream(), evs(1), meta({ [Symbol("s")]: "x" })), "metadata"],
+          ["metadata field explicitly undefined", store.append(stream(), evs(1), meta({ correlationId: undefined })), "metadata.correlationId"],
+          ["event metadata cyclic", store.append(stream(), [ev("A", {}, meta(cyclic))]), "events[0].metadata.self"],
+          ["event metadata tags an array", store.append(stream(), [...evs(1), ev("A", {}, meta({ tags: [] }))]), "events[1].metadata.tags"]
         ]
-        for (const [label, attempt] of cases) {
+        for (const [label, attempt, field] of cases) {
           const error = yield* Effect.flip(attempt)
           expect(error._tag, label).toBe("InvalidInput")
+          if (field !== undefined) expect((error as EventStore.InvalidInput).field, label).toBe(field)
         }
         expect(yield* store.version(stream())).toBe(0)
         expect(yield* collect(store.readAll({ filter: { streamTypes: [type] } }))).toEqual([])
+      }))
+
+    it.effect("the append's result is what a read returns, and shares nothing with the caller", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const { stream } = category()
+        const payload = { n: 1, zero: -0, gone: undefined, list: [1, "two", null, { deep: true }], nested: { a: { b: "c" } } }
+        const protoKey = JSON.parse(`{"__proto__":{"x":1},"k":"v"}`) as Record<string, unknown>
+        const bare = Object.assign(Object.create(null) as Record<string, unknown>, { z: [] })
+        const metadata = { correlationId: "c", tags: { t: "1" } }
+        const result = yield* store.append(
+          stream(),
+          [ev("A", payload), ev("B", protoKey, { metadata: { causationId: "z", tags: { u: "2" } } }), ev("C", bare)],
+          { metadata }
+        )
+        const read = yield* collect(store.read(stream()))
+        const payloads = (events: ReadonlyArray<Event.RecordedEvent>) => events.map((e) => e.payload)
+        const metadatas = (events: ReadonlyArray<Event.RecordedEvent>) => events.map((e) => e.metadata)
+        expect(payloads(result.events)).toStrictEqual(payloads(read))
+        expect(metadatas(result.events)).toStrictEqual(metadatas(read))
+        expect(result.events).toEqual(read)
+        // as JSON stores them: no undefined field, -0 is 0, an own "__proto__" key stays a key
+        expect(result.events[0]!.payload).toStrictEqual({ n: 1, zero: 0, list: [1, "two", null, { deep: true }], nested: { a: { b: "c" } } })
+        expect(Object.hasOwn(result.events[1]!.payload as object, "__proto__")).toBe(true)
+        expect(result.events[1]!.payload).toStrictEqual(JSON.parse(`{"__proto__":{"x":1},"k":"v"}`))
+        expect(result.events[1]!.metadata).toStrictEqual({ correlationId: "c", causationId: "z", tags: { t: "1", u: "2" } })
+        expect(result.events[2]!.payload).toStrictEqual({ z: [] })
+        // the caller changing its objects changes neither the result nor the store
+        expect(result.events[0]!.payload).not.toBe(payload)
+        payload.nested.a.b = "changed"
+        payload.list.push(9)
+        metadata.tags.t = "changed"
+        expect(result.events[0]!.payload).toMatchObject({ nested: { a: { b: "c" } }, list: [1, "two", null, { deep: true }] })
+        expect(result.events[0]!.metadata).toStrictEqual({ correlationId: "c", tags: { t: "1" } })
+        // the result changing changes neither the caller's objects, the store, nor the other events of the result
+        const first = result.events[0]! as { payload: { nested: { a: { b: string } } }; metadata: { tags: Record<string, string> } }
+        first.payload.nested.a.b = "mutated"
+        first.metadata.tags.t = "mutated"
+        expect(payload.nested.a.b).toBe("changed")
+        expect(result.events[2]!.metadata).toStrictEqual({ correlationId: "c", tags: { t: "1" } })
+        expect(payloads(yield* collect(store.read(stream())))).toStrictEqual(payloads(read))
+      }))
+
+    it.effect("event types and tag values are any strings: __proto__, constructor, toString read back as written", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const { stream, type } = category()
+        const types = ["__proto__", "constructor", "toString", "hasOwnProperty", "__proto__"]
+        const tags = { constructor: "c", toString: "t", hasOwnProperty: "h" }
+        const result = yield* store.append(stream(), types.map((t) => ev(t, { t })), { metadata: { tags } })
+        const read = yield* collect(store.read(stream()))
+        expect(read.map((e) => e.type)).toEqual(types)
+        expect(read.map((e) => e.metadata.tags)).toEqual(types.map(() => tags))
+        expect(result.events).toEqual(read)
+        const protos = yield* collect(store.readAll({ filter: { streamTypes: [type], eventTypes: ["__proto__"] } }))
+        expect(protos.map((e) => e.version)).toEqual([1, 5])
       }))
 
     it.effect("bad read options are InvalidInput", () =>

@@ -1,0 +1,112 @@
+/**
+ * Rows the store did not write the way it writes them (SQLite columns are loosely typed, so a stray UPDATE can put
+ * text in an INTEGER column): every read path delivers the good events before the bad row, then fails with an
+ * `EventDecodeError` naming the row's stream and position — a typed failure, never a defect, never a silent skip.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Event, EventStore } from "effect-eventstore"
+import * as Sqlite from "effect-eventstore/Sqlite"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-rows-"))
+const layer = Sqlite.layer({ filename: path.join(dir, "rows.db"), pollInterval: "1 hour" })
+
+/** Runs a stream to its end, keeping what it delivered and how it ended. */
+const drain = <E>(stream: Stream.Stream<Event.RecordedEvent, E>) =>
+  Effect.gen(function*() {
+    const seen: Array<Event.RecordedEvent> = []
+    const exit = yield* Effect.exit(Stream.runForEach(stream, (e) => Effect.sync(() => seen.push(e))))
+    return { seen, exit }
+  })
+
+/** The typed error an exit failed with; a defect, an interruption or a success fails the test. */
+const failure = <A, E>(exit: Exit.Exit<A, E>): E => {
+  expect(Exit.isFailure(exit)).toBe(true)
+  if (Exit.isSuccess(exit)) throw new Error("succeeded")
+  expect(Cause.isDie(exit.cause)).toBe(false)
+  const error = Cause.failureOption(exit.cause)
+  expect(Option.isSome(error)).toBe(true)
+  return Option.getOrThrow(error)
+}
+
+const corruptions: ReadonlyArray<readonly [string, string]> = [
+  ["recorded_at that is not a number", "recorded_at = 'yesterday'"],
+  ["recorded_at out of range", "recorded_at = 1e300"],
+  ["schema version that is not an integer", "schema_version = 'two'"],
+  ["payload that is a JSON array", "payload = '[1]'"],
+  ["payload that is a JSON string", "payload = '\"str\"'"],
+  ["payload that is JSON null", "payload = 'null'"],
+  ["payload that is malformed JSON", "payload = '{not json'"],
+  ["payload that is a blob", "payload = X'7B7D'"],
+  ["metadata that is a JSON array", "metadata = '[1]'"],
+  ["event type that is a blob", "event_type = X'476F6F64'"],
+  ["event id that is a blob", "event_id = X'41'"],
+  ["metadata that is malformed JSON", "metadata = '{'"]
+]
+
+describe("stored rows with wrong column types", () => {
+  for (const [label, set] of corruptions) {
+    it.live(`a row with a ${label}: every read delivers the events before it, then fails naming it`, () =>
+      Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const sql = yield* SqlClient.SqlClient
+        const type = `R${crypto.randomUUID().replace(/-/g, "").slice(0, 10)}`
+        const stream = `${type}-1`
+        const written = yield* store.append(
+          stream,
+          [0, 1, 2].map((i) => ({ type: "Good", payload: { i }, metadata: { correlationId: `c-${i}` } }))
+        )
+        const bad = written.events[1]!.position
+        yield* sql.unsafe(`UPDATE eventstore_events SET ${set} WHERE position = ?`, [bad])
+        const named = { _tag: "EventDecodeError", streamId: stream, position: bad }
+        const filter = { streamTypes: [type] }
+
+        const read = yield* drain(store.read(stream))
+        expect(read.seen.map((e) => e.position)).toEqual([written.events[0]!.position])
+        expect(failure(read.exit)).toMatchObject(named)
+
+        const fromAll = yield* drain(store.readAll({ filter }))
+        expect(fromAll.seen.map((e) => e.position)).toEqual([written.events[0]!.position])
+        expect(failure(fromAll.exit)).toMatchObject(named)
+
+        // a subscription ends with the error instead of waiting for commits
+        const live = yield* drain(store.subscribe({ filter })).pipe(Effect.timeout("10 seconds"))
+        expect(live.seen.map((e) => e.position)).toEqual([written.events[0]!.position])
+        expect(failure(live.exit)).toMatchObject(named)
+
+        // one page: the bad row fails the page; the page before it is fine
+        expect(failure(yield* Effect.exit(store.readPage(stream)))).toMatchObject(named)
+        expect((yield* store.readPage(stream, { limit: 1 })).map((e) => e.version)).toEqual([1])
+
+        // backward, the rows after it come first
+        const backward = yield* drain(store.read(stream, { direction: "backward" }))
+        expect(failure(backward.exit)).toMatchObject(named)
+        expect(backward.seen.every((e) => e.position > bad)).toBe(true)
+      }).pipe(Effect.provide(layer)))
+  }
+
+  it.live("a row whose version is not an integer: reads of the log deliver the events before it, then name it", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const sql = yield* SqlClient.SqlClient
+      const type = `V${crypto.randomUUID().replace(/-/g, "").slice(0, 10)}`
+      const stream = `${type}-1`
+      const written = yield* store.append(stream, [0, 1, 2].map((i) => ({ type: "Good", payload: { i } })))
+      const [first, bad] = written.events.map((e) => e.position) as [number, number, number]
+      yield* sql.unsafe(`UPDATE eventstore_events SET version = 'x' WHERE position = ?`, [bad])
+      const filter = { streamTypes: [type] }
+      for (const log of [store.readAll({ filter }), store.subscribe({ filter })]) {
+        const { exit, seen } = yield* drain(log).pipe(Effect.timeout("10 seconds"))
+        expect(seen.map((e) => e.position)).toEqual([first])
+        expect(failure(exit)).toMatchObject({ _tag: "EventDecodeError", streamId: stream, position: bad, version: -1 })
+      }
+    }).pipe(Effect.provide(layer)))
+})
