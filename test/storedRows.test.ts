@@ -93,14 +93,15 @@ describe("stored rows with wrong column types", () => {
       }).pipe(Effect.provide(layer)))
   }
 
-  it.live("a row whose version is not an integer: reads of the log deliver the events before it, then name it", () =>
+  it.live("a row whose version is not an integer: the log reads name it; reads by stream fail where its version is missing", () =>
     Effect.gen(function*() {
       const store = yield* EventStore.EventStore
       const sql = yield* SqlClient.SqlClient
       const type = `V${crypto.randomUUID().replace(/-/g, "").slice(0, 10)}`
       const stream = `${type}-1`
       const written = yield* store.append(stream, [0, 1, 2].map((i) => ({ type: "Good", payload: { i } })))
-      const [first, bad] = written.events.map((e) => e.position) as [number, number, number]
+      const [first, bad, third] = written.events.map((e) => e.position) as [number, number, number]
+      // SQLite sorts text after every integer, and a read to version MAX_SAFE_INTEGER leaves "x" out: 1, 3
       yield* sql.unsafe(`UPDATE eventstore_events SET version = 'x' WHERE position = ?`, [bad])
       const filter = { streamTypes: [type] }
       for (const log of [store.readAll({ filter }), store.subscribe({ filter })]) {
@@ -108,5 +109,39 @@ describe("stored rows with wrong column types", () => {
         expect(seen.map((e) => e.position)).toEqual([first])
         expect(failure(exit)).toMatchObject({ _tag: "EventDecodeError", streamId: stream, position: bad, version: -1 })
       }
+      // by stream, version 2 is missing: reads fail at version 3 instead of going on past the gap
+      const missing = { _tag: "EventDecodeError", streamId: stream, position: third, version: 3 }
+      const read = yield* drain(store.read(stream))
+      expect(read.seen.map((e) => e.version)).toEqual([1])
+      expect(failure(read.exit)).toMatchObject(missing)
+      expect(failure(yield* Effect.exit(store.readPage(stream)))).toMatchObject(missing)
+    }).pipe(Effect.provide(layer)))
+
+  it.live("a row whose version was changed to leave a gap is never read past silently", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const sql = yield* SqlClient.SqlClient
+      const stream = `Gap${crypto.randomUUID().replace(/-/g, "").slice(0, 10)}-1`
+      const written = yield* store.append(stream, [0, 1, 2].map((i) => ({ type: "Good", payload: { i } })))
+      // version 2 becomes 7: the stream now reads 1, 3, 7
+      yield* sql.unsafe(`UPDATE eventstore_events SET version = 7 WHERE position = ?`, [written.events[1]!.position])
+      const third = written.events[2]!.position
+      const named = { _tag: "EventDecodeError", streamId: stream, position: third, version: 3 }
+
+      const read = yield* drain(store.read(stream))
+      expect(read.seen.map((e) => e.version)).toEqual([1])
+      expect(failure(read.exit)).toMatchObject(named)
+
+      const paged = yield* drain(store.read(stream, { pageSize: 1 }))
+      expect(paged.seen.map((e) => e.version)).toEqual([1])
+      expect(failure(paged.exit)).toMatchObject(named)
+
+      // backward: 7, then 3 where 6 must follow
+      const backward = yield* drain(store.read(stream, { direction: "backward" }))
+      expect(backward.seen.map((e) => e.version)).toEqual([7])
+      expect(failure(backward.exit)).toMatchObject(named)
+
+      expect(failure(yield* Effect.exit(store.readPage(stream)))).toMatchObject(named)
+      expect(failure(yield* Effect.exit(store.readPage(stream, { after: 1 })))).toMatchObject(named)
     }).pipe(Effect.provide(layer)))
 })

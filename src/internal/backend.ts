@@ -12,7 +12,7 @@ import type { EventDecodeError, StoreError } from "../Errors.js"
 import { InvalidInput } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
 import type { EventStoreService, Filter, PageOptions, ReadOptions } from "../EventStore.js"
-import { categoryOf, fromStored, type StoredEvent } from "./codec.js"
+import { categoryOf, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
 import { catchUp, live, type Signal } from "./paging.js"
 
 const positionOf = (row: RecordedEvent) => row.position
@@ -36,12 +36,19 @@ export const checkPageOptions = (options: PageOptions | undefined) => {
   return Effect.map(checkPage(options?.limit), (limit) => ({ after, limit }))
 }
 
-/** @internal decodes a page of rows: all of them, or the first failure */
-export const decodeRows = (rows: ReadonlyArray<StoredEvent>): Effect.Effect<Array<RecordedEvent>, EventDecodeError> => {
+/**
+ * @internal decodes a page of one stream's rows after version `after`: all of them, or the first failure (a row
+ * that does not decode, or whose version does not follow the one before it)
+ */
+export const decodeRows = (
+  rows: ReadonlyArray<StoredEvent>,
+  after: number
+): Effect.Effect<Array<RecordedEvent>, EventDecodeError> => {
   const out: Array<RecordedEvent> = new Array(rows.length)
   for (let i = 0; i < rows.length; i++) {
     const decoded = fromStored(rows[i]!)
     if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+    if (decoded.right.version !== after + i + 1) return Effect.fail(outOfSequence(decoded.right, after + i + 1))
     out[i] = decoded.right
   }
   return Effect.succeed(out)
@@ -122,6 +129,7 @@ export const fromBackend = (backend: Backend): EventStoreService => {
         start: backward ? to + 1 : from - 1,
         pageSize,
         cursorOf: versionOf,
+        step: backward ? -1 : 1,
         fetch: (cursor, limit) => backend.streamRows(streamId, { backward, cursor, from, to, limit })
       })
     })).pipe(Stream.withSpan("EventStore.read", streamSpan(streamId)))
@@ -130,7 +138,7 @@ export const fromBackend = (backend: Backend): EventStoreService => {
     Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
       Effect.flatMap(
         backend.streamRows(streamId, { backward: false, cursor: after, from: 1, to: Number.MAX_SAFE_INTEGER, limit }),
-        decodeRows
+        (rows) => decodeRows(rows, after)
       )).pipe(Effect.withSpan("EventStore.readPage", streamSpan(streamId)))
 
   const readAll: EventStoreService["readAll"] = (options) =>

@@ -12,14 +12,21 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type { EventDecodeError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
-import { fromStored, type StoredEvent } from "./codec.js"
+import { fromStored, outOfSequence, type StoredEvent } from "./codec.js"
 
 type State = { readonly cursor: number } | { readonly error: EventDecodeError }
 
+/**
+ * Decodes a page. With a `step` (reads by stream: +1 forward, -1 backward), each event's cursor must be the one
+ * before it plus `step` — from `cursor` itself when `checkFirst` — so a missing row or a changed version fails the
+ * read at that row instead of being skipped.
+ */
 const decodePage = (
   rows: ReadonlyArray<StoredEvent>,
   cursorOf: (event: RecordedEvent) => number,
-  cursor: number
+  cursor: number,
+  step?: 1 | -1,
+  checkFirst = true
 ): readonly [Chunk.Chunk<RecordedEvent>, State] => {
   const out: Array<RecordedEvent> = new Array(rows.length)
   for (let i = 0; i < rows.length; i++) {
@@ -28,24 +35,41 @@ const decodePage = (
       out.length = i
       return [Chunk.unsafeFromArray(out), { error: decoded.left }]
     }
+    if (step !== undefined && (i > 0 || checkFirst)) {
+      const expected = (i === 0 ? cursor : cursorOf(out[i - 1]!)) + step
+      if (cursorOf(decoded.right) !== expected) {
+        out.length = i
+        return [Chunk.unsafeFromArray(out), { error: outOfSequence(decoded.right, expected) }]
+      }
+    }
     out[i] = decoded.right
   }
   return [Chunk.unsafeFromArray(out), { cursor: out.length > 0 ? cursorOf(out[out.length - 1]!) : cursor }]
 }
 
-/** A finite read: pages until one comes back short. */
+/**
+ * A finite read: pages until one comes back short. With `step` (reads by stream), cursors must follow each other by
+ * `step` from `start` (backward, from the first event read: where a stream ends is not known in advance).
+ */
 export const catchUp = <E>(options: {
   readonly start: number
   readonly pageSize: number
   readonly fetch: (cursor: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEvent>, E>
   readonly cursorOf: (event: RecordedEvent) => number
+  readonly step?: 1 | -1
 }): Stream.Stream<RecordedEvent, E | EventDecodeError> =>
   Stream.paginateChunkEffect<State, RecordedEvent, E | EventDecodeError, never>(
     { cursor: options.start },
     (state) => {
       if ("error" in state) return Effect.fail(state.error)
       return Effect.map(options.fetch(state.cursor, options.pageSize), (rows) => {
-        const [chunk, next] = decodePage(rows, options.cursorOf, state.cursor)
+        const [chunk, next] = decodePage(
+          rows,
+          options.cursorOf,
+          state.cursor,
+          options.step,
+          options.step === 1 || state.cursor !== options.start
+        )
         const more = "error" in next || rows.length === options.pageSize
         return [chunk, more ? Option.some(next) : Option.none()] as const
       })
