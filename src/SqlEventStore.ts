@@ -13,7 +13,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -54,7 +54,11 @@ export interface Options {
   readonly writeConnection?: Connection
   /** Concurrent appends share one transaction up to this many events in all; default 2048. */
   readonly maxGroupEvents?: number
-  /** When the store's scope closes, how long in-flight commits may take before they are interrupted; default 5 s. */
+  /**
+   * When the store's scope closes, how long appends still queued may take to commit; default 5 s. After it, the
+   * group being written finishes (it commits or fails as a whole) and the appends still queued fail with
+   * `StoreError` (nothing of them written).
+   */
   readonly shutdownGrace?: Duration.DurationInput
 }
 
@@ -100,6 +104,9 @@ const settled = (signal: Signal) => (exits: ReadonlyArray<Outcome>) => {
  * whole group runs in one synchronous call and a lone append is written on the spot; otherwise each group runs on a
  * connection (held, or reserved from the client per group).
  */
+/** What an append gets once the store's scope has closed: nothing of it was written. */
+const closed = () => new SqlError({ cause: "the event store is closed", message: "the event store is closed" })
+
 const makeWriter = (
   sql: SqlClient.SqlClient,
   options: Options,
@@ -123,7 +130,8 @@ const makeWriter = (
       },
       size,
       maxSize,
-      fork: background.run
+      fork: background.run,
+      closed
     })
   }
   const begin = sql.onDialectOrElse({ sqlite: () => "BEGIN IMMEDIATE", orElse: () => "BEGIN" })
@@ -133,7 +141,8 @@ const makeWriter = (
     run: (appends) => Effect.map(withWriter((conn) => writeGroup(conn, begin, appends)), done),
     size,
     maxSize,
-    fork: background.run
+    fork: background.run,
+    closed
   })
 }
 

@@ -4,11 +4,14 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
+import * as Either from "effect/Either"
+import * as Background from "../src/internal/background.js"
 import * as GroupCommit from "../src/internal/groupCommit.js"
 
 // The background drain runs in fibers of this scope (in the library: the store's layer scope).
 const scope = Effect.runSync(Scope.make())
-const fork = (effect: Effect.Effect<void>) => Effect.asVoid(Effect.forkIn(effect, scope))
+const fork = (effect: Effect.Effect<void>) => Effect.as(Effect.forkIn(effect, scope), true)
+const closed = () => "closed"
 
 /** A writer whose `run` records every group and can be slowed down or made to fail. */
 const recorder = (options: { readonly delay?: "20 millis"; readonly maxSize?: number } = {}) => {
@@ -26,7 +29,8 @@ const recorder = (options: { readonly delay?: "20 millis"; readonly maxSize?: nu
       }),
     size: () => 1,
     maxSize: options.maxSize ?? 100,
-    fork
+    fork,
+    closed
   })
   return { groups, writer, started: Deferred.await(started) }
 }
@@ -127,7 +131,10 @@ describe("group commit under churn", () => {
           }),
         size: () => 1,
         maxSize: 100,
-        fork
+        fork,
+        closed: () => {
+          throw new Error("never closed here")
+        }
       })
       const a = yield* Effect.fork(writer.submit("a"))
       yield* Effect.yieldNow()
@@ -149,7 +156,10 @@ describe("group commit under churn", () => {
         run: (inputs) => Effect.as(Effect.sleep("2 millis"), inputs.map((i) => Exit.succeed(i))),
         size: () => 1,
         maxSize: 4,
-        fork
+        fork,
+        closed: () => {
+          throw new Error("never closed here")
+        }
       })
       let worst = 0
       yield* Effect.forEach(Array.from({ length: 8 }, (_, f) => f), (f) =>
@@ -162,5 +172,43 @@ describe("group commit under churn", () => {
         }), { concurrency: "unbounded", discard: true })
       // each append waits for at most a few 2 ms groups, not for the whole run (~200 ms)
       expect(worst).toBeLessThan(100)
+    }))
+})
+
+describe("group commit and its scope", () => {
+  it.live("closing the scope: queued appends get the grace period, then fail typed; later ones fail at once", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const background = yield* Scope.extend(Background.make("150 millis"), scope)
+      const written: Array<number> = []
+      const writer = GroupCommit.make<number, number, string>({
+        // each group takes 100 ms: the queue cannot drain within the grace period
+        run: (inputs) =>
+          Effect.as(Effect.sleep("100 millis"), inputs.map((i) => {
+            written.push(i)
+            return Exit.succeed(i)
+          })),
+        size: () => 1,
+        maxSize: 1,
+        fork: background.run,
+        closed: () => "closed"
+      })
+      const fibers = yield* Effect.forEach(
+        Array.from({ length: 10 }, (_, i) => i),
+        (i) => Effect.fork(Effect.either(writer.submit(i))),
+        { concurrency: "unbounded" }
+      )
+      yield* Effect.sleep("150 millis") // the first leader's group is done; the rest drains in the background
+      const started = Date.now()
+      yield* Scope.close(scope, Exit.void)
+      expect(Date.now() - started).toBeLessThan(1_000) // grace + at most one group, not the whole queue
+      const results = yield* Effect.forEach(fibers, Fiber.join)
+      const ok = results.filter((r) => r._tag === "Right").map((r) => r._tag === "Right" && r.right)
+      const failed = results.filter((r) => r._tag === "Left").map((r) => r._tag === "Left" && r.left)
+      expect(ok.length + failed.length).toBe(10)
+      expect(failed.length).toBeGreaterThan(0)
+      expect(new Set(failed)).toEqual(new Set(["closed"]))
+      expect([...ok].sort()).toEqual([...written].sort()) // exactly the written ones succeeded
+      expect(yield* Effect.either(writer.submit(99))).toEqual(Either.left("closed"))
     }))
 })

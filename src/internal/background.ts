@@ -9,8 +9,8 @@ import * as FiberSet from "effect/FiberSet"
 import type * as Scope from "effect/Scope"
 
 export interface Background {
-  /** Runs `effect` in the background; it stops with the owning scope. */
-  readonly run: (effect: Effect.Effect<unknown>) => Effect.Effect<void>
+  /** Runs `effect` in the background; it stops with the owning scope. `false`: the scope is closed, nothing ran. */
+  readonly run: (effect: Effect.Effect<unknown>) => Effect.Effect<boolean>
   /** Waits until no background fiber is running. */
   readonly idle: Effect.Effect<void>
 }
@@ -18,11 +18,17 @@ export interface Background {
 export const make = (grace: Duration.DurationInput): Effect.Effect<Background, never, Scope.Scope> =>
   Effect.gen(function*() {
     const set = yield* FiberSet.make<unknown, never>()
+    let open = true
+    // Runs after the wait below and before the FiberSet's finalizer interrupts what is left.
+    yield* Effect.addFinalizer(() => Effect.sync(() => (open = false)))
     // Finalizers run in reverse order: this wait runs before the FiberSet's own finalizer interrupts what is left.
     // (Finalizers are uninterruptible: the wait must be made interruptible for the timeout to end it.)
     yield* Effect.addFinalizer(() => Effect.ignore(Effect.timeout(Effect.interruptible(FiberSet.awaitEmpty(set)), grace)))
     return {
-      run: (effect) => Effect.asVoid(FiberSet.run(set, effect)),
+      run: (effect) =>
+        // interruptible whatever the region it was started from (a fiber inherits its parent's): the owner's
+        // scope must be able to stop it
+        Effect.suspend(() => open ? Effect.as(FiberSet.run(set, Effect.interruptible(effect)), true) : Effect.succeed(false)),
       idle: FiberSet.awaitEmpty(set)
     }
   })

@@ -49,12 +49,18 @@ export const make = <In, Out, E>(options: {
   readonly runSync?: ((input: In) => Exit.Exit<Out, E> | undefined) | undefined
   readonly size: (input: In) => number
   readonly maxSize: number
-  /** Runs the drain of what is left once a leader's own input is done: a fiber owned by the caller's scope. */
-  readonly fork: (effect: Effect.Effect<void>) => Effect.Effect<void>
+  /**
+   * Runs the drain of what is left once a leader's own input is done, in a fiber owned by the writer's scope;
+   * `false` when that scope is closed (the fiber was not started).
+   */
+  readonly fork: (effect: Effect.Effect<void>) => Effect.Effect<boolean>
+  /** The failure of an input that can no longer be written: the writer's scope closed first. */
+  readonly closed: () => E
 }): GroupCommit<In, Out, E> => {
   let queue: Array<Entry<In, Out, E>> = []
   let leading = false
   let contention = 0
+  let closed = false
 
   const settle = (entry: Entry<In, Out, E>, exit: Exit.Exit<Out, E>) => {
     entry.exit = exit
@@ -101,14 +107,23 @@ export const make = <In, Out, E>(options: {
       }
     })
 
+  /** The writer's scope closed: what is queued fails (nothing of it was written), and so does every later input. */
+  const close = () => {
+    closed = true
+    const failed = Exit.fail(options.closed())
+    for (const entry of queue) if (entry.state === "queued") settle(entry, failed)
+    queue = []
+    leading = false
+  }
+
   /**
    * Runs groups until the queue is empty. Leadership ends in the same synchronous step that finds the queue empty,
    * so an entry is either seen here or sees `leading === false` and leads itself: nothing is ever handed to a
    * waiting fiber (which could be interrupted before it acts on it). Once `own` is settled and more is queued, the
-   * rest is drained by a background fiber (uninterruptible, like a leader), so that the leader's caller is not held by
-   * other fibers' appends.
+   * rest is drained by a background fiber of the writer's scope, so that the leader's caller is not held by other
+   * fibers' appends.
    */
-  const drain = (own: Entry<In, Out, E> | undefined): Effect.Effect<void> =>
+  const drain = (own: Entry<In, Out, E>): Effect.Effect<void> =>
     Effect.suspend(() => {
       const group = nextGroup()
       if (group.length === 0) {
@@ -116,12 +131,29 @@ export const make = <In, Out, E>(options: {
         return Effect.void
       }
       return Effect.flatMap(runGroup(group), () => {
-        if (own !== undefined && own.state === "done" && queue.some((entry) => entry.state === "queued")) {
-          return options.fork(Effect.uninterruptible(Effect.ensuring(drain(undefined), release)))
+        if (own.state === "done" && queue.some((entry) => entry.state === "queued")) {
+          return Effect.flatMap(
+            options.fork(Effect.onInterrupt(Effect.ensuring(drainInBackground, release), () => Effect.sync(close))),
+            (started) => started ? Effect.void : Effect.sync(close)
+          )
         }
         return drain(own)
       })
     })
+
+  /**
+   * The background drain: each group runs uninterruptibly (a group that has started commits or fails as a whole),
+   * but the fiber can be interrupted between groups, when the writer's scope closes and its grace period is over:
+   * what is still queued then fails (`close`), so that nothing waits forever.
+   */
+  const drainInBackground: Effect.Effect<void> = Effect.suspend(() => {
+    const group = nextGroup()
+    if (group.length === 0) {
+      leading = false
+      return Effect.void
+    }
+    return Effect.flatMap(Effect.uninterruptible(runGroup(group)), () => drainInBackground)
+  })
 
   // Only an internal bug could leave `drain` abnormally; never leave `leading` stuck if it does.
   const release = Effect.sync(() => {
@@ -180,6 +212,7 @@ export const make = <In, Out, E>(options: {
           if (lastFiber !== -1) contention = CONTENTION_MEMORY
           lastFiber = id
         }
+        if (closed) return Exit.fail(options.closed())
         if (!leading && contention === 0 && queue.length === 0) {
           if (options.runSync !== undefined) {
             const exit = options.runSync(input)

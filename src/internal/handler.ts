@@ -144,7 +144,7 @@ const makeSnapshotWriter = <State>(
         )
       )
     )
-    return mode === "inline" ? write : background.run(write)
+    return mode === "inline" ? write : Effect.asVoid(background.run(write))
   }
   return { writeSnapshot, afterAppend }
 }
