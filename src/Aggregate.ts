@@ -27,6 +27,7 @@ import * as Analytics from "./Analytics.js"
 import { ConcurrencyError, type EventDecodeError, InvalidInput, type StoreError } from "./Errors.js"
 import * as Event from "./Event.js"
 import { type AppendError, EventStore, type ReadError, type ReadOptions } from "./EventStore.js"
+import { checkId, limits } from "./internal/codec.js"
 import * as Handlers from "./internal/handler.js"
 import type * as Snapshot from "./Snapshot.js"
 import type * as StateCache from "./StateCache.js"
@@ -197,6 +198,9 @@ export interface Aggregate<
 /** Any aggregate. @since 0.1.0 */
 export interface Any {
   readonly name: string
+  readonly events: Event.Registry<any>
+  readonly decider: Decider<any, any, any, any, any>
+  readonly options: Options<any, any, any, any, any>
   readonly Handler: Context.Tag<any, any>
   readonly _Needs?: (_: never) => unknown
 }
@@ -217,8 +221,40 @@ export const defaultRetry: Schedule.Schedule<unknown, ConcurrencyError> = Schedu
   Schedule.recurs(5)
 )
 
+const isPositiveInteger = (n: unknown): boolean => typeof n === "number" && Number.isSafeInteger(n) && n > 0
+
 /**
- * Defines an aggregate: a pure value. Run its commands through `Aggregate.layer(aggregate)`.
+ * A definition that could only misbehave later (a snapshot policy that never writes, a cache of no entries) is
+ * refused when it is made: `make` throws the `InvalidInput`, as `Event.registry` throws on a duplicate type.
+ */
+const checkDefinition = (options: Options<any, any, any, any, any>): void => {
+  const fail = (field: string, reason: string) => {
+    throw new InvalidInput({ field, reason })
+  }
+  const bad = checkId("name", options.name, limits.idLength)
+  if (bad) throw bad
+  const policy = options.snapshots
+  if (policy !== undefined) {
+    if (policy.every !== "on-demand" && !isPositiveInteger(policy.every)) {
+      fail("snapshots.every", `must be a positive integer or "on-demand", got ${String(policy.every)}`)
+    }
+    if (policy.version !== undefined && !isPositiveInteger(policy.version)) {
+      fail("snapshots.version", "must be a positive integer")
+    }
+    if (policy.write !== undefined && policy.write !== "inline" && policy.write !== "background") {
+      fail("snapshots.write", `must be "inline" or "background"`)
+    }
+  }
+  if (options.cache !== undefined && !isPositiveInteger(options.cache.capacity)) {
+    fail("cache.capacity", "must be a positive integer")
+  }
+}
+
+/**
+ * Defines an aggregate: a pure value. Run its commands through `Aggregate.layer(aggregate)`. The name is the
+ * aggregate's identity: its streams are `${name}-${id}` and its handler's service is keyed by it, so two aggregates
+ * must not share a name. Throws `InvalidInput` for a definition that cannot work (an empty name, a snapshot policy's
+ * `every` that is not a positive integer or `"on-demand"`, a cache capacity below 1).
  *
  * @example
  * ```ts
@@ -249,6 +285,7 @@ export const make = <
   options: Options<State, Command, E, Err, R> & { readonly name: Name; readonly snapshots?: P }
 ): Aggregate<State, Command, E, Err, R, Name, [P] extends [undefined] ? never : Snapshot.SnapshotStore> => {
   const { decider, events, name } = options
+  checkDefinition(options)
   const Handler = Context.GenericTag<Handler<Name>, HandlerService<State, Command, E, Err, R>>(
     `effect-eventstore/Aggregate/${name}`
   )
@@ -278,6 +315,11 @@ export interface LayerOptions {
   readonly snapshotWrites?: "inline" | "background"
   /** When the layer's scope closes, how long background snapshot writes may take before they are interrupted; 5 s. */
   readonly shutdownGrace?: Duration.DurationInput
+  /**
+   * Overrides the aggregate's retry on conflict (a command's own `retry` still wins). `Testing.layer` uses a retry
+   * without delays, so that conflicts in tests never wait on the `TestClock`.
+   */
+  readonly retry?: Schedule.Schedule<unknown, ConcurrencyError>
 }
 
 /**

@@ -13,6 +13,7 @@ import * as FastCheck from "effect/FastCheck"
 import type * as Schema from "effect/Schema"
 import * as Utils from "effect/Utils"
 import * as Layer from "effect/Layer"
+import * as Schedule from "effect/Schedule"
 import * as Aggregate from "./Aggregate.js"
 import type { Decider } from "./Aggregate.js"
 import { type EventStore, layerMemory } from "./EventStore.js"
@@ -29,8 +30,9 @@ export {
 
 /**
  * Everything a unit test of aggregates needs, in memory: an `EventStore`, a `SnapshotStore`, and the handler of every
- * aggregate given, with snapshots written inline (a command returns after its snapshot is saved), so tests run
- * under `it.effect`'s `TestClock` with no background work to wait for. Each build is fresh and empty.
+ * aggregate given, with snapshots written inline (a command returns after its snapshot is saved) and conflicts
+ * retried without delay (up to 10 times), so tests run under `it.effect`'s `TestClock` with no background work and
+ * no sleep to wait for. Each build is fresh and empty.
  *
  * @example
  * ```ts
@@ -48,7 +50,10 @@ export const layer = <const Aggregates extends ReadonlyArray<Aggregate.Any>>(
 ): Layer.Layer<Aggregate.HandlerOf<Aggregates[number]> | EventStore | Snapshot.SnapshotStore> => {
   const stores = Layer.merge(layerMemory, Snapshot.layerMemory)
   const handlers = aggregates.map((aggregate) =>
-    Aggregate.layer(aggregate as Aggregate.Aggregate<any, any, any, any, any, string, any>, { snapshotWrites: "inline" }) as Layer.Layer<
+    Aggregate.layer(aggregate as Aggregate.Aggregate<any, any, any, any, any, string, any>, {
+      snapshotWrites: "inline",
+      retry: Schedule.recurs(10)
+    }) as Layer.Layer<
       unknown,
       never,
       EventStore | Snapshot.SnapshotStore

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Aggregate, Event, EventStore, Snapshot, Testing } from "effect-eventstore"
+import { Aggregate, Errors, Event, EventStore, Snapshot, Testing } from "effect-eventstore"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -264,4 +264,67 @@ describe("Aggregate definitions and handlers", () => {
       expect(took).toBeGreaterThanOrEqual(150)
       expect(took).toBeLessThan(2_000)
     }))
+})
+
+describe("Aggregate retries and definitions", () => {
+  it.live("the retry schedule only ever sees ConcurrencyErrors", () =>
+    Effect.gen(function*() {
+      const seen: Array<unknown> = []
+      const schedule = Schedule.recurs(3).pipe(Schedule.tapInput((input: unknown) => Effect.sync(() => void seen.push(input))))
+      const c = id()
+      yield* Counter.handle(c, { _tag: "Add", n: 90 })
+      // a domain error, and an InvalidInput on the way in: neither reaches the schedule
+      expect((yield* Effect.flip(Counter.handle(c, { _tag: "Add", n: 20 }, { retry: schedule })))._tag).toBe("TooBig")
+      expect((yield* Effect.flip(Counter.handle(c, { _tag: "Add", n: 1.5 }, { retry: schedule })))._tag).toBe("InvalidInput")
+      expect(seen).toEqual([])
+      // a conflict does
+      yield* Effect.all(
+        [1, 2].map((n) => Counter.handle(c, { _tag: "Add", n, pause: true }, { retry: schedule })),
+        { concurrency: "unbounded" }
+      )
+      expect(seen.length).toBeGreaterThan(0)
+      expect(seen.every((e) => e instanceof Errors.ConcurrencyError)).toBe(true)
+    }).pipe(Effect.provide(Testing.layer(Counter))))
+
+  it.effect("under Testing.layer, conflicts are retried without waiting on the TestClock", () =>
+    Effect.gen(function*() {
+      const c = id()
+      const Slow = Aggregate.make({
+        ...Pure.options,
+        name: "Slow",
+        decider: {
+          ...Pure.decider,
+          // deciding yields, so that concurrent commands interleave and conflict
+          decide: (command: { readonly form: "array" | "right" | "left" | "effect"; readonly n: number }) =>
+            Effect.as(Effect.yieldNow(), [Added.make({ n: command.n })])
+        }
+      })
+      const results = yield* Effect.all(
+        [1, 2, 3, 4].map((n) => Slow.handle(c, { form: "effect", n })),
+        { concurrency: "unbounded" }
+      ).pipe(Effect.provide(Testing.layer(Slow)))
+      expect(results.reduce((acc, r) => acc + r.retries, 0)).toBeGreaterThan(0)
+      expect(Math.max(...results.map((r) => r.version))).toBe(4)
+    }))
+
+  it("a definition that cannot work is refused when it is made", () => {
+    const base = { events: Event.registry([Added]), decider: Pure.decider }
+    const refused = (f: () => unknown) => {
+      try {
+        f()
+      } catch (error) {
+        return error
+      }
+      return undefined
+    }
+    expect(refused(() => Aggregate.make({ ...base, name: "" }))).toMatchObject({ _tag: "InvalidInput", field: "name" })
+    for (const every of [0, -1, 1.5, Infinity, Number.NaN]) {
+      expect(refused(() => Aggregate.make({ ...base, name: "E", snapshots: { schema: Schema.Number, every } })))
+        .toMatchObject({ _tag: "InvalidInput", field: "snapshots.every" })
+    }
+    expect(refused(() => Aggregate.make({ ...base, name: "C", cache: { capacity: 0 } })))
+      .toMatchObject({ _tag: "InvalidInput", field: "cache.capacity" })
+    expect(refused(() => Aggregate.make({ ...base, name: "Ok", snapshots: { schema: Schema.Number, every: 10 } })))
+      .toBeUndefined()
+  })
 })

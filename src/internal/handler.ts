@@ -6,7 +6,6 @@
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
-import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type { Aggregate, HandleError, Handled, HandleOptions, HandlerService, LayerOptions, Loaded } from "../Aggregate.js"
 import { defaultRetry } from "../Aggregate.js"
@@ -170,7 +169,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     const snapshotWrite = layerOptions.snapshotWrites ?? policy?.write ?? "background"
     const background = yield* Background.make(layerOptions.shutdownGrace ?? "5 seconds")
     const withAnalytics = options.analytics === true
-    const retry = options.retry ?? defaultRetry
+    const retry = layerOptions.retry ?? options.retry ?? defaultRetry
     const streamId = aggregate.streamId
 
     const initial: Start<State> = {
@@ -278,10 +277,16 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     const handle: HandlerService<State, Command, E, Err, R>["handle"] = (id, command, handleOptions) =>
       Effect.suspend(() => {
         const run = { attempts: 0, replay: false }
-        return Effect.retry(attempt(streamId(id), command, handleOptions, run), {
-          schedule: (handleOptions?.retry ?? retry) as Schedule.Schedule<unknown, Err | HandleError>,
-          while: isConflict
-        })
+        // Only conflicts reach the schedule (a user's schedule may inspect its input): every other failure leaves
+        // the attempt as a value and is raised again after the retry.
+        const conflictsOnly = Effect.catchAll(
+          Effect.map(attempt(streamId(id), command, handleOptions, run), Either.right),
+          (error) => isConflict(error) ? Effect.fail(error) : Effect.succeed(Either.left(error))
+        )
+        return Effect.flatMap(
+          Effect.retry(conflictsOnly, { schedule: handleOptions?.retry ?? retry, while: isConflict }),
+          (result): Effect.Effect<Handled<State, E>, Err | HandleError> => result
+        )
       }).pipe(
         Effect.withSpan("Aggregate.handle", {
           captureStackTrace: false,
