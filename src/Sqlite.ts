@@ -28,7 +28,7 @@ import { StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import type { SyncConnection } from "./internal/connection.js"
 import * as Migrations from "./internal/migrations.js"
-import { codeOf, isBusy } from "./internal/sqlErrors.js"
+import { codeOf, isBusy, isCantOpen, isDiskFull, isNotADatabase, isReadOnly } from "./internal/sqlErrors.js"
 import * as SqliteConnection from "./internal/sqliteConnection.js"
 import { SnapshotStore } from "./Snapshot.js"
 import * as SqlEventStore from "./SqlEventStore.js"
@@ -51,6 +51,11 @@ export interface Options {
   readonly busyTimeout?: Duration.DurationInput
   /** How often a caught-up subscription looks for events appended by other processes; default 500 ms. */
   readonly pollInterval?: Duration.DurationInput
+  /**
+   * When the layer's scope closes, how long appends still queued may take to commit; after it they fail with
+   * `StoreError` (nothing of them written). Default 5 seconds.
+   */
+  readonly shutdownGrace?: Duration.DurationInput
 }
 
 const busyTimeout = (options: Options) => Duration.decode(options.busyTimeout ?? "5 seconds")
@@ -98,19 +103,14 @@ const driverError = (error: unknown): unknown => {
   return current
 }
 
-const hint = (code: string | undefined, timeout: Duration.Duration): string | undefined => {
-  if (code === undefined) return undefined
-  if (code.startsWith("SQLITE_CANTOPEN")) {
+const hint = (error: unknown, timeout: Duration.Duration): string | undefined => {
+  if (isCantOpen(error)) {
     return "cannot open or create the file (is it a directory? does this process have permission to it and its directory?)"
   }
-  if (code.startsWith("SQLITE_NOTADB")) return "not an SQLite database, or its header is damaged"
-  if (code.startsWith("SQLITE_READONLY")) {
-    return "read-only for this process (the file, its directory or its filesystem), and the store needs to write"
-  }
-  if (code.startsWith("SQLITE_FULL")) return "the disk is full"
-  if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
-    return `another process held the write lock for longer than busyTimeout (${Duration.format(timeout)})`
-  }
+  if (isNotADatabase(error)) return "not an SQLite database, or its header is damaged"
+  if (isReadOnly(error)) return "read-only for this process (the file, its directory or its filesystem), and the store needs to write"
+  if (isDiskFull(error)) return "the disk is full"
+  if (isBusy(error)) return `another process held the write lock for longer than busyTimeout (${Duration.format(timeout)})`
   return undefined
 }
 
@@ -121,7 +121,7 @@ const openError = (filename: string, timeout: Duration.Duration, operation: stri
   const message = driver instanceof Error ? driver.message : String(driver)
   const pending = (inner as { readonly _tag?: unknown } | null)?._tag === "MigrationPending"
   const why = pending ? `${message}; still not done after busyTimeout (${Duration.format(timeout)})` : message
-  const explained = hint(code, timeout)
+  const explained = hint(driver, timeout)
   const reason = `${explained === undefined ? why : `${explained}: ${why}`}${code === undefined ? "" : ` (${code})`}`
   return new StoreError({ operation: op, cause: new OpenError(filename, reason, { code, cause: driver }) })
 }
@@ -258,6 +258,7 @@ export const layer = (
           SqlEventStore.make({
             busyRetry,
             ...(options.pollInterval !== undefined ? { pollInterval: options.pollInterval } : {}),
+            ...(options.shutdownGrace !== undefined ? { shutdownGrace: options.shutdownGrace } : {}),
             ...(writer !== undefined ? { writeConnection: writer } : {})
           }),
           SqlSnapshotStore.make({ busyRetry, writeClient })

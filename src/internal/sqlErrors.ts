@@ -31,3 +31,15 @@ export const isReadOnly = (error: unknown): boolean => {
   const code = codeOf(error)
   return code !== undefined && (code.startsWith("SQLITE_READONLY") || code === "25006")
 }
+
+/** The file cannot be opened or created (a directory, no permission, a missing directory on some platforms). */
+export const isCantOpen = (error: unknown): boolean => codeOf(error)?.startsWith("SQLITE_CANTOPEN") === true
+
+/** The file is not a database, or its header is damaged. */
+export const isNotADatabase = (error: unknown): boolean => codeOf(error)?.startsWith("SQLITE_NOTADB") === true
+
+/** The disk (or the filesystem's quota) is full. */
+export const isDiskFull = (error: unknown): boolean => {
+  const code = codeOf(error)
+  return code !== undefined && (code.startsWith("SQLITE_FULL") || code === "53100")
+}
