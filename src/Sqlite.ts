@@ -15,15 +15,18 @@
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import type * as Schedule from "effect/Schedule"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import { StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import type { SyncConnection } from "./internal/connection.js"
@@ -160,19 +163,51 @@ const opening = (options: Options): Effect.Effect<Opening> =>
   })
 
 /**
+ * Puts the file in WAL mode, once. A file already in WAL mode is left alone: converting needs an exclusive lock,
+ * which a connection that opened the file before another process converted it would ask for in vain for as long as
+ * that process keeps the file open (WAL connections hold a shared lock for their lifetime). SQLite answers a
+ * conversion it could not make with the old mode, not an error: that is retried like a lock.
+ */
+const toWal = (client: SqliteClient.SqliteClient) =>
+  Effect.flatMap(client.unsafe<{ journal_mode: string }>("PRAGMA journal_mode"), (rows) =>
+    rows[0]?.journal_mode === "wal" ? Effect.void : Effect.flatMap(
+      client.unsafe<{ journal_mode: string }>("PRAGMA journal_mode = WAL"),
+      (rows) =>
+        rows[0]?.journal_mode === "wal"
+          ? Effect.void
+          : Effect.fail(
+            new SqlError({
+              cause: Object.assign(new Error(`journal mode stays ${rows[0]?.journal_mode}`), { code: "SQLITE_BUSY" }),
+              message: "cannot switch to WAL yet"
+            })
+          )
+    ))
+
+/**
  * The shared client: opened without SQLite's own waiting (busy timeout 0 while the store opens; the sqlite-node
  * client's WAL switch is ours, because it would run under better-sqlite3's default 5 s busy timeout), then checked:
  * `journal_mode` and `schema_version` read the header, so a file that is not a database fails here.
  */
 const openClient = ({ guard, options, patiently }: Opening) =>
   Effect.gen(function*() {
-    const client = yield* guard(SqliteClient.make({ filename: options.filename, disableWAL: true }))
-    const pragma = (statement: string) => guard(patiently(client.unsafe(`PRAGMA ${statement}`)))
-    yield* pragma("busy_timeout = 0")
-    yield* pragma("journal_mode = WAL")
-    yield* pragma(synchronous(options))
-    yield* pragma("schema_version")
-    return client
+    const outer = yield* Effect.scope
+    // Each attempt opens a connection of its own, in a scope of its own, closed when the attempt fails: a connection
+    // that opened the file just before another process converted it to WAL can keep answering "locked" (seen under
+    // load), while a fresh connection reads the file as it now is.
+    const attempt = Effect.gen(function*() {
+      const scope = yield* Scope.fork(outer, ExecutionStrategy.sequential)
+      const opened = yield* Effect.exit(Effect.gen(function*() {
+        const client = yield* Scope.extend(SqliteClient.make({ filename: options.filename, disableWAL: true }), scope)
+        yield* client.unsafe("PRAGMA busy_timeout = 0")
+        yield* toWal(client)
+        yield* client.unsafe(`PRAGMA ${synchronous(options)}`)
+        yield* client.unsafe("PRAGMA schema_version")
+        return client
+      }))
+      if (Exit.isFailure(opened)) yield* Scope.close(scope, opened)
+      return yield* opened
+    })
+    return yield* guard(patiently(attempt))
   })
 
 // After the opening, users' statements on the client wait for a lock inside SQLite, as SQLite users expect.
