@@ -199,7 +199,7 @@ const openClient = ({ guard, options, patiently }: Opening) =>
       const opened = yield* Effect.exit(Effect.gen(function*() {
         const client = yield* Scope.extend(SqliteClient.make({ filename: options.filename, disableWAL: true }), scope)
         yield* client.unsafe("PRAGMA busy_timeout = 0")
-        yield* toWal(client)
+        if (!isMemory(options.filename)) yield* toWal(client)
         yield* client.unsafe(`PRAGMA ${synchronous(options)}`)
         yield* client.unsafe("PRAGMA schema_version")
         return client
