@@ -32,10 +32,11 @@ const Account = Aggregate.make({
 })
 
 const program = Effect.gen(function*() {
-  yield* Account.handle("42", { _tag: "Deposit", amount: 100 }) // load → decide → append (expected v0)
-  const { state, version } = yield* Account.handle("42", { _tag: "Withdraw", amount: 30 })
+  const id = crypto.randomUUID() // a new account each run
+  yield* Account.handle(id, { _tag: "Deposit", amount: 100 }) // load → decide → append (expected v0)
+  const { state, version } = yield* Account.handle(id, { _tag: "Withdraw", amount: 30 })
   console.log(state, version) // 70 2
-  const refused = yield* Effect.flip(Account.handle("42", { _tag: "Withdraw", amount: 500 }))
+  const refused = yield* Effect.flip(Account.handle(id, { _tag: "Withdraw", amount: 500 }))
   console.log(refused._tag, refused._tag === "Overdraft" ? refused.balance : "") // Overdraft 70
 })
 
