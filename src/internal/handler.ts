@@ -277,16 +277,28 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     const handle: HandlerService<State, Command, E, Err, R>["handle"] = (id, command, handleOptions) =>
       Effect.suspend(() => {
         const run = { attempts: 0, replay: false }
+        const once = attempt(streamId(id), command, handleOptions, run)
         // Only conflicts reach the schedule (a user's schedule may inspect its input): every other failure leaves
-        // the attempt as a value and is raised again after the retry.
+        // an attempt as a value and is raised again after the retry.
         const conflictsOnly = Effect.catchAll(
-          Effect.map(attempt(streamId(id), command, handleOptions, run), Either.right),
+          Effect.map(once, Either.right),
           (error) => isConflict(error) ? Effect.fail(error) : Effect.succeed(Either.left(error))
         )
-        return Effect.flatMap(
-          Effect.retry(conflictsOnly, { schedule: handleOptions?.retry ?? retry, while: isConflict }),
-          (result): Effect.Effect<Handled<State, E>, Err | HandleError> => result
-        )
+        // The first attempt runs without the retry's machinery (most commands never conflict). On a conflict, the
+        // retry starts by failing with that same conflict, so the schedule sees every conflict exactly once.
+        const retried = (first: ConcurrencyError) => {
+          let replayed = false
+          const attempts = Effect.suspend(() => {
+            if (replayed) return conflictsOnly
+            replayed = true
+            return Effect.fail(first)
+          })
+          return Effect.flatMap(
+            Effect.retry(attempts, { schedule: handleOptions?.retry ?? retry, while: isConflict }),
+            (result): Effect.Effect<Handled<State, E>, Err | HandleError> => result
+          )
+        }
+        return Effect.catchAll(once, (error) => isConflict(error) ? retried(error) : Effect.fail(error))
       }).pipe(
         Effect.withSpan("Aggregate.handle", {
           captureStackTrace: false,
