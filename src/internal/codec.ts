@@ -539,6 +539,46 @@ export const toInteger = (value: unknown): number | undefined => {
  * timestamp that is not an integer, a payload that is not a JSON object) is an `EventDecodeError` naming the row.
  */
 export const fromStored = (row: StoredEvent): Either.Either<RecordedEvent, EventDecodeError> => {
+  // The common case, as SQLite hands rows back: every check inline, no allocation but the event. Anything else (a
+  // driver's string for a 64-bit integer, a wrong type, malformed JSON) takes the careful path below, which converts
+  // or names what is wrong.
+  const { position, recordedAt, schemaVersion, version } = row
+  if (
+    typeof position === "number" && position >= 1 && Number.isSafeInteger(position) &&
+    typeof version === "number" && version >= 1 && Number.isSafeInteger(version) &&
+    typeof schemaVersion === "number" && schemaVersion >= 1 && Number.isSafeInteger(schemaVersion) &&
+    typeof recordedAt === "number" && Number.isSafeInteger(recordedAt) && Math.abs(recordedAt) <= 8.64e15 &&
+    typeof row.eventId === "string" && typeof row.streamId === "string" && typeof row.streamType === "string" &&
+    typeof row.type === "string" && typeof row.payload === "string" &&
+    (row.metadata === null || typeof row.metadata === "string")
+  ) {
+    let payload: unknown
+    let metadata: unknown
+    try {
+      payload = JSON.parse(row.payload)
+      metadata = row.metadata === null ? EMPTY_METADATA : JSON.parse(row.metadata)
+    } catch {
+      return fromStoredChecked(row)
+    }
+    if (isPlainObject(payload) && isPlainObject(metadata)) {
+      return Either.right({
+        eventId: row.eventId,
+        streamId: row.streamId,
+        streamType: row.streamType,
+        version,
+        position,
+        type: row.type,
+        schemaVersion,
+        payload,
+        metadata: metadata as Metadata,
+        recordedAt: dateTimeOf(recordedAt)
+      })
+    }
+  }
+  return fromStoredChecked(row)
+}
+
+const fromStoredChecked = (row: StoredEvent): Either.Either<RecordedEvent, EventDecodeError> => {
   const position = toInteger(row.position)
   const version = toInteger(row.version)
   const streamId = typeof row.streamId === "string" ? row.streamId : String(row.streamId)
