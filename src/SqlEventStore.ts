@@ -34,7 +34,15 @@ import * as Migrations from "./internal/migrations.js"
 import { Signal } from "./internal/paging.js"
 import { isBusy } from "./internal/sqlErrors.js"
 import * as SqlRead from "./internal/sqlRead.js"
-import { type AppendFailure, type Outcome, sqlError, type Written, writeGroup, writeGroupSync } from "./internal/sqlWrite.js"
+import {
+  type AppendFailure,
+  beginOf,
+  type Outcome,
+  sqlError,
+  type Written,
+  writeGroup,
+  writeGroupSync
+} from "./internal/sqlWrite.js"
 import * as Telemetry from "./Telemetry.js"
 
 /** @since 0.1.0 */
@@ -134,7 +142,7 @@ const makeWriter = (
       closed
     })
   }
-  const begin = sql.onDialectOrElse({ sqlite: () => "BEGIN IMMEDIATE", orElse: () => "BEGIN" })
+  const begin = beginOf(sql)
   const withWriter: <A, E>(f: (conn: Connection) => Effect.Effect<A, E>) => Effect.Effect<A, E | SqlError> =
     held === undefined ? (f) => Effect.scoped(Effect.flatMap(sql.reserve, f)) : (f) => f(held)
   return GroupCommit.make<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>({

@@ -10,6 +10,7 @@
  *   That matters in one thread: another connection of the same process waiting for the lock would block the thread
  *   that must release it.
  */
+import type * as SqlClient from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
@@ -87,6 +88,10 @@ const sorted = (rows: ReadonlyArray<Written>) => rows.length > 1 ? [...rows].sor
 
 const conflictError = (append: PreparedAppend, actual: unknown) =>
   new ConcurrencyError({ streamId: append.streamId, expected: append.expected, actual: Number(actual ?? 0) })
+
+/** How a write transaction starts: SQLite takes the write lock at once (no upgrade from a read lock to fail later). */
+export const beginOf = (sql: SqlClient.SqlClient): string =>
+  sql.onDialectOrElse({ sqlite: () => "BEGIN IMMEDIATE", orElse: () => "BEGIN" })
 
 const SAVEPOINT = "SAVEPOINT eventstore_append"
 const RELEASE = "RELEASE eventstore_append"
