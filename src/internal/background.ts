@@ -11,8 +11,6 @@ import type * as Scope from "effect/Scope"
 export interface Background {
   /** Runs `effect` in the background; it stops with the owning scope. `false`: the scope is closed, nothing ran. */
   readonly run: (effect: Effect.Effect<unknown>) => Effect.Effect<boolean>
-  /** Waits until no background fiber is running. */
-  readonly idle: Effect.Effect<void>
 }
 
 export const make = (grace: Duration.DurationInput): Effect.Effect<Background, never, Scope.Scope> =>
@@ -28,7 +26,6 @@ export const make = (grace: Duration.DurationInput): Effect.Effect<Background, n
       run: (effect) =>
         // interruptible whatever the region it was started from (a fiber inherits its parent's): the owner's
         // scope must be able to stop it
-        Effect.suspend(() => open ? Effect.as(FiberSet.run(set, Effect.interruptible(effect)), true) : Effect.succeed(false)),
-      idle: FiberSet.awaitEmpty(set)
+        Effect.suspend(() => open ? Effect.as(FiberSet.run(set, Effect.interruptible(effect)), true) : Effect.succeed(false))
     }
   })
