@@ -10,6 +10,7 @@ import Database from "better-sqlite3"
 import { Aggregate, Event, EventStore, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Schedule from "effect/Schedule"
@@ -18,6 +19,7 @@ import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as v8 from "node:v8"
 import { fileURLToPath } from "node:url"
 
 const args = process.argv.slice(2)
@@ -71,27 +73,43 @@ const rawDb = async (filename: string) => {
 const INSERT = `INSERT INTO eventstore_events (event_id, stream_id, stream_type, version, event_type, schema_version,
   payload, metadata, tenant_id, recorded_at) VALUES (?, ?, ?, ?, ?, 1, ?, NULL, NULL, ?)`
 
+/** One INSERT of `rows` events (the raw multi-row baseline). */
+const insertRows = (rows: number) =>
+  `INSERT INTO eventstore_events (event_id, stream_id, stream_type, version, event_type, schema_version, payload,
+  metadata, tenant_id, recorded_at) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, 1, ?, NULL, NULL, ?)").join(", ")}`
+
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 // --- appends -------------------------------------------------------------------------------------------------------
 const STREAMS = 100
 
-async function rawAppends(count: number, perAppend: number): Promise<number> {
+/** Raw appends, `perAppend` events each: one multi-row INSERT per append, or (`rowAtATime`) one INSERT per event. */
+async function rawAppends(count: number, perAppend: number, rowAtATime = false): Promise<number> {
   const db = await rawDb(freshFile())
   const insert = db.prepare(INSERT)
+  const multi = perAppend > 1 ? db.prepare(insertRows(perAppend)) : insert
   const versions = new Array<number>(STREAMS).fill(0)
-  const appendMany = db.transaction((s: number, i: number) => {
+  const appendRows = db.transaction((s: number, i: number) => {
     for (let k = 0; k < perAppend; k++) {
       insert.run(crypto.randomUUID(), `Bench-${s}`, "Bench", ++versions[s]!, "Deposited", JSON.stringify({ amount: i + k }), Date.now())
     }
   })
+  const params: Array<unknown> = []
   const start = performance.now()
   for (let i = 0; i < count; i++) {
     const s = i % STREAMS
     if (perAppend === 1) {
       insert.run(crypto.randomUUID(), `Bench-${s}`, "Bench", ++versions[s]!, "Deposited", JSON.stringify({ amount: i }), Date.now())
+    } else if (rowAtATime) {
+      appendRows(s, i)
     } else {
-      appendMany(s, i)
+      // one statement: atomic on its own, one transaction, one fsync
+      params.length = 0
+      const now = Date.now()
+      for (let k = 0; k < perAppend; k++) {
+        params.push(crypto.randomUUID(), `Bench-${s}`, "Bench", ++versions[s]!, "Deposited", JSON.stringify({ amount: i + k }), now)
+      }
+      multi.run(params)
     }
   }
   const seconds = (performance.now() - start) / 1000
@@ -118,24 +136,27 @@ async function libAppends(count: number, perAppend: number): Promise<number> {
 }
 
 /**
- * Short interleaved rounds (alternating who goes first), after one warm-up round each; the medians are reported, so
- * that a burst of noise from the machine's neighbours in one round does not decide the ratio.
+ * Short interleaved rounds (rotating who goes first), after one warm-up round each; the medians are reported, so
+ * that a burst of noise from the machine's neighbours in one round does not decide the ratio. With `perAppend` > 1
+ * the baseline is one multi-row INSERT per append, and the old row-at-a-time baseline is reported as
+ * `<name>.rowAtATime`.
  */
 async function appendBench(name: string, rounds: number, count: number, perAppend: number) {
-  await rawAppends(count, perAppend)
-  await libAppends(count, perAppend)
-  const lib: Array<number> = []
-  const raw: Array<number> = []
+  const runners: Array<() => Promise<number>> = [
+    () => libAppends(count, perAppend),
+    () => rawAppends(count, perAppend),
+    ...(perAppend > 1 ? [() => rawAppends(count, perAppend, true)] : [])
+  ]
+  const samples = runners.map(() => [] as Array<number>)
+  for (const run of runners) await run()
   for (let r = 0; r < rounds; r++) {
-    if (r % 2 === 0) {
-      raw.push(await rawAppends(count, perAppend))
-      lib.push(await libAppends(count, perAppend))
-    } else {
-      lib.push(await libAppends(count, perAppend))
-      raw.push(await rawAppends(count, perAppend))
+    for (let k = 0; k < runners.length; k++) {
+      const i = (k + r) % runners.length
+      samples[i]!.push(await runners[i]!())
     }
   }
-  emit(name, median(lib), "events/s", median(raw))
+  emit(name, median(samples[0]!), "events/s", median(samples[1]!))
+  if (perAppend > 1) emit(`${name}.rowAtATime`, median(samples[0]!), "events/s", median(samples[2]!))
 }
 
 // --- concurrency -------------------------------------------------------------------------------------------------
@@ -178,19 +199,158 @@ async function rawSingles(count: number) {
   return { rate, latencies }
 }
 
+/** Raw commits of 32 single-event inserts each (all 32 appends in one transaction): the grouped baseline. */
+async function rawGrouped(count: number) {
+  const db = await rawDb(freshFile())
+  const insert = db.prepare(INSERT)
+  const group = db.transaction((first: number) => {
+    for (let i = first; i < first + 32; i++) {
+      insert.run(crypto.randomUUID(), `Conc-${i % 32}`, "Conc", Math.floor(i / 32) + 1, "Deposited", JSON.stringify({ amount: i }), Date.now())
+    }
+  })
+  const start = performance.now()
+  for (let i = 0; i < count; i += 32) group(i)
+  const rate = count / ((performance.now() - start) / 1000)
+  db.close()
+  return rate
+}
+
 async function concurrentBench(rounds: number, perFiber: number) {
   await libConcurrent(32, Math.min(perFiber, 20))
   const lib: Array<Awaited<ReturnType<typeof libConcurrent>>> = []
   const raw: Array<Awaited<ReturnType<typeof rawSingles>>> = []
+  const grouped: Array<number> = []
   for (let r = 0; r < rounds; r++) {
     raw.push(await rawSingles(Math.min(32 * perFiber, 2000)))
+    grouped.push(await rawGrouped(32 * perFiber))
     lib.push(await libConcurrent(32, perFiber))
   }
   const libLat = lib.flatMap((x) => x.latencies)
   const rawLat = raw.flatMap((x) => x.latencies)
   emit("sqlite.append.concurrent32", median(lib.map((x) => x.rate)), "appends/s", median(raw.map((x) => x.rate)))
+  emit("sqlite.append.concurrent32.grouped", median(lib.map((x) => x.rate)), "appends/s", median(grouped))
   emit("sqlite.append.concurrent32.p50", percentile(libLat, 0.5), "ms", percentile(rawLat, 0.5))
   emit("sqlite.append.concurrent32.p99", percentile(libLat, 0.99), "ms", percentile(rawLat, 0.99))
+}
+
+// --- the event loop under write load ---------------------------------------------------------------------------
+
+/** Delays (ms past due) of a 10 ms interval timer over `ms` milliseconds, while `load` runs. */
+const timerDelays = async (ms: number, load: (stop: () => boolean) => Promise<unknown>) => {
+  const delays: Array<number> = []
+  let last = performance.now()
+  const timer = setInterval(() => {
+    const now = performance.now()
+    delays.push(Math.max(0, now - last - 10))
+    last = now
+  }, 10)
+  const until = performance.now() + ms
+  await load(() => performance.now() >= until)
+  clearInterval(timer)
+  return delays
+}
+
+/** `fibers` fibers appending single events in a loop until `stop`; returns appends/s. */
+const appendLoop = (rt: ReturnType<typeof libRuntime>, fibers: number) => (stop: () => boolean) =>
+  rt.runPromise(Effect.gen(function*() {
+    const store = yield* EventStore.EventStore
+    let count = 0
+    const start = performance.now()
+    yield* Effect.forEach(Array.from({ length: fibers }, (_, f) => f), (f) =>
+      Effect.gen(function*() {
+        for (let v = 0; !stop(); v++) {
+          yield* store.append(`Loop-${f}`, [{ type: "Deposited", payload: { amount: v } }], { expectedVersion: v })
+          count++
+        }
+      }), { concurrency: "unbounded", discard: true })
+    return count / ((performance.now() - start) / 1000)
+  }))
+
+/**
+ * The p99 delay of a 10 ms timer while 1, 4 and 32 fibers append in a loop (baseline: the same timer with no load).
+ * `sqlite.eventloop.delay.p99` is the 32-fiber figure; the throughput during it is reported beside it.
+ */
+async function eventLoopBench(ms: number) {
+  const idle = await timerDelays(ms, (stop) =>
+    new Promise<void>((resolve) => {
+      const check = setInterval(() => stop() && (clearInterval(check), resolve()), 5)
+    }))
+  const idleP99 = percentile(idle, 0.99)
+  for (const fibers of [1, 4, 32]) {
+    const rt = libRuntime(freshFile())
+    await rt.runPromise(Effect.void)
+    let rate = 0
+    const delays = await timerDelays(ms, async (stop) => {
+      rate = await appendLoop(rt, fibers)(stop)
+    })
+    await rt.dispose()
+    const name = fibers === 32 ? "sqlite.eventloop.delay.p99" : `sqlite.eventloop.delay.p99.fibers${fibers}`
+    emit(name, percentile(delays, 0.99), "ms", idleP99)
+    if (fibers === 32) emit("sqlite.eventloop.appends", rate, "appends/s (32 fibers, during the timer)", rate)
+  }
+}
+
+// --- allocation per append -------------------------------------------------------------------------------------
+
+/**
+ * Bytes allocated per append while 32 fibers append (lib) or per raw single insert (raw), in a child process started
+ * with `--expose-gc`: allocated = heap used after − heap used before + what every GC in between freed
+ * (`v8.GCProfiler`).
+ */
+const allocation = (mode: "lib" | "raw"): number => {
+  const self = fileURLToPath(import.meta.url)
+  const child = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", self, "--child-alloc", mode], {
+    encoding: "utf8"
+  })
+  if (child.status !== 0) throw new Error(`allocation child failed: ${child.stderr}`)
+  return JSON.parse(child.stdout.trim().split("\n").pop()!).bytesPerAppend
+}
+
+async function childAlloc(mode: string) {
+  const gc = (globalThis as { gc?: () => void }).gc!
+  const measure = async (work: () => Promise<number>) => {
+    gc()
+    const profiler = new v8.GCProfiler()
+    const before = v8.getHeapStatistics().used_heap_size
+    profiler.start()
+    const count = await work()
+    const after = v8.getHeapStatistics().used_heap_size
+    const freed = profiler.stop().statistics.reduce(
+      (sum, s) => sum + s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize,
+      0
+    )
+    return (after - before + freed) / count
+  }
+  if (mode === "raw") {
+    const db = await rawDb(freshFile())
+    const insert = db.prepare(INSERT)
+    const run = (n: number, offset: number) => {
+      for (let i = offset; i < offset + n; i++) {
+        insert.run(crypto.randomUUID(), `Conc-${i % 32}`, "Conc", Math.floor(i / 32) + 1, "Deposited", JSON.stringify({ amount: i }), Date.now())
+      }
+      return Promise.resolve(n)
+    }
+    await run(320, 0)
+    console.log(JSON.stringify({ bytesPerAppend: await measure(() => run(3200, 320)) }))
+    db.close()
+  } else {
+    const rt = libRuntime(freshFile())
+    const run = (perFiber: number, from: number) =>
+      rt.runPromise(Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        yield* Effect.forEach(Array.from({ length: 32 }, (_, f) => f), (f) =>
+          Effect.gen(function*() {
+            for (let i = from; i < from + perFiber; i++) {
+              yield* store.append(`Conc-${f}`, [{ type: "Deposited", payload: { amount: i } }], { expectedVersion: i })
+            }
+          }), { concurrency: "unbounded", discard: true })
+        return 32 * perFiber
+      }))
+    await run(10, 0)
+    console.log(JSON.stringify({ bytesPerAppend: await measure(() => run(100, 10)) }))
+    await rt.dispose()
+  }
+  fs.rmSync(dir, { recursive: true, force: true })
 }
 
 /** 32 fibers running commands on 4 hot aggregates through the handler: commands/s and retries. */
@@ -257,8 +417,24 @@ async function seedStream(n: number) {
   return filename
 }
 
-/** Raw paged select + JSON.parse + the same fold. */
+/**
+ * The raw load: one prepared SELECT of only the columns the fold needs, iterated as arrays, `JSON.parse` and the
+ * same fold (dispatching on the event type, as a fold over several types must).
+ */
 const rawLoad = (db: Database.Database, streamId: string) => {
+  const select = db.prepare("SELECT version, event_type, payload FROM eventstore_events WHERE stream_id = ? ORDER BY version")
+    .raw(true)
+  let state = 0
+  let version = 0
+  for (const row of select.iterate(streamId) as IterableIterator<[number, string, string]>) {
+    if (row[1] === "Deposited") state += (JSON.parse(row[2]) as { amount: number }).amount
+    version = row[0]
+  }
+  return { state, version }
+}
+
+/** The old raw load baseline: `SELECT *` pages + JSON.parse + the same fold. */
+const rawLoadSelectStar = (db: Database.Database, streamId: string) => {
   const page = db.prepare(
     "SELECT * FROM eventstore_events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
   )
@@ -283,12 +459,14 @@ async function loadBench(n: number, runs: number) {
   const expected = rawLoad(db, Ledger.streamId("big"))
   const got = await rt.runPromise(load)
   if (got.state !== expected.state || got.version !== n) throw new Error(`load mismatch: ${JSON.stringify(got)}`)
+  if (rawLoadSelectStar(db, Ledger.streamId("big")).state !== expected.state) throw new Error("raw load mismatch")
   const libTimes: Array<number> = []
   const rawTimes: Array<number> = []
-  const timeRaw = () => {
+  const starTimes: Array<number> = []
+  const timeRaw = (f: typeof rawLoad, into: Array<number>) => {
     const t = performance.now()
-    rawLoad(db, Ledger.streamId("big"))
-    rawTimes.push(performance.now() - t)
+    f(db, Ledger.streamId("big"))
+    into.push(performance.now() - t)
   }
   const timeLib = async () => {
     const t = performance.now()
@@ -296,18 +474,17 @@ async function loadBench(n: number, runs: number) {
     libTimes.push(performance.now() - t)
   }
   for (let r = 0; r < runs; r++) {
-    // alternate who goes first
-    if (r % 2 === 0) {
-      timeRaw()
-      await timeLib()
-    } else {
-      await timeLib()
-      timeRaw()
-    }
+    // rotate who goes first
+    const order = [
+      () => timeRaw(rawLoad, rawTimes),
+      timeLib,
+      () => timeRaw(rawLoadSelectStar, starTimes)
+    ]
+    for (let k = 0; k < order.length; k++) await order[(k + r) % order.length]!()
   }
   await rt.dispose()
   db.close()
-  return { filename, lib: median(libTimes), raw: median(rawTimes) }
+  return { filename, lib: median(libTimes), raw: median(rawTimes), selectStar: median(starTimes) }
 }
 
 /** Peak RSS of a fresh process that loads the stream once (lib or raw). */
@@ -412,24 +589,159 @@ async function snapshotBench(filename: string, n: number, runs: number) {
   emit("sqlite.snapshot.write", out.writeMs, "ms", median(rawWrite))
 }
 
+// --- commands --------------------------------------------------------------------------------------------------
+
+const Cents = Schema.Int.pipe(Schema.positive(), Schema.brand("Cents"))
+const AccountOpened = Schema.TaggedStruct("AccountOpened", { owner: Schema.String })
+const MoneyDeposited = Schema.TaggedStruct("MoneyDeposited", { amount: Cents })
+type AccountEvent = typeof AccountOpened.Type | typeof MoneyDeposited.Type
+interface Account {
+  readonly open: boolean
+  readonly balance: number
+}
+class AccountNotOpen extends Schema.TaggedError<AccountNotOpen>()("AccountNotOpen", {}) {}
+const accountOptions = {
+  name: "Account",
+  events: Event.registry([AccountOpened, MoneyDeposited]),
+  decider: {
+    initialState: { open: false, balance: 0 } as Account,
+    decide: (command: { readonly amount: number }, state: Account) =>
+      state.open
+        ? Either.right([MoneyDeposited.make({ amount: Cents.make(command.amount) })])
+        : Either.left(new AccountNotOpen()),
+    evolve: (state: Account, event: AccountEvent): Account =>
+      event._tag === "AccountOpened" ? { open: true, balance: 0 } : { ...state, balance: state.balance + event.amount }
+  }
+}
+const Accounts = Aggregate.make(accountOptions)
+const CachedAccounts = Aggregate.make({ ...accountOptions, cache: { capacity: 100_000 } })
+
+/** `accounts` streams of 10 events each (opened, then 9 deposits), written raw in one transaction. */
+async function seedAccounts(accounts: number) {
+  const filename = freshFile()
+  const db = await rawDb(filename)
+  const insert = db.prepare(INSERT)
+  db.transaction(() => {
+    for (let a = 0; a < accounts; a++) {
+      const id = Accounts.streamId(`a${a}`)
+      insert.run(crypto.randomUUID(), id, "Account", 1, "AccountOpened", JSON.stringify({ owner: `o${a}` }), Date.now())
+      for (let v = 2; v <= 10; v++) {
+        insert.run(crypto.randomUUID(), id, "Account", v, "MoneyDeposited", JSON.stringify({ amount: v }), Date.now())
+      }
+    }
+  })()
+  db.close()
+  return filename
+}
+
+/**
+ * Raw: a deposit as one IMMEDIATE transaction that selects the stream's events (only the columns the fold needs),
+ * parses and folds them, checks the account is open and inserts the event (durable: WAL + FULL).
+ */
+async function rawCommands(accounts: number) {
+  const db = await rawDb(await seedAccounts(accounts))
+  const select = db.prepare("SELECT version, event_type, payload FROM eventstore_events WHERE stream_id = ? ORDER BY version")
+    .raw(true)
+  const insert = db.prepare(INSERT)
+  const deposit = db.transaction((streamId: string, amount: number) => {
+    let state: Account = accountOptions.decider.initialState
+    let version = 0
+    for (const [v, type, payload] of select.iterate(streamId) as IterableIterator<[number, string, string]>) {
+      const event = JSON.parse(payload)
+      state = type === "AccountOpened"
+        ? { open: true, balance: 0 }
+        : type === "MoneyDeposited"
+        ? { ...state, balance: state.balance + (event as { amount: number }).amount }
+        : state
+      version = v
+    }
+    if (!state.open) throw new Error("account not open")
+    insert.run(crypto.randomUUID(), streamId, "Account", version + 1, "MoneyDeposited", JSON.stringify({ amount }), Date.now())
+  })
+  const latencies: Array<number> = []
+  const start = performance.now()
+  for (let a = 0; a < accounts; a++) {
+    const t = performance.now()
+    deposit.immediate(Accounts.streamId(`a${a}`), 5)
+    latencies.push(performance.now() - t)
+  }
+  const rate = accounts / ((performance.now() - start) / 1000)
+  db.close()
+  return { rate, latencies }
+}
+
+/** The library: `handle` of a deposit on each account (a warm cache first, with `cached`). */
+async function libCommands(accounts: number, cached: boolean) {
+  const filename = await seedAccounts(accounts)
+  const aggregate = cached ? CachedAccounts : Accounts
+  const rt = ManagedRuntime.make(
+    Aggregate.layer(aggregate).pipe(Layer.provide(Sqlite.layer({ filename }) as Layer.Layer<EventStore.EventStore>))
+  )
+  const out = await rt.runPromise(Effect.gen(function*() {
+    if (cached) for (let a = 0; a < accounts; a++) yield* aggregate.load(`a${a}`)
+    const latencies: Array<number> = []
+    const start = performance.now()
+    for (let a = 0; a < accounts; a++) {
+      const t = performance.now()
+      const handled = yield* aggregate.handle(`a${a}`, { amount: 5 })
+      if (handled.version !== 11) throw new Error(`command: version ${handled.version}`)
+      latencies.push(performance.now() - t)
+    }
+    return { rate: accounts / ((performance.now() - start) / 1000), latencies }
+  }))
+  await rt.dispose()
+  return out
+}
+
+async function commandBench(rounds: number, accounts: number) {
+  await rawCommands(Math.min(accounts, 100))
+  await libCommands(Math.min(accounts, 100), false)
+  await libCommands(Math.min(accounts, 100), true)
+  const runners = [() => rawCommands(accounts), () => libCommands(accounts, false), () => libCommands(accounts, true)]
+  const samples = runners.map(() => [] as Array<Awaited<ReturnType<typeof rawCommands>>>)
+  for (let r = 0; r < rounds; r++) {
+    for (let k = 0; k < runners.length; k++) {
+      const i = (k + r) % runners.length
+      samples[i]!.push(await runners[i]!())
+    }
+  }
+  const [raw, single, cached] = samples.map((xs) => ({
+    rate: median(xs.map((x) => x.rate)),
+    latencies: xs.flatMap((x) => x.latencies)
+  }))
+  for (const [name, lib] of [["sqlite.command.single", single!], ["sqlite.command.cached", cached!]] as const) {
+    emit(name, lib.rate, "commands/s", raw!.rate)
+    emit(`${name}.p50`, percentile(lib.latencies, 0.5), "ms", percentile(raw!.latencies, 0.5))
+    emit(`${name}.p99`, percentile(lib.latencies, 0.99), "ms", percentile(raw!.latencies, 0.99))
+  }
+}
+
 // --- main ----------------------------------------------------------------------------------------------------------
 const label = (n: number) => n >= 1000 ? `${n / 1000}k` : `${n}`
 
 async function main() {
   if (args[0] === "--child-rss") return childRss(args[1]!, args[2]!)
+  if (args[0] === "--child-alloc") return childAlloc(args[1]!)
   const small = quick ? 2_000 : 10_000
   const large = quick ? 20_000 : 100_000
+  if (want("sqlite.command")) await commandBench(quick ? 3 : 7, quick ? 100 : 500)
   if (want("sqlite.append.single")) {
     await appendBench("sqlite.append.single", quick ? 3 : 11, quick ? 300 : 1_000, 1)
   }
   if (want("sqlite.append.batch100")) await appendBench("sqlite.append.batch100", quick ? 3 : 11, quick ? 10 : 40, 100)
   if (want("sqlite.append.concurrent32")) await concurrentBench(quick ? 2 : 5, quick ? 20 : 200)
+  if (want("sqlite.append.bytesPerAppend")) {
+    emit("sqlite.append.bytesPerAppend", allocation("lib"), "bytes", allocation("raw"))
+  }
   if (want("sqlite.append.contended")) await contendedBench(quick ? 1 : 3, quick ? 5 : 25)
+  if (want("sqlite.eventloop")) await eventLoopBench(quick ? 1_000 : 5_000)
   if (want("sqlite.load")) {
     const a = await loadBench(small, quick ? 5 : 15)
     emit(`sqlite.load.${label(small)}`, a.lib, "ms", a.raw)
+    emit(`sqlite.load.${label(small)}.selectStar`, a.lib, "ms", a.selectStar)
     const b = await loadBench(large, quick ? 3 : 7)
     emit(`sqlite.load.${label(large)}`, b.lib, "ms", b.raw)
+    emit(`sqlite.load.${label(large)}.selectStar`, b.lib, "ms", b.selectStar)
     emit("sqlite.load.scaling", b.lib / a.lib, `x (${label(large)} time / ${label(small)} time)`, b.raw / a.raw)
     emit(`sqlite.load.${label(small)}.peakRss`, peakRss("lib", a.filename), "MB", peakRss("raw", a.filename))
     emit(`sqlite.load.${label(large)}.peakRss`, peakRss("lib", b.filename), "MB", peakRss("raw", b.filename))
