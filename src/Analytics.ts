@@ -93,11 +93,19 @@ export class Tracker {
 
   /** Records one applied event. */
   record(type: string, recordedAt: DateTime.Utc): void {
+    this.recordAt(type, recordedAt.epochMillis)
+  }
+
+  /**
+   * Records one applied event recorded at `epochMillis`.
+   *
+   * @since 0.1.0
+   */
+  recordAt(type: string, epochMillis: number): void {
     this.total++
     this.counts.set(type, (this.counts.get(type) ?? 0) + 1)
-    const at = recordedAt.epochMillis
-    if (this.firstAt === undefined) this.firstAt = at
-    this.lastAt = at
+    if (this.firstAt === undefined) this.firstAt = epochMillis
+    this.lastAt = epochMillis
   }
 
   get value(): Analytics {

@@ -178,6 +178,8 @@ interface Entry {
   readonly decode: (i: unknown) => Either.Either<unknown, ParseResult.ParseError>
   /** The payload (without `_tag`) to the decoded event, or `undefined` to use `decode`. */
   readonly fast: ((payload: unknown) => unknown) | undefined
+  /** The event to its encoded payload (without `_tag`), or `undefined` to use `encode`. */
+  readonly fastEncode: ((event: unknown) => Record<PropertyKey, unknown> | undefined) | undefined
 }
 
 const tagOf = (schema: Schema.Schema.Any): string => {
@@ -232,7 +234,8 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
       upcast: isVersioned ? (def as Versioned).upcast : undefined,
       encode: Schema.encodeEither(schema as Schema.Schema<unknown, unknown>),
       decode: Schema.decodeUnknownEither(schema as Schema.Schema<unknown, unknown>),
-      fast: FastDecode.compile(schema, type)
+      fast: FastDecode.compile(schema, type),
+      fastEncode: FastDecode.compileEncode(schema, type)
     })
     schemas.push(schema)
   }
@@ -243,6 +246,20 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
     if (entry === undefined) {
       return Either.left(
         new InvalidInput({ field: "event", reason: `unknown event type ${String((event as any)?._tag)}` })
+      )
+    }
+    const fast = entry.fastEncode?.(event)
+    if (fast !== undefined) {
+      return Either.right(
+        options === undefined
+          ? { type: entry.type, payload: fast, schemaVersion: entry.version }
+          : {
+            type: entry.type,
+            payload: fast,
+            schemaVersion: entry.version,
+            ...(options.eventId !== undefined ? { eventId: options.eventId } : {}),
+            ...(options.metadata !== undefined ? { metadata: options.metadata } : {})
+          }
       )
     }
     const encoded = entry.encode(event)
@@ -295,8 +312,19 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
   const decode: Registry<A>["decode"] = (event) =>
     Either.map(decodePayload(event), (payload) => ({ ...event, payload }))
 
-  return { schema: union, types: [...entries.keys()] as Array<A["_tag"]>, encode, decode, decodePayload }
+  const built = { schema: union, types: [...entries.keys()] as Array<A["_tag"]>, encode, decode, decodePayload }
+  builtHere.add(built)
+  return built
 }
+
+const builtHere = new WeakSet<object>()
+
+/**
+ * @internal whether `registry` was built by `registry` above: its `decodePayload` reads only an event's type,
+ * schema version and payload (and names the event by stream, version, position and type in an error), so a fold
+ * may hand it a partial event.
+ */
+export const readsPayloadOnly = (registry: Registry<any>): boolean => builtHere.has(registry)
 
 /** @since 0.1.0 */
 export declare namespace Registry {

@@ -17,6 +17,7 @@ import * as Schema from "effect/Schema"
 import * as Analytics from "./Analytics.js"
 import { InvalidInput, type StoreError } from "./Errors.js"
 import { decodeStored, prepare, span, statsOf, type StoredSnapshot } from "./internal/snapshotRows.js"
+import * as Tracing from "./internal/tracing.js"
 
 /**
  * A stored snapshot. `state` and `analytics` are the encoded (JSON) values.
@@ -91,7 +92,7 @@ export const makeMemory: Effect.Effect<SnapshotStoreService> = Effect.sync(() =>
       rows.sort((a, b) => a.version - b.version)
       byStream.set(snapshot.streamId, rows)
       return Effect.void
-    }).pipe(Effect.withSpan("SnapshotStore.save", span(snapshot.streamId)))
+    }).pipe((effect) => Tracing.withSpan(effect, "SnapshotStore.save", () => span(snapshot.streamId)))
   const atOrBefore: SnapshotStoreService["atOrBefore"] = (streamId, version) =>
     Effect.suspend(() => decodeStored((byStream.get(streamId) ?? []).filter((r) => r.version <= version).at(-1)))
   return SnapshotStore.of({

@@ -32,7 +32,7 @@ import { isSync } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
 import { Signal } from "./internal/paging.js"
-import { isBusy } from "./internal/sqlErrors.js"
+import { codeOf, isBusy } from "./internal/sqlErrors.js"
 import * as SqlRead from "./internal/sqlRead.js"
 import {
   type AppendFailure,
@@ -43,6 +43,7 @@ import {
   writeGroup,
   writeGroupSync
 } from "./internal/sqlWrite.js"
+import * as Tracing from "./internal/tracing.js"
 import * as Telemetry from "./Telemetry.js"
 
 /** @since 0.1.0 */
@@ -219,17 +220,22 @@ const makeAppend = (
           : prepareAndSubmit(streamId, events, appendOptions))
 
   return (streamId, events, appendOptions) =>
-    Effect.useSpan(
+    Tracing.useSpan(
       "EventStore.append",
-      appendSpan(streamId, appendOptions?.streamType, events.length),
+      () => appendSpan(streamId, appendOptions?.streamType, events.length),
       () => guarded(streamId, events, appendOptions)
     )
 }
 
 // --- step 3: the reading side --------------------------------------------------------------------------------------
 
-const makeReads = (sql: SqlClient.SqlClient): Pick<Backend, "streamRows" | "logRows" | "head" | "version"> => {
+const makeReads = (
+  sql: SqlClient.SqlClient,
+  held: Connection | undefined
+): Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows"> => {
   const statements = SqlRead.make(sql)
+  const foldRows: Backend["foldRows"] = (streamId, after, limit) =>
+    Effect.mapError(statements.fold(streamId, after, limit), storeError("read"))
   return {
     streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
     logRows: (filter, operation) => {
@@ -237,9 +243,25 @@ const makeReads = (sql: SqlClient.SqlClient): Pick<Backend, "streamRows" | "logR
       return (after, limit) => Effect.mapError(page(after, limit), storeError(operation))
     },
     head: Effect.mapError(statements.head, storeError("subscribe")),
-    version: (streamId) => Effect.mapError(statements.version(streamId), storeError("version"))
+    version: (streamId) => Effect.mapError(statements.version(streamId), storeError("version")),
+    // On SQLite's writer connection the fold's read runs synchronously, as one call (WAL: a read never waits for the
+    // write lock). A read that finds the database busy (another process recovering the WAL) takes the client's
+    // road, which waits.
+    foldRows: held !== undefined && isSync(held)
+      ? (streamId, after, limit) =>
+        Effect.suspend(() => {
+          try {
+            return Effect.succeed(held.executeValuesSync(SqlRead.FOLD_SQLITE, [streamId, after, limit]))
+          } catch (cause) {
+            return isBusy(cause) ? foldRows(streamId, after, limit) : Effect.fail(storeError("read")(readError(cause)))
+          }
+        })
+      : foldRows
   }
 }
+
+const readError = (cause: unknown) =>
+  new SqlError({ cause, message: `Failed to read events${codeOf(cause) ? ` (${codeOf(cause)})` : ""}` })
 
 /**
  * An `EventStore` over the `SqlClient` in context. Runs the migrations first. The writer's background work (the
@@ -258,7 +280,7 @@ export const make = (
     const writer = makeWriter(sql, options, signal, background)
     return fromBackend({
       append: makeAppend(options, writer),
-      ...makeReads(sql),
+      ...makeReads(sql, options.writeConnection),
       signal,
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })

@@ -15,6 +15,7 @@ import * as Migrations from "./internal/migrations.js"
 import { isBusy } from "./internal/sqlErrors.js"
 import * as SqlSnapshots from "./internal/sqlSnapshots.js"
 import { decodeStored, prepare, span, statsOf } from "./internal/snapshotRows.js"
+import * as Tracing from "./internal/tracing.js"
 import { SnapshotStore, type SnapshotStoreService } from "./Snapshot.js"
 
 /** @since 0.1.0 */
@@ -54,13 +55,13 @@ export const make = (
         const row = prepare(snapshot, clock.unsafeCurrentTimeMillis())
         if (Either.isLeft(row)) return Effect.fail(row.left)
         return Effect.mapError(retried(writes.upsert(row.right)), storeError("snapshot.save"))
-      }).pipe(Effect.withSpan("SnapshotStore.save", span(snapshot.streamId)))
+      }).pipe((effect) => Tracing.withSpan(effect, "SnapshotStore.save", () => span(snapshot.streamId)))
 
     const atOrBefore: SnapshotStoreService["atOrBefore"] = (streamId, version) =>
       statements.atOrBefore(streamId, version).pipe(
         Effect.mapError(storeError("snapshot.load")),
         Effect.flatMap((rows) => decodeStored(rows[0])),
-        Effect.withSpan("SnapshotStore.load", span(streamId))
+        (effect) => Tracing.withSpan(effect, "SnapshotStore.load", () => span(streamId))
       )
 
     return SnapshotStore.of({

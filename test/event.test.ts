@@ -133,6 +133,19 @@ describe("fast decode path", () => {
     }
   }, { fastCheck: { numRuns: 2000 } })
 
+  const encodeFull = Schema.encodeEither(Rich as unknown as Schema.Schema<unknown, unknown>)
+  it.prop("encoding agrees with Schema's encode on every input", [payloadArb], ([payload]) => {
+    const event = { ...payload, _tag: "Rich" }
+    const viaRegistry = registry.encode(event as never)
+    const viaSchema = encodeFull(event)
+    expect(Either.isRight(viaRegistry)).toBe(Either.isRight(viaSchema))
+    if (Either.isRight(viaRegistry) && Either.isRight(viaSchema)) {
+      const { _tag, ...expected } = viaSchema.right as Record<string, unknown>
+      expect(_tag).toBe("Rich")
+      expect(viaRegistry.right.payload).toStrictEqual(expected)
+    }
+  }, { fastCheck: { numRuns: 2000 } })
+
   it("valid payloads are decoded (excess keys dropped, as Schema does)", () => {
     const ok = registry.decode(stored("Rich", { n: 1, s: "xy", b: true, kind: "a", id: "i", extra: 5 }))
     expect(Either.getOrThrow(ok).payload).toStrictEqual({ _tag: "Rich", n: 1, s: "xy", b: true, kind: "a", id: "i" })

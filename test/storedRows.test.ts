@@ -5,12 +5,13 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Event, EventStore } from "effect-eventstore"
+import { Aggregate, Event, EventStore } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -37,23 +38,37 @@ const failure = <A, E>(exit: Exit.Exit<A, E>): E => {
   return Option.getOrThrow(error)
 }
 
-const corruptions: ReadonlyArray<readonly [string, string]> = [
-  ["recorded_at that is not a number", "recorded_at = 'yesterday'"],
-  ["recorded_at out of range", "recorded_at = 1e300"],
-  ["schema version that is not an integer", "schema_version = 'two'"],
-  ["payload that is a JSON array", "payload = '[1]'"],
-  ["payload that is a JSON string", "payload = '\"str\"'"],
-  ["payload that is JSON null", "payload = 'null'"],
-  ["payload that is malformed JSON", "payload = '{not json'"],
-  ["payload that is a blob", "payload = X'7B7D'"],
-  ["metadata that is a JSON array", "metadata = '[1]'"],
-  ["event type that is a blob", "event_type = X'476F6F64'"],
-  ["event id that is a blob", "event_id = X'41'"],
-  ["metadata that is malformed JSON", "metadata = '{'"]
+/** The domain the aggregate loads below fold: "Good" events counted. */
+const Good = Schema.TaggedStruct("Good", { i: Schema.Int })
+const counter = (type: string) =>
+  Aggregate.make({
+    name: type,
+    events: Event.registry([Good]),
+    decider: {
+      initialState: 0,
+      decide: (_: never, __: number) => [],
+      evolve: (n: number) => n + 1
+    }
+  })
+
+/** A corruption, and whether an aggregate's fold reads the column (metadata and event ids it does not read). */
+const corruptions: ReadonlyArray<readonly [string, string, boolean]> = [
+  ["recorded_at that is not a number", "recorded_at = 'yesterday'", true],
+  ["recorded_at out of range", "recorded_at = 1e300", true],
+  ["schema version that is not an integer", "schema_version = 'two'", true],
+  ["payload that is a JSON array", "payload = '[1]'", true],
+  ["payload that is a JSON string", "payload = '\"str\"'", true],
+  ["payload that is JSON null", "payload = 'null'", true],
+  ["payload that is malformed JSON", "payload = '{not json'", true],
+  ["payload that is a blob", "payload = X'7B7D'", true],
+  ["metadata that is a JSON array", "metadata = '[1]'", false],
+  ["event type that is a blob", "event_type = X'476F6F64'", true],
+  ["event id that is a blob", "event_id = X'41'", false],
+  ["metadata that is malformed JSON", "metadata = '{'", false]
 ]
 
 describe("stored rows with wrong column types", () => {
-  for (const [label, set] of corruptions) {
+  for (const [label, set, folded] of corruptions) {
     it.live(`a row with a ${label}: every read delivers the events before it, then fails naming it`, () =>
       Effect.gen(function*() {
         const store = yield* EventStore.EventStore
@@ -90,7 +105,13 @@ describe("stored rows with wrong column types", () => {
         const backward = yield* drain(store.read(stream, { direction: "backward" }))
         expect(failure(backward.exit)).toMatchObject(named)
         expect(backward.seen.every((e) => e.position > bad)).toBe(true)
-      }).pipe(Effect.provide(layer)))
+
+        // an aggregate's fold reads only the columns it needs: it fails naming the row if the column is one of them
+        const handler = yield* Aggregate.handler(counter(type))
+        const loaded = yield* Effect.exit(handler.load("1"))
+        if (folded) expect(failure(loaded)).toMatchObject(named)
+        else expect(loaded).toMatchObject({ _tag: "Success", value: { state: 3, version: 3 } })
+      }).pipe(Effect.scoped, Effect.provide(layer)))
   }
 
   it.live("a row whose version is not an integer: the log reads name it; reads by stream fail where its version is missing", () =>
@@ -115,7 +136,9 @@ describe("stored rows with wrong column types", () => {
       expect(read.seen.map((e) => e.version)).toEqual([1])
       expect(failure(read.exit)).toMatchObject(missing)
       expect(failure(yield* Effect.exit(store.readPage(stream)))).toMatchObject(missing)
-    }).pipe(Effect.provide(layer)))
+      const handler = yield* Aggregate.handler(counter(type))
+      expect(failure(yield* Effect.exit(handler.load("1")))).toMatchObject(missing)
+    }).pipe(Effect.scoped, Effect.provide(layer)))
 
   it.live("a row whose version was changed to leave a gap is never read past silently", () =>
     Effect.gen(function*() {
@@ -143,5 +166,7 @@ describe("stored rows with wrong column types", () => {
 
       expect(failure(yield* Effect.exit(store.readPage(stream)))).toMatchObject(named)
       expect(failure(yield* Effect.exit(store.readPage(stream, { after: 1 })))).toMatchObject(named)
-    }).pipe(Effect.provide(layer)))
+      const handler = yield* Aggregate.handler(counter(stream.slice(0, -2)))
+      expect(failure(yield* Effect.exit(handler.load("1")))).toMatchObject(named)
+    }).pipe(Effect.scoped, Effect.provide(layer)))
 })

@@ -12,8 +12,9 @@ import type { EventDecodeError, StoreError } from "../Errors.js"
 import { InvalidInput } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
 import type { EventStoreService, Filter, PageOptions, ReadOptions } from "../EventStore.js"
-import { categoryOf, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
+import { categoryOf, type FoldRow, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
 import { catchUp, live, type Signal } from "./paging.js"
+import * as Tracing from "./tracing.js"
 
 const positionOf = (row: RecordedEvent) => row.position
 const versionOf = (row: RecordedEvent) => row.version
@@ -115,7 +116,30 @@ export interface Backend {
   readonly signal: Signal
   /** How often a caught-up subscription polls for other processes' commits; `undefined`: never. */
   readonly pollInterval: Duration.Duration | undefined
+  /** The lean read of the aggregate handler's fold (see `FoldRows`). */
+  readonly foldRows: FoldRows
 }
+
+/**
+ * Rows of one stream after version `after` (at most `limit`, by version) with only the columns a fold reads (see
+ * `FoldRow`). The aggregate handler folds through it instead of `readPage` when the store it was given has it: no
+ * `RecordedEvent`s, ids or metadata built for events that are only folded. Rows are still checked one by one
+ * (`readFoldRow`). A backend that transforms what it reads (decryption, say) must do it here too.
+ */
+export type FoldRows = (
+  streamId: string,
+  after: number,
+  limit: number
+) => Effect.Effect<ReadonlyArray<FoldRow>, StoreError>
+
+const foldRowsKey = Symbol.for("effect-eventstore/foldRows")
+
+/**
+ * The lean fold read of a store built by `fromBackend`; `undefined` for any other `EventStoreService` (a user's own,
+ * or a wrapper: it is not enumerable, so a spread copy does not carry it past an overridden `readPage`).
+ */
+export const foldRowsOf = (store: EventStoreService): FoldRows | undefined =>
+  (store as { readonly [foldRowsKey]?: FoldRows })[foldRowsKey]
 
 const streamSpan = (streamId: string) =>
   ({ captureStackTrace: false, attributes: { "aggregate.id": streamId } }) as const
@@ -139,7 +163,7 @@ export const fromBackend = (backend: Backend): EventStoreService => {
       Effect.flatMap(
         backend.streamRows(streamId, { backward: false, cursor: after, from: 1, to: Number.MAX_SAFE_INTEGER, limit }),
         (rows) => decodeRows(rows, after)
-      )).pipe(Effect.withSpan("EventStore.readPage", streamSpan(streamId)))
+      )).pipe((effect) => Tracing.withSpan(effect, "EventStore.readPage", () => streamSpan(streamId)))
 
   const readAll: EventStoreService["readAll"] = (options) =>
     Stream.unwrap(Effect.gen(function*() {
@@ -163,8 +187,10 @@ export const fromBackend = (backend: Backend): EventStoreService => {
     })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
 
   const version: EventStoreService["version"] = (streamId) =>
-    backend.version(streamId).pipe(Effect.withSpan("EventStore.version", streamSpan(streamId)))
+    Tracing.withSpan(backend.version(streamId), "EventStore.version", () => streamSpan(streamId))
 
-  return { append: backend.append, read, readPage, readAll, subscribe, version }
+  const service: EventStoreService = { append: backend.append, read, readPage, readAll, subscribe, version }
+  Object.defineProperty(service, foldRowsKey, { value: backend.foldRows, enumerable: false })
+  return service
 }
 

@@ -3,6 +3,8 @@ import type { Connection } from "@effect/sql/SqlConnection"
 
 export interface SyncConnection extends Connection {
   readonly executeSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<unknown>
+  /** A query's rows as arrays of column values. */
+  readonly executeValuesSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<ReadonlyArray<unknown>>
 }
 
 export const isSync = (conn: Connection): conn is SyncConnection =>

@@ -46,14 +46,13 @@ const compileCheck = (ast: AST.AST): Check | undefined => {
   }
 }
 
-/**
- * A decoder for a stored payload of event type `tag` (the payload has no `_tag`; the schema's `_tag` must be that
- * literal). Returns the decoded event, or `undefined` when the fast path does not apply or the payload fails.
- */
-export const compile = (schema: Schema.Schema.Any, tag: string): ((payload: unknown) => unknown) | undefined => {
+type Prop = { readonly name: PropertyKey; readonly optional: boolean; readonly check: Check | "tag" }
+
+/** The checked properties of a tagged struct with `_tag` = `tag`; `undefined` when the fast path does not apply. */
+const compileProps = (schema: Schema.Schema.Any, tag: string): ReadonlyArray<Prop> | undefined => {
   const ast = schema.ast
   if (ast._tag !== "TypeLiteral" || ast.indexSignatures.length > 0) return undefined
-  const props: Array<{ readonly name: PropertyKey; readonly optional: boolean; readonly check: Check | "tag" }> = []
+  const props: Array<Prop> = []
   for (const ps of ast.propertySignatures) {
     if (ps.name === "_tag") {
       if (ps.type._tag !== "Literal" || ps.type.literal !== tag) return undefined
@@ -64,6 +63,48 @@ export const compile = (schema: Schema.Schema.Any, tag: string): ((payload: unkn
     if (check === undefined) return undefined
     props.push({ name: ps.name, optional: ps.isOptional, check })
   }
+  return props
+}
+
+/**
+ * An encoder for events of type `tag`: for a schema without transformations, encoding is validating, and the
+ * payload is the event's known properties without `_tag` (what `Schema.encode` then dropping `_tag` gives).
+ * Returns `undefined` when the fast path does not apply or the event fails, and Schema's encode takes over.
+ */
+export const compileEncode = (
+  schema: Schema.Schema.Any,
+  tag: string
+): ((event: unknown) => Record<PropertyKey, unknown> | undefined) | undefined => {
+  const props = compileProps(schema, tag)
+  if (props === undefined) return undefined
+  return (u) => {
+    if (typeof u !== "object" || u === null || Array.isArray(u)) return undefined
+    const input = u as Record<PropertyKey, unknown>
+    const out: Record<PropertyKey, unknown> = {}
+    for (const { check, name, optional } of props) {
+      if (check === "tag") {
+        if (input[name] !== tag) return undefined
+        continue
+      }
+      if (!(name in input)) {
+        if (optional) continue
+        return undefined
+      }
+      const value = input[name]
+      if (!check(value)) return undefined
+      out[name] = value
+    }
+    return out
+  }
+}
+
+/**
+ * A decoder for a stored payload of event type `tag` (the payload has no `_tag`; the schema's `_tag` must be that
+ * literal). Returns the decoded event, or `undefined` when the fast path does not apply or the payload fails.
+ */
+export const compile = (schema: Schema.Schema.Any, tag: string): ((payload: unknown) => unknown) | undefined => {
+  const props = compileProps(schema, tag)
+  if (props === undefined) return undefined
   return (u) => {
     if (typeof u !== "object" || u === null || Array.isArray(u) || "_tag" in u) return undefined
     const input = u as Record<PropertyKey, unknown>

@@ -11,12 +11,16 @@ import type { Aggregate, HandleError, Handled, HandleOptions, HandlerService, La
 import { defaultRetry } from "../Aggregate.js"
 import * as Analytics from "../Analytics.js"
 import { ConcurrencyError, InvalidInput, type StoreError } from "../Errors.js"
-import type * as Event from "../Event.js"
+import * as Event from "../Event.js"
+import type { RecordedEvent } from "../Event.js"
 import { EventStore, type EventStoreService, type ReadError } from "../EventStore.js"
 import * as Snapshot from "../Snapshot.js"
 import * as StateCache from "../StateCache.js"
 import * as Telemetry from "../Telemetry.js"
 import * as Background from "./background.js"
+import * as Tracing from "./tracing.js"
+import { type FoldRows, foldRowsOf } from "./backend.js"
+import { FoldEvent, readFoldRow, toInteger } from "./codec.js"
 
 const isEvents = <E>(decision: unknown): decision is ReadonlyArray<E> => Array.isArray(decision)
 
@@ -25,19 +29,77 @@ const PAGE = 512
 type Start<State> = StateCache.Start<State>
 type Cached<State> = StateCache.Cached<State>
 
-/** Folds the events after a start onto it, page by page (no Stream, no per-event effects). */
+type Fold<State> = (sid: string, from: Start<State>) => Effect.Effect<Start<State> | undefined, ReadError>
+
+/**
+ * Folds the events after a start onto it, page by page (no Stream, no per-event effects). A start past version 0
+ * (a snapshot, a cached state) is checked on the way: the first page starts at its own version, which must be there;
+ * if it is not, the stream is behind the start (a snapshot of another database, a truncated stream) and the result
+ * is `undefined`, so the caller replays.
+ *
+ * A store built on the storage seam is read through its lean fold read (only the columns a fold needs); any other
+ * `EventStoreService` (or a registry not built by `Event.registry`) through `readPage`.
+ */
 const makeFold = <State, E extends { readonly _tag: string }>(
   store: EventStoreService,
   registry: Event.Registry<E>,
   evolve: (state: State, event: E) => State,
   withAnalytics: boolean
-) =>
-/**
- * A start past version 0 (a snapshot, a cached state) is checked on the way: the first page starts at its own
- * version, which must be there; if it is not, the stream is behind the start (a snapshot of another database, a
- * truncated stream) and the result is `undefined`, so the caller replays.
- */
-(sid: string, from: Start<State>): Effect.Effect<Start<State> | undefined, ReadError> => {
+): Fold<State> => {
+  const rows = foldRowsOf(store)
+  return rows !== undefined && Event.readsPayloadOnly(registry)
+    ? makeLeanFold(rows, registry, evolve, withAnalytics)
+    : makePageFold(store, registry, evolve, withAnalytics)
+}
+
+const makeLeanFold = <State, E extends { readonly _tag: string }>(
+  rows: FoldRows,
+  registry: Event.Registry<E>,
+  evolve: (state: State, event: E) => State,
+  withAnalytics: boolean
+): Fold<State> =>
+(sid, from) => {
+  const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
+  const event = new FoldEvent(sid)
+  // `decodePayload` of a registry built by `Event.registry` reads only what a FoldEvent holds
+  const asRecorded = event as unknown as RecordedEvent
+  let state = from.state
+  let version = from.version
+  const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
+    const verify = first && version > 0
+    return Effect.flatMap(rows(sid, verify ? version - 1 : version, PAGE), (page) => {
+      let i = 0
+      if (verify) {
+        // the row at the start's own version must be there
+        if (page.length === 0 || toInteger(page[0]![1]) !== version) return Effect.succeed(undefined)
+        const bad = readFoldRow(page[0]!, event, version)
+        if (bad !== undefined) return Effect.fail(bad)
+        i = 1
+      }
+      for (; i < page.length; i++) {
+        const bad = readFoldRow(page[i]!, event, version + 1)
+        if (bad !== undefined) return Effect.fail(bad)
+        const decoded = registry.decodePayload(asRecorded)
+        if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+        state = evolve(state, decoded.right)
+        version = event.version
+        tracker?.recordAt(event.type, event.recordedAt)
+      }
+      return page.length < PAGE
+        ? Effect.succeed({ state, version, analytics: tracker?.value, source: from.source })
+        : next(false)
+    })
+  }
+  return next(true)
+}
+
+const makePageFold = <State, E extends { readonly _tag: string }>(
+  store: EventStoreService,
+  registry: Event.Registry<E>,
+  evolve: (state: State, event: E) => State,
+  withAnalytics: boolean
+): Fold<State> =>
+(sid, from) => {
   const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
   let state = from.state
   let version = from.version
@@ -189,21 +251,24 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
 
     /** `replay`: ignore the cache and snapshots (they claimed a version the stream does not have). */
     const loadFrom = (sid: string, replay: boolean): Effect.Effect<Start<State>, ReadError> =>
-      Effect.flatMap(replay ? Effect.succeed(initial) : starts.start(sid), (from) =>
-        Effect.flatMap(fold(sid, from), (loaded) => {
-          if (loaded === undefined) {
-            // the start was ahead of the stream: forget it and replay from the beginning
-            starts.forget(sid)
-            return Effect.zipRight(
-              from.source === "snapshot"
-                ? base.ignored(sid, from.version, "the stream has no event at the snapshot's version")
-                : Effect.void,
-              loadFrom(sid, true)
-            )
-          }
-          starts.seen(sid, loaded)
-          return Effect.succeed(loaded)
-        }))
+      replay ? continueFrom(sid, initial) : Effect.flatMap(starts.start(sid), (from) => continueFrom(sid, from))
+
+    /** The events after `from`, folded onto it. */
+    const continueFrom = (sid: string, from: Start<State>): Effect.Effect<Start<State>, ReadError> =>
+      Effect.flatMap(fold(sid, from), (loaded) => {
+        if (loaded === undefined) {
+          // the start was ahead of the stream: forget it and replay from the beginning
+          starts.forget(sid)
+          return Effect.zipRight(
+            from.source === "snapshot"
+              ? base.ignored(sid, from.version, "the stream has no event at the snapshot's version")
+              : Effect.void,
+            loadFrom(sid, true)
+          )
+        }
+        starts.seen(sid, loaded)
+        return Effect.succeed(loaded)
+      })
 
     const loaded = (value: Start<State>): Loaded<State> =>
       value.analytics === undefined
@@ -213,66 +278,115 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     const { afterAppend, writeSnapshot } = makeSnapshotWriter(name, policy, snapshotStore, snapshotWrite, background)
 
     const load: HandlerService<State, Command, E, Err, R>["load"] = (id) =>
-      Effect.map(loadFrom(streamId(id), false), loaded).pipe(
-        Effect.withSpan("Aggregate.load", {
-          captureStackTrace: false,
-          attributes: { "aggregate.id": id, "aggregate.type": name }
-        })
-      )
+      Tracing.withSpan(Effect.map(loadFrom(streamId(id), false), loaded), "Aggregate.load", () => ({
+        captureStackTrace: false,
+        attributes: { "aggregate.id": id, "aggregate.type": name }
+      }))
 
-    /** One attempt of a command: load, decide, encode, append, then the state after it. */
+    /**
+     * One attempt of a command: load, decide, encode, append, then the state after it.
+     *
+     * A state from the cache is decided on without reading the stream: the append's expected version is the cached
+     * one, so a stream that moved on (another process wrote to it) fails the append with a conflict, and the retry
+     * loads the stream. A decision that appends nothing (no events, or the decider's own error) is not checked by
+     * an append: before it stands, the events after the cached version are read, and if there are any the command
+     * is decided again on the current state.
+     */
     const attempt = (
       sid: string,
       command: Command,
       handleOptions: HandleOptions | undefined,
       run: { attempts: number; replay: boolean }
     ): Effect.Effect<Handled<State, E>, Err | HandleError, R> =>
-      Effect.gen(function*() {
-        if (run.attempts++ > 0) Telemetry.commandRetries.unsafeUpdate(1, [])
-        const retries = run.attempts - 1
-        const current = yield* loadFrom(sid, run.replay)
-        const decision = decider.decide(command, current.state)
-        const decided = isEvents(decision) ? decision : yield* decision
-        if (decided.length === 0) return { ...loaded(current), events: [], retries }
+      Effect.suspend(() => attemptNow(sid, command, handleOptions, run))
+
+    const attemptNow = (
+      sid: string,
+      command: Command,
+      handleOptions: HandleOptions | undefined,
+      run: { attempts: number; replay: boolean }
+    ): Effect.Effect<Handled<State, E>, Err | HandleError, R> => {
+      if (run.attempts++ > 0) Telemetry.commandRetries.unsafeUpdate(1, [])
+      const retries = run.attempts - 1
+
+      const commit = (
+        current: Start<State>,
+        decided: ReadonlyArray<E>
+      ): Effect.Effect<Handled<State, E>, Err | HandleError> => {
+        if (decided.length === 0) return Effect.succeed({ ...loaded(current), events: [], retries })
         const encoded: Array<Event.NewEvent> = new Array(decided.length)
         for (let i = 0; i < decided.length; i++) {
           const result = registry.encode(decided[i]!)
-          if (Either.isLeft(result)) return yield* result.left
+          if (Either.isLeft(result)) return Effect.fail(result.left)
           encoded[i] = result.right
         }
-        const appended = yield* store.append(sid, encoded, {
-          expectedVersion: current.version,
-          streamType: name,
-          ...(handleOptions?.metadata !== undefined ? { metadata: handleOptions.metadata } : {})
+        const appendOptions = handleOptions?.metadata !== undefined
+          ? { expectedVersion: current.version, streamType: name, metadata: handleOptions.metadata }
+          : { expectedVersion: current.version, streamType: name }
+        return Effect.flatMap(store.append(sid, encoded, appendOptions), (appended) => {
+          let state = current.state
+          for (const event of decided) state = decider.evolve(state, event)
+          let analytics = current.analytics
+          if (withAnalytics) {
+            const tracker = new Analytics.Tracker(current.analytics)
+            for (const event of appended.events) tracker.record(event.type, event.recordedAt)
+            analytics = tracker.value
+          }
+          const after: Cached<State> = { state, version: appended.version, analytics }
+          starts.seen(sid, after)
+          const events = new Array<Event.RecordedEvent<E>>(decided.length)
+          for (let i = 0; i < decided.length; i++) events[i] = { ...appended.events[i]!, payload: decided[i]! }
+          const handled: Handled<State, E> = {
+            ...loaded({ ...after, source: current.source }),
+            events,
+            position: appended.position,
+            retries
+          }
+          const snapshot = afterAppend(sid, current.version, after)
+          return snapshot === Effect.void ? Effect.succeed(handled) : Effect.as(snapshot, handled)
         })
-        let state = current.state
-        for (const event of decided) state = decider.evolve(state, event)
-        let analytics = current.analytics
-        if (withAnalytics) {
-          const tracker = new Analytics.Tracker(current.analytics)
-          for (const event of appended.events) tracker.record(event.type, event.recordedAt)
-          analytics = tracker.value
-        }
-        const after: Cached<State> = { state, version: appended.version, analytics }
-        starts.seen(sid, after)
-        yield* afterAppend(sid, current.version, after)
-        return {
-          ...loaded({ ...after, source: current.source }),
-          events: appended.events.map((recorded, i) => ({ ...recorded, payload: decided[i]! })),
-          position: appended.position,
-          retries
-        }
-      }).pipe(
-        // A conflict means the cached state (if any) is behind; a stream behind the version we started from means
-        // the snapshot (or cache) was ahead of it: replay next time.
-        Effect.tapError((error) =>
-          Effect.sync(() => {
-            if (!isConflict(error)) return
+      }
+
+      const decideOn = (current: Start<State>): Effect.Effect<Handled<State, E>, Err | HandleError, R> => {
+        const decision = decider.decide(command, current.state)
+        return isEvents(decision) ? commit(current, decision) : Effect.flatMap(decision, (events) => commit(current, events))
+      }
+
+      /** A decision on a cached state that appended nothing: it stands if the stream is still where the cache was. */
+      const confirm = <A, E2>(
+        cached: Start<State>,
+        outcome: Effect.Effect<A, E2>
+      ): Effect.Effect<A | Handled<State, E>, E2 | Err | HandleError, R> =>
+        Effect.flatMap(fold(sid, cached), (current): Effect.Effect<A | Handled<State, E>, E2 | Err | HandleError, R> => {
+          if (current === undefined) {
             starts.forget(sid)
-            if (typeof error.expected === "number" && error.actual < error.expected) run.replay = true
+            return Effect.flatMap(loadFrom(sid, true), decideOn)
+          }
+          if (current.version === cached.version) return outcome
+          starts.seen(sid, current)
+          return decideOn(current)
+        })
+
+      const once: Effect.Effect<Handled<State, E>, Err | HandleError, R> = run.replay
+        ? Effect.flatMap(loadFrom(sid, true), decideOn)
+        : Effect.flatMap(starts.start(sid), (from) => {
+          if (from.source !== "cache") return Effect.flatMap(continueFrom(sid, from), decideOn)
+          const decision = decider.decide(command, from.state)
+          const decided = isEvents(decision) ? Effect.succeed(decision) : decision
+          return Effect.matchEffect(decided, {
+            onFailure: (error) => confirm(from, Effect.fail(error)),
+            onSuccess: (events) => events.length > 0 ? commit(from, events) : confirm(from, commit(from, events))
           })
-        )
-      )
+        })
+      // A conflict means the cached state (if any) is behind; a stream behind the version we started from means
+      // the snapshot (or cache) was ahead of it: replay next time.
+      return Effect.tapError(once, (error) =>
+        Effect.sync(() => {
+          if (!isConflict(error)) return
+          starts.forget(sid)
+          if (typeof error.expected === "number" && error.actual < error.expected) run.replay = true
+        }))
+    }
 
     const handle: HandlerService<State, Command, E, Err, R>["handle"] = (id, command, handleOptions) =>
       Effect.suspend(() => {
@@ -299,11 +413,11 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           )
         }
         return Effect.catchAll(once, (error) => isConflict(error) ? retried(error) : Effect.fail(error))
-      }).pipe(
-        Effect.withSpan("Aggregate.handle", {
+      }).pipe((effect) =>
+        Tracing.withSpan(effect, "Aggregate.handle", () => ({
           captureStackTrace: false,
           attributes: { "aggregate.id": id, "aggregate.type": name, "command.type": commandType(command) }
-        })
+        }))
       )
 
     const snapshot: HandlerService<State, Command, E, Err, R>["snapshot"] = (id) =>
@@ -318,11 +432,11 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         }
         yield* writeSnapshot(sid, current)
         return current.version
-      }).pipe(
-        Effect.withSpan("Aggregate.snapshot", {
+      }).pipe((effect) =>
+        Tracing.withSpan(effect, "Aggregate.snapshot", () => ({
           captureStackTrace: false,
           attributes: { "aggregate.id": id, "aggregate.type": name }
-        })
+        }))
       )
 
     return { load, handle, snapshot }

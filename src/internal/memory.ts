@@ -7,8 +7,9 @@ import * as Effect from "effect/Effect"
 import { ConcurrencyError, DuplicateEventError } from "../Errors.js"
 import type { AppendResult, EventStoreService } from "../EventStore.js"
 import { appendSpan, type Backend, fromBackend, nonEmpty } from "./backend.js"
-import { prepareAppend, recorded, type StoredEvent } from "./codec.js"
+import { prepareAppend, recorded, type StoredEvent, toFoldRow } from "./codec.js"
 import { Signal } from "./paging.js"
+import * as Tracing from "./tracing.js"
 
 export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
   const log: Array<StoredEvent> = []
@@ -59,7 +60,9 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
             position: positions[positions.length - 1]!,
             events: recorded(prepared, positions, actual + 1)
           })
-        })).pipe(Effect.withSpan("EventStore.append", appendSpan(streamId, options?.streamType, events.length))))
+        })).pipe((effect) =>
+          Tracing.withSpan(effect, "EventStore.append", () => appendSpan(streamId, options?.streamType, events.length))
+        ))
 
   const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
     Effect.sync(() => {
@@ -96,6 +99,8 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
     streamRows,
     logRows,
     head: Effect.sync(() => log.length),
+    foldRows: (streamId, after, limit) =>
+      Effect.sync(() => (streams.get(streamId) ?? []).slice(after, after + limit).map(toFoldRow)),
     signal,
     pollInterval: undefined
   })

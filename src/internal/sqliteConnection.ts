@@ -86,6 +86,15 @@ export const make = (
           statement.run(...params)
           return []
         },
+        executeValuesSync: (sql, params) => {
+          const statement = prepare(sql)
+          statement.raw(true)
+          try {
+            return statement.all(...params) as Array<Array<unknown>>
+          } finally {
+            statement.raw(false)
+          }
+        },
         execute: (sql, params, transformRows) =>
           transformRows ? Effect.map(run(sql, params, false, true), (rows) => transformRows(rows as Array<object>)) : run(sql, params, false, true),
         executeRaw: (sql, params) => run(sql, params, false, true),
