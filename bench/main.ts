@@ -418,17 +418,23 @@ async function seedStream(n: number) {
 }
 
 /**
- * The raw load: one prepared SELECT of only the columns the fold needs, iterated as arrays, `JSON.parse` and the
- * same fold (dispatching on the event type, as a fold over several types must).
+ * The raw load: a prepared SELECT of only the columns the fold needs, in pages of arrays (`raw()`; measured faster
+ * than `iterate()` here: 74 vs 125 ms for 100k events), `JSON.parse` and the same fold (dispatching on the event
+ * type, as a fold over several types must).
  */
 const rawLoad = (db: Database.Database, streamId: string) => {
-  const select = db.prepare("SELECT version, event_type, payload FROM eventstore_events WHERE stream_id = ? ORDER BY version")
-    .raw(true)
+  const page = db.prepare(
+    "SELECT version, event_type, payload FROM eventstore_events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
+  ).raw(true)
   let state = 0
   let version = 0
-  for (const row of select.iterate(streamId) as IterableIterator<[number, string, string]>) {
-    if (row[1] === "Deposited") state += (JSON.parse(row[2]) as { amount: number }).amount
-    version = row[0]
+  for (;;) {
+    const rows = page.all(streamId, version, PAGE) as Array<[number, string, string]>
+    for (const row of rows) {
+      if (row[1] === "Deposited") state += (JSON.parse(row[2]) as { amount: number }).amount
+      version = row[0]
+    }
+    if (rows.length < PAGE) break
   }
   return { state, version }
 }
@@ -646,7 +652,7 @@ async function rawCommands(accounts: number) {
   const deposit = db.transaction((streamId: string, amount: number) => {
     let state: Account = accountOptions.decider.initialState
     let version = 0
-    for (const [v, type, payload] of select.iterate(streamId) as IterableIterator<[number, string, string]>) {
+    for (const [v, type, payload] of select.all(streamId) as Array<[number, string, string]>) {
       const event = JSON.parse(payload)
       state = type === "AccountOpened"
         ? { open: true, balance: 0 }

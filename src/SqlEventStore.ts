@@ -234,8 +234,9 @@ const makeReads = (
   held: Connection | undefined
 ): Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows"> => {
   const statements = SqlRead.make(sql)
-  const foldRows: Backend["foldRows"] = (streamId, after, limit) =>
-    Effect.mapError(statements.fold(streamId, after, limit), storeError("read"))
+  const foldRows: Backend["foldRows"] = (streamId, after, limit, withRecordedAt) =>
+    Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
+  const foldSql = [SqlRead.foldSqlite(false), SqlRead.foldSqlite(true)] as const
   return {
     streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
     logRows: (filter, operation) => {
@@ -248,12 +249,14 @@ const makeReads = (
     // write lock). A read that finds the database busy (another process recovering the WAL) takes the client's
     // road, which waits.
     foldRows: held !== undefined && isSync(held)
-      ? (streamId, after, limit) =>
+      ? (streamId, after, limit, withRecordedAt) =>
         Effect.suspend(() => {
           try {
-            return Effect.succeed(held.executeValuesSync(SqlRead.FOLD_SQLITE, [streamId, after, limit]))
+            return Effect.succeed(held.executeValuesSync(foldSql[withRecordedAt ? 1 : 0], [streamId, after, limit]))
           } catch (cause) {
-            return isBusy(cause) ? foldRows(streamId, after, limit) : Effect.fail(storeError("read")(readError(cause)))
+            return isBusy(cause)
+              ? foldRows(streamId, after, limit, withRecordedAt)
+              : Effect.fail(storeError("read")(readError(cause)))
           }
         })
       : foldRows

@@ -40,7 +40,7 @@ const failure = <A, E>(exit: Exit.Exit<A, E>): E => {
 
 /** The domain the aggregate loads below fold: "Good" events counted. */
 const Good = Schema.TaggedStruct("Good", { i: Schema.Int })
-const counter = (type: string) =>
+const counter = (type: string, analytics = false) =>
   Aggregate.make({
     name: type,
     events: Event.registry([Good]),
@@ -48,13 +48,17 @@ const counter = (type: string) =>
       initialState: 0,
       decide: (_: never, __: number) => [],
       evolve: (n: number) => n + 1
-    }
+    },
+    analytics
   })
 
-/** A corruption, and whether an aggregate's fold reads the column (metadata and event ids it does not read). */
-const corruptions: ReadonlyArray<readonly [string, string, boolean]> = [
-  ["recorded_at that is not a number", "recorded_at = 'yesterday'", true],
-  ["recorded_at out of range", "recorded_at = 1e300", true],
+/**
+ * A corruption, and whether an aggregate's fold reads the column: always, only with analytics (recorded_at), or
+ * never (metadata and event ids).
+ */
+const corruptions: ReadonlyArray<readonly [string, string, boolean | "analytics"]> = [
+  ["recorded_at that is not a number", "recorded_at = 'yesterday'", "analytics"],
+  ["recorded_at out of range", "recorded_at = 1e300", "analytics"],
   ["schema version that is not an integer", "schema_version = 'two'", true],
   ["payload that is a JSON array", "payload = '[1]'", true],
   ["payload that is a JSON string", "payload = '\"str\"'", true],
@@ -107,10 +111,12 @@ describe("stored rows with wrong column types", () => {
         expect(backward.seen.every((e) => e.position > bad)).toBe(true)
 
         // an aggregate's fold reads only the columns it needs: it fails naming the row if the column is one of them
-        const handler = yield* Aggregate.handler(counter(type))
-        const loaded = yield* Effect.exit(handler.load("1"))
-        if (folded) expect(failure(loaded)).toMatchObject(named)
-        else expect(loaded).toMatchObject({ _tag: "Success", value: { state: 3, version: 3 } })
+        const plain = yield* Effect.exit((yield* Aggregate.handler(counter(type))).load("1"))
+        const counted = yield* Effect.exit((yield* Aggregate.handler(counter(type, true))).load("1"))
+        for (const [loaded, reads] of [[plain, folded === true], [counted, folded !== false]] as const) {
+          if (reads) expect(failure(loaded)).toMatchObject(named)
+          else expect(loaded).toMatchObject({ _tag: "Success", value: { state: 3, version: 3 } })
+        }
       }).pipe(Effect.scoped, Effect.provide(layer)))
   }
 

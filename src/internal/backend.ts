@@ -122,14 +122,16 @@ export interface Backend {
 
 /**
  * Rows of one stream after version `after` (at most `limit`, by version) with only the columns a fold reads (see
- * `FoldRow`). The aggregate handler folds through it instead of `readPage` when the store it was given has it: no
- * `RecordedEvent`s, ids or metadata built for events that are only folded. Rows are still checked one by one
- * (`readFoldRow`). A backend that transforms what it reads (decryption, say) must do it here too.
+ * `FoldRow`; `recordedAt` too when asked). The aggregate handler folds through it instead of `readPage` when the
+ * store it was given has it: no `RecordedEvent`s, ids or metadata built for events that are only folded. Rows are
+ * still checked one by one (`readFoldRow`), and a row that fails is read again through `readPage`, which names
+ * it. A backend that transforms what it reads (decryption, say) must do it here too.
  */
 export type FoldRows = (
   streamId: string,
   after: number,
-  limit: number
+  limit: number,
+  withRecordedAt: boolean
 ) => Effect.Effect<ReadonlyArray<FoldRow>, StoreError>
 
 const foldRowsKey = Symbol.for("effect-eventstore/foldRows")

@@ -635,13 +635,15 @@ const fromStoredChecked = (row: StoredEvent): Either.Either<RecordedEvent, Event
 
 /**
  * One stored event as a fold reads it: only the columns it needs, as an array (what SQLite's raw mode returns),
- * `[position, version, type, schemaVersion, payload JSON, recordedAt]`. Each value is checked by `readFoldRow`.
+ * `[version, type, schemaVersion, payload JSON]`, and `recordedAt` fifth when the fold keeps analytics. Each value is
+ * checked by `readFoldRow`.
  */
 export type FoldRow = ReadonlyArray<unknown>
 
 /**
  * The event a fold is at, reused for every row of a page (a fold keeps nothing of it but the decoded payload).
- * Shaped like the `RecordedEvent` fields that `Registry.decodePayload` reads.
+ * Shaped like the `RecordedEvent` fields that `Registry.decodePayload` reads; its position is not read (0), so an
+ * error is never reported from it: a row that fails is read again the careful way, which names it.
  */
 export class FoldEvent {
   position = 0
@@ -653,90 +655,40 @@ export class FoldEvent {
   constructor(readonly streamId: string) {}
 }
 
-const foldError = (streamId: string, row: FoldRow, reason: string) =>
-  new EventDecodeError({
-    streamId,
-    version: toInteger(row[1]) ?? -1,
-    position: toInteger(row[0]) ?? -1,
-    type: typeof row[2] === "string" ? row[2] : String(row[2]),
-    reason
-  })
-
 /**
- * Checks one fold row and fills `into` with it; the row must hold version `expected` (the one after the previous
- * row). The same rules as `fromStored` for the columns a fold reads; any failure is an `EventDecodeError` naming
- * the row.
+ * Checks one fold row and fills `into` with it: the row must hold version `expected` (the one after the previous
+ * row) and the columns must be what the store writes (the same rules as `fromStored`, drivers' integer strings
+ * converted). `false` when anything is off: the caller reads the row again the careful way to name what is wrong.
  */
-export const readFoldRow = (row: FoldRow, into: FoldEvent, expected: number): EventDecodeError | undefined => {
-  const position = row[0]
-  const version = row[1]
-  const type = row[2]
-  const schemaVersion = row[3]
-  const payload = row[4]
-  const recordedAt = row[5]
-  if (
-    !(typeof position === "number" && position >= 1 && Number.isSafeInteger(position) &&
-      typeof version === "number" && Number.isSafeInteger(version) &&
-      typeof schemaVersion === "number" && schemaVersion >= 1 && Number.isSafeInteger(schemaVersion) &&
-      typeof recordedAt === "number" && Number.isSafeInteger(recordedAt) && Math.abs(recordedAt) <= 8.64e15 &&
-      typeof type === "string" && typeof payload === "string")
-  ) return readFoldRowChecked(row, into, expected)
-  if (version !== expected) return readFoldRowChecked(row, into, expected)
+export const readFoldRow = (row: FoldRow, into: FoldEvent, expected: number, withRecordedAt: boolean): boolean => {
+  let version = row[0]
+  const type = row[1]
+  let schemaVersion = row[2]
+  const payload = row[3]
+  if (typeof version !== "number") version = toInteger(version)
+  if (version !== expected || typeof type !== "string" || typeof payload !== "string") return false
+  if (typeof schemaVersion !== "number" || !Number.isSafeInteger(schemaVersion)) schemaVersion = toInteger(schemaVersion)
+  if (schemaVersion === undefined || (schemaVersion as number) < 1) return false
+  if (withRecordedAt) {
+    const recordedAt = typeof row[4] === "number" && Number.isSafeInteger(row[4]) ? row[4] : toInteger(row[4])
+    if (recordedAt === undefined || Math.abs(recordedAt) > 8.64e15) return false
+    into.recordedAt = recordedAt
+  }
   let parsed: unknown
   try {
     parsed = JSON.parse(payload)
   } catch {
-    return readFoldRowChecked(row, into, expected)
+    return false
   }
-  if (!isPlainObject(parsed)) return readFoldRowChecked(row, into, expected)
-  into.position = position
+  // what JSON.parse makes is a plain object unless it is an array, null or a primitive
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return false
   into.version = version
   into.type = type
-  into.schemaVersion = schemaVersion
+  into.schemaVersion = schemaVersion as number
   into.payload = parsed
-  into.recordedAt = recordedAt
-  return undefined
-}
-
-/** The careful path of `readFoldRow`: converts drivers' integer strings, or names what is wrong. */
-const readFoldRowChecked = (row: FoldRow, into: FoldEvent, expected: number): EventDecodeError | undefined => {
-  const fail = (reason: string) => foldError(into.streamId, row, reason)
-  const position = toInteger(row[0])
-  const version = toInteger(row[1])
-  if (position === undefined || position < 1) return fail(`stored position ${String(row[0])} is not a positive integer`)
-  if (version === undefined || version < 1) return fail(`stored version ${String(row[1])} is not a positive integer`)
-  if (version !== expected) {
-    return fail(
-      `stored version ${version} where version ${expected} must follow: ` +
-        "a row of the stream is missing or its version was changed"
-    )
-  }
-  const schemaVersion = toInteger(row[3])
-  if (schemaVersion === undefined || schemaVersion < 1) {
-    return fail(`stored schema version ${String(row[3])} is not a positive integer`)
-  }
-  const recordedAt = toInteger(row[5])
-  if (recordedAt === undefined || Math.abs(recordedAt) > 8.64e15) {
-    return fail(`stored recorded_at ${String(row[5])} is not a timestamp in milliseconds`)
-  }
-  if (typeof row[2] !== "string") return fail("stored ids or event type are not text")
-  if (typeof row[4] !== "string") return fail("stored payload is not JSON text")
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(row[4])
-  } catch (cause) {
-    return fail(`stored JSON is malformed: ${cause instanceof Error ? cause.message : String(cause)}`)
-  }
-  if (!isPlainObject(parsed)) return fail("stored payload is not a JSON object")
-  into.position = position
-  into.version = version
-  into.type = row[2]
-  into.schemaVersion = schemaVersion
-  into.payload = parsed
-  into.recordedAt = recordedAt
-  return undefined
+  return true
 }
 
 /** A stored event as a fold row (the memory backend's). */
 export const toFoldRow = (row: StoredEvent): FoldRow =>
-  [row.position, row.version, row.type, row.schemaVersion, row.payload, row.recordedAt]
+  [row.version, row.type, row.schemaVersion, row.payload, row.recordedAt]

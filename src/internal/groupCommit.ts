@@ -18,6 +18,7 @@
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as EventLoop from "./eventLoop.js"
 
 export interface GroupCommit<In, Out, E> {
   readonly submit: (input: In) => Effect.Effect<Out, E>
@@ -137,7 +138,8 @@ export const make = <In, Out, E>(options: {
             (started) => started ? Effect.void : Effect.sync(close)
           )
         }
-        return drain(own)
+        // the thread has been committing for a while: let timers and I/O run (appenders keep queueing meanwhile)
+        return EventLoop.due() ? Effect.zipRight(EventLoop.yieldToLoop, drain(own)) : drain(own)
       })
     })
 
@@ -152,7 +154,10 @@ export const make = <In, Out, E>(options: {
       leading = false
       return Effect.void
     }
-    return Effect.flatMap(Effect.uninterruptible(runGroup(group)), () => drainInBackground)
+    return Effect.flatMap(
+      Effect.uninterruptible(runGroup(group)),
+      () => EventLoop.due() ? Effect.zipRight(EventLoop.yieldToLoop, drainInBackground) : drainInBackground
+    )
   })
 
   // Only an internal bug could leave `drain` abnormally; never leave `leading` stuck if it does.
@@ -219,7 +224,8 @@ export const make = <In, Out, E>(options: {
             // A synchronous commit blocked the thread for a whole fsync: let other fibers run before this one goes
             // on (without it, a fiber appending in a loop holds the thread for Effect's whole op budget, every
             // other appender waiting behind a hundred fsyncs instead of joining a group).
-            if (exit !== undefined) return Effect.zipRight(Effect.yieldNow(), exit)
+            // Once the thread has been at it for a while, the yield is a turn of the event loop (timers, I/O).
+            if (exit !== undefined) return Effect.zipRight(EventLoop.due() ? EventLoop.yieldToLoop : Effect.yieldNow(), exit)
           }
         }
         const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }

@@ -10,7 +10,7 @@ import type * as Scope from "effect/Scope"
 import type { Aggregate, HandleError, Handled, HandleOptions, HandlerService, LayerOptions, Loaded } from "../Aggregate.js"
 import { defaultRetry } from "../Aggregate.js"
 import * as Analytics from "../Analytics.js"
-import { ConcurrencyError, InvalidInput, type StoreError } from "../Errors.js"
+import { ConcurrencyError, EventDecodeError, InvalidInput, type StoreError } from "../Errors.js"
 import * as Event from "../Event.js"
 import type { RecordedEvent } from "../Event.js"
 import { EventStore, type EventStoreService, type ReadError } from "../EventStore.js"
@@ -18,6 +18,7 @@ import * as Snapshot from "../Snapshot.js"
 import * as StateCache from "../StateCache.js"
 import * as Telemetry from "../Telemetry.js"
 import * as Background from "./background.js"
+import * as EventLoop from "./eventLoop.js"
 import * as Tracing from "./tracing.js"
 import { type FoldRows, foldRowsOf } from "./backend.js"
 import { FoldEvent, readFoldRow, toInteger } from "./codec.js"
@@ -48,49 +49,72 @@ const makeFold = <State, E extends { readonly _tag: string }>(
 ): Fold<State> => {
   const rows = foldRowsOf(store)
   return rows !== undefined && Event.readsPayloadOnly(registry)
-    ? makeLeanFold(rows, registry, evolve, withAnalytics)
+    ? makeLeanFold(rows, store, registry, evolve, withAnalytics)
     : makePageFold(store, registry, evolve, withAnalytics)
 }
 
 const makeLeanFold = <State, E extends { readonly _tag: string }>(
   rows: FoldRows,
+  store: EventStoreService,
   registry: Event.Registry<E>,
   evolve: (state: State, event: E) => State,
   withAnalytics: boolean
-): Fold<State> =>
-(sid, from) => {
-  const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
-  const event = new FoldEvent(sid)
-  // `decodePayload` of a registry built by `Event.registry` reads only what a FoldEvent holds
-  const asRecorded = event as unknown as RecordedEvent
-  let state = from.state
-  let version = from.version
-  const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
-    const verify = first && version > 0
-    return Effect.flatMap(rows(sid, verify ? version - 1 : version, PAGE), (page) => {
-      let i = 0
-      if (verify) {
-        // the row at the start's own version must be there
-        if (page.length === 0 || toInteger(page[0]![1]) !== version) return Effect.succeed(undefined)
-        const bad = readFoldRow(page[0]!, event, version)
-        if (bad !== undefined) return Effect.fail(bad)
-        i = 1
-      }
-      for (; i < page.length; i++) {
-        const bad = readFoldRow(page[i]!, event, version + 1)
-        if (bad !== undefined) return Effect.fail(bad)
-        const decoded = registry.decodePayload(asRecorded)
+): Fold<State> => {
+  /**
+   * The row at `version` failed the lean read: read it again through `readPage`, whose error names the row (its
+   * position, which the lean read does not select), or the registry's error for its payload.
+   */
+  const explain = (sid: string, version: number, start: boolean) =>
+    Effect.flatMap(store.readPage(sid, { after: version - 1, limit: 1 }), (page): Effect.Effect<never, ReadError> => {
+      const row = page[0]
+      if (row !== undefined && row.version === version && !start) {
+        const decoded = registry.decodePayload(row)
         if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
-        state = evolve(state, decoded.right)
-        version = event.version
-        tracker?.recordAt(event.type, event.recordedAt)
       }
-      return page.length < PAGE
-        ? Effect.succeed({ state, version, analytics: tracker?.value, source: from.source })
-        : next(false)
+      return Effect.fail(
+        new EventDecodeError({
+          streamId: sid,
+          version,
+          position: row?.position ?? -1,
+          type: row?.type ?? "",
+          reason: "the stored row changed while it was read"
+        })
+      )
     })
+  return (sid, from) => {
+    const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
+    const event = new FoldEvent(sid)
+    // `decodePayload` of a registry built by `Event.registry` reads only what a FoldEvent holds
+    const asRecorded = event as unknown as RecordedEvent
+    let state = from.state
+    let version = from.version
+    const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
+      const verify = first && version > 0
+      return Effect.flatMap(rows(sid, verify ? version - 1 : version, PAGE, withAnalytics), (page) => {
+        let i = 0
+        if (verify) {
+          // the row at the start's own version must be there
+          if (page.length === 0 || toInteger(page[0]![0]) !== version) return Effect.succeed(undefined)
+          if (!readFoldRow(page[0]!, event, version, withAnalytics)) return explain(sid, version, true)
+          i = 1
+        }
+        for (; i < page.length; i++) {
+          if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return explain(sid, version + 1, false)
+          const decoded = registry.decodePayload(asRecorded)
+          if (Either.isLeft(decoded)) return explain(sid, version + 1, false)
+          state = evolve(state, decoded.right)
+          version++
+          tracker?.recordAt(event.type, event.recordedAt)
+        }
+        return page.length < PAGE
+          ? Effect.succeed({ state, version, analytics: tracker?.value, source: from.source })
+          : EventLoop.due()
+          ? Effect.zipRight(EventLoop.yieldToLoop, next(false))
+          : next(false)
+      })
+    }
+    return next(true)
   }
-  return next(true)
 }
 
 const makePageFold = <State, E extends { readonly _tag: string }>(
@@ -121,6 +145,8 @@ const makePageFold = <State, E extends { readonly _tag: string }>(
       }
       return page.length < PAGE
         ? Effect.succeed({ state, version, analytics: tracker?.value, source: from.source })
+        : EventLoop.due()
+        ? Effect.zipRight(EventLoop.yieldToLoop, next(false))
         : next(false)
     })
   }

@@ -99,7 +99,7 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
     streamRows,
     logRows,
     head: Effect.sync(() => log.length),
-    foldRows: (streamId, after, limit) =>
+    foldRows: (streamId, after, limit, _withRecordedAt) =>
       Effect.sync(() => (streams.get(streamId) ?? []).slice(after, after + limit).map(toFoldRow)),
     signal,
     pollInterval: undefined

@@ -17,8 +17,11 @@ const E = tables.events
 const COLUMNS = `position, event_id AS "eventId", stream_id AS "streamId", stream_type AS "streamType", version,
   event_type AS "type", schema_version AS "schemaVersion", payload, metadata, recorded_at AS "recordedAt"`
 
+const FOLD_COLUMNS = "version, event_type, schema_version, payload"
+
 /** The fold's read (`fold` below) as SQLite text, for the writer connection's synchronous path. */
-export const FOLD_SQLITE = `SELECT position, version, event_type, schema_version, payload, recorded_at FROM ${E}
+export const foldSqlite = (withRecordedAt: boolean) =>
+  `SELECT ${FOLD_COLUMNS}${withRecordedAt ? ", recorded_at" : ""} FROM ${E}
   WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?`
 
 export interface StreamRange {
@@ -60,8 +63,8 @@ export const make = (sql: SqlClient.SqlClient) => {
     },
 
     /** One stream's rows after a version, with only the columns a fold reads (`FoldRow`), as arrays. */
-    fold: (streamId: string, after: number, limit: number) =>
-      sql`SELECT position, version, event_type, schema_version, payload, recorded_at FROM ${table}
+    fold: (streamId: string, after: number, limit: number, withRecordedAt: boolean) =>
+      sql`SELECT ${sql.literal(FOLD_COLUMNS)}${sql.literal(withRecordedAt ? ", recorded_at" : "")} FROM ${table}
         WHERE stream_id = ${streamId} AND version > ${after} ORDER BY version LIMIT ${limit}`.values,
 
     /** The position of the last event; 0 when the log is empty. */
