@@ -14,10 +14,14 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
@@ -179,8 +183,11 @@ const makeAppend = (
   const toStoreError = <E extends { readonly _tag: string }>(e: E | SqlError) =>
     e._tag === "SqlError" ? storeError("append")(e as SqlError) : e as E
 
-  const submit = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
-    Effect.matchEffect(writer.submit(prepared), {
+  const submit = (
+    prepared: PreparedAppend,
+    submitted: Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> = writer.submit(prepared)
+  ): Effect.Effect<AppendResult, AppendError> =>
+    Effect.matchEffect(submitted, {
       onSuccess: (written) => Effect.succeed(result(prepared, written)),
       onFailure: (e) =>
         e._tag !== "SqlError"
@@ -194,36 +201,56 @@ const makeAppend = (
           : Effect.fail(storeError("append")(e))
     })
 
-  const prepareAndSubmit = (
+  /** The outcome of a commit made on the spot (`trySync`), as the append's result. */
+  const settledNow = (
+    prepared: PreparedAppend,
+    exit: Exit.Exit<ReadonlyArray<Written>, AppendFailure | SqlError>
+  ): Effect.Effect<AppendResult, AppendError> => {
+    if (Exit.isSuccess(exit)) return Effect.as(GroupCommit.afterCommit(), result(prepared, exit.value))
+    const failure = Cause.failureOption(exit.cause)
+    if (failure._tag === "None") return exit as Exit.Exit<never, never>
+    return Effect.zipRight(GroupCommit.afterCommit(), Effect.fail(toStoreError(failure.value)))
+  }
+
+  /**
+   * Everything an append does before the writer, in one step with the caller's fiber at hand: its clock, whether it
+   * is inside the store's own transaction, and (when the writer is idle) the commit itself.
+   */
+  const appendWith = (
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
     streamId: string,
     events: ReadonlyArray<NewEvent>,
     appendOptions: AppendOptions | undefined
-  ): Effect.Effect<AppendResult, AppendError> =>
-    Effect.clockWith((clock) => {
-      const prepared = prepareAppend(streamId, events, appendOptions, clock.unsafeCurrentTimeMillis())
-      return Either.isLeft(prepared) ? Effect.fail(prepared.left) : submit(prepared.right)
-    })
-
-  // Appends are never part of a caller's SqlClient transaction. With one shared connection (SQLite ":memory:"),
-  // an append from inside such a transaction would wait for the connection that transaction holds: refuse it.
-  const guarded: typeof prepareAndSubmit = options.writeConnection !== undefined
-    ? prepareAndSubmit
-    : (streamId, events, appendOptions) =>
-      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
-        Option.isSome(transaction)
-          ? Effect.fail(
-            new StoreError({
-              operation: "append",
-              cause: "an append cannot run inside a transaction of the store's own SqlClient connection"
-            })
-          )
-          : prepareAndSubmit(streamId, events, appendOptions))
+  ): Effect.Effect<AppendResult, AppendError> => {
+    // Appends are never part of a caller's SqlClient transaction. With one shared connection (SQLite ":memory:"),
+    // an append from inside such a transaction would wait for the connection that transaction holds: refuse it.
+    if (
+      options.writeConnection === undefined &&
+      Option.isSome(Context.getOption(fiber.currentContext, SqlClient.TransactionConnection))
+    ) {
+      return Effect.fail(
+        new StoreError({
+          operation: "append",
+          cause: "an append cannot run inside a transaction of the store's own SqlClient connection"
+        })
+      )
+    }
+    const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+    const prepared = prepareAppend(streamId, events, appendOptions, now)
+    if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
+    const exit = writer.trySync(fiber.id().id, prepared.right)
+    return exit === undefined ? submit(prepared.right, writer.enqueue(prepared.right)) : settledNow(prepared.right, exit)
+  }
 
   return (streamId, events, appendOptions) =>
-    Tracing.useSpan(
-      "EventStore.append",
-      () => appendSpan(streamId, appendOptions?.streamType, events.length),
-      () => guarded(streamId, events, appendOptions)
+    Effect.withFiberRuntime((fiber) =>
+      Tracing.isNative(fiber.currentTracer)
+        ? appendWith(fiber, streamId, events, appendOptions)
+        : Effect.useSpan(
+          "EventStore.append",
+          appendSpan(streamId, appendOptions?.streamType, events.length),
+          () => Effect.withFiberRuntime((inner) => appendWith(inner, streamId, events, appendOptions))
+        )
     )
 }
 

@@ -1,3 +1,4 @@
+import { uuidV7 } from "../src/internal/uuid.js"
 import { describe, expect, it } from "@effect/vitest"
 import { Event } from "effect-eventstore"
 import * as DateTime from "effect/DateTime"
@@ -149,5 +150,17 @@ describe("fast decode path", () => {
   it("valid payloads are decoded (excess keys dropped, as Schema does)", () => {
     const ok = registry.decode(stored("Rich", { n: 1, s: "xy", b: true, kind: "a", id: "i", extra: 5 }))
     expect(Either.getOrThrow(ok).payload).toStrictEqual({ _tag: "Rich", n: 1, s: "xy", b: true, kind: "a", id: "i" })
+  })
+})
+
+describe("event ids", () => {
+  it("are RFC 9562 version 7 UUIDs, time-ordered, unique", () => {
+    const ids = Array.from({ length: 2000 }, (_, i) => uuidV7(1_700_000_000_000 + Math.floor(i / 10)))
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/)
+    expect(new Set(ids).size).toBe(ids.length)
+    // the first 48 bits are the milliseconds
+    expect(Number.parseInt(ids[1999]!.replace(/-/g, "").slice(0, 12), 16)).toBe(1_700_000_000_199)
+    const byTime = ids.filter((_, i) => i % 10 === 0)
+    expect([...byTime].sort()).toEqual(byTime)
   })
 })

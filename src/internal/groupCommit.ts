@@ -22,7 +22,23 @@ import * as EventLoop from "./eventLoop.js"
 
 export interface GroupCommit<In, Out, E> {
   readonly submit: (input: In) => Effect.Effect<Out, E>
+  /**
+   * For a caller that has its fiber at hand: when the writer is idle and uncontended (and `runSync` is given), commits
+   * `input` on the spot and returns its result; `undefined` otherwise (then `submit` it). The caller yields after a
+   * result (`afterCommit`), as `submit` does.
+   */
+  readonly trySync: (fiberId: number, input: In) => Exit.Exit<Out, E> | undefined
+  /** Queues `input` for the next group (after `trySync` declined it). */
+  readonly enqueue: (input: In) => Effect.Effect<Out, E>
 }
+
+/**
+ * What follows a synchronous commit: it held the thread for a whole fsync, so other fibers run before this one goes
+ * on (without it, a fiber appending in a loop holds the thread for Effect's whole op budget, every other appender
+ * waiting behind a hundred fsyncs instead of joining a group); once the thread has been at it for a while, the yield
+ * is a turn of the event loop (timers, I/O).
+ */
+export const afterCommit = (): Effect.Effect<void> => EventLoop.due() ? EventLoop.yieldToLoop : Effect.yieldNow()
 
 interface Entry<In, Out, E> {
   readonly input: In
@@ -188,49 +204,51 @@ export const make = <In, Out, E>(options: {
       })
     })
 
-  const drive = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> =>
-    Effect.suspend(() => {
-      if (entry.state === "done") return entry.exit!
-      if (!leading) {
-        leading = true
-        return lead(entry)
-      }
-      contention = CONTENTION_MEMORY
-      return Effect.async<Out, E>((resume) => {
-        // re-checked at registration: the fiber may have yielded since the checks above
-        if (entry.state === "done") return resume(entry.exit!)
-        if (!leading) return resume(drive(entry))
-        entry.resume = resume
-        return cancel(entry)
-      })
+  /** Leads, or waits for a leader to settle the entry. Called when the entry is new, or from `suspend`. */
+  const driveNow = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> => {
+    if (entry.state === "done") return entry.exit!
+    if (!leading) {
+      leading = true
+      return lead(entry)
+    }
+    contention = CONTENTION_MEMORY
+    return Effect.async<Out, E>((resume) => {
+      // re-checked at registration: the fiber may have yielded since the checks above
+      if (entry.state === "done") return resume(entry.exit!)
+      if (!leading) return resume(drive(entry))
+      entry.resume = resume
+      return cancel(entry)
     })
+  }
+  const drive = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> => Effect.suspend(() => driveNow(entry))
 
   // The fiber of the previous submission. Submissions from different fibers mean appenders run concurrently (even
   // if, on a synchronous driver, each append happens to finish before the next fiber runs): group them.
   let lastFiber = -1
 
+  const trySync = (id: number, input: In): Exit.Exit<Out, E> | undefined => {
+    if (id !== lastFiber) {
+      if (lastFiber !== -1) contention = CONTENTION_MEMORY
+      lastFiber = id
+    }
+    if (closed) return Exit.fail(options.closed())
+    if (options.runSync === undefined || leading || contention !== 0 || queue.length !== 0) return undefined
+    return options.runSync(input)
+  }
+
+  const enqueue = (input: In): Effect.Effect<Out, E> => {
+    const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
+    queue.push(entry)
+    return driveNow(entry)
+  }
+
   return {
+    trySync,
+    enqueue,
     submit: (input) =>
       Effect.withFiberRuntime((fiber) => {
-        const id = fiber.id().id
-        if (id !== lastFiber) {
-          if (lastFiber !== -1) contention = CONTENTION_MEMORY
-          lastFiber = id
-        }
-        if (closed) return Exit.fail(options.closed())
-        if (!leading && contention === 0 && queue.length === 0) {
-          if (options.runSync !== undefined) {
-            const exit = options.runSync(input)
-            // A synchronous commit blocked the thread for a whole fsync: let other fibers run before this one goes
-            // on (without it, a fiber appending in a loop holds the thread for Effect's whole op budget, every
-            // other appender waiting behind a hundred fsyncs instead of joining a group).
-            // Once the thread has been at it for a while, the yield is a turn of the event loop (timers, I/O).
-            if (exit !== undefined) return Effect.zipRight(EventLoop.due() ? EventLoop.yieldToLoop : Effect.yieldNow(), exit)
-          }
-        }
-        const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
-        queue.push(entry)
-        return drive(entry)
+        const exit = trySync(fiber.id().id, input)
+        return exit === undefined ? enqueue(input) : Effect.zipRight(afterCommit(), exit)
       })
   }
 }

@@ -77,6 +77,18 @@ const insertParams = (append: PreparedAppend, from: number, to: number, expected
   return params
 }
 
+/**
+ * SQLite, one event at a numeric expected version (what a command appends): a plain conditional insert without
+ * RETURNING — its version is the expected one plus one, its position the rowid SQLite assigned (`position` is the
+ * rowid). Parameters: event id, stream id, stream type, version, event type, schema version, payload, metadata,
+ * tenant, recorded-at, then stream id and expected version for the head check. Measured cheaper than the general
+ * statement (no VALUES table, no ordering, no RETURNING): 44 vs 46 µs at synchronous=NORMAL, 162 vs 168 at FULL.
+ */
+const INSERT_ONE_SQLITE =
+  `INSERT INTO ${E} (event_id, stream_id, stream_type, version, event_type, schema_version, payload, metadata, tenant_id, recorded_at)
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+WHERE COALESCE((SELECT version FROM ${E} WHERE stream_id = ? ORDER BY version DESC LIMIT 1), 0) = ?`
+
 const VERSION_SQL =
   `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = ? ORDER BY version DESC LIMIT 1), 0) AS v`
 
@@ -237,8 +249,38 @@ const insertSync = (
   }
 }
 
+/** One event at a numeric expected version (see `INSERT_ONE_SQLITE`). */
+const insertOneSync = (conn: SyncConnection, append: PreparedAppend, expected: number): Outcome => {
+  const e = append.events[0]!
+  let result: { readonly changes: number; readonly lastInsertRowid: number | bigint }
+  try {
+    result = conn.runSync(INSERT_ONE_SQLITE, [
+      e.eventId,
+      append.streamId,
+      append.streamType,
+      expected + 1,
+      e.type,
+      e.schemaVersion,
+      e.payloadJson,
+      e.metadataJson,
+      e.tenantId,
+      append.recordedAt,
+      append.streamId,
+      expected
+    ])
+  } catch (cause) {
+    if (isUniqueViolation(cause)) return explainUniqueSync(conn, append, 0, 1)
+    throw cause
+  }
+  if (result.changes === 0) return conflictSync(conn, append)
+  return Exit.succeed([{ version: expected + 1, position: Number(result.lastInsertRowid) }])
+}
+
 const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
   const n = append.events.length
+  if (n === 1 && (typeof append.expected === "number" || append.expected === "no-stream")) {
+    return insertOneSync(conn, append, append.expected === "no-stream" ? 0 : append.expected)
+  }
   if (n <= CHUNK) {
     const rows = insertSync(conn, append, 0, n, append.expected)
     if (rows === "unique") return explainUniqueSync(conn, append, 0, n)

@@ -86,6 +86,7 @@ export const make = (
           statement.run(...params)
           return []
         },
+        runSync: (sql, params) => prepare(sql).run(...params),
         executeValuesSync: (sql, params) => {
           const statement = prepare(sql)
           statement.raw(true)

@@ -12,6 +12,9 @@ let native: Tracer.Tracer | undefined
 /** Effect's built-in tracer: the one in the default services when nobody installed another. */
 const nativeTracer = (): Tracer.Tracer => (native ??= Effect.runSync(Effect.tracer))
 
+/** Whether `tracer` is Effect's built-in one (nobody installed a tracer). */
+export const isNative = (tracer: Tracer.Tracer): boolean => tracer === nativeTracer()
+
 /** `Effect.withSpan` (the span is the parent of what `effect` does), when a tracer is installed. */
 export const withSpan = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
