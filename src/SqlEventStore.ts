@@ -30,9 +30,16 @@ import { ConcurrencyError, StoreError } from "./Errors.js"
 import type { NewEvent } from "./Event.js"
 import { type AppendError, type AppendOptions, type AppendResult, EventStore, type EventStoreService } from "./EventStore.js"
 import * as Background from "./internal/background.js"
-import { appendSpan, type Backend, fromBackend } from "./internal/backend.js"
+import {
+  appendSpan,
+  type Backend,
+  type CommandTransaction,
+  DriverFailure,
+  fromBackend,
+  type SyncCommands
+} from "./internal/backend.js"
 import { type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
-import { isSync } from "./internal/connection.js"
+import { isSync, type SyncConnection } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
 import { Signal } from "./internal/paging.js"
@@ -45,7 +52,8 @@ import {
   sqlError,
   type Written,
   writeGroup,
-  writeGroupSync
+  writeGroupSync,
+  writeOneSync
 } from "./internal/sqlWrite.js"
 import * as Tracing from "./internal/tracing.js"
 import * as Telemetry from "./Telemetry.js"
@@ -254,6 +262,77 @@ const makeAppend = (
     )
 }
 
+// --- step 2b: whole commands in one transaction ----------------------------------------------------------------------
+
+/**
+ * Commands in one synchronous transaction on SQLite's writer connection (see `SyncCommands`): taken only when the
+ * writer is idle and uncontended, so it never competes with a group commit; `BEGIN IMMEDIATE` takes the write lock
+ * first, so nothing can change the stream between the read and the append. A commit counts and signals like a group
+ * of one.
+ */
+const makeSyncCommands = (
+  held: SyncConnection,
+  writer: GroupCommit.GroupCommit<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>,
+  signal: Signal
+): SyncCommands => {
+  const done = settled(signal)
+  const foldSql = [SqlRead.foldSqlite(false), SqlRead.foldSqlite(true)] as const
+  const failure = (operation: string) => (cause: unknown) =>
+    new DriverFailure(storeError(operation)(cause instanceof SqlError ? cause : sqlError(cause)))
+  let outcome: Outcome | undefined
+  const tx: CommandTransaction = {
+    foldRows: (streamId, after, limit, withRecordedAt) => {
+      try {
+        return held.executeValuesSync(foldSql[withRecordedAt ? 1 : 0], [streamId, after, limit])
+      } catch (cause) {
+        throw failure("read")(cause)
+      }
+    },
+    append: (streamId, events, appendOptions, now) => {
+      const prepared = prepareAppend(streamId, events, appendOptions, now)
+      if (Either.isLeft(prepared)) return Exit.fail(prepared.left)
+      try {
+        outcome = writeOneSync(held, prepared.right)
+      } catch (cause) {
+        throw failure("append")(cause)
+      }
+      return Exit.isSuccess(outcome)
+        ? Exit.succeed(result(prepared.right, outcome.value))
+        : outcome as Exit.Exit<never, AppendFailure>
+    }
+  }
+  return {
+    run: (fiberId, body) => {
+      if (!writer.idle(fiberId)) return undefined
+      try {
+        held.executeSync("BEGIN IMMEDIATE", [])
+      } catch (cause) {
+        // locked by another process: the usual road retries with a backoff
+        if (isBusy(cause)) return undefined
+        throw failure("append")(cause)
+      }
+      outcome = undefined
+      try {
+        const { commit, value } = body(tx)
+        try {
+          held.executeSync(commit ? "COMMIT" : "ROLLBACK", [])
+        } catch (cause) {
+          throw failure("append")(cause)
+        }
+        if (commit && outcome !== undefined) done([outcome])
+        return { value }
+      } catch (error) {
+        try {
+          held.executeSync("ROLLBACK", [])
+        } catch {
+          // already rolled back (SQLite does on some errors); the first error is the one to report
+        }
+        throw error
+      }
+    }
+  }
+}
+
 // --- step 3: the reading side --------------------------------------------------------------------------------------
 
 const makeReads = (
@@ -308,9 +387,11 @@ export const make = (
     const signal = new Signal()
     const background = yield* Background.make(options.shutdownGrace ?? "5 seconds")
     const writer = makeWriter(sql, options, signal, background)
+    const held = options.writeConnection
     return fromBackend({
       append: makeAppend(options, writer),
-      ...makeReads(sql, options.writeConnection),
+      ...makeReads(sql, held),
+      syncCommands: held !== undefined && isSync(held) ? makeSyncCommands(held, writer, signal) : undefined,
       signal,
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })

@@ -6,12 +6,20 @@
  */
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Exit from "effect/Exit"
 import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
-import type { EventDecodeError, StoreError } from "../Errors.js"
+import type { ConcurrencyError, DuplicateEventError, EventDecodeError, StoreError } from "../Errors.js"
 import { InvalidInput } from "../Errors.js"
-import type { RecordedEvent } from "../Event.js"
-import type { EventStoreService, Filter, PageOptions, ReadOptions } from "../EventStore.js"
+import type { NewEvent, RecordedEvent } from "../Event.js"
+import type {
+  AppendOptions,
+  AppendResult,
+  EventStoreService,
+  Filter,
+  PageOptions,
+  ReadOptions
+} from "../EventStore.js"
 import { categoryOf, type FoldRow, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
 import { catchUp, live, type Signal } from "./paging.js"
 import * as Tracing from "./tracing.js"
@@ -118,6 +126,8 @@ export interface Backend {
   readonly pollInterval: Duration.Duration | undefined
   /** The lean read of the aggregate handler's fold (see `FoldRows`). */
   readonly foldRows: FoldRows
+  /** Whole commands in one synchronous transaction, where the driver can (see `SyncCommands`). */
+  readonly syncCommands?: SyncCommands | undefined
 }
 
 /**
@@ -134,7 +144,53 @@ export type FoldRows = (
   withRecordedAt: boolean
 ) => Effect.Effect<ReadonlyArray<FoldRow>, StoreError>
 
+/** What a command does inside a synchronous write transaction (see `SyncCommands`). */
+export interface CommandTransaction {
+  /** `FoldRows`, synchronously, inside the transaction. */
+  readonly foldRows: (
+    streamId: string,
+    after: number,
+    limit: number,
+    withRecordedAt: boolean
+  ) => ReadonlyArray<FoldRow>
+  /**
+   * Validates and writes an append inside the transaction, recorded at `now`; a conflict, a duplicate id or invalid
+   * input writes nothing of it.
+   */
+  readonly append: (
+    streamId: string,
+    events: ReadonlyArray<NewEvent>,
+    options: AppendOptions,
+    now: number
+  ) => Exit.Exit<AppendResult, ConcurrencyError | DuplicateEventError | InvalidInput>
+}
+
+/** A driver failure inside a command transaction (the transaction was rolled back). */
+export class DriverFailure {
+  constructor(readonly cause: StoreError) {}
+}
+
+/**
+ * A whole command in one synchronous write transaction (SQLite's writer connection): the stream read, the
+ * decision and the append between one `BEGIN IMMEDIATE` and its `COMMIT`, as raw driver code would do it — one
+ * transaction instead of a read transaction and then a write. `run` returns `undefined` without calling `body`
+ * when it cannot now (the writer is busy with other appenders, whose group commit serves them better; another
+ * process holds the lock); `body` says whether to commit. A driver failure rolls back and is thrown as a
+ * `DriverFailure`; anything else `body` throws rolls back and is rethrown.
+ */
+export interface SyncCommands {
+  readonly run: <A>(
+    fiberId: number,
+    body: (tx: CommandTransaction) => { readonly commit: boolean; readonly value: A }
+  ) => { readonly value: A } | undefined
+}
+
 const foldRowsKey = Symbol.for("effect-eventstore/foldRows")
+const syncCommandsKey = Symbol.for("effect-eventstore/syncCommands")
+
+/** The synchronous command transactions of a store built by `fromBackend` on a backend that has them. */
+export const syncCommandsOf = (store: EventStoreService): SyncCommands | undefined =>
+  (store as { readonly [syncCommandsKey]?: SyncCommands })[syncCommandsKey]
 
 /**
  * The lean fold read of a store built by `fromBackend`; `undefined` for any other `EventStoreService` (a user's own,
@@ -193,6 +249,9 @@ export const fromBackend = (backend: Backend): EventStoreService => {
 
   const service: EventStoreService = { append: backend.append, read, readPage, readAll, subscribe, version }
   Object.defineProperty(service, foldRowsKey, { value: backend.foldRows, enumerable: false })
+  if (backend.syncCommands !== undefined) {
+    Object.defineProperty(service, syncCommandsKey, { value: backend.syncCommands, enumerable: false })
+  }
   return service
 }
 

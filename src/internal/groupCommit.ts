@@ -28,6 +28,11 @@ export interface GroupCommit<In, Out, E> {
    * result (`afterCommit`), as `submit` does.
    */
   readonly trySync: (fiberId: number, input: In) => Exit.Exit<Out, E> | undefined
+  /**
+   * Whether the writer is idle and uncontended for a submission from fiber `fiberId` (counted as one, for
+   * contention): then a caller may write on the spot, synchronously, as `trySync` does.
+   */
+  readonly idle: (fiberId: number) => boolean
   /** Queues `input` for the next group (after `trySync` declined it). */
   readonly enqueue: (input: In) => Effect.Effect<Out, E>
 }
@@ -226,14 +231,17 @@ export const make = <In, Out, E>(options: {
   // if, on a synchronous driver, each append happens to finish before the next fiber runs): group them.
   let lastFiber = -1
 
-  const trySync = (id: number, input: In): Exit.Exit<Out, E> | undefined => {
+  const idle = (id: number): boolean => {
     if (id !== lastFiber) {
       if (lastFiber !== -1) contention = CONTENTION_MEMORY
       lastFiber = id
     }
-    if (closed) return Exit.fail(options.closed())
-    if (options.runSync === undefined || leading || contention !== 0 || queue.length !== 0) return undefined
-    return options.runSync(input)
+    return !closed && !leading && contention === 0 && queue.length === 0
+  }
+
+  const trySync = (id: number, input: In): Exit.Exit<Out, E> | undefined => {
+    if (!idle(id)) return closed ? Exit.fail(options.closed()) : undefined
+    return options.runSync === undefined ? undefined : options.runSync(input)
   }
 
   const enqueue = (input: In): Effect.Effect<Out, E> => {
@@ -243,6 +251,7 @@ export const make = <In, Out, E>(options: {
   }
 
   return {
+    idle,
     trySync,
     enqueue,
     submit: (input) =>

@@ -3,8 +3,12 @@
  * state cache), the fold of the events after it (`makeFold`), snapshot writes (`makeSnapshotWriter`), and the
  * handler itself (one attempt = load, decide, append; conflicts retried with `Effect.retry`).
  */
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import type { Aggregate, HandleError, Handled, HandleOptions, HandlerService, LayerOptions, Loaded } from "../Aggregate.js"
@@ -13,14 +17,15 @@ import * as Analytics from "../Analytics.js"
 import { ConcurrencyError, EventDecodeError, InvalidInput, type StoreError } from "../Errors.js"
 import * as Event from "../Event.js"
 import type { RecordedEvent } from "../Event.js"
-import { EventStore, type EventStoreService, type ReadError } from "../EventStore.js"
+import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "../EventStore.js"
 import * as Snapshot from "../Snapshot.js"
 import * as StateCache from "../StateCache.js"
 import * as Telemetry from "../Telemetry.js"
 import * as Background from "./background.js"
 import * as EventLoop from "./eventLoop.js"
 import * as Tracing from "./tracing.js"
-import { type FoldRows, foldRowsOf } from "./backend.js"
+import { DriverFailure, type FoldRows, foldRowsOf, syncCommandsOf } from "./backend.js"
+import * as GroupCommit from "./groupCommit.js"
 import { FoldEvent, readFoldRow, toInteger } from "./codec.js"
 
 const isEvents = <E>(decision: unknown): decision is ReadonlyArray<E> => Array.isArray(decision)
@@ -53,6 +58,30 @@ const makeFold = <State, E extends { readonly _tag: string }>(
     : makePageFold(store, registry, evolve, withAnalytics)
 }
 
+/**
+ * The row at `version` failed the lean read: read it again through `readPage`, whose error names the row (its
+ * position, which the lean read does not select), or the registry's error for its payload (not for the row a start
+ * is checked against, whose payload is not folded).
+ */
+const explainRow = <E extends { readonly _tag: string }>(store: EventStoreService, registry: Event.Registry<E>) =>
+(sid: string, version: number, start: boolean) =>
+  Effect.flatMap(store.readPage(sid, { after: version - 1, limit: 1 }), (page): Effect.Effect<never, ReadError> => {
+    const row = page[0]
+    if (row !== undefined && row.version === version && !start) {
+      const decoded = registry.decodePayload(row)
+      if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+    }
+    return Effect.fail(
+      new EventDecodeError({
+        streamId: sid,
+        version,
+        position: row?.position ?? -1,
+        type: row?.type ?? "",
+        reason: "the stored row changed while it was read"
+      })
+    )
+  })
+
 const makeLeanFold = <State, E extends { readonly _tag: string }>(
   rows: FoldRows,
   store: EventStoreService,
@@ -60,27 +89,7 @@ const makeLeanFold = <State, E extends { readonly _tag: string }>(
   evolve: (state: State, event: E) => State,
   withAnalytics: boolean
 ): Fold<State> => {
-  /**
-   * The row at `version` failed the lean read: read it again through `readPage`, whose error names the row (its
-   * position, which the lean read does not select), or the registry's error for its payload.
-   */
-  const explain = (sid: string, version: number, start: boolean) =>
-    Effect.flatMap(store.readPage(sid, { after: version - 1, limit: 1 }), (page): Effect.Effect<never, ReadError> => {
-      const row = page[0]
-      if (row !== undefined && row.version === version && !start) {
-        const decoded = registry.decodePayload(row)
-        if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
-      }
-      return Effect.fail(
-        new EventDecodeError({
-          streamId: sid,
-          version,
-          position: row?.position ?? -1,
-          type: row?.type ?? "",
-          reason: "the stored row changed while it was read"
-        })
-      )
-    })
+  const explain = explainRow(store, registry)
   return (sid, from) => {
     const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
     const event = new FoldEvent(sid)
@@ -274,6 +283,11 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     )
     const starts = options.cache === undefined ? base : StateCache.decorate(base, options.cache)
     const fold = makeFold(store, registry, decider.evolve, withAnalytics)
+    const explain = explainRow(store, registry)
+    // Whole commands in one store transaction, for loads that always start from the initial state and a registry
+    // whose decoding a fold row can feed.
+    const syncCommands = Event.readsPayloadOnly(registry) ? syncCommandsOf(store) : undefined
+    const replayStarts = policy === undefined && options.cache === undefined
 
     /** `replay`: ignore the cache and snapshots (they claimed a version the stream does not have). */
     const loadFrom = (sid: string, replay: boolean): Effect.Effect<Start<State>, ReadError> =>
@@ -334,6 +348,10 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     ): Effect.Effect<Handled<State, E>, Err | HandleError, R> => {
       if (run.attempts++ > 0) Telemetry.commandRetries.unsafeUpdate(1, [])
       const retries = run.attempts - 1
+      const appendOptionsAt = (expectedVersion: number) =>
+        handleOptions?.metadata !== undefined
+          ? { expectedVersion, streamType: name, metadata: handleOptions.metadata }
+          : { expectedVersion, streamType: name }
 
       const commit = (
         current: Start<State>,
@@ -346,31 +364,120 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           if (Either.isLeft(result)) return Effect.fail(result.left)
           encoded[i] = result.right
         }
-        const appendOptions = handleOptions?.metadata !== undefined
-          ? { expectedVersion: current.version, streamType: name, metadata: handleOptions.metadata }
-          : { expectedVersion: current.version, streamType: name }
-        return Effect.flatMap(store.append(sid, encoded, appendOptions), (appended) => {
-          let state = current.state
-          for (const event of decided) state = decider.evolve(state, event)
-          let analytics = current.analytics
-          if (withAnalytics) {
-            const tracker = new Analytics.Tracker(current.analytics)
-            for (const event of appended.events) tracker.record(event.type, event.recordedAt)
-            analytics = tracker.value
+        return Effect.flatMap(store.append(sid, encoded, appendOptionsAt(current.version)), (appended) => completed(current, decided, appended))
+      }
+
+      /** The command's result once its events are appended: the state after them, and a snapshot if one is due. */
+      const completed = (
+        current: Start<State>,
+        decided: ReadonlyArray<E>,
+        appended: AppendResult
+      ): Effect.Effect<Handled<State, E>> => {
+        let state = current.state
+        for (const event of decided) state = decider.evolve(state, event)
+        let analytics = current.analytics
+        if (withAnalytics) {
+          const tracker = new Analytics.Tracker(current.analytics)
+          for (const event of appended.events) tracker.record(event.type, event.recordedAt)
+          analytics = tracker.value
+        }
+        const after: Cached<State> = { state, version: appended.version, analytics }
+        starts.seen(sid, after)
+        const events = new Array<Event.RecordedEvent<E>>(decided.length)
+        for (let i = 0; i < decided.length; i++) events[i] = { ...appended.events[i]!, payload: decided[i]! }
+        const handled: Handled<State, E> = {
+          ...loaded({ ...after, source: current.source }),
+          events,
+          position: appended.position,
+          retries
+        }
+        const snapshot = afterAppend(sid, current.version, after)
+        return snapshot === Effect.void ? Effect.succeed(handled) : Effect.as(snapshot, handled)
+      }
+
+      /**
+       * The whole command in one synchronous transaction of the store (see `SyncCommands`): read and fold the
+       * stream, decide, append, commit. Taken for a replay start (no cache, no snapshots) when the store offers it,
+       * nobody traces, and the writer is idle. A decider that returns an Effect is run after the transaction (rolled
+       * back, nothing written), on the state it read; `undefined` when the store declined (take the usual road).
+       */
+      const inOneTransaction = (
+        fiber: Fiber.RuntimeFiber<unknown, unknown>
+      ): Effect.Effect<Handled<State, E>, Err | HandleError, R> | undefined => {
+        type Outcome =
+          | { readonly _tag: "Explain"; readonly version: number }
+          | { readonly _tag: "Failed"; readonly error: Err | HandleError }
+          | { readonly _tag: "Nothing"; readonly current: Start<State> }
+          | { readonly _tag: "Later"; readonly current: Start<State>; readonly decision: Effect.Effect<ReadonlyArray<E>, Err, R> }
+          | {
+            readonly _tag: "Appended"
+            readonly current: Start<State>
+            readonly decided: ReadonlyArray<E>
+            readonly exit: Exit.Exit<AppendResult, HandleError>
           }
-          const after: Cached<State> = { state, version: appended.version, analytics }
-          starts.seen(sid, after)
-          const events = new Array<Event.RecordedEvent<E>>(decided.length)
-          for (let i = 0; i < decided.length; i++) events[i] = { ...appended.events[i]!, payload: decided[i]! }
-          const handled: Handled<State, E> = {
-            ...loaded({ ...after, source: current.source }),
-            events,
-            position: appended.position,
-            retries
+        const done = (value: Outcome, commit = false) => ({ commit, value })
+        let ran: { readonly value: Outcome } | undefined
+        try {
+          ran = syncCommands!.run(fiber.id().id, (tx) => {
+            const event = new FoldEvent(sid)
+            const asRecorded = event as unknown as RecordedEvent
+            const tracker = withAnalytics ? new Analytics.Tracker(initial.analytics) : undefined
+            let state = initial.state
+            let version = 0
+            for (;;) {
+              const page = tx.foldRows(sid, version, PAGE, withAnalytics)
+              for (let i = 0; i < page.length; i++) {
+                if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) {
+                  return done({ _tag: "Explain", version: version + 1 })
+                }
+                const decoded = registry.decodePayload(asRecorded)
+                if (Either.isLeft(decoded)) return done({ _tag: "Explain", version: version + 1 })
+                state = decider.evolve(state, decoded.right)
+                version++
+                tracker?.recordAt(event.type, event.recordedAt)
+              }
+              if (page.length < PAGE) break
+            }
+            const current: Start<State> = { state, version, analytics: tracker?.value, source: "replay" }
+            const decision = decider.decide(command, state)
+            let decided: ReadonlyArray<E>
+            if (isEvents(decision)) decided = decision
+            else if (Either.isEither(decision)) {
+              if (Either.isLeft(decision)) return done({ _tag: "Failed", error: decision.left })
+              decided = decision.right
+            } else return done({ _tag: "Later", current, decision })
+            if (decided.length === 0) return done({ _tag: "Nothing", current })
+            const encoded: Array<Event.NewEvent> = new Array(decided.length)
+            for (let i = 0; i < decided.length; i++) {
+              const result = registry.encode(decided[i]!)
+              if (Either.isLeft(result)) return done({ _tag: "Failed", error: result.left })
+              encoded[i] = result.right
+            }
+            const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+            const exit = tx.append(sid, encoded, appendOptionsAt(version), now)
+            return done({ _tag: "Appended", current, decided, exit }, Exit.isSuccess(exit))
+          })
+        } catch (error) {
+          return error instanceof DriverFailure ? Effect.fail(error.cause) : Effect.die(error)
+        }
+        if (ran === undefined) return undefined
+        const outcome = ran.value
+        switch (outcome._tag) {
+          case "Explain":
+            return explain(sid, outcome.version, false)
+          case "Failed":
+            return Effect.fail(outcome.error)
+          case "Nothing":
+            return Effect.succeed({ ...loaded(outcome.current), events: [], retries })
+          case "Later":
+            return Effect.flatMap(outcome.decision, (events) => commit(outcome.current, events))
+          case "Appended": {
+            const { current, decided, exit } = outcome
+            return Exit.isSuccess(exit)
+              ? Effect.zipRight(GroupCommit.afterCommit(), completed(current, decided, exit.value))
+              : exit as Exit.Exit<never, HandleError>
           }
-          const snapshot = afterAppend(sid, current.version, after)
-          return snapshot === Effect.void ? Effect.succeed(handled) : Effect.as(snapshot, handled)
-        })
+        }
       }
 
       const decideOn = (current: Start<State>): Effect.Effect<Handled<State, E>, Err | HandleError, R> => {
@@ -393,7 +500,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           return decideOn(current)
         })
 
-      const once: Effect.Effect<Handled<State, E>, Err | HandleError, R> = run.replay
+      const usual: Effect.Effect<Handled<State, E>, Err | HandleError, R> = run.replay
         ? Effect.flatMap(loadFrom(sid, true), decideOn)
         : Effect.flatMap(starts.start(sid), (from) => {
           if (from.source !== "cache") return Effect.flatMap(continueFrom(sid, from), decideOn)
@@ -404,6 +511,11 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
             onSuccess: (events) => events.length > 0 ? commit(from, events) : confirm(from, commit(from, events))
           })
         })
+      const once: Effect.Effect<Handled<State, E>, Err | HandleError, R> = syncCommands === undefined || !replayStarts
+        ? usual
+        : Effect.withFiberRuntime<Handled<State, E>, Err | HandleError, R>((fiber) =>
+          Tracing.isNative(fiber.currentTracer) ? inOneTransaction(fiber) ?? usual : usual
+        )
       // A conflict means the cached state (if any) is behind; a stream behind the version we started from means
       // the snapshot (or cache) was ahead of it: replay next time.
       return Effect.tapError(once, (error) =>

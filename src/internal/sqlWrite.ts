@@ -276,7 +276,8 @@ const insertOneSync = (conn: SyncConnection, append: PreparedAppend, expected: n
   return Exit.succeed([{ version: expected + 1, position: Number(result.lastInsertRowid) }])
 }
 
-const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
+/** One append, synchronously, inside a transaction the caller holds (or alone in autocommit when it fits one statement). */
+export const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
   const n = append.events.length
   if (n === 1 && (typeof append.expected === "number" || append.expected === "no-stream")) {
     return insertOneSync(conn, append, append.expected === "no-stream" ? 0 : append.expected)
