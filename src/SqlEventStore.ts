@@ -38,7 +38,7 @@ import {
   fromBackend,
   type SyncCommands
 } from "./internal/backend.js"
-import { type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
+import { type FoldPage, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
 import { isSync, type SyncConnection } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
@@ -283,7 +283,7 @@ const makeSyncCommands = (
   const tx: CommandTransaction = {
     foldRows: (streamId, after, limit, withRecordedAt) => {
       try {
-        return held.executeValuesSync(foldSql[withRecordedAt ? 1 : 0], [streamId, after, limit])
+        return foldPageSync(held, foldSql[withRecordedAt ? 1 : 0], streamId, after, limit)
       } catch (cause) {
         throw failure("read")(cause)
       }
@@ -341,7 +341,13 @@ const makeReads = (
 ): Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows"> => {
   const statements = SqlRead.make(sql)
   const foldRows: Backend["foldRows"] = (streamId, after, limit, withRecordedAt) =>
-    Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
+    Effect.mapError(
+      Effect.flatMap(statements.fold(streamId, after, limit, withRecordedAt), (rows) =>
+        rows.length === 0
+          ? Effect.succeed({ rows, last: undefined })
+          : Effect.map(statements.lastVersion(streamId, after, rows.length - 1), (last) => ({ rows, last }))),
+      storeError("read")
+    )
   const foldSql = [SqlRead.foldSqlite(false), SqlRead.foldSqlite(true)] as const
   return {
     streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
@@ -358,7 +364,7 @@ const makeReads = (
       ? (streamId, after, limit, withRecordedAt) =>
         Effect.suspend(() => {
           try {
-            return Effect.succeed(held.executeValuesSync(foldSql[withRecordedAt ? 1 : 0], [streamId, after, limit]))
+            return Effect.succeed(foldPageSync(held, foldSql[withRecordedAt ? 1 : 0], streamId, after, limit))
           } catch (cause) {
             return isBusy(cause)
               ? foldRows(streamId, after, limit, withRecordedAt)
@@ -367,6 +373,13 @@ const makeReads = (
         })
       : foldRows
   }
+}
+
+/** A fold page on a synchronous connection: the rows, then the version of the last from the stream index. */
+const foldPageSync = (conn: SyncConnection, sql: string, streamId: string, after: number, limit: number): FoldPage => {
+  const rows = conn.executeValuesSync(sql, [streamId, after, limit])
+  if (rows.length === 0) return { rows, last: undefined }
+  return { rows, last: conn.executeValuesSync(SqlRead.LAST_VERSION_SQLITE, [streamId, after, rows.length - 1])[0]?.[0] }
 }
 
 const readError = (cause: unknown) =>

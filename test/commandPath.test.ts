@@ -143,4 +143,37 @@ describe("the command path on SQLite", () => {
         expect(yield* store.version("Tally-c")).toBe(2)
       }).pipe(Effect.provide(layerFor(filename)))
     }))
+
+  it.live("events written with an older schema version are upcast on the way; a newer one is a decode error", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("upcast")
+      const Deposited = Schema.TaggedStruct("Deposited", { amount: Schema.Int, currency: Schema.String })
+      const Ledger = Aggregate.make({
+        name: "Ledger",
+        events: Event.registry([
+          Event.versioned(Deposited, 2, (payload) => ({ ...(payload as object), currency: "EUR" }))
+        ]),
+        decider: {
+          initialState: [] as ReadonlyArray<string>,
+          decide: (amount: number) => [Deposited.make({ amount, currency: "USD" })],
+          evolve: (seen: ReadonlyArray<string>, e: typeof Deposited.Type) => [...seen, `${e.amount} ${e.currency}`]
+        }
+      })
+      return yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        // written by version 1 of the schema: no currency
+        yield* store.append("Ledger-u", [{ type: "Deposited", payload: { amount: 1 } }, { type: "Deposited", payload: { amount: 2 } }])
+        expect(yield* Ledger.handle("u", 3)).toMatchObject({ state: ["1 EUR", "2 EUR", "3 USD"], version: 3 })
+        expect((yield* Ledger.load("u")).state).toEqual(["1 EUR", "2 EUR", "3 USD"])
+        // written by a newer version of the app: this one cannot read it
+        const newer = yield* store.append(
+          "Ledger-u",
+          [{ type: "Deposited", payload: { amount: 4, currency: "CHF", rate: 1 }, schemaVersion: 3 }]
+        )
+        const named = { _tag: "EventDecodeError", streamId: "Ledger-u", version: 4, position: newer.position }
+        expect(yield* Effect.flip(Ledger.load("u"))).toMatchObject(named)
+        expect(yield* Effect.flip(Ledger.handle("u", 5))).toMatchObject(named)
+        expect(yield* store.version("Ledger-u")).toBe(4)
+      }).pipe(Effect.provide(Aggregate.layer(Ledger)), Effect.provide(Sqlite.layer({ filename })))
+    }))
 })

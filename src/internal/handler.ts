@@ -14,7 +14,7 @@ import type * as Scope from "effect/Scope"
 import type { Aggregate, HandleError, Handled, HandleOptions, HandlerService, LayerOptions, Loaded } from "../Aggregate.js"
 import { defaultRetry } from "../Aggregate.js"
 import * as Analytics from "../Analytics.js"
-import { ConcurrencyError, EventDecodeError, InvalidInput, type StoreError } from "../Errors.js"
+import { ConcurrencyError, InvalidInput, type StoreError } from "../Errors.js"
 import * as Event from "../Event.js"
 import type { RecordedEvent } from "../Event.js"
 import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "../EventStore.js"
@@ -53,77 +53,60 @@ const makeFold = <State, E extends { readonly _tag: string }>(
   withAnalytics: boolean
 ): Fold<State> => {
   const rows = foldRowsOf(store)
+  const careful = makePageFold(store, registry, evolve, withAnalytics)
   return rows !== undefined && Event.readsPayloadOnly(registry)
-    ? makeLeanFold(rows, store, registry, evolve, withAnalytics)
-    : makePageFold(store, registry, evolve, withAnalytics)
+    ? makeLeanFold(rows, registry, evolve, withAnalytics, careful)
+    : careful
 }
 
 /**
- * The row at `version` failed the lean read: read it again through `readPage`, whose error names the row (its
- * position, which the lean read does not select), or the registry's error for its payload (not for the row a start
- * is checked against, whose payload is not folded).
+ * The lean fold: pages of `FoldRows`, each checked to hold exactly the versions after the last one (see `FoldPage`),
+ * rows checked and decoded on the spot. Wherever anything is off — a page whose versions do not follow, a row the
+ * lean check refuses, a payload the registry does not decode as it stands (an older schema version to upcast, say) —
+ * the fold goes on from where it is through `careful` (`readPage`), which decodes what only looked wrong and names
+ * what is.
  */
-const explainRow = <E extends { readonly _tag: string }>(store: EventStoreService, registry: Event.Registry<E>) =>
-(sid: string, version: number, start: boolean) =>
-  Effect.flatMap(store.readPage(sid, { after: version - 1, limit: 1 }), (page): Effect.Effect<never, ReadError> => {
-    const row = page[0]
-    if (row !== undefined && row.version === version && !start) {
-      const decoded = registry.decodePayload(row)
-      if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
-    }
-    return Effect.fail(
-      new EventDecodeError({
-        streamId: sid,
-        version,
-        position: row?.position ?? -1,
-        type: row?.type ?? "",
-        reason: "the stored row changed while it was read"
-      })
-    )
-  })
-
 const makeLeanFold = <State, E extends { readonly _tag: string }>(
   rows: FoldRows,
-  store: EventStoreService,
   registry: Event.Registry<E>,
   evolve: (state: State, event: E) => State,
-  withAnalytics: boolean
-): Fold<State> => {
-  const explain = explainRow(store, registry)
-  return (sid, from) => {
-    const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
-    const event = new FoldEvent(sid)
-    // `decodePayload` of a registry built by `Event.registry` reads only what a FoldEvent holds
-    const asRecorded = event as unknown as RecordedEvent
-    let state = from.state
-    let version = from.version
-    const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
-      const verify = first && version > 0
-      return Effect.flatMap(rows(sid, verify ? version - 1 : version, PAGE, withAnalytics), (page) => {
-        let i = 0
-        if (verify) {
-          // the row at the start's own version must be there
-          if (page.length === 0 || toInteger(page[0]![0]) !== version) return Effect.succeed(undefined)
-          if (!readFoldRow(page[0]!, event, version, withAnalytics)) return explain(sid, version, true)
-          i = 1
-        }
-        for (; i < page.length; i++) {
-          if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return explain(sid, version + 1, false)
-          const decoded = registry.decodePayload(asRecorded)
-          if (Either.isLeft(decoded)) return explain(sid, version + 1, false)
-          state = evolve(state, decoded.right)
-          version++
-          tracker?.recordAt(event.type, event.recordedAt)
-        }
-        return page.length < PAGE
-          ? Effect.succeed({ state, version, analytics: tracker?.value, source: from.source })
-          : EventLoop.due()
-          ? Effect.zipRight(EventLoop.yieldToLoop, next(false))
-          : next(false)
-      })
-    }
-    return next(true)
+  withAnalytics: boolean,
+  careful: Fold<State>
+): Fold<State> =>
+(sid, from) => {
+  const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
+  const event = new FoldEvent(sid)
+  // `decodePayload` of a registry built by `Event.registry` reads only what a FoldEvent holds
+  const asRecorded = event as unknown as RecordedEvent
+  let state = from.state
+  let version = from.version
+  const carefully = (verified: boolean) =>
+    careful(sid, verified ? { state, version, analytics: tracker?.value, source: from.source } : from)
+  const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
+    const verify = first && version > 0
+    const after = verify ? version - 1 : version
+    return Effect.flatMap(rows(sid, after, PAGE, withAnalytics), (page) => {
+      const n = page.rows.length
+      // a start past version 0 must have its own version in the stream: else the stream is behind it (replay)
+      if (n === 0) return Effect.succeed(verify ? undefined : { state, version, analytics: tracker?.value, source: from.source })
+      if (toInteger(page.last) !== after + n) return carefully(!first)
+      for (let i = verify ? 1 : 0; i < n; i++) {
+        if (!readFoldRow(page.rows[i]!, event, withAnalytics)) return carefully(true)
+        event.version = version + 1
+        const decoded = registry.decodePayload(asRecorded)
+        if (Either.isLeft(decoded)) return carefully(true)
+        state = evolve(state, decoded.right)
+        version++
+        tracker?.recordAt(event.type, event.recordedAt)
+      }
+      return n < PAGE
+        ? Effect.succeed({ state, version, analytics: tracker?.value, source: from.source })
+        : EventLoop.due()
+        ? Effect.zipRight(EventLoop.yieldToLoop, next(false))
+        : next(false)
+    })
   }
+  return next(true)
 }
 
 const makePageFold = <State, E extends { readonly _tag: string }>(
@@ -283,7 +266,6 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     )
     const starts = options.cache === undefined ? base : StateCache.decorate(base, options.cache)
     const fold = makeFold(store, registry, decider.evolve, withAnalytics)
-    const explain = explainRow(store, registry)
     // Whole commands in one store transaction, for loads that always start from the initial state and a registry
     // whose decoding a fold row can feed.
     const syncCommands = Event.readsPayloadOnly(registry) ? syncCommandsOf(store) : undefined
@@ -399,13 +381,14 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
        * The whole command in one synchronous transaction of the store (see `SyncCommands`): read and fold the
        * stream, decide, append, commit. Taken for a replay start (no cache, no snapshots) when the store offers it,
        * nobody traces, and the writer is idle. A decider that returns an Effect is run after the transaction (rolled
-       * back, nothing written), on the state it read; `undefined` when the store declined (take the usual road).
+       * back, nothing written), on the state it read. `undefined` (take the usual road) when the store declined, or
+       * when the fold found anything to read carefully (see `makeLeanFold`).
        */
       const inOneTransaction = (
         fiber: Fiber.RuntimeFiber<unknown, unknown>
       ): Effect.Effect<Handled<State, E>, Err | HandleError, R> | undefined => {
         type Outcome =
-          | { readonly _tag: "Explain"; readonly version: number }
+          | { readonly _tag: "Careful" }
           | { readonly _tag: "Failed"; readonly error: Err | HandleError }
           | { readonly _tag: "Nothing"; readonly current: Start<State> }
           | { readonly _tag: "Later"; readonly current: Start<State>; readonly decision: Effect.Effect<ReadonlyArray<E>, Err, R> }
@@ -426,17 +409,19 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
             let version = 0
             for (;;) {
               const page = tx.foldRows(sid, version, PAGE, withAnalytics)
-              for (let i = 0; i < page.length; i++) {
-                if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) {
-                  return done({ _tag: "Explain", version: version + 1 })
-                }
+              const n = page.rows.length
+              // anything off (see `makeLeanFold`): the usual road, whose fold goes on carefully
+              if (n > 0 && toInteger(page.last) !== version + n) return done({ _tag: "Careful" })
+              for (let i = 0; i < n; i++) {
+                if (!readFoldRow(page.rows[i]!, event, withAnalytics)) return done({ _tag: "Careful" })
+                event.version = version + 1
                 const decoded = registry.decodePayload(asRecorded)
-                if (Either.isLeft(decoded)) return done({ _tag: "Explain", version: version + 1 })
+                if (Either.isLeft(decoded)) return done({ _tag: "Careful" })
                 state = decider.evolve(state, decoded.right)
                 version++
                 tracker?.recordAt(event.type, event.recordedAt)
               }
-              if (page.length < PAGE) break
+              if (n < PAGE) break
             }
             const current: Start<State> = { state, version, analytics: tracker?.value, source: "replay" }
             const decision = decider.decide(command, state)
@@ -463,8 +448,8 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         if (ran === undefined) return undefined
         const outcome = ran.value
         switch (outcome._tag) {
-          case "Explain":
-            return explain(sid, outcome.version, false)
+          case "Careful":
+            return undefined
           case "Failed":
             return Effect.fail(outcome.error)
           case "Nothing":

@@ -17,12 +17,16 @@ const E = tables.events
 const COLUMNS = `position, event_id AS "eventId", stream_id AS "streamId", stream_type AS "streamType", version,
   event_type AS "type", schema_version AS "schemaVersion", payload, metadata, recorded_at AS "recordedAt"`
 
-const FOLD_COLUMNS = "version, event_type, schema_version, payload"
+const FOLD_COLUMNS = "event_type, schema_version, payload"
 
 /** The fold's read (`fold` below) as SQLite text, for the writer connection's synchronous path. */
 export const foldSqlite = (withRecordedAt: boolean) =>
   `SELECT ${FOLD_COLUMNS}${withRecordedAt ? ", recorded_at" : ""} FROM ${E}
   WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?`
+
+/** The version of the row `offset` places after the first one after `after` (`lastVersion` below), SQLite text. */
+export const LAST_VERSION_SQLITE =
+  `SELECT version FROM ${E} WHERE stream_id = ? AND version > ? ORDER BY version LIMIT 1 OFFSET ?`
 
 export interface StreamRange {
   readonly backward: boolean
@@ -66,6 +70,14 @@ export const make = (sql: SqlClient.SqlClient) => {
     fold: (streamId: string, after: number, limit: number, withRecordedAt: boolean) =>
       sql`SELECT ${sql.literal(FOLD_COLUMNS)}${sql.literal(withRecordedAt ? ", recorded_at" : "")} FROM ${table}
         WHERE stream_id = ${streamId} AND version > ${after} ORDER BY version LIMIT ${limit}`.values,
+
+    /** The version of a fold page's last row: from the stream index alone. */
+    lastVersion: (streamId: string, after: number, offset: number) =>
+      Effect.map(
+        sql`SELECT version FROM ${table} WHERE stream_id = ${streamId} AND version > ${after}
+          ORDER BY version LIMIT 1 OFFSET ${offset}`.values,
+        (rows) => rows[0]?.[0]
+      ),
 
     /** The position of the last event; 0 when the log is empty. */
     head: Effect.map(
