@@ -276,14 +276,14 @@ const makeSyncCommands = (
   signal: Signal
 ): SyncCommands => {
   const done = settled(signal)
-  const foldSql = [SqlRead.foldSqlite(false), SqlRead.foldSqlite(true)] as const
+  const foldSql = foldStatements()
   const failure = (operation: string) => (cause: unknown) =>
     new DriverFailure(storeError(operation)(cause instanceof SqlError ? cause : sqlError(cause)))
   let outcome: Outcome | undefined
   const tx: CommandTransaction = {
     foldRows: (streamId, after, limit, withRecordedAt) => {
       try {
-        return foldPageSync(held, foldSql[withRecordedAt ? 1 : 0], streamId, after, limit)
+        return foldPageSync(held, foldSql(withRecordedAt, limit), streamId, after)
       } catch (cause) {
         throw failure("read")(cause)
       }
@@ -348,7 +348,7 @@ const makeReads = (
           : Effect.map(statements.lastVersion(streamId, after, rows.length - 1), (last) => ({ rows, last }))),
       storeError("read")
     )
-  const foldSql = [SqlRead.foldSqlite(false), SqlRead.foldSqlite(true)] as const
+  const foldSql = foldStatements()
   return {
     streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
     logRows: (filter, operation) => {
@@ -364,7 +364,7 @@ const makeReads = (
       ? (streamId, after, limit, withRecordedAt) =>
         Effect.suspend(() => {
           try {
-            return Effect.succeed(foldPageSync(held, foldSql[withRecordedAt ? 1 : 0], streamId, after, limit))
+            return Effect.succeed(foldPageSync(held, foldSql(withRecordedAt, limit), streamId, after))
           } catch (cause) {
             return isBusy(cause)
               ? foldRows(streamId, after, limit, withRecordedAt)
@@ -375,9 +375,23 @@ const makeReads = (
   }
 }
 
+/** The fold's statements by analytics and page size (one page size in practice). */
+const foldStatements = () => {
+  const texts = new Map<number, string>()
+  return (withRecordedAt: boolean, limit: number): string => {
+    const key = withRecordedAt ? -1 - limit : limit
+    let text = texts.get(key)
+    if (text === undefined) {
+      text = SqlRead.foldSqlite(withRecordedAt, limit)
+      texts.set(key, text)
+    }
+    return text
+  }
+}
+
 /** A fold page on a synchronous connection: the rows, then the version of the last from the stream index. */
-const foldPageSync = (conn: SyncConnection, sql: string, streamId: string, after: number, limit: number): FoldPage => {
-  const rows = conn.executeValuesSync(sql, [streamId, after, limit])
+const foldPageSync = (conn: SyncConnection, sql: string, streamId: string, after: number): FoldPage => {
+  const rows = conn.executeValuesSync(sql, [streamId, after])
   if (rows.length === 0) return { rows, last: undefined }
   return { rows, last: conn.executeValuesSync(SqlRead.LAST_VERSION_SQLITE, [streamId, after, rows.length - 1])[0]?.[0] }
 }

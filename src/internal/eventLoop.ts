@@ -25,5 +25,24 @@ export const yieldToLoop: Effect.Effect<void> = Effect.async<void>((resume) => {
   return Effect.sync(() => clearImmediate(handle))
 })
 
+let turn = 0
+let probing = false
+const advance = () => {
+  turn++
+  probing = false
+}
+
+/**
+ * A number that changes each time Node's event loop goes round (timers, I/O), as far as the library needs to know:
+ * work done under the same number ran in one stretch of microtasks, without I/O in between.
+ */
+export const currentTurn = (): number => {
+  if (!probing) {
+    probing = true
+    setImmediate(advance).unref()
+  }
+  return turn
+}
+
 /** `yieldToLoop` when the budget is used up, otherwise nothing. */
 export const yieldIfDue: Effect.Effect<void> = Effect.suspend(() => due() ? yieldToLoop : Effect.void)

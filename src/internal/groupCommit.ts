@@ -7,7 +7,7 @@
  * on other callers' appends.
  *
  * Adaptive: a submission that finds the writer idle and no recent contention runs at once, with nothing added.
- * Once submissions come from more than one fiber (or one has had to wait for a leader), leaders yield once before
+ * Once submissions come from more than one fiber in one turn of the event loop (or one has had to wait for a leader), leaders yield once before
  * taking a group, so that appenders that are ready to run join it; after a long enough run of groups of one, they
  * stop yielding again.
  *
@@ -227,15 +227,20 @@ export const make = <In, Out, E>(options: {
   }
   const drive = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> => Effect.suspend(() => driveNow(entry))
 
-  // The fiber of the previous submission. Submissions from different fibers mean appenders run concurrently (even
-  // if, on a synchronous driver, each append happens to finish before the next fiber runs): group them.
+  // The fiber of the previous submission, and the turn of the event loop it came in. Submissions from different
+  // fibers in one turn mean appenders run concurrently (even if, on a synchronous driver, each append happens to
+  // finish before the next fiber runs): group them. Different fibers in different turns are requests one after
+  // another (a server runs each in a fiber of its own): nothing to group.
   let lastFiber = -1
+  let lastTurn = -1
 
   const idle = (id: number): boolean => {
+    const turn = EventLoop.currentTurn()
     if (id !== lastFiber) {
-      if (lastFiber !== -1) contention = CONTENTION_MEMORY
+      if (lastFiber !== -1 && turn === lastTurn) contention = CONTENTION_MEMORY
       lastFiber = id
     }
+    lastTurn = turn
     return !closed && !leading && contention === 0 && queue.length === 0
   }
 
