@@ -35,6 +35,7 @@ import {
   type Backend,
   type CommandTransaction,
   DriverFailure,
+  FOLD_PAGE,
   fromBackend,
   type SyncCommands
 } from "./internal/backend.js"
@@ -52,6 +53,7 @@ import {
   sqlError,
   type Written,
   writeGroup,
+  HOT_SQLITE,
   writeGroupSync,
   writeOneSync
 } from "./internal/sqlWrite.js"
@@ -277,6 +279,7 @@ const makeSyncCommands = (
 ): SyncCommands => {
   const done = settled(signal)
   const foldSql = foldStatements()
+  held.prepareSync([...HOT_SQLITE, foldSql(false, FOLD_PAGE), foldSql(true, FOLD_PAGE), SqlRead.LAST_VERSION_SQLITE])
   const failure = (operation: string) => (cause: unknown) =>
     new DriverFailure(storeError(operation)(cause instanceof SqlError ? cause : sqlError(cause)))
   let outcome: Outcome | undefined

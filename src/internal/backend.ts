@@ -186,6 +186,9 @@ export interface SyncCommands {
   ) => { readonly value: A } | undefined
 }
 
+/** How many rows a fold reads at a time (the SQL store prepares its fold statements for it). */
+export const FOLD_PAGE = 512
+
 const foldRowsKey = Symbol.for("effect-eventstore/foldRows")
 const syncCommandsKey = Symbol.for("effect-eventstore/syncCommands")
 

@@ -24,13 +24,13 @@ import * as Telemetry from "../Telemetry.js"
 import * as Background from "./background.js"
 import * as EventLoop from "./eventLoop.js"
 import * as Tracing from "./tracing.js"
-import { DriverFailure, type FoldRows, foldRowsOf, syncCommandsOf } from "./backend.js"
+import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, syncCommandsOf } from "./backend.js"
 import * as GroupCommit from "./groupCommit.js"
 import { FoldEvent, readFoldRow, toInteger } from "./codec.js"
 
 const isEvents = <E>(decision: unknown): decision is ReadonlyArray<E> => Array.isArray(decision)
 
-const PAGE = 512
+const PAGE = FOLD_PAGE
 
 type Start<State> = StateCache.Start<State>
 type Cached<State> = StateCache.Cached<State>

@@ -249,6 +249,17 @@ const insertSync = (
   }
 }
 
+/** The statements a command or a lone append runs on SQLite's writer, to prepare when the store starts. */
+export const HOT_SQLITE: ReadonlyArray<string> = [
+  "BEGIN IMMEDIATE",
+  "COMMIT",
+  "ROLLBACK",
+  INSERT_ONE_SQLITE,
+  VERSION_SQL,
+  insertSql(1, 0),
+  insertSql(1, "any")
+]
+
 /** One event at a numeric expected version (see `INSERT_ONE_SQLITE`). */
 const insertOneSync = (conn: SyncConnection, append: PreparedAppend, expected: number): Outcome => {
   const e = append.events[0]!

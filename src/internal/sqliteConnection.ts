@@ -87,6 +87,9 @@ export const make = (
           return []
         },
         runSync: (sql, params) => prepare(sql).run(...params),
+        prepareSync: (texts) => {
+          for (const sql of texts) prepare(sql)
+        },
         executeValuesSync: (sql, params) => {
           const statement = prepare(sql)
           statement.raw(true)
