@@ -366,13 +366,32 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         const after: Cached<State> = { state, version: appended.version, analytics }
         starts.seen(sid, after)
         const events = new Array<Event.RecordedEvent<E>>(decided.length)
-        for (let i = 0; i < decided.length; i++) events[i] = { ...appended.events[i]!, payload: decided[i]! }
-        const handled: Handled<State, E> = {
-          ...loaded({ ...after, source: current.source }),
-          events,
-          position: appended.position,
-          retries
+        for (let i = 0; i < decided.length; i++) {
+          const e = appended.events[i]!
+          events[i] = {
+            eventId: e.eventId,
+            streamId: e.streamId,
+            streamType: e.streamType,
+            version: e.version,
+            position: e.position,
+            type: e.type,
+            schemaVersion: e.schemaVersion,
+            payload: decided[i]!,
+            metadata: e.metadata,
+            recordedAt: e.recordedAt
+          }
         }
+        const handled: Handled<State, E> = analytics === undefined
+          ? { state, version: appended.version, source: current.source, events, position: appended.position, retries }
+          : {
+            state,
+            version: appended.version,
+            source: current.source,
+            analytics,
+            events,
+            position: appended.position,
+            retries
+          }
         const snapshot = afterAppend(sid, current.version, after)
         return snapshot === Effect.void ? Effect.succeed(handled) : Effect.as(snapshot, handled)
       }
@@ -485,9 +504,10 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           return decideOn(current)
         })
 
-      const usual: Effect.Effect<Handled<State, E>, Err | HandleError, R> = run.replay
-        ? Effect.flatMap(loadFrom(sid, true), decideOn)
-        : Effect.flatMap(starts.start(sid), (from) => {
+      const usual = (): Effect.Effect<Handled<State, E>, Err | HandleError, R> =>
+        run.replay
+          ? Effect.flatMap(loadFrom(sid, true), decideOn)
+          : Effect.flatMap(starts.start(sid), (from) => {
           if (from.source !== "cache") return Effect.flatMap(continueFrom(sid, from), decideOn)
           const decision = decider.decide(command, from.state)
           const decided = isEvents(decision) ? Effect.succeed(decision) : decision
@@ -497,9 +517,9 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           })
         })
       const once: Effect.Effect<Handled<State, E>, Err | HandleError, R> = syncCommands === undefined || !replayStarts
-        ? usual
+        ? usual()
         : Effect.withFiberRuntime<Handled<State, E>, Err | HandleError, R>((fiber) =>
-          Tracing.isNative(fiber.currentTracer) ? inOneTransaction(fiber) ?? usual : usual
+          Tracing.isNative(fiber.currentTracer) ? inOneTransaction(fiber) ?? usual() : usual()
         )
       // A conflict means the cached state (if any) is behind; a stream behind the version we started from means
       // the snapshot (or cache) was ahead of it: replay next time.
@@ -515,15 +535,15 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
       Effect.suspend(() => {
         const run = { attempts: 0, replay: false }
         const once = attempt(streamId(id), command, handleOptions, run)
-        // Only conflicts reach the schedule (a user's schedule may inspect its input): every other failure leaves
-        // an attempt as a value and is raised again after the retry.
-        const conflictsOnly = Effect.catchAll(
-          Effect.map(once, Either.right),
-          (error) => isConflict(error) ? Effect.fail(error) : Effect.succeed(Either.left(error))
-        )
         // The first attempt runs without the retry's machinery (most commands never conflict). On a conflict, the
         // retry starts by failing with that same conflict, so the schedule sees every conflict exactly once.
         const retried = (first: ConcurrencyError) => {
+          // Only conflicts reach the schedule (a user's schedule may inspect its input): every other failure leaves
+          // an attempt as a value and is raised again after the retry.
+          const conflictsOnly = Effect.catchAll(
+            Effect.map(once, Either.right),
+            (error) => isConflict(error) ? Effect.fail(error) : Effect.succeed(Either.left(error))
+          )
           let replayed = false
           const attempts = Effect.suspend(() => {
             if (replayed) return conflictsOnly
