@@ -1,6 +1,8 @@
 /**
  * The names of what the library reports: span names and attributes (see each operation) and metrics. Metrics are
- * Effect `Metric`s, so any metrics layer (OpenTelemetry, Prometheus) exports them.
+ * Effect `Metric`s, so any metrics layer (OpenTelemetry, Prometheus) exports them. Spans are created when a tracer
+ * is installed (an OpenTelemetry layer, DevTools, `Layer.setTracer`); with Effect's built-in tracer, which exports
+ * nothing, the library creates none (they cost more than the work they would describe).
  *
  * @since 0.1.0
  */
