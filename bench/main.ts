@@ -78,6 +78,13 @@ const insertRows = (rows: number) =>
   `INSERT INTO eventstore_events (event_id, stream_id, stream_type, version, event_type, schema_version, payload,
   metadata, tenant_id, recorded_at) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, 1, ?, NULL, NULL, ?)").join(", ")}`
 
+/**
+ * Appends and commands run untimed at the start of each round, raw and library alike: each round opens a new file
+ * (and the library a new runtime), and what is measured is the steady state of a running service, not the first
+ * calls of a connection (a cold page cache, first calls through new closures).
+ */
+const WARMUP = 20
+
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 // --- appends -------------------------------------------------------------------------------------------------------
@@ -95,9 +102,10 @@ async function rawAppends(count: number, perAppend: number, rowAtATime = false):
     }
   })
   const params: Array<unknown> = []
-  const start = performance.now()
-  for (let i = 0; i < count; i++) {
-    const s = i % STREAMS
+  let start = performance.now()
+  for (let i = -WARMUP; i < count; i++) {
+    if (i === 0) start = performance.now()
+    const s = (i + WARMUP) % STREAMS
     if (perAppend === 1) {
       insert.run(crypto.randomUUID(), `Bench-${s}`, "Bench", ++versions[s]!, "Deposited", JSON.stringify({ amount: i }), Date.now())
     } else if (rowAtATime) {
@@ -122,9 +130,10 @@ async function libAppends(count: number, perAppend: number): Promise<number> {
   const seconds = await rt.runPromise(Effect.gen(function*() {
     const store = yield* EventStore.EventStore
     const versions = new Array<number>(STREAMS).fill(0)
-    const start = performance.now()
-    for (let i = 0; i < count; i++) {
-      const s = i % STREAMS
+    let start = performance.now()
+    for (let i = -WARMUP; i < count; i++) {
+      if (i === 0) start = performance.now()
+      const s = (i + WARMUP) % STREAMS
       const events = Array.from({ length: perAppend }, (_, k) => ({ type: "Deposited", payload: { amount: i + k } }))
       const r = yield* store.append(`Bench-${s}`, events, { expectedVersion: versions[s]! })
       versions[s] = r.version
@@ -644,12 +653,6 @@ async function seedAccounts(accounts: number) {
  * Raw: a deposit as one IMMEDIATE transaction that selects the stream's events (only the columns the fold needs),
  * parses and folds them, checks the account is open and inserts the event (durable: WAL + FULL).
  */
-/**
- * Commands run untimed on fresh accounts at the start of each round, raw and library alike: each round opens a new
- * file (and the library a new runtime), and what is measured is the steady state of a running service, not the
- * first commands of a connection (a cold page cache, first calls through new closures).
- */
-const WARMUP = 20
 
 async function rawCommands(accounts: number) {
   const db = await rawDb(await seedAccounts(WARMUP + accounts))
