@@ -198,13 +198,12 @@ export const make = <In, Out, E>(options: {
     if (queue.every((entry) => entry.state !== "queued")) leading = false
   })
 
+  /** The leader's work. Its caller's region is uninterruptible: a group that has started commits or fails whole. */
   const lead = (own: Entry<In, Out, E>): Effect.Effect<Out, E> =>
-    Effect.uninterruptible(
-      // When appenders have been contending, let those ready to run join this group first.
-      (contention > 0 ? Effect.zipRight(Effect.yieldNow(), drain(own)) : drain(own)).pipe(
-        Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : release),
-        Effect.zipRight(Effect.suspend(() => own.exit ?? Effect.dieMessage("group commit: entry not settled")))
-      )
+    // When appenders have been contending, let those ready to run join this group first.
+    (contention > 0 ? Effect.zipRight(Effect.yieldNow(), drain(own)) : drain(own)).pipe(
+      Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : release),
+      Effect.zipRight(Effect.suspend(() => own.exit ?? Effect.dieMessage("group commit: entry not settled")))
     )
 
   const cancel = (entry: Entry<In, Out, E>) =>
@@ -221,23 +220,35 @@ export const make = <In, Out, E>(options: {
       })
     })
 
-  /** Leads, or waits for a leader to settle the entry. Called when the entry is new, or from `suspend`. */
-  const driveNow = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> => {
+  /**
+   * Leads, or waits for a leader to settle the entry. Runs in an uninterruptible region (`drive`, `enqueue`): the
+   * queueing of an entry, the choice and the claim of leadership can never be cut apart by an interruption (a claim
+   * without its leader would leave every later append waiting). Only the wait is interruptible, and an interruption
+   * of it — even one that arrives the moment the wait begins — cancels the entry unless a group has taken it.
+   */
+  const driveIn = (
+    entry: Entry<In, Out, E>,
+    restore: <A, E2, R>(effect: Effect.Effect<A, E2, R>) => Effect.Effect<A, E2, R>
+  ): Effect.Effect<Out, E> => {
     if (entry.state === "done") return entry.exit!
     if (!leading) {
       leading = true
       return lead(entry)
     }
     contention = CONTENTION_MEMORY
-    return Effect.async<Out, E>((resume) => {
+    return Effect.onInterrupt(restore(wait(entry)), () => cancel(entry))
+  }
+
+  const wait = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> =>
+    Effect.async<Out, E>((resume) => {
       // re-checked at registration: the fiber may have yielded since the checks above
       if (entry.state === "done") return resume(entry.exit!)
       if (!leading) return resume(drive(entry))
       entry.resume = resume
-      return cancel(entry)
     })
-  }
-  const drive = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> => Effect.suspend(() => driveNow(entry))
+
+  const drive = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> =>
+    Effect.uninterruptibleMask((restore) => Effect.suspend(() => driveIn(entry, restore)))
 
   // The fiber of the previous submission, and the turn of the event loop it came in. Submissions from different
   // fibers in one turn mean appenders run concurrently (even if, on a synchronous driver, each append happens to
@@ -261,11 +272,14 @@ export const make = <In, Out, E>(options: {
     return options.runSync === undefined ? undefined : options.runSync(input)
   }
 
-  const enqueue = (input: In): Effect.Effect<Out, E> => {
-    const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
-    queue.push(entry)
-    return driveNow(entry)
-  }
+  const enqueue = (input: In): Effect.Effect<Out, E> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.suspend(() => {
+        const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
+        queue.push(entry)
+        return driveIn(entry, restore)
+      })
+    )
 
   return {
     idle,
