@@ -281,7 +281,9 @@ const makeSyncCommands = (
   const foldSql = foldStatements()
   held.prepareSync([...HOT_SQLITE, foldSql(false, FOLD_PAGE), foldSql(true, FOLD_PAGE), SqlRead.LAST_VERSION_SQLITE])
   const failure = (operation: string) => (cause: unknown) =>
-    new DriverFailure(storeError(operation)(cause instanceof SqlError ? cause : sqlError(cause)))
+    new DriverFailure(
+      storeError(operation)(cause instanceof SqlError ? cause : operation === "read" ? readError(cause) : sqlError(cause))
+    )
   let outcome: Outcome | undefined
   const tx: CommandTransaction = {
     foldRows: (streamId, after, limit, withRecordedAt) => {
@@ -421,7 +423,13 @@ export const make = (
     return fromBackend({
       append: makeAppend(options, writer),
       ...makeReads(sql, held),
-      syncCommands: held !== undefined && isSync(held) ? makeSyncCommands(held, writer, signal) : undefined,
+      syncCommands: held !== undefined && isSync(held)
+        ? yield* Effect.try({
+          try: () => makeSyncCommands(held, writer, signal),
+          catch: (cause) =>
+            storeError("open")(new SqlError({ cause, message: "Failed to prepare the writer's statements" }))
+        })
+        : undefined,
       signal,
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })

@@ -146,6 +146,24 @@ describe("stored rows with wrong column types", () => {
       expect(failure(yield* Effect.exit(handler.load("1")))).toMatchObject(missing)
     }).pipe(Effect.scoped, Effect.provide(layer)))
 
+  it.live("a row whose version is 2.5 (between 2 and 3): folds fail naming it, nothing is appended on top", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const sql = yield* SqlClient.SqlClient
+      const type = `F${crypto.randomUUID().replace(/-/g, "").slice(0, 10)}`
+      const stream = `${type}-1`
+      const written = yield* store.append(stream, [0, 1, 2].map((i) => ({ type: "Good", payload: { i } })))
+      const bad = written.events[1]!.position
+      yield* sql.unsafe(`UPDATE eventstore_events SET version = 2.5 WHERE position = ?`, [bad])
+      const named = { _tag: "EventDecodeError", streamId: stream, position: bad }
+      expect(failure(yield* Effect.exit(store.readPage(stream)))).toMatchObject(named)
+      const handler = yield* Aggregate.handler(counter(type))
+      expect(failure(yield* Effect.exit(handler.load("1")))).toMatchObject(named)
+      expect(failure(yield* Effect.exit(handler.handle("1", undefined as never)))).toMatchObject(named)
+      expect((yield* sql.unsafe<{ n: number }>(`SELECT count(*) AS n FROM eventstore_events WHERE stream_id = ?`, [stream]))[0]!.n)
+        .toBe(3)
+    }).pipe(Effect.scoped, Effect.provide(layer)))
+
   it.live("a row whose version was changed to leave a gap is never read past silently", () =>
     Effect.gen(function*() {
       const store = yield* EventStore.EventStore

@@ -398,8 +398,8 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
 
       /**
        * The whole command in one synchronous transaction of the store (see `SyncCommands`): read and fold the
-       * stream, decide, append, commit. Taken for a replay start (no cache, no snapshots) when the store offers it,
-       * nobody traces, and the writer is idle. A decider that returns an Effect is run after the transaction (rolled
+       * stream, decide, append, commit. Taken for a replay start (no cache, no snapshots) of a stream shorter than a
+       * page when the store offers it, nobody traces, and the writer is idle. A decider that returns an Effect is run after the transaction (rolled
        * back, nothing written), on the state it read. `undefined` (take the usual road) when the store declined, or
        * when the fold found anything to read carefully (see `makeLeanFold`).
        */
@@ -407,7 +407,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         fiber: Fiber.RuntimeFiber<unknown, unknown>
       ): Effect.Effect<Handled<State, E>, Err | HandleError, R> | undefined => {
         type Outcome =
-          | { readonly _tag: "Careful" }
+          | { readonly _tag: "Usual" }
           | { readonly _tag: "Failed"; readonly error: Err | HandleError }
           | { readonly _tag: "Nothing"; readonly current: Start<State> }
           | { readonly _tag: "Later"; readonly current: Start<State>; readonly decision: Effect.Effect<ReadonlyArray<E>, Err, R> }
@@ -426,21 +426,20 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
             const tracker = withAnalytics ? new Analytics.Tracker(initial.analytics) : undefined
             let state = initial.state
             let version = 0
-            for (;;) {
-              const page = tx.foldRows(sid, version, PAGE, withAnalytics)
-              const n = page.rows.length
-              // anything off (see `makeLeanFold`): the usual road, whose fold goes on carefully
-              if (n > 0 && toInteger(page.last) !== version + n) return done({ _tag: "Careful" })
-              for (let i = 0; i < n; i++) {
-                if (!readFoldRow(page.rows[i]!, event, withAnalytics)) return done({ _tag: "Careful" })
-                event.version = version + 1
-                const decoded = registry.decodePayload(asRecorded)
-                if (Either.isLeft(decoded)) return done({ _tag: "Careful" })
-                state = decider.evolve(state, decoded.right)
-                version++
-                tracker?.recordAt(event.type, event.recordedAt)
-              }
-              if (n < PAGE) break
+            // One page at most: a longer stream takes the usual road, whose fold neither holds the write lock nor
+            // keeps the event loop waiting (it yields between pages). So does anything off (see `makeLeanFold`):
+            // the usual road's fold goes on carefully.
+            const page = tx.foldRows(sid, 0, PAGE, withAnalytics)
+            const n = page.rows.length
+            if (n === PAGE || (n > 0 && toInteger(page.last) !== n)) return done({ _tag: "Usual" })
+            for (let i = 0; i < n; i++) {
+              if (!readFoldRow(page.rows[i]!, event, withAnalytics)) return done({ _tag: "Usual" })
+              event.version = version + 1
+              const decoded = registry.decodePayload(asRecorded)
+              if (Either.isLeft(decoded)) return done({ _tag: "Usual" })
+              state = decider.evolve(state, decoded.right)
+              version++
+              tracker?.recordAt(event.type, event.recordedAt)
             }
             const current: Start<State> = { state, version, analytics: tracker?.value, source: "replay" }
             const decision = decider.decide(command, state)
@@ -467,7 +466,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         if (ran === undefined) return undefined
         const outcome = ran.value
         switch (outcome._tag) {
-          case "Careful":
+          case "Usual":
             return undefined
           case "Failed":
             return Effect.fail(outcome.error)
@@ -504,6 +503,17 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           return decideOn(current)
         })
 
+      /**
+       * The append of a decision on a cached state conflicted: the cache was behind the stream (another writer). That
+       * is not a race of this command with another, so it does not wait for the retry schedule: the command is
+       * decided again at once on a fresh load (a conflict there is a real one, and retried as usual).
+       */
+      const stale = (conflict: ConcurrencyError): Effect.Effect<Handled<State, E>, Err | HandleError, R> => {
+        starts.forget(sid)
+        const behind = typeof conflict.expected === "number" && conflict.actual < conflict.expected
+        return Effect.flatMap(loadFrom(sid, behind), decideOn)
+      }
+
       const usual = (): Effect.Effect<Handled<State, E>, Err | HandleError, R> =>
         run.replay
           ? Effect.flatMap(loadFrom(sid, true), decideOn)
@@ -513,7 +523,8 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           const decided = isEvents(decision) ? Effect.succeed(decision) : decision
           return Effect.matchEffect(decided, {
             onFailure: (error) => confirm(from, Effect.fail(error)),
-            onSuccess: (events) => events.length > 0 ? commit(from, events) : confirm(from, commit(from, events))
+            onSuccess: (events) =>
+              events.length > 0 ? Effect.catchIf(commit(from, events), isConflict, stale) : confirm(from, commit(from, events))
           })
         })
       const once: Effect.Effect<Handled<State, E>, Err | HandleError, R> = syncCommands === undefined || !replayStarts
