@@ -39,7 +39,7 @@ import {
   fromBackend,
   type SyncCommands
 } from "./internal/backend.js"
-import { type FoldPage, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
+import { type FoldRow, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
 import { isSync, type SyncConnection } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
@@ -279,7 +279,7 @@ const makeSyncCommands = (
 ): SyncCommands => {
   const done = settled(signal)
   const foldSql = foldStatements()
-  held.prepareSync([...HOT_SQLITE, foldSql(false, FOLD_PAGE), foldSql(true, FOLD_PAGE), SqlRead.LAST_VERSION_SQLITE])
+  held.prepareSync([...HOT_SQLITE, foldSql(false, FOLD_PAGE), foldSql(true, FOLD_PAGE)])
   const failure = (operation: string) => (cause: unknown) =>
     new DriverFailure(
       storeError(operation)(cause instanceof SqlError ? cause : operation === "read" ? readError(cause) : sqlError(cause))
@@ -346,13 +346,7 @@ const makeReads = (
 ): Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows"> => {
   const statements = SqlRead.make(sql)
   const foldRows: Backend["foldRows"] = (streamId, after, limit, withRecordedAt) =>
-    Effect.mapError(
-      Effect.flatMap(statements.fold(streamId, after, limit, withRecordedAt), (rows) =>
-        rows.length === 0
-          ? Effect.succeed({ rows, last: undefined })
-          : Effect.map(statements.lastVersion(streamId, after, rows.length - 1), (last) => ({ rows, last }))),
-      storeError("read")
-    )
+    Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
   const foldSql = foldStatements()
   return {
     streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
@@ -394,12 +388,9 @@ const foldStatements = () => {
   }
 }
 
-/** A fold page on a synchronous connection: the rows, then the version of the last from the stream index. */
-const foldPageSync = (conn: SyncConnection, sql: string, streamId: string, after: number): FoldPage => {
-  const rows = conn.executeValuesSync(sql, [streamId, after])
-  if (rows.length === 0) return { rows, last: undefined }
-  return { rows, last: conn.executeValuesSync(SqlRead.LAST_VERSION_SQLITE, [streamId, after, rows.length - 1])[0]?.[0] }
-}
+/** A fold page on a synchronous connection. */
+const foldPageSync = (conn: SyncConnection, sql: string, streamId: string, after: number): ReadonlyArray<FoldRow> =>
+  conn.executeValuesSync(sql, [streamId, after])
 
 const readError = (cause: unknown) =>
   new SqlError({ cause, message: `Failed to read events${codeOf(cause) ? ` (${codeOf(cause)})` : ""}` })

@@ -20,7 +20,7 @@ import type {
   PageOptions,
   ReadOptions
 } from "../EventStore.js"
-import { categoryOf, type FoldPage, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
+import { categoryOf, type FoldRow, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
 import { catchUp, live, type Signal } from "./paging.js"
 import * as Tracing from "./tracing.js"
 
@@ -131,19 +131,18 @@ export interface Backend {
 }
 
 /**
- * Rows of one stream after version `after` (at most `limit`, by version) with only the columns a fold reads, and
- * the version of the last (see `FoldRow`, `FoldPage`; `recordedAt` too when asked). The aggregate handler folds
- * through it instead of `readPage` when the store it was given has it: no `RecordedEvent`s, ids or metadata built
- * for events that are only folded. Pages and rows are still checked (`readFoldRow`); where anything is off, the fold
- * goes on through `readPage`, which names a bad row. A backend that transforms what it reads (decryption, say)
- * must do it here too.
+ * Rows of one stream after version `after` (at most `limit`, by version) with only the columns a fold reads (see
+ * `FoldRow`; `recordedAt` too when asked). The aggregate handler folds through it instead of `readPage` when the
+ * store it was given has it: no `RecordedEvent`s, ids or metadata built for events that are only folded. Rows are
+ * still checked one by one (`readFoldRow`); where anything is off, the fold goes on through `readPage`, which names
+ * a bad row. A backend that transforms what it reads (decryption, say) must do it here too.
  */
 export type FoldRows = (
   streamId: string,
   after: number,
   limit: number,
   withRecordedAt: boolean
-) => Effect.Effect<FoldPage, StoreError>
+) => Effect.Effect<ReadonlyArray<FoldRow>, StoreError>
 
 /** What a command does inside a synchronous write transaction (see `SyncCommands`). */
 export interface CommandTransaction {
@@ -153,7 +152,7 @@ export interface CommandTransaction {
     after: number,
     limit: number,
     withRecordedAt: boolean
-  ) => FoldPage
+  ) => ReadonlyArray<FoldRow>
   /**
    * Validates and writes an append inside the transaction, recorded at `now`; a conflict, a duplicate id or invalid
    * input writes nothing of it.

@@ -635,18 +635,10 @@ const fromStoredChecked = (row: StoredEvent): Either.Either<RecordedEvent, Event
 
 /**
  * One stored event as a fold reads it: only the columns it needs, as an array (what SQLite's raw mode returns),
- * `[type, schemaVersion, payload JSON]`, and `recordedAt` fourth when the fold keeps analytics. Its version is not
- * selected (measured: a tenth of a load's time): a page of rows after version `after` comes with the version of its
- * last row (`FoldPage`), and since versions in a stream are unique, `k` rows whose last is `after + k` are exactly
- * versions `after + 1 … after + k`.
+ * `[version, type, schemaVersion, payload JSON]`, and `recordedAt` fifth when the fold keeps analytics. Each value is
+ * checked by `readFoldRow`.
  */
 export type FoldRow = ReadonlyArray<unknown>
-
-/** A page of fold rows, by version, and the version of its last row (`undefined` for an empty page). */
-export interface FoldPage {
-  readonly rows: ReadonlyArray<FoldRow>
-  readonly last: unknown
-}
 
 /**
  * The event a fold is at, reused for every row of a page (a fold keeps nothing of it but the decoded payload).
@@ -664,19 +656,22 @@ export class FoldEvent {
 }
 
 /**
- * Checks one fold row and fills `into` with it (the caller sets its version): the columns must be what the store
- * writes (the same rules as `fromStored`, drivers' integer strings converted). `false` when anything is off: the
- * caller reads on the careful way, which names what is wrong or decodes what only looked wrong.
+ * Checks one fold row and fills `into` with it: the row must hold version `expected` (the one after the previous
+ * row; SQLite columns are loosely typed, so a version of 2.5 or "x" is caught here) and its columns must be what
+ * the store writes (the same rules as `fromStored`, drivers' integer strings converted). `false` when anything is
+ * off: the caller reads on the careful way, which names what is wrong or decodes what only looked wrong.
  */
-export const readFoldRow = (row: FoldRow, into: FoldEvent, withRecordedAt: boolean): boolean => {
-  const type = row[0]
-  let schemaVersion = row[1]
-  const payload = row[2]
+export const readFoldRow = (row: FoldRow, into: FoldEvent, expected: number, withRecordedAt: boolean): boolean => {
+  const version = row[0]
+  const type = row[1]
+  let schemaVersion = row[2]
+  const payload = row[3]
+  if (version !== expected && toInteger(version) !== expected) return false
   if (typeof type !== "string" || typeof payload !== "string") return false
   if (typeof schemaVersion !== "number" || !Number.isSafeInteger(schemaVersion)) schemaVersion = toInteger(schemaVersion)
   if (schemaVersion === undefined || (schemaVersion as number) < 1) return false
   if (withRecordedAt) {
-    const recordedAt = typeof row[3] === "number" && Number.isSafeInteger(row[3]) ? row[3] : toInteger(row[3])
+    const recordedAt = typeof row[4] === "number" && Number.isSafeInteger(row[4]) ? row[4] : toInteger(row[4])
     if (recordedAt === undefined || Math.abs(recordedAt) > 8.64e15) return false
     into.recordedAt = recordedAt
   }
@@ -688,14 +683,13 @@ export const readFoldRow = (row: FoldRow, into: FoldEvent, withRecordedAt: boole
   }
   // what JSON.parse makes is a plain object unless it is an array, null or a primitive
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return false
+  into.version = expected
   into.type = type
   into.schemaVersion = schemaVersion as number
   into.payload = parsed
   return true
 }
 
-/** Stored events as a fold page (the memory backend's). */
-export const toFoldPage = (rows: ReadonlyArray<StoredEvent>): FoldPage => ({
-  rows: rows.map((row) => [row.type, row.schemaVersion, row.payload, row.recordedAt]),
-  last: rows.length === 0 ? undefined : rows[rows.length - 1]!.version
-})
+/** Stored events as fold rows (the memory backend's). */
+export const toFoldRows = (rows: ReadonlyArray<StoredEvent>): Array<FoldRow> =>
+  rows.map((row) => [row.version, row.type, row.schemaVersion, row.payload, row.recordedAt])

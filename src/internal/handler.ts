@@ -60,11 +60,10 @@ const makeFold = <State, E extends { readonly _tag: string }>(
 }
 
 /**
- * The lean fold: pages of `FoldRows`, each checked to hold exactly the versions after the last one (see `FoldPage`),
- * rows checked and decoded on the spot. Wherever anything is off — a page whose versions do not follow, a row the
- * lean check refuses, a payload the registry does not decode as it stands (an older schema version to upcast, say) —
- * the fold goes on from where it is through `careful` (`readPage`), which decodes what only looked wrong and names
- * what is.
+ * The lean fold: pages of `FoldRows`, each row checked (its version the one after the last) and decoded on the spot.
+ * Wherever anything is off — a row the lean check refuses, a payload the registry does not decode as it stands (an
+ * older schema version to upcast, say) — the fold goes on from where it is through `careful` (`readPage`), which
+ * decodes what only looked wrong and names what is.
  */
 const makeLeanFold = <State, E extends { readonly _tag: string }>(
   rows: FoldRows,
@@ -80,21 +79,23 @@ const makeLeanFold = <State, E extends { readonly _tag: string }>(
   const asRecorded = event as unknown as RecordedEvent
   let state = from.state
   let version = from.version
-  const carefully = (verified: boolean) =>
-    careful(sid, verified ? { state, version, analytics: tracker?.value, source: from.source } : from)
+  // from where the lean fold got to (a start past version 0 is checked again there)
+  const carefully = () => careful(sid, { state, version, analytics: tracker?.value, source: from.source })
   const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
     const verify = first && version > 0
     const after = verify ? version - 1 : version
     return Effect.flatMap(rows(sid, after, PAGE, withAnalytics), (page) => {
-      const n = page.rows.length
-      // a start past version 0 must have its own version in the stream: else the stream is behind it (replay)
-      if (n === 0) return Effect.succeed(verify ? undefined : { state, version, analytics: tracker?.value, source: from.source })
-      if (toInteger(page.last) !== after + n) return carefully(!first)
-      for (let i = verify ? 1 : 0; i < n; i++) {
-        if (!readFoldRow(page.rows[i]!, event, withAnalytics)) return carefully(true)
-        event.version = version + 1
+      const n = page.length
+      let i = 0
+      if (verify) {
+        // a start past version 0 must have its own version in the stream: else the stream is behind it (replay)
+        if (n === 0 || toInteger(page[0]![0]) !== version) return Effect.succeed(undefined)
+        i = 1
+      }
+      for (; i < n; i++) {
+        if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return carefully()
         const decoded = registry.decodePayload(asRecorded)
-        if (Either.isLeft(decoded)) return carefully(true)
+        if (Either.isLeft(decoded)) return carefully()
         state = evolve(state, decoded.right)
         version++
         tracker?.recordAt(event.type, event.recordedAt)
@@ -430,11 +431,10 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
             // keeps the event loop waiting (it yields between pages). So does anything off (see `makeLeanFold`):
             // the usual road's fold goes on carefully.
             const page = tx.foldRows(sid, 0, PAGE, withAnalytics)
-            const n = page.rows.length
-            if (n === PAGE || (n > 0 && toInteger(page.last) !== n)) return done({ _tag: "Usual" })
+            const n = page.length
+            if (n === PAGE) return done({ _tag: "Usual" })
             for (let i = 0; i < n; i++) {
-              if (!readFoldRow(page.rows[i]!, event, withAnalytics)) return done({ _tag: "Usual" })
-              event.version = version + 1
+              if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return done({ _tag: "Usual" })
               const decoded = registry.decodePayload(asRecorded)
               if (Either.isLeft(decoded)) return done({ _tag: "Usual" })
               state = decider.evolve(state, decoded.right)

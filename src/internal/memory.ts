@@ -7,7 +7,7 @@ import * as Effect from "effect/Effect"
 import { ConcurrencyError, DuplicateEventError } from "../Errors.js"
 import type { AppendResult, EventStoreService } from "../EventStore.js"
 import { appendSpan, type Backend, fromBackend, nonEmpty } from "./backend.js"
-import { prepareAppend, recorded, type StoredEvent, toFoldPage } from "./codec.js"
+import { prepareAppend, recorded, type StoredEvent, toFoldRows } from "./codec.js"
 import { Signal } from "./paging.js"
 import * as Tracing from "./tracing.js"
 
@@ -100,7 +100,7 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
     logRows,
     head: Effect.sync(() => log.length),
     foldRows: (streamId, after, limit, _withRecordedAt) =>
-      Effect.sync(() => toFoldPage((streams.get(streamId) ?? []).slice(after, after + limit))),
+      Effect.sync(() => toFoldRows((streams.get(streamId) ?? []).slice(after, after + limit))),
     signal,
     pollInterval: undefined
   })

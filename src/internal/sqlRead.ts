@@ -17,7 +17,7 @@ const E = tables.events
 const COLUMNS = `position, event_id AS "eventId", stream_id AS "streamId", stream_type AS "streamType", version,
   event_type AS "type", schema_version AS "schemaVersion", payload, metadata, recorded_at AS "recordedAt"`
 
-const FOLD_COLUMNS = "event_type, schema_version, payload"
+const FOLD_COLUMNS = "version, event_type, schema_version, payload"
 
 /**
  * A page size as SQL text. Limits are written into the statement, not bound: SQLite reads a page of a stream about
@@ -29,22 +29,10 @@ const limitOf = (limit: number): string => {
   return String(limit)
 }
 
-// SQLite columns are loosely typed: a version of 2.5 (a stray UPDATE) would sit between 2 and 3 and make a page of
-// n rows look like n consecutive versions. The fold reads only integer versions (from the stream index, no table
-// access), so such a row is missing from the page and the page's count gives it away.
-const INTEGER_VERSION = "typeof(version) = 'integer'"
-
 /** The fold's read (`fold` below) as SQLite text, for the writer connection's synchronous path. */
 export const foldSqlite = (withRecordedAt: boolean, limit: number) =>
   `SELECT ${FOLD_COLUMNS}${withRecordedAt ? ", recorded_at" : ""} FROM ${E}
-  WHERE stream_id = ? AND version > ? AND ${INTEGER_VERSION} ORDER BY version LIMIT ${limitOf(limit)}`
-
-/**
- * The version of the row `offset` places after the first one after `after` (`lastVersion` below), SQLite text. Not
- * restricted to integers: a non-integer among the rows shifts it, and the page is read the careful way.
- */
-export const LAST_VERSION_SQLITE =
-  `SELECT version FROM ${E} WHERE stream_id = ? AND version > ? ORDER BY version LIMIT 1 OFFSET ?`
+  WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ${limitOf(limit)}`
 
 export interface StreamRange {
   readonly backward: boolean
@@ -56,7 +44,6 @@ export interface StreamRange {
 
 export const make = (sql: SqlClient.SqlClient) => {
   const columns = sql.literal(COLUMNS)
-  const integerVersions = sql.literal(sql.onDialectOrElse({ sqlite: () => ` AND ${INTEGER_VERSION}`, orElse: () => "" }))
   const table = sql(E)
   return {
     /** Forward: versions after `cursor` up to `to`; backward: versions before `cursor` down to `from`. */
@@ -88,16 +75,8 @@ export const make = (sql: SqlClient.SqlClient) => {
     /** One stream's rows after a version, with only the columns a fold reads (`FoldRow`), as arrays. */
     fold: (streamId: string, after: number, limit: number, withRecordedAt: boolean) =>
       sql`SELECT ${sql.literal(FOLD_COLUMNS)}${sql.literal(withRecordedAt ? ", recorded_at" : "")} FROM ${table}
-        WHERE stream_id = ${streamId} AND version > ${after}${integerVersions}
-        ORDER BY version LIMIT ${sql.literal(limitOf(limit))}`.values,
-
-    /** The version of a fold page's last row: from the stream index alone. */
-    lastVersion: (streamId: string, after: number, offset: number) =>
-      Effect.map(
-        sql`SELECT version FROM ${table} WHERE stream_id = ${streamId} AND version > ${after}
-          ORDER BY version LIMIT 1 OFFSET ${offset}`.values,
-        (rows) => rows[0]?.[0]
-      ),
+        WHERE stream_id = ${streamId} AND version > ${after} ORDER BY version LIMIT ${sql.literal(limitOf(limit))}`
+        .values,
 
     /** The position of the last event; 0 when the log is empty. */
     head: Effect.map(
