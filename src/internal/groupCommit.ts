@@ -247,8 +247,9 @@ export const make = <In, Out, E>(options: {
       entry.resume = resume
     })
 
+  // (the mask's function runs inside the uninterruptible region, when the effect runs: no `suspend` needed)
   const drive = (entry: Entry<In, Out, E>): Effect.Effect<Out, E> =>
-    Effect.uninterruptibleMask((restore) => Effect.suspend(() => driveIn(entry, restore)))
+    Effect.uninterruptibleMask((restore) => driveIn(entry, restore))
 
   // The fiber of the previous submission, and the turn of the event loop it came in. Submissions from different
   // fibers in one turn mean appenders run concurrently (even if, on a synchronous driver, each append happens to
@@ -273,13 +274,11 @@ export const make = <In, Out, E>(options: {
   }
 
   const enqueue = (input: In): Effect.Effect<Out, E> =>
-    Effect.uninterruptibleMask((restore) =>
-      Effect.suspend(() => {
-        const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
-        queue.push(entry)
-        return driveIn(entry, restore)
-      })
-    )
+    Effect.uninterruptibleMask((restore) => {
+      const entry: Entry<In, Out, E> = { input, state: "queued", exit: undefined, resume: undefined, onDone: undefined }
+      queue.push(entry)
+      return driveIn(entry, restore)
+    })
 
   return {
     idle,
