@@ -313,11 +313,23 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
     Either.map(decodePayload(event), (payload) => ({ ...event, payload }))
 
   const built = { schema: union, types: [...entries.keys()] as Array<A["_tag"]>, encode, decode, decodePayload }
-  builtHere.add(built)
+  builtHere.set(built, (type, schemaVersion) => {
+    const entry = entries.get(type)
+    return entry !== undefined && entry.version === schemaVersion ? entry.fast : undefined
+  })
   return built
 }
 
-const builtHere = new WeakSet<object>()
+type FastDecoder = (payload: unknown) => unknown
+const builtHere = new WeakMap<object, (type: string, schemaVersion: number) => FastDecoder | undefined>()
+
+/**
+ * @internal the compiled decoder of a registry built by `registry` for payloads of `type` stored at `schemaVersion`
+ * (the current one, nothing to upcast), or `undefined`: then `decodePayload` (which gives the same result, and every
+ * error). A decoder returns `undefined` for a payload it does not accept as it stands.
+ */
+export const fastDecoderOf = (registry: Registry<any>, type: string, schemaVersion: number): FastDecoder | undefined =>
+  builtHere.get(registry)?.(type, schemaVersion)
 
 /**
  * @internal whether `registry` was built by `registry` above: its `decodePayload` reads only an event's type,

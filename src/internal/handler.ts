@@ -65,6 +65,28 @@ const makeFold = <State, E extends { readonly _tag: string }>(
  * older schema version to upcast, say) — the fold goes on from where it is through `careful` (`readPage`), which
  * decodes what only looked wrong and names what is.
  */
+/**
+ * Decodes the events of a lean fold (a registry built by `Event.registry`, whose `decodePayload` reads only what a
+ * `FoldEvent` holds): the compiled decoder of the row's type, looked up again only when the type changes, else
+ * `decodePayload`. `undefined` when the payload does not decode: the caller reads the row the careful way.
+ */
+const foldDecoder = <E extends { readonly _tag: string }>(registry: Event.Registry<E>) => {
+  let type = ""
+  let version = 0
+  let fast: ((payload: unknown) => unknown) | undefined
+  return (event: FoldEvent): E | undefined => {
+    if (event.type !== type || event.schemaVersion !== version) {
+      type = event.type
+      version = event.schemaVersion
+      fast = Event.fastDecoderOf(registry, type, version)
+    }
+    const value = fast?.(event.payload)
+    if (value !== undefined) return value as E
+    const decoded = registry.decodePayload(event as unknown as RecordedEvent)
+    return Either.isRight(decoded) ? decoded.right : undefined
+  }
+}
+
 const makeLeanFold = <State, E extends { readonly _tag: string }>(
   rows: FoldRows,
   registry: Event.Registry<E>,
@@ -75,10 +97,9 @@ const makeLeanFold = <State, E extends { readonly _tag: string }>(
 (sid, from) => {
   const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
   const event = new FoldEvent(sid)
-  // `decodePayload` of a registry built by `Event.registry` reads only what a FoldEvent holds
-  const asRecorded = event as unknown as RecordedEvent
   let state = from.state
   let version = from.version
+  const decode = foldDecoder(registry)
   // from where the lean fold got to (a start past version 0 is checked again there)
   const carefully = () => careful(sid, { state, version, analytics: tracker?.value, source: from.source })
   const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
@@ -94,9 +115,9 @@ const makeLeanFold = <State, E extends { readonly _tag: string }>(
       }
       for (; i < n; i++) {
         if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return carefully()
-        const decoded = registry.decodePayload(asRecorded)
-        if (Either.isLeft(decoded)) return carefully()
-        state = evolve(state, decoded.right)
+        const decoded = decode(event)
+        if (decoded === undefined) return carefully()
+        state = evolve(state, decoded)
         version++
         tracker?.recordAt(event.type, event.recordedAt)
       }
@@ -423,7 +444,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         try {
           ran = syncCommands!.run(fiber.id().id, (tx) => {
             const event = new FoldEvent(sid)
-            const asRecorded = event as unknown as RecordedEvent
+            const decode = foldDecoder(registry)
             const tracker = withAnalytics ? new Analytics.Tracker(initial.analytics) : undefined
             let state = initial.state
             let version = 0
@@ -435,9 +456,9 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
             if (n === PAGE) return done({ _tag: "Usual" })
             for (let i = 0; i < n; i++) {
               if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return done({ _tag: "Usual" })
-              const decoded = registry.decodePayload(asRecorded)
-              if (Either.isLeft(decoded)) return done({ _tag: "Usual" })
-              state = decider.evolve(state, decoded.right)
+              const decoded = decode(event)
+              if (decoded === undefined) return done({ _tag: "Usual" })
+              state = decider.evolve(state, decoded)
               version++
               tracker?.recordAt(event.type, event.recordedAt)
             }
