@@ -10,8 +10,11 @@
  * under a `Schedule` the caller can override.
  *
  * Loading starts from the newest of: a cached state (opt-in `cache`), the latest snapshot (opt-in `snapshots`), or
- * the initial state — then folds the events after it. Whatever the start, `decide` sees the state a full replay
- * would give. Event analytics (opt-in) are folded alongside.
+ * the initial state — then folds the events after it. Whatever the start, a command's outcome is decided on the
+ * state a full replay would give. (With a cache, a command decides on the cached state without reading the stream:
+ * if another writer has moved the stream on, that decision never stands — its append conflicts, or, when it appends
+ * nothing, it is checked against the stream — and `decide` runs again on the current state.) Event analytics
+ * (opt-in) are folded alongside.
  *
  * @since 0.1.0
  */
@@ -94,7 +97,10 @@ export interface Options<State, Command, E extends { readonly _tag: string }, Er
   readonly retry?: Schedule.Schedule<unknown, ConcurrencyError>
   /** Snapshot the state every N events or on demand. The aggregate's layer then needs a `SnapshotStore`. */
   readonly snapshots?: Snapshot.Policy<State> | undefined
-  /** Keep up to `capacity` states in memory (LRU, in the aggregate's layer): a load reads only newer events. */
+  /**
+   * Keep up to `capacity` states in memory (LRU, in the aggregate's layer): a load reads only newer events, and a
+   * command decides on the cached state without reading (its append expects the cached version).
+   */
   readonly cache?: StateCache.Options | undefined
   /** Fold event analytics with the state (restored from snapshots). Off by default. */
   readonly analytics?: boolean | undefined
@@ -117,7 +123,10 @@ export interface Handled<State, E> extends Loaded<State> {
   readonly events: ReadonlyArray<Event.RecordedEvent<E>>
   /** The global position of the last new event; absent when `decide` returned no events. */
   readonly position?: number
-  /** How many times a concurrent writer forced load + decide to run again. */
+  /**
+   * How many times a concurrent writer forced load + decide to run again under the retry schedule. A cached state
+   * found stale (the stream had moved on before the command started) is decided again without counting here.
+   */
   readonly retries: number
 }
 

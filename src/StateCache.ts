@@ -1,7 +1,8 @@
 /**
  * The in-process state cache: a decorator over where an aggregate's loads start (as equinox's caching category
  * wraps a store). Without it a load starts from the latest snapshot or the initial state; with it, from the state
- * the last load or command of this process left, and reads only the events after it. The cache lives in the
+ * the last load or command of this process left, and reads only the events after it; a command decides on that state
+ * without reading at all (its append expects the cached version, so a stale state never commits). The cache lives in the
  * aggregate's handler layer (`Aggregate.layer`) and ends with it: one cache per handler, so two event stores in one
  * process never share entries. It assumes states are immutable values (as `evolve` should return).
  *
