@@ -328,7 +328,7 @@ const builtHere = new WeakMap<object, (type: string, schemaVersion: number) => F
  * (the current one, nothing to upcast), or `undefined`: then `decodePayload` (which gives the same result, and every
  * error). A decoder returns `undefined` for a payload it does not accept as it stands.
  */
-export const fastDecoderOf = (registry: Registry<any>, type: string, schemaVersion: number): FastDecoder | undefined =>
+export const fastDecoderOf = (registry: object, type: string, schemaVersion: number): FastDecoder | undefined =>
   builtHere.get(registry)?.(type, schemaVersion)
 
 /**
@@ -336,7 +336,7 @@ export const fastDecoderOf = (registry: Registry<any>, type: string, schemaVersi
  * schema version and payload (and names the event by stream, version, position and type in an error), so a fold
  * may hand it a partial event.
  */
-export const readsPayloadOnly = (registry: Registry<any>): boolean => builtHere.has(registry)
+export const readsPayloadOnly = (registry: object): boolean => builtHere.has(registry)
 
 /** @since 0.1.0 */
 export declare namespace Registry {

@@ -278,7 +278,6 @@ const makeSyncCommands = (
   signal: Signal
 ): SyncCommands => {
   const done = settled(signal)
-  const foldSql = foldStatements()
   held.prepareSync([...HOT_SQLITE, foldSql(false, FOLD_PAGE), foldSql(true, FOLD_PAGE)])
   const failure = (operation: string) => (cause: unknown) =>
     new DriverFailure(
@@ -347,7 +346,6 @@ const makeReads = (
   const statements = SqlRead.make(sql)
   const foldRows: Backend["foldRows"] = (streamId, after, limit, withRecordedAt) =>
     Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
-  const foldSql = foldStatements()
   return {
     streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
     logRows: (filter, operation) => {
@@ -375,7 +373,7 @@ const makeReads = (
 }
 
 /** The fold's statements by analytics and page size (one page size in practice). */
-const foldStatements = () => {
+const foldSql = (() => {
   const texts = new Map<number, string>()
   return (withRecordedAt: boolean, limit: number): string => {
     const key = withRecordedAt ? -1 - limit : limit
@@ -386,7 +384,7 @@ const foldStatements = () => {
     }
     return text
   }
-}
+})()
 
 /** A fold page on a synchronous connection. */
 const foldPageSync = (conn: SyncConnection, sql: string, streamId: string, after: number): ReadonlyArray<FoldRow> =>

@@ -67,6 +67,33 @@ const compileProps = (schema: Schema.Schema.Any, tag: string): ReadonlyArray<Pro
 }
 
 /**
+ * The validator-builder both directions share: the known properties of `input`, checked, in schema order. Decoding
+ * (a stored payload, which has no `_tag`) puts `_tag` back; encoding (an event, whose `_tag` must be `tag`) leaves it
+ * out. `undefined` for anything the fast path does not accept as it stands.
+ */
+const build = (props: ReadonlyArray<Prop>, tag: string, direction: "decode" | "encode") =>
+(u: unknown): Record<PropertyKey, unknown> | undefined => {
+  if (typeof u !== "object" || u === null || Array.isArray(u)) return undefined
+  const input = u as Record<PropertyKey, unknown>
+  if (direction === "decode" ? "_tag" in input : input._tag !== tag) return undefined
+  const out: Record<PropertyKey, unknown> = {}
+  for (const { check, name, optional } of props) {
+    if (check === "tag") {
+      if (direction === "decode") out[name] = tag
+      continue
+    }
+    if (!(name in input)) {
+      if (optional) continue
+      return undefined
+    }
+    const value = input[name]
+    if (!check(value)) return undefined
+    out[name] = value
+  }
+  return out
+}
+
+/**
  * An encoder for events of type `tag`: for a schema without transformations, encoding is validating, and the
  * payload is the event's known properties without `_tag` (what `Schema.encode` then dropping `_tag` gives).
  * Returns `undefined` when the fast path does not apply or the event fails, and Schema's encode takes over.
@@ -76,26 +103,7 @@ export const compileEncode = (
   tag: string
 ): ((event: unknown) => Record<PropertyKey, unknown> | undefined) | undefined => {
   const props = compileProps(schema, tag)
-  if (props === undefined) return undefined
-  return (u) => {
-    if (typeof u !== "object" || u === null || Array.isArray(u)) return undefined
-    const input = u as Record<PropertyKey, unknown>
-    const out: Record<PropertyKey, unknown> = {}
-    for (const { check, name, optional } of props) {
-      if (check === "tag") {
-        if (input[name] !== tag) return undefined
-        continue
-      }
-      if (!(name in input)) {
-        if (optional) continue
-        return undefined
-      }
-      const value = input[name]
-      if (!check(value)) return undefined
-      out[name] = value
-    }
-    return out
-  }
+  return props === undefined ? undefined : build(props, tag, "encode")
 }
 
 /**
@@ -104,24 +112,5 @@ export const compileEncode = (
  */
 export const compile = (schema: Schema.Schema.Any, tag: string): ((payload: unknown) => unknown) | undefined => {
   const props = compileProps(schema, tag)
-  if (props === undefined) return undefined
-  return (u) => {
-    if (typeof u !== "object" || u === null || Array.isArray(u) || "_tag" in u) return undefined
-    const input = u as Record<PropertyKey, unknown>
-    const out: Record<PropertyKey, unknown> = {}
-    for (const { check, name, optional } of props) {
-      if (check === "tag") {
-        out[name] = tag
-        continue
-      }
-      if (!(name in input)) {
-        if (optional) continue
-        return undefined
-      }
-      const value = input[name]
-      if (!check(value)) return undefined
-      out[name] = value
-    }
-    return out
-  }
+  return props === undefined ? undefined : build(props, tag, "decode")
 }

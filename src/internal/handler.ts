@@ -26,7 +26,7 @@ import * as EventLoop from "./eventLoop.js"
 import * as Tracing from "./tracing.js"
 import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, syncCommandsOf } from "./backend.js"
 import * as GroupCommit from "./groupCommit.js"
-import { FoldEvent, readFoldRow, toInteger } from "./codec.js"
+import { FoldEvent, type FoldRow, readFoldRow, toInteger } from "./codec.js"
 
 const isEvents = <E>(decision: unknown): decision is ReadonlyArray<E> => Array.isArray(decision)
 
@@ -60,12 +60,6 @@ const makeFold = <State, E extends { readonly _tag: string }>(
 }
 
 /**
- * The lean fold: pages of `FoldRows`, each row checked (its version the one after the last) and decoded on the spot.
- * Wherever anything is off — a row the lean check refuses, a payload the registry does not decode as it stands (an
- * older schema version to upcast, say) — the fold goes on from where it is through `careful` (`readPage`), which
- * decodes what only looked wrong and names what is.
- */
-/**
  * Decodes the events of a lean fold (a registry built by `Event.registry`, whose `decodePayload` reads only what a
  * `FoldEvent` holds): the compiled decoder of the row's type, looked up again only when the type changes, else
  * `decodePayload`. `undefined` when the payload does not decode: the caller reads the row the careful way.
@@ -87,6 +81,50 @@ const foldDecoder = <E extends { readonly _tag: string }>(registry: Event.Regist
   }
 }
 
+/**
+ * Folds fold rows onto a start, one at a time: `add` checks the row (its version the one after the last), decodes
+ * and applies it, and says `false` (nothing applied) when the row needs the careful way. Shared by the lean fold and
+ * the command in one transaction.
+ */
+const rowFolder = <State, E extends { readonly _tag: string }>(
+  sid: string,
+  from: Start<State>,
+  registry: Event.Registry<E>,
+  evolve: (state: State, event: E) => State,
+  withAnalytics: boolean
+) => {
+  const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
+  const event = new FoldEvent(sid)
+  const decode = foldDecoder(registry)
+  const folder = {
+    state: from.state,
+    version: from.version,
+    add: (row: FoldRow): boolean => {
+      if (!readFoldRow(row, event, folder.version + 1, withAnalytics)) return false
+      const decoded = decode(event)
+      if (decoded === undefined) return false
+      folder.state = evolve(folder.state, decoded)
+      folder.version++
+      tracker?.recordAt(event.type, event.recordedAt)
+      return true
+    },
+    /** Where the fold got to. */
+    reached: (): Start<State> => ({
+      state: folder.state,
+      version: folder.version,
+      analytics: tracker?.value,
+      source: from.source
+    })
+  }
+  return folder
+}
+
+/**
+ * The lean fold: pages of `FoldRows`, each row checked (its version the one after the last) and decoded on the spot.
+ * Wherever anything is off — a row the lean check refuses, a payload the registry does not decode as it stands (an
+ * older schema version to upcast, say) — the fold goes on from where it is through `careful` (`readPage`), which
+ * decodes what only looked wrong and names what is.
+ */
 const makeLeanFold = <State, E extends { readonly _tag: string }>(
   rows: FoldRows,
   registry: Event.Registry<E>,
@@ -95,34 +133,23 @@ const makeLeanFold = <State, E extends { readonly _tag: string }>(
   careful: Fold<State>
 ): Fold<State> =>
 (sid, from) => {
-  const tracker = withAnalytics ? new Analytics.Tracker(from.analytics) : undefined
-  const event = new FoldEvent(sid)
-  let state = from.state
-  let version = from.version
-  const decode = foldDecoder(registry)
+  const folder = rowFolder(sid, from, registry, evolve, withAnalytics)
   // from where the lean fold got to (a start past version 0 is checked again there)
-  const carefully = () => careful(sid, { state, version, analytics: tracker?.value, source: from.source })
+  const carefully = () => careful(sid, folder.reached())
   const next = (first: boolean): Effect.Effect<Start<State> | undefined, ReadError> => {
-    const verify = first && version > 0
-    const after = verify ? version - 1 : version
+    const verify = first && folder.version > 0
+    const after = verify ? folder.version - 1 : folder.version
     return Effect.flatMap(rows(sid, after, PAGE, withAnalytics), (page) => {
       const n = page.length
       let i = 0
       if (verify) {
         // a start past version 0 must have its own version in the stream: else the stream is behind it (replay)
-        if (n === 0 || toInteger(page[0]![0]) !== version) return Effect.succeed(undefined)
+        if (n === 0 || toInteger(page[0]![0]) !== folder.version) return Effect.succeed(undefined)
         i = 1
       }
-      for (; i < n; i++) {
-        if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return carefully()
-        const decoded = decode(event)
-        if (decoded === undefined) return carefully()
-        state = evolve(state, decoded)
-        version++
-        tracker?.recordAt(event.type, event.recordedAt)
-      }
+      for (; i < n; i++) if (!folder.add(page[i]!)) return carefully()
       return n < PAGE
-        ? Effect.succeed({ state, version, analytics: tracker?.value, source: from.source })
+        ? Effect.succeed(folder.reached())
         : EventLoop.due()
         ? Effect.zipRight(EventLoop.yieldToLoop, next(false))
         : next(false)
@@ -443,27 +470,16 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         let ran: { readonly value: Outcome } | undefined
         try {
           ran = syncCommands!.run(fiber.id().id, (tx) => {
-            const event = new FoldEvent(sid)
-            const decode = foldDecoder(registry)
-            const tracker = withAnalytics ? new Analytics.Tracker(initial.analytics) : undefined
-            let state = initial.state
-            let version = 0
             // One page at most: a longer stream takes the usual road, whose fold neither holds the write lock nor
             // keeps the event loop waiting (it yields between pages). So does anything off (see `makeLeanFold`):
             // the usual road's fold goes on carefully.
             const page = tx.foldRows(sid, 0, PAGE, withAnalytics)
-            const n = page.length
-            if (n === PAGE) return done({ _tag: "Usual" })
-            for (let i = 0; i < n; i++) {
-              if (!readFoldRow(page[i]!, event, version + 1, withAnalytics)) return done({ _tag: "Usual" })
-              const decoded = decode(event)
-              if (decoded === undefined) return done({ _tag: "Usual" })
-              state = decider.evolve(state, decoded)
-              version++
-              tracker?.recordAt(event.type, event.recordedAt)
-            }
-            const current: Start<State> = { state, version, analytics: tracker?.value, source: "replay" }
-            const decision = decider.decide(command, state)
+            if (page.length === PAGE) return done({ _tag: "Usual" })
+            const folder = rowFolder(sid, initial, registry, decider.evolve, withAnalytics)
+            for (const row of page) if (!folder.add(row)) return done({ _tag: "Usual" })
+            const current = folder.reached()
+            const version = current.version
+            const decision = decider.decide(command, current.state)
             let decided: ReadonlyArray<E>
             if (isEvents(decision)) decided = decision
             else if (Either.isEither(decision)) {

@@ -4,13 +4,14 @@
  * work (a few µs and several allocations each: measured 8 µs for `Effect.withSpan` on this machine). So the
  * library's spans are created only when the fiber's tracer is not the native one; attributes are built only then.
  */
+import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
-import type * as Tracer from "effect/Tracer"
-
-let native: Tracer.Tracer | undefined
+import * as Tracer from "effect/Tracer"
 
 /** Effect's built-in tracer: the one in the default services when nobody installed another. */
-const nativeTracer = (): Tracer.Tracer => (native ??= Effect.runSync(Effect.tracer))
+const native = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+const nativeTracer = (): Tracer.Tracer => native
 
 /** Whether `tracer` is Effect's built-in one (nobody installed a tracer). */
 export const isNative = (tracer: Tracer.Tracer): boolean => tracer === nativeTracer()

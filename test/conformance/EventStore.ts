@@ -3,7 +3,7 @@
  * done when all of it passes. Tests share one store per backend and isolate themselves with unique stream types.
  */
 import { expect, layer } from "@effect/vitest"
-import { Event, EventStore } from "effect-eventstore"
+import { Aggregate, Event, EventStore } from "effect-eventstore"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -487,6 +487,48 @@ export const eventStoreSuite = (name: string, storeLayer: Layer.Layer<EventStore
         const unknown = yield* Effect.flip(collect(Event.decodeStream(registry)(store.read(stream(2)))))
         expect(unknown).toMatchObject({ _tag: "EventDecodeError", type: "Unknown", version: 1 })
       }))
+
+    it.effect("an aggregate's fold (the store's lean read) agrees with reading the stream: pages, upcasts, starts", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const { stream, type } = category()
+        const Added = Schema.TaggedStruct("Added", { n: Schema.Int })
+        const Named = Schema.TaggedStruct("Named", { name: Schema.String, by: Schema.String })
+        const registry = Event.registry([Added, Event.versioned(Named, 2, (p) => ({ ...(p as object), by: "v1" }))])
+        type Ev = Event.Registry.Type<typeof registry>
+        type State = { readonly total: number; readonly names: ReadonlyArray<string> }
+        const evolve = (s: State, e: Ev): State =>
+          e._tag === "Added" ? { ...s, total: s.total + e.n } : { ...s, names: [...s.names, `${e.name}/${e.by}`] }
+        const definition = {
+          name: type,
+          events: registry,
+          decider: { initialState: { total: 0, names: [] } as State, decide: () => [], evolve },
+          analytics: true
+        }
+        // more than a page (512) of events, one of them written by version 1 of its schema
+        const events = Array.from({ length: 1100 }, (_, i) =>
+          i === 700
+            ? ev("Named", { name: "old" }, { schemaVersion: 1 })
+            : i % 300 === 0
+            ? Either.getOrThrow(registry.encode(Named.make({ name: `n${i}`, by: "v2" })))
+            : Either.getOrThrow(registry.encode(Added.make({ n: i % 5 }))))
+        for (let i = 0; i < events.length; i += 200) yield* store.append(stream(), events.slice(i, i + 200))
+        const replayed = (yield* collect(Event.decodeStream(registry)(store.read(stream()))))
+          .reduce((s, e) => evolve(s, e.payload), definition.decider.initialState)
+        const plain = yield* Aggregate.handler(Aggregate.make(definition))
+        const loaded = yield* plain.load("1")
+        expect(loaded).toMatchObject({ state: replayed, version: 1100, source: "replay" })
+        expect(loaded.analytics?.total).toBe(1100)
+        // from a start past version 0 (a cached state): the rest is folded after it
+        const cached = yield* Aggregate.handler(Aggregate.make({ ...definition, cache: { capacity: 4 } }))
+        yield* cached.load("1")
+        yield* store.append(stream(), [Either.getOrThrow(registry.encode(Added.make({ n: 100 })))])
+        expect(yield* cached.load("1")).toMatchObject({
+          state: { ...replayed, total: replayed.total + 100 },
+          version: 1101,
+          source: "cache"
+        })
+      }).pipe(Effect.scoped))
 
     // --- subscriptions -------------------------------------------------------------------------------------------
     it.effect("subscribe from 0 catches up and then delivers new commits", () =>
