@@ -131,6 +131,12 @@ export interface EventStoreService {
   readonly subscribe: (options?: SubscribeOptions) => Stream.Stream<RecordedEvent, ReadError>
   /** The stream's current version; 0 when it has no events. */
   readonly version: (streamId: string) => Effect.Effect<number, StoreError>
+  /**
+   * The position of the last event in the global log; 0 when the log is empty. Every event at or below it is
+   * readable by the time `head` returns, so a reader waiting for a projection to reach it (`Projections.awaitPosition`)
+   * never waits for an event that could still appear below it.
+   */
+  readonly head: Effect.Effect<number, StoreError>
 }
 
 /**

@@ -352,7 +352,7 @@ const makeReads = (
       const page = statements.log(filter)
       return (after, limit) => Effect.mapError(page(after, limit), storeError(operation))
     },
-    head: Effect.mapError(statements.head, storeError("subscribe")),
+    head: Effect.mapError(statements.head, storeError("head")),
     version: (streamId) => Effect.mapError(statements.version(streamId), storeError("version")),
     // On SQLite's writer connection the fold's read runs synchronously, as one call (WAL: a read never waits for the
     // write lock). A read that finds the database busy (another process recovering the WAL) takes the client's

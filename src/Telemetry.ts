@@ -89,3 +89,43 @@ export const snapshotsIgnored = Metric.counter("eventstore_snapshots_ignored_tot
   description: "Snapshots ignored on load",
   incremental: true
 })
+
+/**
+ * Events a projection has dealt with (handled, or skipped because it has no handler for their type or stream type),
+ * tagged `projection`.
+ *
+ * @since 0.1.0
+ */
+export const projectionEvents = Metric.counter("eventstore_projection_events_total", {
+  description: "Events a projection has dealt with",
+  incremental: true
+})
+
+/**
+ * A projection's checkpoint: the position of the last event it has dealt with, tagged `projection`.
+ *
+ * @since 0.1.0
+ */
+export const projectionCheckpoint = Metric.gauge("eventstore_projection_checkpoint", {
+  description: "Position of the last event a projection has dealt with"
+})
+
+/**
+ * How many positions a projection is behind the head of the log (an upper bound: positions may have holes), tagged
+ * `projection`.
+ *
+ * @since 0.1.0
+ */
+export const projectionLag = Metric.gauge("eventstore_projection_lag_events", {
+  description: "Head of the log minus a projection's checkpoint"
+})
+
+/**
+ * Times a projection stopped on a failure (after its retries), tagged `projection`.
+ *
+ * @since 0.1.0
+ */
+export const projectionFailures = Metric.counter("eventstore_projection_failures_total", {
+  description: "Times a projection moved to failed",
+  incremental: true
+})

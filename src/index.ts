@@ -17,6 +17,8 @@ export * as Event from "./Event.js"
 /** @since 0.1.0 */
 export * as EventStore from "./EventStore.js"
 /** @since 0.1.0 */
+export * as Projection from "./Projection.js"
+/** @since 0.1.0 */
 export * as Snapshot from "./Snapshot.js"
 /** @since 0.1.0 */
 export * as StateCache from "./StateCache.js"

@@ -250,7 +250,9 @@ export const fromBackend = (backend: Backend): EventStoreService => {
   const version: EventStoreService["version"] = (streamId) =>
     Tracing.withSpan(backend.version(streamId), "EventStore.version", () => streamSpan(streamId))
 
-  const service: EventStoreService = { append: backend.append, read, readPage, readAll, subscribe, version }
+  const head = Tracing.withSpan(backend.head, "EventStore.head", () => ({ captureStackTrace: false }))
+
+  const service: EventStoreService = { append: backend.append, read, readPage, readAll, subscribe, version, head }
   Object.defineProperty(service, foldRowsKey, { value: backend.foldRows, enumerable: false })
   if (backend.syncCommands !== undefined) {
     Object.defineProperty(service, syncCommandsKey, { value: backend.syncCommands, enumerable: false })

@@ -449,6 +449,23 @@ export const eventStoreSuite = (name: string, storeLayer: Layer.Layer<EventStore
         expect(yield* store.version(category().stream())).toBe(0)
       }))
 
+    it.effect("head is the position of the last event in the log, and every event up to it is readable", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const before = yield* store.head
+        expect(before).toBeGreaterThanOrEqual(0)
+        const s = category().stream()
+        const first = yield* store.append(s, [{ type: "A", payload: {} }, { type: "B", payload: {} }])
+        expect(yield* store.head).toBe(first.position)
+        const results = yield* Effect.forEach([1, 2, 3, 4], (i) => store.append(s, [{ type: "C", payload: { i } }]), {
+          concurrency: "unbounded"
+        })
+        const head = yield* store.head
+        expect(head).toBe(Math.max(...results.map((r) => r.position)))
+        const tail = yield* collect(store.readAll({ fromPosition: before }))
+        expect(tail[tail.length - 1]!.position).toBe(head)
+      }))
+
     it.effect("recordedAt comes from the Clock, with millisecond precision", () =>
       Effect.gen(function*() {
         const store = yield* Store

@@ -1,0 +1,398 @@
+/**
+ * Projections: read models built from the global log. A projection is a name, the event registry it reads, and a
+ * handler per event type; `layer` runs several of them in the background (catch up from the checkpoint, then stay
+ * live), each with its own checkpoint in a `CheckpointStore`, and answers what each is doing (`Projections`).
+ *
+ * Delivery depends on the checkpoint store:
+ * - SQL (`SqlProjection.layer`): a batch's handler statements and the checkpoint move commit in one transaction on
+ *   the `SqlClient` the handlers use, so a read model in that database sees every event exactly once, across crashes.
+ * - memory (`layerMemory`), or handlers with side effects outside that database (e-mail, another service): at least
+ *   once — the checkpoint is saved after the batch, so a batch cut short is handled again. Such handlers deduplicate
+ *   by `event.eventId`, which is stable across deliveries.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
+import type { InvalidInput, StoreError } from "./Errors.js"
+import type * as Event from "./Event.js"
+import type { EventStore } from "./EventStore.js"
+import * as Runner from "./internal/projectionRunner.js"
+
+// --- errors --------------------------------------------------------------------------------------------------------
+
+/**
+ * No projection of that name runs in this `Projections` layer.
+ *
+ * @since 0.1.0
+ */
+export class ProjectionNotFound extends Schema.TaggedError<ProjectionNotFound>()("ProjectionNotFound", {
+  projection: Schema.String
+}) {
+  override get message(): string {
+    return `no projection named ${JSON.stringify(this.projection)} runs here`
+  }
+}
+
+/**
+ * Why a projection stopped: the event it could not get past (its position, id, stream and type; `eventId` and
+ * `streamId` are empty when the stored row itself could not be read) and the reason. The projection stays at its
+ * checkpoint until an operator resumes it or parks the event.
+ *
+ * @since 0.1.0
+ */
+export class ProjectionFailed extends Schema.TaggedError<ProjectionFailed>()("ProjectionFailed", {
+  projection: Schema.String,
+  position: Schema.Number,
+  eventId: Schema.String,
+  streamId: Schema.String,
+  eventType: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `projection ${JSON.stringify(this.projection)} failed at position ${this.position} (${this.eventType}): ${this.reason}`
+  }
+}
+
+/**
+ * `awaitPosition` gave up: the projection had not reached `position` within the timeout.
+ *
+ * @since 0.1.0
+ */
+export class ProjectionTimeout extends Schema.TaggedError<ProjectionTimeout>()("ProjectionTimeout", {
+  projection: Schema.String,
+  position: Schema.Number,
+  checkpoint: Schema.Number
+}) {
+  override get message(): string {
+    return `projection ${JSON.stringify(this.projection)} is at ${this.checkpoint}, not yet at ${this.position}`
+  }
+}
+
+/**
+ * An operation that needs the projection in another state (`park` on a projection that has not failed).
+ *
+ * @since 0.1.0
+ */
+export class ProjectionStateError extends Schema.TaggedError<ProjectionStateError>()("ProjectionStateError", {
+  projection: Schema.String,
+  state: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `projection ${JSON.stringify(this.projection)} is ${this.state}: ${this.reason}`
+  }
+}
+
+/**
+ * The checkpoint was not where this runner left it: another process took the projection over (its lease had
+ * expired). Nothing of the batch was written; the runner goes back to standby.
+ *
+ * @since 0.1.0
+ */
+export class CheckpointConflict extends Schema.TaggedError<CheckpointConflict>()("CheckpointConflict", {
+  projection: Schema.String,
+  expected: Schema.Number
+}) {
+  override get message(): string {
+    return `projection ${JSON.stringify(this.projection)}: the checkpoint moved away from ${this.expected} (another runner took it over)`
+  }
+}
+
+// --- definitions ---------------------------------------------------------------------------------------------------
+
+/**
+ * One handler per event type, typed by the registry's schemas. Each gets the decoded event in its envelope
+ * (`event.payload` is the domain value; `event.eventId`, `position`, `streamId` are the stored ones).
+ *
+ * @since 0.1.0
+ */
+export type Handlers<A extends { readonly _tag: string }, E, R> = {
+  readonly [K in A["_tag"]]?: (event: Event.RecordedEvent<Extract<A, { readonly _tag: K }>>) => Effect.Effect<void, E, R>
+}
+
+/**
+ * A projection definition (see `make`).
+ *
+ * @since 0.1.0
+ */
+export interface Projection<A extends { readonly _tag: string }, E, R> {
+  readonly name: string
+  readonly events: Event.Registry<A>
+  readonly handlers: Handlers<A, E, R>
+  readonly streamTypes: ReadonlyArray<string> | undefined
+  readonly init: ReadonlyArray<Effect.Effect<void, E, R>>
+  readonly reset: Effect.Effect<void, E, R> | undefined
+}
+
+/** The services a projection's handlers, migrations and reset need. @since 0.1.0 */
+export type Requirements<P> = P extends Projection<any, any, infer R> ? R : never
+
+/**
+ * Defines a projection.
+ *
+ * - `handlers`: one per event type it handles. Events of other types (and of other registries) are skipped and
+ *   still move the checkpoint on.
+ * - `streamTypes`: only events of streams of these types are handled (all when absent).
+ * - `init`: the read model's migrations, in order. Each is applied once per projection, in a transaction of its own
+ *   with the record that it ran (SQL checkpoint stores); appending one to the list applies it at the next start.
+ * - `reset`: empties the read model for a rebuild (run with the checkpoint's move back to 0, in one transaction).
+ *
+ * A projection's `name` identifies its checkpoint: renaming it starts from the beginning.
+ *
+ * @example
+ * ```ts
+ * const Balances = Projection.make({
+ *   name: "balances",
+ *   events: AccountEvents,
+ *   init: [Effect.flatMap(SqlClient.SqlClient, (sql) =>
+ *     sql`CREATE TABLE balances (id TEXT PRIMARY KEY, balance INTEGER NOT NULL)`)],
+ *   handlers: {
+ *     Deposited: (event) => Effect.flatMap(SqlClient.SqlClient, (sql) =>
+ *       sql`INSERT INTO balances VALUES (${event.streamId}, ${event.payload.amount})
+ *           ON CONFLICT (id) DO UPDATE SET balance = balance + excluded.balance`)
+ *   }
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const make = <A extends { readonly _tag: string }, E = never, R = never>(options: {
+  readonly name: string
+  readonly events: Event.Registry<A>
+  readonly handlers: Handlers<A, E, R>
+  readonly streamTypes?: ReadonlyArray<string>
+  readonly init?: ReadonlyArray<Effect.Effect<void, E, R>>
+  readonly reset?: Effect.Effect<void, E, R>
+}): Projection<A, E, R> => {
+  if (typeof options.name !== "string" || options.name.length === 0 || options.name.length > 200) {
+    throw new TypeError("a projection's name must be a non-empty string of at most 200 characters")
+  }
+  return {
+    name: options.name,
+    events: options.events,
+    handlers: options.handlers,
+    streamTypes: options.streamTypes !== undefined && options.streamTypes.length > 0 ? options.streamTypes : undefined,
+    init: options.init ?? [],
+    reset: options.reset
+  }
+}
+
+// --- checkpoint stores ---------------------------------------------------------------------------------------------
+
+/**
+ * An event a projection skipped on an operator's word (`Projections.park`), with the failure that stopped it.
+ *
+ * @since 0.1.0
+ */
+export interface ParkedEvent {
+  readonly projection: string
+  readonly position: number
+  /** Empty when the stored row itself could not be read. */
+  readonly eventId: string
+  readonly streamId: string
+  readonly eventType: string
+  readonly reason: string
+  /** Epoch milliseconds. */
+  readonly parkedAt: number
+}
+
+/**
+ * Where projections keep their checkpoints, leases, applied migrations and parked events. Every store passes the
+ * conformance suite in `test/conformance/Projection.ts`. Its operations are the runner's; applications use
+ * `Projections`.
+ *
+ * @since 0.1.0
+ */
+export interface CheckpointStoreService {
+  /**
+   * `true`: `commit` runs the batch's work and the checkpoint move in one transaction (a read model written by that
+   * work sees each event exactly once). `false`: the work runs first, the checkpoint is saved after it (at least once).
+   */
+  readonly exactlyOnce: boolean
+  /**
+   * Takes or renews the projection's lease for `owner` until `ttl` from now; `false` when another owner holds an
+   * unexpired one. Creates the projection's checkpoint at 0 the first time.
+   */
+  readonly acquire: (projection: string, owner: string, ttl: Duration.Duration) => Effect.Effect<boolean, StoreError>
+  /** Gives the lease up (a standby can take over at once). */
+  readonly release: (projection: string, owner: string) => Effect.Effect<void, StoreError>
+  /** The saved checkpoint: the position of the last event dealt with; 0 before the first. */
+  readonly load: (projection: string) => Effect.Effect<number, StoreError>
+  /**
+   * Runs `work` and moves the checkpoint from `from` to `to` (and records `park` when given), as one transaction
+   * where the store has them. Fails with `CheckpointConflict`, writing nothing, when the checkpoint is not at `from`
+   * or `owner` no longer holds the lease.
+   */
+  readonly commit: <E, R>(
+    projection: string,
+    owner: string,
+    from: number,
+    to: number,
+    work: Effect.Effect<void, E, R>,
+    park?: ParkedEvent
+  ) => Effect.Effect<void, E | CheckpointConflict | StoreError, R>
+  /**
+   * Applies the projection's migration `id` (1, 2, …) unless it was applied before, with the record that it was
+   * (one transaction where the store has them). `true` when it ran now.
+   */
+  readonly migrate: <E, R>(
+    projection: string,
+    id: number,
+    migration: Effect.Effect<void, E, R>
+  ) => Effect.Effect<boolean, E | StoreError, R>
+  /** Runs `work` (the read model's reset) and moves the checkpoint back to 0, as one transaction where it can. */
+  readonly reset: <E, R>(
+    projection: string,
+    owner: string,
+    work: Effect.Effect<void, E, R>
+  ) => Effect.Effect<void, E | CheckpointConflict | StoreError, R>
+  /** The events parked for the projection, by position. */
+  readonly parked: (projection: string) => Effect.Effect<ReadonlyArray<ParkedEvent>, StoreError>
+}
+
+/** @since 0.1.0 */
+export class CheckpointStore extends Context.Tag("effect-eventstore/CheckpointStore")<
+  CheckpointStore,
+  CheckpointStoreService
+>() {}
+
+/**
+ * Checkpoints in memory: for tests, and for read models that live in memory themselves (they are rebuilt from the
+ * log at every start anyway). At least once: the checkpoint moves after the batch's work.
+ *
+ * @since 0.1.0
+ */
+export const makeMemory: Effect.Effect<CheckpointStoreService> = Effect.sync(() => Runner.memoryCheckpoints())
+
+/** @since 0.1.0 */
+export const layerMemory: Layer.Layer<CheckpointStore> = Layer.effect(CheckpointStore, makeMemory)
+
+// --- running -------------------------------------------------------------------------------------------------------
+
+/**
+ * - `standby`: waiting for the lease another process holds on this projection.
+ * - `catching-up`: behind the head of the log, handling batches.
+ * - `live`: caught up; handles each commit as it lands.
+ * - `rebuilding`: replaying from 0 after `rebuild`.
+ * - `failed`: stopped on an event (see `failure`) until `resume` or `park`.
+ * - `stopped`: its layer's scope closed.
+ *
+ * @since 0.1.0
+ */
+export type State = "standby" | "catching-up" | "live" | "rebuilding" | "failed" | "stopped"
+
+/** @since 0.1.0 */
+export interface Status {
+  readonly name: string
+  readonly state: State
+  /**
+   * The position of the last event the projection has dealt with (handled, skipped or parked). Events it skips
+   * are not saved one by one: after a restart it may read them again (and skip them again).
+   */
+  readonly checkpoint: number
+  /** The head of the log when the projection last looked (after its last batch). */
+  readonly head: number
+  /** `head - checkpoint`: an upper bound of the events still to deal with (positions may have holes). */
+  readonly lag: number
+  /** While behind: how long ago the last event it dealt with was recorded, in ms. 0 when caught up. */
+  readonly lagMillis: number
+  /** Events dealt with per second, over the last few seconds. */
+  readonly eventsPerSecond: number
+  /** Why it stopped, while `failed`. */
+  readonly failure: ProjectionFailed | undefined
+}
+
+/**
+ * The projections running under one `layer`.
+ *
+ * @since 0.1.0
+ */
+export interface ProjectionsService {
+  readonly names: ReadonlyArray<string>
+  readonly status: (name: string) => Effect.Effect<Status, ProjectionNotFound>
+  /** The current status, then each change (every batch, every state change). */
+  readonly changes: (name: string) => Stream.Stream<Status, ProjectionNotFound>
+  /**
+   * Waits until the projection has dealt with every event up to `position` (an `AppendResult`'s or a handled
+   * command's `position`, or `EventStore.head`): read-your-writes for a read model. Fails with `ProjectionFailed`
+   * when the projection is stopped on an event at or before `position`, and with `ProjectionTimeout` after
+   * `timeout`.
+   */
+  readonly awaitPosition: (
+    name: string,
+    position: number,
+    timeout: Duration.DurationInput
+  ) => Effect.Effect<void, ProjectionNotFound | ProjectionFailed | ProjectionTimeout>
+  /** Retries a failed projection from its checkpoint. */
+  readonly resume: (name: string) => Effect.Effect<void, ProjectionNotFound | ProjectionStateError>
+  /**
+   * Skips the event a failed projection stopped on: records it in the parked events (with the failure) together with
+   * the checkpoint's move past it, and goes on. Returns what was parked once it is recorded; fails with
+   * `ProjectionFailed` if the projection stops again before it gets there (another event before it failed).
+   */
+  readonly park: (
+    name: string
+  ) => Effect.Effect<ParkedEvent, ProjectionNotFound | ProjectionStateError | ProjectionFailed>
+  /** The events parked for a projection. */
+  readonly parked: (name: string) => Effect.Effect<ReadonlyArray<ParkedEvent>, ProjectionNotFound | StoreError>
+}
+
+/** @since 0.1.0 */
+export class Projections extends Context.Tag("effect-eventstore/Projections")<Projections, ProjectionsService>() {}
+
+/** @since 0.1.0 */
+export interface Options {
+  /** Events per batch (one transaction each); default 500, at most 10000. */
+  readonly batchSize?: number
+  /**
+   * How a failing batch is retried before the projection moves to `failed`; default: 5 retries, exponentially from
+   * 100 ms. Events that do not decode are not retried.
+   */
+  readonly retry?: Schedule.Schedule<unknown, unknown>
+  /**
+   * How long a projection's lease lasts without renewal (it is renewed every third of it); default 10 seconds. A
+   * standby in another process takes over at most this long after the active runner died.
+   */
+  readonly leaseTtl?: Duration.DurationInput
+}
+
+/**
+ * Runs `projections` in the background until the scope closes (each stops after its in-flight batch). Each
+ * projection runs in only one process at a time per checkpoint store: the others wait as standbys.
+ *
+ * @since 0.1.0
+ */
+export const start = <const P extends ReadonlyArray<Projection<any, any, any>>>(
+  projections: P,
+  options?: Options
+): Effect.Effect<
+  ProjectionsService,
+  InvalidInput,
+  Scope.Scope | EventStore | CheckpointStore | Requirements<P[number]>
+> => Runner.make(projections as ReadonlyArray<Projection<any, any, any>>, options ?? {}) as any
+
+/**
+ * `start` as a layer. Fails with `InvalidInput` for a bad option or two projections of one name.
+ *
+ * @example
+ * ```ts
+ * const ReadSide = Projection.layer([Balances, DailyTotals]).pipe(
+ *   Layer.provide(SqlProjection.layer),
+ *   Layer.provideMerge(Sqlite.layer({ filename: "bank.db" }))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const layer = <const P extends ReadonlyArray<Projection<any, any, any>>>(
+  projections: P,
+  options?: Options
+): Layer.Layer<Projections, InvalidInput, EventStore | CheckpointStore | Requirements<P[number]>> =>
+  Layer.scoped(Projections, start(projections, options))

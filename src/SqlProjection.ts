@@ -1,0 +1,176 @@
+/**
+ * The SQL `CheckpointStore`: projections' checkpoints, leases, applied migrations and parked events in tables of the
+ * read model's database, reached through the `SqlClient` in context — the same client the projections' handlers
+ * write with. A batch's handler statements and the checkpoint move run in one transaction on it, so a read model in
+ * that database sees each event exactly once, across crashes and restarts.
+ *
+ * The read model may live in the event store's database (`Sqlite.layer` provides its `SqlClient`) or in another one
+ * (provide that database's `SqlClient` to `layer` and to the projections). Handlers must write through this same
+ * client: `@effect/sql` runs every statement made inside a transaction on the transaction's connection.
+ *
+ * Tables (created when the store starts, if missing): `eventstore_projections` (name, checkpoint, lease),
+ * `eventstore_projection_migrations`, `eventstore_parked_events`.
+ *
+ * @since 0.1.0
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { StoreError } from "./Errors.js"
+import { CheckpointConflict, CheckpointStore, type CheckpointStoreService, type ParkedEvent } from "./Projection.js"
+
+const P = "eventstore_projections"
+const M = "eventstore_projection_migrations"
+const K = "eventstore_parked_events"
+
+const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
+
+const toNumber = (u: unknown): number => typeof u === "bigint" ? Number(u) : Number(u)
+
+/**
+ * Creates the tables if they are missing. Safe to run from several processes at once.
+ *
+ * @since 0.1.0
+ */
+export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.withTransaction(Effect.all([
+    sql.unsafe(`CREATE TABLE IF NOT EXISTS ${P} (
+  name TEXT PRIMARY KEY,
+  position BIGINT NOT NULL,
+  owner TEXT,
+  lease_until BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL
+)`),
+    sql.unsafe(`CREATE TABLE IF NOT EXISTS ${M} (
+  projection TEXT NOT NULL,
+  id INTEGER NOT NULL,
+  applied_at BIGINT NOT NULL,
+  PRIMARY KEY (projection, id)
+)`),
+    sql.unsafe(`CREATE TABLE IF NOT EXISTS ${K} (
+  projection TEXT NOT NULL,
+  position BIGINT NOT NULL,
+  event_id TEXT NOT NULL,
+  stream_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  parked_at BIGINT NOT NULL,
+  PRIMARY KEY (projection, position)
+)`)
+  ], { discard: true }))
+}).pipe(Effect.mapError(storeError("projection.migrate")))
+
+/**
+ * The store on the `SqlClient` in context; creates its tables first.
+ *
+ * @since 0.1.0
+ */
+export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {
+  yield* migrate
+  const sql = yield* SqlClient.SqlClient
+
+  // Moves the checkpoint first: on SQLite the transaction takes the write lock with its first statement, so a
+  // commit by another connection cannot slip in between a read and the write.
+  const move = (projection: string, owner: string, from: number, to: number, now: number) =>
+    Effect.flatMap(
+      sql<{ position: unknown }>`UPDATE ${sql(P)} SET position = ${to}, updated_at = ${now}
+        WHERE name = ${projection} AND position = ${from} AND owner = ${owner} RETURNING position`.withoutTransform,
+      (rows) => rows.length === 1 ? Effect.void : Effect.fail(new CheckpointConflict({ projection, expected: from }))
+    )
+
+  const transaction = <A, E, R>(operation: string, effect: Effect.Effect<A, E, R>) =>
+    sql.withTransaction(effect).pipe(
+      Effect.catchIf(
+        (e): e is Extract<typeof e, SqlError> => (e as { _tag?: unknown })._tag === "SqlError",
+        (e) => Effect.fail(storeError(operation)(e as SqlError))
+      )
+    ) as Effect.Effect<A, Exclude<E, SqlError> | StoreError, R>
+
+  const service: CheckpointStoreService = {
+    exactlyOnce: true,
+    acquire: (projection, owner, ttl) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        sql<{ owner: unknown }>`INSERT INTO ${sql(P)} (name, position, owner, lease_until, updated_at)
+          VALUES (${projection}, 0, ${owner}, ${now + Duration.toMillis(ttl)}, ${now})
+          ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+          WHERE ${sql(P)}.owner IS NULL OR ${sql(P)}.owner = excluded.owner OR ${sql(P)}.lease_until < ${now}
+          RETURNING owner`.withoutTransform).pipe(
+          Effect.map((rows) => rows.length === 1),
+          Effect.mapError(storeError("projection.acquire"))
+        ),
+    release: (projection, owner) =>
+      sql`UPDATE ${sql(P)} SET owner = NULL, lease_until = 0 WHERE name = ${projection} AND owner = ${owner}`.pipe(
+        Effect.asVoid,
+        Effect.mapError(storeError("projection.release"))
+      ),
+    load: (projection) =>
+      sql<{ position: unknown }>`SELECT position FROM ${sql(P)} WHERE name = ${projection}`.withoutTransform.pipe(
+        Effect.map((rows) => rows.length === 0 ? 0 : toNumber(rows[0]!.position)),
+        Effect.mapError(storeError("projection.load"))
+      ),
+    commit: (projection, owner, from, to, work, park) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        transaction(
+          "projection.commit",
+          Effect.all([
+            move(projection, owner, from, to, now),
+            work,
+            park === undefined ? Effect.void : sql`INSERT INTO ${sql(K)}
+              (projection, position, event_id, stream_id, event_type, reason, parked_at)
+              VALUES (${projection}, ${park.position}, ${park.eventId}, ${park.streamId}, ${park.eventType},
+                ${park.reason}, ${park.parkedAt})`
+          ], { discard: true })
+        )),
+    migrate: (projection, id, migration) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        transaction(
+          "projection.migrate",
+          Effect.flatMap(
+            sql<{ id: unknown }>`INSERT INTO ${sql(M)} (projection, id, applied_at) VALUES (${projection}, ${id}, ${now})
+              ON CONFLICT (projection, id) DO NOTHING RETURNING id`.withoutTransform,
+            (rows) => rows.length === 0 ? Effect.succeed(false) : Effect.as(migration, true)
+          )
+        )),
+    reset: (projection, owner, work) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        transaction(
+          "projection.reset",
+          Effect.zipRight(
+            Effect.flatMap(
+              sql<{ position: unknown }>`UPDATE ${sql(P)} SET position = 0, updated_at = ${now}
+                WHERE name = ${projection} AND owner = ${owner} RETURNING position`.withoutTransform,
+              (rows) => rows.length === 1 ? Effect.void : Effect.fail(new CheckpointConflict({ projection, expected: -1 }))
+            ),
+            work
+          )
+        )),
+    parked: (projection) =>
+      sql<Record<string, unknown>>`SELECT position, event_id, stream_id, event_type, reason, parked_at FROM ${sql(K)}
+        WHERE projection = ${projection} ORDER BY position`.withoutTransform.pipe(
+        Effect.map((rows) =>
+          rows.map((r): ParkedEvent => ({
+            projection,
+            position: toNumber(r.position),
+            eventId: String(r.event_id),
+            streamId: String(r.stream_id),
+            eventType: String(r.event_type),
+            reason: String(r.reason),
+            parkedAt: toNumber(r.parked_at)
+          }))
+        ),
+        Effect.mapError(storeError("projection.parked"))
+      )
+  }
+  return service
+})
+
+/**
+ * The SQL checkpoint store as a layer, on the `SqlClient` in context.
+ *
+ * @since 0.1.0
+ */
+export const layer: Layer.Layer<CheckpointStore, StoreError, SqlClient.SqlClient> = Layer.effect(CheckpointStore, make)

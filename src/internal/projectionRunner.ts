@@ -1,0 +1,574 @@
+/**
+ * The projection runner behind `Projection.start`: per projection, a fiber in the layer's scope that waits for the
+ * projection's lease, applies its migrations, then reads the global log from its checkpoint through the store's
+ * `subscribe` (which catches up page by page and then wakes on each commit) and commits each page as one batch
+ * through the `CheckpointStore`. A failure stops that projection alone; an operator's `resume` or `park` restarts it.
+ */
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import type { EventDecodeError } from "../Errors.js"
+import { InvalidInput, StoreError } from "../Errors.js"
+import type { RecordedEvent } from "../Event.js"
+import { EventStore } from "../EventStore.js"
+import type {
+  CheckpointStoreService,
+  Options,
+  ParkedEvent,
+  Projection,
+  ProjectionsService,
+  State,
+  Status
+} from "../Projection.js"
+import {
+  CheckpointConflict,
+  CheckpointStore,
+  ProjectionFailed,
+  ProjectionNotFound,
+  ProjectionStateError,
+  ProjectionTimeout
+} from "../Projection.js"
+import * as Telemetry from "../Telemetry.js"
+
+// --- the memory checkpoint store -----------------------------------------------------------------------------------
+
+export const memoryCheckpoints = (): CheckpointStoreService => {
+  const rows = new Map<string, { position: number; owner: string | undefined; leaseUntil: number }>()
+  const applied = new Set<string>()
+  const parked = new Map<string, Array<ParkedEvent>>()
+  const row = (projection: string) => {
+    let r = rows.get(projection)
+    if (r === undefined) {
+      r = { position: 0, owner: undefined, leaseUntil: 0 }
+      rows.set(projection, r)
+    }
+    return r
+  }
+  const check = (projection: string, owner: string, from: number) =>
+    Effect.suspend(() => {
+      const r = row(projection)
+      return r.position === from && r.owner === owner
+        ? Effect.void
+        : Effect.fail(new CheckpointConflict({ projection, expected: from }))
+    })
+  return {
+    exactlyOnce: false,
+    acquire: (projection, owner, ttl) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const r = row(projection)
+        if (r.owner !== undefined && r.owner !== owner && r.leaseUntil >= now) return false
+        r.owner = owner
+        r.leaseUntil = now + Duration.toMillis(ttl)
+        return true
+      }),
+    release: (projection, owner) =>
+      Effect.sync(() => {
+        const r = row(projection)
+        if (r.owner === owner) {
+          r.owner = undefined
+          r.leaseUntil = 0
+        }
+      }),
+    load: (projection) => Effect.sync(() => row(projection).position),
+    commit: (projection, owner, from, to, work, park) =>
+      check(projection, owner, from).pipe(
+        Effect.zipRight(work),
+        Effect.zipRight(check(projection, owner, from)),
+        Effect.zipRight(Effect.sync(() => {
+          row(projection).position = to
+          if (park !== undefined) {
+            const list = parked.get(projection) ?? []
+            list.push(park)
+            parked.set(projection, list)
+          }
+        }))
+      ),
+    migrate: (projection, id, migration) =>
+      Effect.suspend(() => {
+        const key = `${projection}\u0000${id}`
+        if (applied.has(key)) return Effect.succeed(false)
+        return Effect.as(Effect.zipRight(migration, Effect.sync(() => applied.add(key))), true)
+      }),
+    reset: <E, R>(projection: string, owner: string, work: Effect.Effect<void, E, R>) =>
+      Effect.suspend((): Effect.Effect<void, E | CheckpointConflict, R> => {
+        const r = row(projection)
+        if (r.owner !== owner) return Effect.fail(new CheckpointConflict({ projection, expected: r.position }))
+        return Effect.zipRight(work, Effect.sync(() => void (r.position = 0)))
+      }),
+    parked: (projection) => Effect.sync(() => [...(parked.get(projection) ?? [])])
+  }
+}
+
+// --- failures ------------------------------------------------------------------------------------------------------
+
+/** A batch that failed on one event: `retryable` is false where trying again cannot help (it does not decode). */
+class EventFailure {
+  readonly _tag = "EventFailure"
+  constructor(readonly event: RecordedEvent, readonly reason: string, readonly retryable: boolean) {}
+}
+
+/** The runner's lease went to another process. */
+class LeaseLost {
+  readonly _tag = "LeaseLost"
+}
+
+/** Why a run stopped, with whether an operator can park what it stopped on. */
+interface Stop {
+  readonly failure: ProjectionFailed
+  readonly parkable: boolean
+}
+
+type Command =
+  | { readonly _tag: "resume" }
+  | { readonly _tag: "park"; readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError> }
+
+const reasonOf = (cause: Cause.Cause<unknown>): string => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    const e = failure.value
+    return e instanceof Error ? `${(e as { _tag?: string })._tag ?? e.name}: ${e.message}` : String(e)
+  }
+  return Cause.pretty(cause).split("\n")[0] ?? "defect"
+}
+
+const defaultRetry: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
+  Schedule.intersect(Schedule.recurs(5))
+)
+
+// --- the runner ----------------------------------------------------------------------------------------------------
+
+interface Runner {
+  readonly projection: Projection<any, any, any>
+  readonly status: SubscriptionRef.SubscriptionRef<Status>
+  readonly control: Queue.Queue<Command>
+  /** The failure it stopped on, while failed. */
+  stop: Stop | undefined
+}
+
+const initial = (name: string): Status => ({
+  name,
+  state: "standby",
+  checkpoint: 0,
+  head: 0,
+  lag: 0,
+  lagMillis: 0,
+  eventsPerSecond: 0,
+  failure: undefined
+})
+
+export const make = (
+  projections: ReadonlyArray<Projection<any, any, any>>,
+  options: Options
+) =>
+  Effect.gen(function*() {
+    const batchSize = options.batchSize ?? 500
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 10_000) {
+      return yield* new InvalidInput({ field: "batchSize", reason: "must be an integer from 1 to 10000" })
+    }
+    const names = new Set<string>()
+    for (const p of projections) {
+      if (names.has(p.name)) {
+        return yield* new InvalidInput({ field: "projections", reason: `two projections are named ${p.name}` })
+      }
+      names.add(p.name)
+    }
+    const ttl = Duration.decode(options.leaseTtl ?? "10 seconds")
+    if (!Duration.isFinite(ttl) || Duration.toMillis(ttl) < 10) {
+      return yield* new InvalidInput({ field: "leaseTtl", reason: "must be a finite duration of at least 10 ms" })
+    }
+    const retry = options.retry ?? defaultRetry
+    const store = yield* EventStore
+    const checkpoints = yield* CheckpointStore
+    const context = yield* Effect.context<never>()
+    const owner = crypto.randomUUID()
+
+    const runners = new Map<string, Runner>()
+    for (const projection of projections) {
+      runners.set(projection.name, {
+        projection,
+        status: yield* SubscriptionRef.make(initial(projection.name)),
+        control: yield* Queue.unbounded<Command>(),
+        stop: undefined
+      })
+    }
+
+    for (const runner of runners.values()) {
+      yield* Effect.forkScoped(
+        runProjection(runner, { batchSize, ttl, retry, owner, store, checkpoints, context }).pipe(
+          Effect.annotateLogs("projection", runner.projection.name)
+        )
+      )
+    }
+
+    const find = (name: string) =>
+      Effect.suspend(() => {
+        const runner = runners.get(name)
+        return runner === undefined ? Effect.fail(new ProjectionNotFound({ projection: name })) : Effect.succeed(runner)
+      })
+
+    const service: ProjectionsService = {
+      names: [...runners.keys()],
+      status: (name) => Effect.flatMap(find(name), (r) => SubscriptionRef.get(r.status)),
+      changes: (name) => Stream.unwrap(Effect.map(find(name), (r) => r.status.changes)),
+      awaitPosition: (name, position, timeout) =>
+        Effect.flatMap(find(name), (runner) =>
+          runner.status.changes.pipe(
+            Stream.filter((s) =>
+              s.checkpoint >= position || (s.state === "failed" && (s.failure?.position ?? 0) <= position)
+            ),
+            Stream.runHead,
+            Effect.flatMap((s) =>
+              Option.isSome(s) && s.value.checkpoint < position && s.value.failure !== undefined
+                ? Effect.fail(s.value.failure)
+                : Effect.void
+            ),
+            Effect.timeoutFail({
+              duration: timeout,
+              onTimeout: () =>
+                new ProjectionTimeout({ projection: name, position, checkpoint: Effect.runSync(SubscriptionRef.get(runner.status)).checkpoint })
+            })
+          )),
+      resume: (name) =>
+        Effect.flatMap(find(name), (runner) =>
+          Effect.flatMap(SubscriptionRef.get(runner.status), (s) =>
+            s.state !== "failed"
+              ? Effect.fail(new ProjectionStateError({ projection: name, state: s.state, reason: "only a failed projection resumes" }))
+              : Queue.offer(runner.control, { _tag: "resume" }))),
+      park: (name) =>
+        Effect.flatMap(find(name), (runner) =>
+          Effect.gen(function*() {
+            const s = yield* SubscriptionRef.get(runner.status)
+            const stop = runner.stop
+            if (s.state !== "failed" || stop === undefined) {
+              return yield* new ProjectionStateError({ projection: name, state: s.state, reason: "only a failed projection parks the event it stopped on" })
+            }
+            if (!stop.parkable) {
+              return yield* new ProjectionStateError({
+                projection: name,
+                state: s.state,
+                reason: `it did not stop on an event (${stop.failure.reason}); resume it instead`
+              })
+            }
+            const done = yield* Deferred.make<ParkedEvent, ProjectionFailed | ProjectionStateError>()
+            yield* Queue.offer(runner.control, { _tag: "park", done })
+            return yield* Deferred.await(done)
+          })),
+      parked: (name) => Effect.flatMap(find(name), () => checkpoints.parked(name))
+    }
+    return service
+  })
+
+interface Env {
+  readonly batchSize: number
+  readonly ttl: Duration.Duration
+  readonly retry: Schedule.Schedule<unknown, unknown>
+  readonly owner: string
+  readonly store: EventStore["Type"]
+  readonly checkpoints: CheckpointStoreService
+  readonly context: import("effect/Context").Context<never>
+}
+
+const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
+  const { batchSize, checkpoints, owner, retry, store, ttl } = env
+  const projection = runner.projection
+  const name = projection.name
+  const handlers = projection.handlers as Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined>
+  const streamTypes = projection.streamTypes && new Set(projection.streamTypes)
+  const tags = (metric: any) => Metric.tagged(metric, "projection", name)
+  const eventsMetric = tags(Telemetry.projectionEvents) as Metric.Metric.Counter<number>
+  const checkpointMetric = tags(Telemetry.projectionCheckpoint) as Metric.Metric.Gauge<number>
+  const lagMetric = tags(Telemetry.projectionLag) as Metric.Metric.Gauge<number>
+  const failuresMetric = tags(Telemetry.projectionFailures) as Metric.Metric.Counter<number>
+  const provide = <A, E>(effect: Effect.Effect<A, E, unknown>) =>
+    Effect.provide(effect as Effect.Effect<A, E, never>, env.context)
+
+  // what this runner knows: the checkpoint it saved, the position it has dealt with (>= saved: skipped events are
+  // not saved one by one), and a park an operator asked for
+  let saved = 0
+  let position = 0
+  let parkAt: { readonly stop: Stop; readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError> } | undefined
+  // events/s over a window of a few seconds
+  let windowStart = 0
+  let windowCount = 0
+  let rate = 0
+
+  const update = (f: (s: Status) => Status) => SubscriptionRef.update(runner.status, f)
+  const setState = (state: State) =>
+    Effect.zipRight(
+      update((s) => ({ ...s, state, failure: state === "failed" ? s.failure : undefined })),
+      Effect.logDebug(`projection ${name}: ${state} at ${position}`)
+    )
+
+  const afterBatch = (count: number, lastRecordedAt: number) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const head = Math.max(position, yield* Effect.orElseSucceed(store.head, () => position))
+      if (windowStart === 0) windowStart = now
+      windowCount += count
+      if (now - windowStart >= 1000) {
+        rate = (windowCount * 1000) / (now - windowStart)
+        windowStart = now
+        windowCount = 0
+      }
+      const lag = head - position
+      yield* Metric.incrementBy(eventsMetric, count)
+      yield* Metric.set(checkpointMetric, position)
+      yield* Metric.set(lagMetric, lag)
+      yield* update((s) => ({
+        ...s,
+        state: s.state === "rebuilding" && lag > 0 ? "rebuilding" : lag > 0 ? "catching-up" : "live",
+        checkpoint: position,
+        head,
+        lag,
+        lagMillis: lag > 0 ? Math.max(0, now - lastRecordedAt) : 0,
+        eventsPerSecond: Math.round(now - windowStart < 1000 && rate === 0 ? windowCount : rate)
+      }))
+    })
+
+  const failureOf = (event: RecordedEvent, reason: string): ProjectionFailed =>
+    new ProjectionFailed({
+      projection: name,
+      position: event.position,
+      eventId: event.eventId,
+      streamId: event.streamId,
+      eventType: event.type,
+      reason
+    })
+
+  const handleOne = (event: RecordedEvent): Effect.Effect<void, EventFailure, unknown> => {
+    const decoded = projection.events.decode(event)
+    if (Either.isLeft(decoded)) return Effect.fail(new EventFailure(event, decoded.left.message, false))
+    return handlers[event.type]!(decoded.right).pipe(
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.failCause(cause as Cause.Cause<never>)
+          : Effect.fail(new EventFailure(event, reasonOf(cause), true))
+      )
+    )
+  }
+
+  const relevant = (event: RecordedEvent) =>
+    handlers[event.type] !== undefined && (streamTypes === undefined || streamTypes.has(event.streamType))
+
+  /** Commits `events` (consecutive in the log) as one batch; fails with the reason to stop. */
+  const batch = (events: ReadonlyArray<RecordedEvent>): Effect.Effect<void, Stop | CheckpointConflict> => {
+    if (events.length === 0) return Effect.void
+    const last = events[events.length - 1]!
+    const to = last.position
+    const handled = events.filter(relevant)
+    const done = Effect.suspend(() => {
+      position = to
+      return afterBatch(events.length, last.recordedAt.epochMillis)
+    })
+    if (handled.length === 0) return done
+    const work = Effect.forEach(handled, handleOne, { discard: true })
+    return Effect.suspend(() => Effect.uninterruptible(provide(checkpoints.commit(name, owner, saved, to, work)))).pipe(
+      Effect.retry({
+        schedule: retry,
+        while: (e) => (e as { _tag?: string })._tag === "StoreError" || (e instanceof EventFailure && e.retryable)
+      }),
+      Effect.catchAll((e): Effect.Effect<never, Stop | CheckpointConflict> => {
+        if (e instanceof CheckpointConflict) return Effect.fail(e)
+        if (e instanceof EventFailure) return Effect.fail({ failure: failureOf(e.event, e.reason), parkable: true })
+        const reason = e instanceof StoreError ? e.message : String(e)
+        return Effect.fail({ failure: failureOf(handled[0]!, reason), parkable: false })
+      }),
+      Effect.zipRight(Effect.sync(() => (saved = to))),
+      Effect.zipRight(done)
+    )
+  }
+
+  /** Records the event an operator parked, with the checkpoint's move past it. */
+  const park = (at: NonNullable<typeof parkAt>) =>
+    Effect.gen(function*() {
+      const f = at.stop.failure
+      const parked: ParkedEvent = {
+        projection: name,
+        position: f.position,
+        eventId: f.eventId,
+        streamId: f.streamId,
+        eventType: f.eventType,
+        reason: f.reason,
+        parkedAt: yield* Clock.currentTimeMillis
+      }
+      yield* Effect.uninterruptible(provide(checkpoints.commit(name, owner, saved, f.position, Effect.void, parked))).pipe(
+        Effect.retry({ schedule: retry, while: (e) => e._tag === "StoreError" }),
+        Effect.catchTag("StoreError", (e) => Effect.fail({ failure: new ProjectionFailed({ ...f, reason: e.message }), parkable: true } satisfies Stop))
+      )
+      saved = position = f.position
+      parkAt = undefined
+      yield* Deferred.succeed(at.done, parked)
+      yield* Effect.logWarning(`projection ${name}: parked the event at position ${f.position} (${f.eventType}): ${f.reason}`)
+      yield* afterBatch(1, parked.parkedAt)
+    })
+
+  const handleChunk = (chunk: Chunk.Chunk<RecordedEvent>): Effect.Effect<void, Stop | CheckpointConflict> => {
+    const events = Chunk.toReadonlyArray(chunk)
+    const at = parkAt
+    if (at !== undefined) {
+      const k = events.findIndex((e) => e.position === at.stop.failure.position)
+      if (k >= 0) {
+        return batch(events.slice(0, k)).pipe(
+          Effect.zipRight(Effect.suspend(() => park(at))),
+          Effect.zipRight(Effect.suspend(() => batch(events.slice(k + 1))))
+        )
+      }
+    }
+    return batch(events)
+  }
+
+  const readFailure = (e: EventDecodeError | StoreError | import("../Errors.js").InvalidInput): Stop =>
+    e._tag === "EventDecodeError"
+      ? {
+        failure: new ProjectionFailed({
+          projection: name,
+          position: e.position,
+          eventId: "",
+          streamId: e.streamId,
+          eventType: e.type,
+          reason: e.message
+        }),
+        parkable: true
+      }
+      : {
+        failure: new ProjectionFailed({
+          projection: name,
+          position: position + 1,
+          eventId: "",
+          streamId: "",
+          eventType: "",
+          reason: e.message
+        }),
+        parkable: false
+      }
+
+  // Reads the log from where it is, for ever; stops only on a failure.
+  const consume: Effect.Effect<never, Stop | CheckpointConflict> = Effect.suspend(() =>
+    store.subscribe({ fromPosition: position, pageSize: batchSize }).pipe(
+      Stream.mapError((e) => ({ read: e })),
+      Stream.runForEachChunk((chunk) => Effect.mapError(handleChunk(chunk), (e) => ({ handled: e }))),
+      Effect.retry({
+        schedule: retry,
+        while: (e) => "read" in e && e.read._tag === "StoreError"
+      }),
+      Effect.catchAll((e): Effect.Effect<void, Stop | CheckpointConflict> => {
+        if ("handled" in e) return Effect.fail(e.handled)
+        const stop = readFailure(e.read)
+        const at = parkAt
+        // a row the store cannot read at all: parking it moves the checkpoint past it
+        if (at !== undefined && stop.parkable && at.stop.failure.position === stop.failure.position) {
+          return park(at)
+        }
+        return Effect.fail(stop)
+      }),
+      Effect.zipRight(Effect.suspend(() => consume))
+    )
+  )
+
+  const migrateAll = Effect.forEach(
+    projection.init,
+    (migration, i) =>
+      provide(checkpoints.migrate(name, i + 1, migration)).pipe(
+        Effect.tap((ran) => ran ? Effect.logInfo(`projection ${name}: applied migration ${i + 1}`) : Effect.void),
+        Effect.catchAllCause((cause): Effect.Effect<never, Stop> =>
+          Cause.isInterruptedOnly(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.fail({
+            failure: new ProjectionFailed({
+              projection: name,
+              position: position + 1,
+              eventId: "",
+              streamId: "",
+              eventType: "",
+              reason: `migration ${i + 1} failed: ${reasonOf(cause)}`
+            }),
+            parkable: false
+          })
+        )
+      ),
+    { discard: true }
+  )
+
+  const storeStop = (e: StoreError): Stop => ({
+    failure: new ProjectionFailed({ projection: name, position: position + 1, eventId: "", streamId: "", eventType: "", reason: e.message }),
+    parkable: false
+  })
+
+  // One run while holding the lease: migrations, the checkpoint, then the log.
+  const attempt: Effect.Effect<never, Stop | CheckpointConflict> = Effect.gen(function*() {
+    yield* migrateAll
+    saved = position = yield* Effect.mapError(checkpoints.load(name), storeStop)
+    yield* update((s) => ({ ...s, state: "catching-up", checkpoint: position }))
+    yield* afterBatch(0, Date.now())
+    return yield* consume
+  })
+
+  // Runs, and on a failure waits for an operator; leaves only when the lease is lost.
+  const active: Effect.Effect<never, CheckpointConflict> = Effect.gen(function*() {
+    while (true) {
+      const stop = yield* Effect.flip(attempt)
+      if (stop instanceof CheckpointConflict) return yield* stop
+      const pending = parkAt
+      parkAt = undefined
+      if (pending !== undefined) yield* Deferred.fail(pending.done, stop.failure)
+      runner.stop = stop
+      yield* Metric.increment(failuresMetric)
+      yield* update((s) => ({ ...s, state: "failed", failure: stop.failure }))
+      yield* Effect.logError(`projection ${name} stopped: ${stop.failure.message}`)
+      const command = yield* Queue.take(runner.control)
+      runner.stop = undefined
+      if (command._tag === "park") parkAt = { stop, done: command.done }
+      yield* update((s) => ({ ...s, state: "catching-up", failure: undefined }))
+    }
+  })
+
+  const acquire = Effect.flatMap(checkpoints.acquire(name, owner, ttl), (ok) => ok ? Effect.void : Effect.fail("held"))
+  const renewEvery = Duration.millis(Math.max(5, Math.floor(Duration.toMillis(ttl) / 3)))
+
+  // Renews the lease; fails when another owner has it, or when it could not be renewed for a whole ttl.
+  const keepLease: Effect.Effect<never, LeaseLost> = Effect.gen(function*() {
+    let renewed = yield* Clock.currentTimeMillis
+    while (true) {
+      yield* Effect.sleep(renewEvery)
+      const result = yield* Effect.either(checkpoints.acquire(name, owner, ttl))
+      const now = yield* Clock.currentTimeMillis
+      if (Either.isRight(result)) {
+        if (!result.right) return yield* Effect.fail(new LeaseLost())
+        renewed = now
+      } else if (now - renewed >= Duration.toMillis(ttl)) {
+        return yield* Effect.fail(new LeaseLost())
+      }
+    }
+  })
+
+  const cycle = Effect.gen(function*() {
+    yield* setState("standby")
+    // standby: ask for the lease until it is ours
+    yield* Effect.retry(acquire, Schedule.spaced(renewEvery)).pipe(Effect.orElse(() => Effect.never))
+    const lost = yield* Effect.flip(Effect.raceFirst(active, keepLease))
+    // a park waiting on this run is answered
+    if (parkAt !== undefined) {
+      yield* Deferred.fail(parkAt.done, new ProjectionStateError({ projection: name, state: "standby", reason: "the lease went to another process" }))
+      parkAt = undefined
+    }
+    yield* Effect.logWarning(`projection ${name}: ${lost instanceof LeaseLost ? "lost its lease" : lost.message}; standing by`)
+    yield* Effect.ignore(checkpoints.release(name, owner))
+  })
+
+  return Effect.forever(cycle).pipe(
+    Effect.onInterrupt(() =>
+      Effect.zipRight(
+        Effect.ignore(Effect.timeout(checkpoints.release(name, owner), "2 seconds")),
+        update((s) => ({ ...s, state: "stopped" }))
+      )
+    )
+  )
+}

@@ -1,0 +1,314 @@
+/**
+ * The projection conformance suite: checkpoint stores and the runner over them, run by every backend's test file.
+ * `makeEnv` builds a fresh backend (an empty event store, a checkpoint store, and a small read model the suite's
+ * projections write to); each test gets its own.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Event, EventStore, Projection } from "effect-eventstore"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import type * as Layer from "effect/Layer"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
+
+/** A read model the suite's handlers write to: which positions each projection handled, in order. */
+export interface ReadModel<R> {
+  readonly init: (projection: string) => Effect.Effect<void, unknown, R>
+  readonly add: (projection: string, event: Event.RecordedEvent) => Effect.Effect<void, unknown, R>
+  readonly seen: (projection: string) => Effect.Effect<ReadonlyArray<number>, unknown, R>
+  /** Records that migration `id` of `projection` ran (each run counts). */
+  readonly migrated: (projection: string, id: number) => Effect.Effect<void, unknown, R>
+  readonly migrations: (projection: string) => Effect.Effect<ReadonlyArray<number>, unknown, R>
+}
+
+export interface Env<R> {
+  readonly layer: Layer.Layer<EventStore.EventStore | Projection.CheckpointStore | R, unknown>
+  readonly model: ReadModel<R>
+}
+
+const Added = Schema.TaggedStruct("Added", { n: Schema.Int })
+const Noted = Schema.TaggedStruct("Noted", { text: Schema.String })
+const Events = Event.registry([Added, Noted])
+
+const uid = () => crypto.randomUUID().replace(/-/g, "").slice(0, 10)
+
+const added = (n: number) => ({ type: "Added", payload: { n } })
+const other = (text: string) => ({ type: "Other", payload: { text } })
+
+export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
+  describe(`Projection conformance: ${name}`, () => {
+    const run = <A, E>(body: (env: Env<R>) => Effect.Effect<A, E, EventStore.EventStore | Projection.CheckpointStore | R>) =>
+      Effect.suspend(() => {
+        const env = makeEnv()
+        return Effect.scoped(Effect.provide(body(env), env.layer))
+      })
+
+    // A projection recording every Added event it handles (and failing where `fail` says).
+    const recorder = (model: ReadModel<R>, options: {
+      readonly name?: string
+      readonly streamTypes?: ReadonlyArray<string>
+      readonly fail?: (event: Event.RecordedEvent) => boolean
+      readonly init?: number
+    } = {}) => {
+      const pname = options.name ?? `p${uid()}`
+      const migrations = Array.from({ length: options.init ?? 1 }, (_, i) =>
+        i === 0
+          ? Effect.zipRight(model.init(pname), model.migrated(pname, 1))
+          : model.migrated(pname, i + 1))
+      return Projection.make({
+        name: pname,
+        events: Events,
+        ...(options.streamTypes ? { streamTypes: options.streamTypes } : {}),
+        init: migrations,
+        handlers: {
+          Added: (event) =>
+            options.fail?.(event) ? Effect.fail(new Error(`cannot handle ${event.position}`)) : model.add(pname, event)
+        }
+      })
+    }
+
+    // What the read model holds, as positions: exactly what was handled where the store is exactly-once; with an
+    // at-least-once store, each position once (a failed batch is handled again), and every one at least once.
+    const seenBy = (model: ReadModel<R>, projection: string) =>
+      Effect.gen(function*() {
+        const checkpoints = yield* Projection.CheckpointStore
+        const seen = yield* model.seen(projection)
+        if (checkpoints.exactlyOnce) return seen
+        return [...new Set(seen)]
+      })
+
+    const options = (extra: Partial<Projection.Options> = {}): Projection.Options => ({
+      leaseTtl: "1 second",
+      ...extra
+    })
+
+    it.live("catches up from the beginning, then handles each new commit; status says where it is", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `Acc${uid()}`
+          for (let i = 0; i < 7; i++) yield* store.append(`${s}-1`, [added(i), added(i + 100)])
+          const p = recorder(model)
+          const projections = yield* Projection.start([p], options({ batchSize: 5 }))
+          yield* projections.awaitPosition(p.name, yield* store.head, "10 seconds")
+          expect((yield* seenBy(model, p.name)).length).toBe(14)
+          const status = yield* projections.status(p.name)
+          expect(status).toMatchObject({ name: p.name, state: "live", lag: 0, failure: undefined })
+          expect(status.checkpoint).toBe(yield* store.head)
+          const r = yield* store.append(`${s}-2`, [added(1)])
+          yield* projections.awaitPosition(p.name, r.position, "5 seconds")
+          const seen = yield* seenBy(model, p.name)
+          expect(seen.length).toBe(15)
+          expect(seen[14]).toBe(r.position)
+          expect(yield* Effect.flip(projections.status("nope"))).toMatchObject({ _tag: "ProjectionNotFound" })
+        })))
+
+    it.live("types without a handler, other registries' events and other stream types move the checkpoint on", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const a = `A${uid()}`
+          const b = `B${uid()}`
+          yield* store.append(`${a}-1`, [added(1), { type: "Noted", payload: { text: "x" } }])
+          yield* store.append(`${b}-1`, [added(2)])
+          const last = yield* store.append(`${a}-2`, [other("y"), other("z")])
+          const p = recorder(model, { streamTypes: [a] })
+          const projections = yield* Projection.start([p], options())
+          yield* projections.awaitPosition(p.name, last.position, "10 seconds")
+          const status = yield* projections.status(p.name)
+          expect(status.checkpoint).toBe(last.position)
+          expect(status.state).toBe("live")
+          expect(yield* seenBy(model, p.name)).toHaveLength(1)
+        })))
+
+    it.live("appends racing with catch-up: every event once, in position order", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `R${uid()}`
+          yield* Effect.forEach(Array.from({ length: 40 }, (_, i) => i), (i) => store.append(`${s}-${i % 5}`, [added(i)]), {
+            discard: true
+          })
+          const p = recorder(model)
+          const projections = yield* Projection.start([p], options({ batchSize: 7 }))
+          const writers = yield* Effect.fork(Effect.forEach(
+            Array.from({ length: 160 }, (_, i) => i),
+            (i) => store.append(`${s}-${i % 9}`, [added(i), added(-i)]),
+            { concurrency: 8, discard: true }
+          ))
+          yield* Fiber.join(writers)
+          const head = yield* store.head
+          yield* projections.awaitPosition(p.name, head, "20 seconds")
+          const seen = yield* seenBy(model, p.name)
+          const all = yield* Stream.runCollect(store.readAll({ filter: { streamTypes: [s] } }))
+          expect(seen).toEqual([...all].map((e) => e.position))
+        })))
+
+    it.live("a restart resumes after the checkpoint: nothing handled twice, nothing missed", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `S${uid()}`
+          const p = recorder(model)
+          yield* store.append(`${s}-1`, [added(1), added(2), added(3)])
+          yield* Effect.scoped(Effect.gen(function*() {
+            const projections = yield* Projection.start([p], options({ batchSize: 2 }))
+            yield* projections.awaitPosition(p.name, yield* store.head, "10 seconds")
+          }))
+          yield* store.append(`${s}-1`, [added(4), added(5)])
+          const projections = yield* Projection.start([p], options({ batchSize: 2 }))
+          yield* projections.awaitPosition(p.name, yield* store.head, "10 seconds")
+          const all = yield* Stream.runCollect(store.readAll({ filter: { streamTypes: [s] } }))
+          expect(yield* seenBy(model, p.name)).toEqual([...all].map((e) => e.position))
+          expect(yield* model.migrations(p.name)).toEqual([1])
+        })))
+
+    it.live("migrations apply once; one added to the list applies at the next start", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const name = `m${uid()}`
+          yield* Effect.scoped(Effect.gen(function*() {
+            const projections = yield* Projection.start([recorder(model, { name, init: 2 })], options())
+            yield* projections.awaitPosition(name, 0, "10 seconds")
+          }))
+          yield* Effect.scoped(Effect.gen(function*() {
+            const projections = yield* Projection.start([recorder(model, { name, init: 2 })], options())
+            yield* projections.awaitPosition(name, 0, "10 seconds")
+          }))
+          expect(yield* model.migrations(name)).toEqual([1, 2])
+          const projections = yield* Projection.start([recorder(model, { name, init: 3 })], options())
+          yield* projections.awaitPosition(name, 0, "10 seconds")
+          expect(yield* model.migrations(name)).toEqual([1, 2, 3])
+        })))
+
+    it.live("a failing handler is retried, then the projection fails naming the event; park skips it and it goes on", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `F${uid()}`
+          yield* store.append(`${s}-1`, [added(1), added(2)])
+          const poison = yield* store.append(`${s}-2`, [added(666)])
+          yield* store.append(`${s}-1`, [added(3)])
+          let attempts = 0
+          const p = recorder(model, {
+            fail: (e) => {
+              if (e.position !== poison.position) return false
+              attempts++
+              return true
+            }
+          })
+          const healthy = recorder(model)
+          const projections = yield* Projection.start([p, healthy], options({ retry: Schedule.recurs(2) }))
+          const head = yield* store.head
+          yield* projections.awaitPosition(healthy.name, head, "10 seconds")
+          const failure = yield* Effect.flip(projections.awaitPosition(p.name, head, "20 seconds"))
+          expect(failure).toMatchObject({
+            _tag: "ProjectionFailed",
+            projection: p.name,
+            position: poison.position,
+            eventType: "Added",
+            eventId: poison.events[0]!.eventId,
+            streamId: `${s}-2`
+          })
+          expect(attempts).toBe(3) // the first try and 2 retries
+          const status = yield* projections.status(p.name)
+          expect(status.state).toBe("failed")
+          expect(status.failure?.position).toBe(poison.position)
+          expect(status.checkpoint).toBeLessThan(poison.position)
+          const parked = yield* projections.park(p.name)
+          expect(parked).toMatchObject({ projection: p.name, position: poison.position, eventType: "Added" })
+          yield* projections.awaitPosition(p.name, head, "10 seconds")
+          expect(yield* projections.parked(p.name)).toEqual([parked])
+          const all = yield* Stream.runCollect(store.readAll({ filter: { streamTypes: [s] } }))
+          expect(yield* seenBy(model, p.name)).toEqual([...all].map((e) => e.position).filter((x) => x !== poison.position))
+          expect(yield* seenBy(model, healthy.name)).toEqual([...all].map((e) => e.position))
+          expect(yield* Effect.flip(projections.park(p.name))).toMatchObject({ _tag: "ProjectionStateError" })
+        })), 30_000)
+
+    it.live("resume retries a failed projection (a handler that failed for a while)", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `Q${uid()}`
+          const r = yield* store.append(`${s}-1`, [added(1)])
+          let broken = true
+          const p = recorder(model, { fail: () => broken })
+          const projections = yield* Projection.start([p], options({ retry: Schedule.recurs(1), batchSize: 10 }))
+          yield* Effect.flip(projections.awaitPosition(p.name, r.position, "20 seconds"))
+          broken = false
+          yield* projections.resume(p.name)
+          yield* projections.awaitPosition(p.name, r.position, "10 seconds")
+          expect(yield* seenBy(model, p.name)).toEqual([r.position])
+          expect(yield* Effect.flip(projections.resume(p.name))).toMatchObject({ _tag: "ProjectionStateError" })
+        })), 30_000)
+
+    it.live("an event that does not decode fails that projection alone, without retries; others go on", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `D${uid()}`
+          yield* store.append(`${s}-1`, [added(1)])
+          const bad = yield* store.append(`${s}-1`, [{ type: "Added", payload: { n: "not a number" } }])
+          yield* store.append(`${s}-1`, [added(2)])
+          const p = recorder(model)
+          const healthy = Projection.make({
+            name: `h${uid()}`,
+            events: Event.registry([Noted]),
+            handlers: { Noted: () => Effect.void }
+          })
+          const projections = yield* Projection.start([p, healthy], options())
+          const head = yield* store.head
+          const failure = yield* Effect.flip(projections.awaitPosition(p.name, head, "10 seconds"))
+          expect(failure).toMatchObject({ _tag: "ProjectionFailed", position: bad.position, eventType: "Added" })
+          yield* projections.awaitPosition(healthy.name, head, "10 seconds")
+          yield* projections.park(p.name)
+          yield* projections.awaitPosition(p.name, head, "10 seconds")
+          expect((yield* seenBy(model, p.name)).length).toBe(2)
+        })))
+
+    it.live("awaitPosition times out with the checkpoint it reached", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const p = recorder(model)
+          const projections = yield* Projection.start([p], options())
+          const head = yield* store.head
+          const error = yield* Effect.flip(projections.awaitPosition(p.name, head + 1000, "200 millis"))
+          expect(error).toMatchObject({ _tag: "ProjectionTimeout", projection: p.name, position: head + 1000 })
+        })))
+
+    it.live("two runners of one projection: one is active, the other stands by and takes over when it stops", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `L${uid()}`
+          const p = recorder(model)
+          yield* store.append(`${s}-1`, [added(1)])
+          const first = yield* Effect.forkScoped(Effect.scoped(Effect.gen(function*() {
+            const projections = yield* Projection.start([p], options())
+            yield* projections.awaitPosition(p.name, yield* store.head, "10 seconds")
+            yield* Effect.never
+          })))
+          // let the first take the lease
+          yield* Effect.sleep("300 millis")
+          const second = yield* Projection.start([p], options())
+          yield* Effect.sleep("300 millis")
+          expect((yield* second.status(p.name)).state).toBe("standby")
+          yield* Fiber.interrupt(first)
+          const r = yield* store.append(`${s}-1`, [added(2)])
+          yield* second.awaitPosition(p.name, r.position, "10 seconds")
+          expect(yield* seenBy(model, p.name)).toHaveLength(2)
+        })))
+
+    it.live("bad options are InvalidInput", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const p = recorder(model)
+          expect(yield* Effect.flip(Projection.start([p], { batchSize: 0 }))).toMatchObject({
+            _tag: "InvalidInput",
+            field: "batchSize"
+          })
+          expect(yield* Effect.flip(Projection.start([p, p]))).toMatchObject({ _tag: "InvalidInput", field: "projections" })
+        })))
+  })
