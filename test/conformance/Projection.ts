@@ -10,6 +10,7 @@ import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 
 /** A read model the suite's handlers write to: which positions each projection handled, in order. */
@@ -38,7 +39,9 @@ const other = (text: string) => ({ type: "Other", payload: { text } })
 
 export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
   describe(`Projection conformance: ${name}`, () => {
-    const run = <A, E>(body: (env: Env<R>) => Effect.Effect<A, E, EventStore.EventStore | Projection.CheckpointStore | R>) =>
+    const run = <A, E>(
+      body: (env: Env<R>) => Effect.Effect<A, E, EventStore.EventStore | Projection.CheckpointStore | R | Scope.Scope>
+    ) =>
       Effect.suspend(() => {
         const env = makeEnv()
         return Effect.scoped(Effect.provide(body(env), env.layer))
