@@ -1,12 +1,18 @@
+import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
+import { EventStore, Projection } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { projectionSuite, type ReadModel } from "./conformance/Projection.js"
+import { readModel, replay, Totals } from "./fixtures/totals.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-projection-"))
 const dbFile = (name: string) => path.join(dir, `${name}-${crypto.randomUUID().slice(0, 8)}.db`)
@@ -49,3 +55,77 @@ const sqliteEnv = (filename: () => string) => () => {
 
 projectionSuite("sqlite", sqliteEnv(() => dbFile("suite")))
 projectionSuite("sqlite :memory:", sqliteEnv(() => ":memory:"))
+
+const root = path.resolve(import.meta.dirname, "..")
+
+describe("SQL projections on SQLite", () => {
+  it.live("exactly once across kill -9: after every crash the read model is a full replay up to its checkpoint", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("crash")
+      const layer = SqlProjection.layer.pipe(Layer.provideMerge(Sqlite.layer({ filename })))
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const sql = yield* SqlClient.SqlClient
+        let appended = 0
+        const appender = yield* Effect.forkScoped(Effect.forever(Effect.gen(function*() {
+          const k = appended++ % 13
+          yield* store.append(`Acc-${k}`, Array.from({ length: 1 + (appended % 3) }, (_, i) => ({ type: "Added", payload: { n: appended * 10 + i } })))
+          if (appended % 7 === 0) yield* store.append(`Other-${k}`, [{ type: "Other", payload: {} }])
+          yield* Effect.sleep("1 millis")
+        })))
+        const checkpoint = Effect.map(
+          sql<{ position: number }>`SELECT position FROM eventstore_projections WHERE name = 'totals'`,
+          (rows) => rows[0]?.position ?? 0
+        ).pipe(Effect.catchAll(() => Effect.succeed(0)))
+        // what the model holds must be a replay of exactly the log up to the checkpoint: read both in one transaction
+        const consistent = sql.withTransaction(Effect.gen(function*() {
+          const at = yield* checkpoint
+          const model = yield* readModel
+          return { at, model }
+        }))
+        const check = Effect.gen(function*() {
+          const { at, model } = yield* consistent
+          const events = yield* Stream.runCollect(store.readAll({ pageSize: 1000 }))
+          expect(model).toEqual(replay([...events].filter((e) => e.position <= at)))
+          return at
+        })
+        const checkpoints: Array<number> = []
+        for (let trial = 0; trial < 20; trial++) {
+          const child = spawn(
+            // node itself, with tsx as a loader: the `tsx` command would run the worker in a child process of its
+            // own, which a SIGKILL of the command does not reach
+            process.execPath,
+            ["--import", "tsx", "--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/projection-worker.ts"), filename],
+            { cwd: root, stdio: ["ignore", "pipe", "pipe"] }
+          )
+          let err = ""
+          child.stderr.on("data", (d) => (err += d))
+          const exited = Effect.async<number | null>((resume) => {
+            child.on("exit", (code) => resume(Effect.succeed(code)))
+          })
+          const started = Effect.async<void>((resume) => {
+            child.stdout.on("data", (d) => String(d).includes("started") && resume(Effect.void))
+          })
+          // kill it at a random moment after it started (most trials), or while it starts
+          yield* Effect.timeout(started, "20 seconds").pipe(Effect.ignore)
+          yield* Effect.sleep(`${Math.floor(Math.random() * (trial % 4 === 0 ? 30 : 400))} millis`)
+          child.kill("SIGKILL")
+          const code = yield* exited
+          if (code !== null && err !== "") throw new Error(`worker exited ${code}: ${err}`)
+          checkpoints.push(yield* check)
+        }
+        yield* Fiber.interrupt(appender)
+        // the last restart catches up to the head
+        const projections = yield* Projection.start([Totals], { leaseTtl: "300 millis" })
+        const head = yield* store.head
+        yield* projections.awaitPosition("totals", head, "30 seconds").pipe(
+          Effect.tapError(() => Effect.flatMap(projections.status("totals"), (s) => Effect.logError("status", s)))
+        )
+        const { at, model } = yield* consistent
+        expect(at).toBe(head)
+        expect(model).toEqual(replay([...(yield* Stream.runCollect(store.readAll({ pageSize: 1000 })))]))
+        // the crashes landed while it was working: the checkpoint moved between most of them
+        expect(new Set(checkpoints).size).toBeGreaterThan(10)
+      }).pipe(Effect.provide(layer), Effect.scoped)
+    }), 180_000)
+})

@@ -61,8 +61,10 @@ describe("SQLite group commit", () => {
       const filename = dbFile("kill")
       const acked = yield* Effect.async<ReadonlyArray<string>, Error>((resume) => {
         const child = spawn(
-          path.join(root, "node_modules/.bin/tsx"),
-          ["--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/kill-worker.ts"), filename],
+          // node itself, with tsx as a loader: the `tsx` command would run the worker in a child process of its
+          // own, which a SIGKILL of the command does not reach
+          process.execPath,
+          ["--import", "tsx", "--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/kill-worker.ts"), filename],
           { cwd: root, stdio: ["ignore", "pipe", "pipe"] }
         )
         let out = ""
