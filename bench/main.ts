@@ -9,6 +9,7 @@
 import Database from "better-sqlite3"
 import { Aggregate, Event, EventStore, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
+import { catchupBench, lagBench } from "./projection.js"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
@@ -359,6 +360,8 @@ async function childAlloc(mode: string) {
     console.log(JSON.stringify({ bytesPerAppend: await measure(() => run(100, 10)) }))
     await rt.dispose()
   }
+  if (want("sqlite.projection.catchup")) await catchupBench(emit, freshFile, quick ? 10_000 : 100_000, quick ? 1 : 3)
+  if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
   fs.rmSync(dir, { recursive: true, force: true })
 }
 
@@ -767,6 +770,8 @@ async function main() {
   if (want("sqlite.load.snapshot") || want("sqlite.load.cached") || want("sqlite.snapshot")) {
     await snapshotBench(await seedStream(large), large, quick ? 3 : 7)
   }
+  if (want("sqlite.projection.catchup")) await catchupBench(emit, freshFile, quick ? 10_000 : 100_000, quick ? 1 : 3)
+  if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
   fs.rmSync(dir, { recursive: true, force: true })
 }
 

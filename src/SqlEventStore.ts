@@ -37,9 +37,10 @@ import {
   DriverFailure,
   FOLD_PAGE,
   fromBackend,
+  onDatabase,
   type SyncCommands
 } from "./internal/backend.js"
-import { type FoldRow, type PreparedAppend, prepareAppend, recorded } from "./internal/codec.js"
+import { type FoldRow, type PreparedAppend, prepareAppend, recorded, type StoredEvent } from "./internal/codec.js"
 import { isSync, type SyncConnection } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
@@ -303,11 +304,36 @@ const makeSyncCommands = (
       return Exit.isSuccess(outcome)
         ? Exit.succeed(result(prepared.right, outcome.value))
         : outcome as Exit.Exit<never, AppendFailure>
-    }
+    },
+    logRows: (after, limit) => {
+      try {
+        const rows = held.executeValuesSync(SqlRead.logSqlite(limit), [after])
+        const out: Array<StoredEvent> = new Array(rows.length)
+        for (let i = 0; i < rows.length; i++) {
+          const r = rows[i] as ReadonlyArray<any>
+          out[i] = {
+            position: r[0],
+            eventId: r[1],
+            streamId: r[2],
+            streamType: r[3],
+            version: r[4],
+            type: r[5],
+            schemaVersion: r[6],
+            payload: r[7],
+            metadata: r[8],
+            recordedAt: r[9]
+          }
+        }
+        return out
+      } catch (cause) {
+        throw failure("read")(cause)
+      }
+    },
+    run: (sql, params) => held.runSync(sql, params).changes
   }
   return {
     run: (fiberId, body) => {
-      if (!writer.idle(fiberId)) return undefined
+      if (fiberId === undefined ? !writer.free() : !writer.idle(fiberId)) return undefined
       try {
         held.executeSync("BEGIN IMMEDIATE", [])
       } catch (cause) {
@@ -409,7 +435,7 @@ export const make = (
     const background = yield* Background.make(options.shutdownGrace ?? "5 seconds")
     const writer = makeWriter(sql, options, signal, background)
     const held = options.writeConnection
-    return fromBackend({
+    const store = fromBackend({
       append: makeAppend(options, writer),
       ...makeReads(sql, held),
       syncCommands: held !== undefined && isSync(held)
@@ -422,6 +448,7 @@ export const make = (
       signal,
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })
+    return onDatabase(store, sql)
   })
 
 /**

@@ -20,11 +20,13 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { StoreError } from "./Errors.js"
+import { onDatabase } from "./internal/backend.js"
+import { tables } from "./internal/migrations.js"
 import { CheckpointConflict, CheckpointStore, type CheckpointStoreService, type ParkedEvent } from "./Projection.js"
 
-const P = "eventstore_projections"
-const M = "eventstore_projection_migrations"
-const K = "eventstore_parked_events"
+const P = tables.projections
+const M = tables.projectionMigrations
+const K = tables.parked
 
 const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
 
@@ -165,7 +167,7 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
         Effect.mapError(storeError("projection.parked"))
       )
   }
-  return service
+  return onDatabase(service, sql)
 })
 
 /**

@@ -163,6 +163,13 @@ export interface CommandTransaction {
     options: AppendOptions,
     now: number
   ) => Exit.Exit<AppendResult, ConcurrencyError | DuplicateEventError | InvalidInput>
+  /** The global log after a position (at most `limit` rows, by position), inside the transaction. */
+  readonly logRows: (after: number, limit: number) => ReadonlyArray<StoredEvent>
+  /**
+   * Runs one statement inside the transaction (a projection's writes) and returns how many rows it changed; throws
+   * the driver's error as it is.
+   */
+  readonly run: (sql: string, params: ReadonlyArray<unknown>) => number
 }
 
 /** A driver failure inside a command transaction (the transaction was rolled back). */
@@ -179,8 +186,12 @@ export class DriverFailure {
  * `DriverFailure`; anything else `body` throws rolls back and is rethrown.
  */
 export interface SyncCommands {
+  /**
+   * `fiberId`: the command's fiber (counted for group-commit contention); `undefined` for background work, which
+   * runs whenever nothing is being written or queued.
+   */
   readonly run: <A>(
-    fiberId: number,
+    fiberId: number | undefined,
     body: (tx: CommandTransaction) => { readonly commit: boolean; readonly value: A }
   ) => { readonly value: A } | undefined
 }
@@ -190,6 +201,32 @@ export const FOLD_PAGE = 512
 
 const foldRowsKey = Symbol.for("effect-eventstore/foldRows")
 const syncCommandsKey = Symbol.for("effect-eventstore/syncCommands")
+const databaseKey = Symbol.for("effect-eventstore/database")
+const commitsKey = Symbol.for("effect-eventstore/commits")
+
+/** How a reader in this process learns of new commits: the store's signal, and the poll for other processes'. */
+export interface Commits {
+  readonly signal: Signal
+  readonly pollInterval: Duration.Duration | undefined
+}
+
+/** The commit signal of a store built by `fromBackend`. */
+export const commitsOf = (store: EventStoreService): Commits | undefined =>
+  (store as { readonly [commitsKey]?: Commits })[commitsKey]
+
+/**
+ * Marks a service (a store, a checkpoint store) as keeping its data in the database `client` reaches, so that two
+ * services can tell they share one (their writes may then share a transaction). Not enumerable: a copy of the
+ * service does not carry it.
+ */
+export const onDatabase = <A extends object>(service: A, client: object): A => {
+  Object.defineProperty(service, databaseKey, { value: client, enumerable: false })
+  return service
+}
+
+/** The database a service was marked with by `onDatabase`. */
+export const databaseOf = (service: object): object | undefined =>
+  (service as { readonly [databaseKey]?: object })[databaseKey]
 
 /** The synchronous command transactions of a store built by `fromBackend` on a backend that has them. */
 export const syncCommandsOf = (store: EventStoreService): SyncCommands | undefined =>
@@ -254,6 +291,10 @@ export const fromBackend = (backend: Backend): EventStoreService => {
 
   const service: EventStoreService = { append: backend.append, read, readPage, readAll, subscribe, version, head }
   Object.defineProperty(service, foldRowsKey, { value: backend.foldRows, enumerable: false })
+  Object.defineProperty(service, commitsKey, {
+    value: { signal: backend.signal, pollInterval: backend.pollInterval } satisfies Commits,
+    enumerable: false
+  })
   if (backend.syncCommands !== undefined) {
     Object.defineProperty(service, syncCommandsKey, { value: backend.syncCommands, enumerable: false })
   }

@@ -33,6 +33,11 @@ export interface GroupCommit<In, Out, E> {
    * contention): then a caller may write on the spot, synchronously, as `trySync` does.
    */
   readonly idle: (fiberId: number) => boolean
+  /**
+   * Whether nothing is being written or queued now (contention not counted): for background work (a projection's
+   * batch) that may use the writer's connection between groups, not for appends.
+   */
+  readonly free: () => boolean
   /** Queues `input` for the next group (after `trySync` declined it). */
   readonly enqueue: (input: In) => Effect.Effect<Out, E>
 }
@@ -268,6 +273,8 @@ export const make = <In, Out, E>(options: {
     return !closed && !leading && contention === 0 && queue.length === 0
   }
 
+  const free = (): boolean => !closed && !leading && queue.length === 0
+
   const trySync = (id: number, input: In): Exit.Exit<Out, E> | undefined => {
     if (!idle(id)) return closed ? Exit.fail(options.closed()) : undefined
     return options.runSync === undefined ? undefined : options.runSync(input)
@@ -282,6 +289,7 @@ export const make = <In, Out, E>(options: {
 
   return {
     idle,
+    free,
     trySync,
     enqueue,
     submit: (input) =>

@@ -13,7 +13,10 @@ import { isBusy } from "./sqlErrors.js"
 export const tables = {
   events: "eventstore_events",
   snapshots: "eventstore_snapshots",
-  migrations: "eventstore_migrations"
+  migrations: "eventstore_migrations",
+  projections: "eventstore_projections",
+  projectionMigrations: "eventstore_projection_migrations",
+  parked: "eventstore_parked_events"
 } as const
 
 const E = tables.events

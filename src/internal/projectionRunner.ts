@@ -20,6 +20,8 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { EventDecodeError } from "../Errors.js"
 import { InvalidInput, StoreError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import { EventStore } from "../EventStore.js"
 import type {
   CheckpointStoreService,
@@ -39,6 +41,17 @@ import {
   ProjectionTimeout
 } from "../Projection.js"
 import * as Telemetry from "../Telemetry.js"
+import {
+  type CommandTransaction,
+  commitsOf,
+  databaseOf,
+  DriverFailure,
+  type SyncCommands,
+  syncCommandsOf
+} from "./backend.js"
+import { fromStored } from "./codec.js"
+import * as EventLoop from "./eventLoop.js"
+import { tables } from "./migrations.js"
 
 // --- the memory checkpoint store -----------------------------------------------------------------------------------
 
@@ -153,6 +166,10 @@ interface Runner {
   readonly control: Queue.Queue<Command>
   /** The failure it stopped on, while failed. */
   stop: Stop | undefined
+  /** The status as last set (what `status` reads). */
+  latest: Status
+  /** `awaitPosition` callers: each says, given a status, whether it is answered. */
+  readonly waiters: Set<{ readonly check: (s: Status) => boolean }>
 }
 
 const initial = (name: string): Status => ({
@@ -198,7 +215,9 @@ export const make = (
         projection,
         status: yield* SubscriptionRef.make(initial(projection.name)),
         control: yield* Queue.unbounded<Command>(),
-        stop: undefined
+        stop: undefined,
+        latest: initial(projection.name),
+        waiters: new Set()
       })
     }
 
@@ -222,20 +241,23 @@ export const make = (
       changes: (name) => Stream.unwrap(Effect.map(find(name), (r) => r.status.changes)),
       awaitPosition: (name, position, timeout) =>
         Effect.flatMap(find(name), (runner) =>
-          runner.status.changes.pipe(
-            Stream.filter((s) =>
-              s.checkpoint >= position || (s.state === "failed" && (s.failure?.position ?? 0) <= position)
-            ),
-            Stream.runHead,
-            Effect.flatMap((s) =>
-              Option.isSome(s) && s.value.checkpoint < position && s.value.failure !== undefined
-                ? Effect.fail(s.value.failure)
-                : Effect.void
-            ),
+          Effect.async<void, ProjectionFailed>((resume) => {
+            // answered from the runner's own status updates: no stream per wait
+            const check = (s: Status): boolean => {
+              if (s.checkpoint >= position) resume(Effect.void)
+              else if (s.state === "failed" && s.failure !== undefined && s.failure.position <= position) {
+                resume(Effect.fail(s.failure))
+              } else return false
+              return true
+            }
+            if (check(runner.latest)) return
+            const waiter = { check }
+            runner.waiters.add(waiter)
+            return Effect.sync(() => runner.waiters.delete(waiter))
+          }).pipe(
             Effect.timeoutFail({
               duration: timeout,
-              onTimeout: () =>
-                new ProjectionTimeout({ projection: name, position, checkpoint: Effect.runSync(SubscriptionRef.get(runner.status)).checkpoint })
+              onTimeout: () => new ProjectionTimeout({ projection: name, position, checkpoint: runner.latest.checkpoint })
             })
           )),
       resume: (name) =>
@@ -298,21 +320,38 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   let position = 0
   let parkAt: { readonly stop: Stop; readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError> } | undefined
   // events/s over a window of a few seconds
+  let knownHead = 0
+  let headAt = 0
   let windowStart = 0
   let windowCount = 0
   let rate = 0
 
-  const update = (f: (s: Status) => Status) => SubscriptionRef.update(runner.status, f)
+  const update = (f: (s: Status) => Status) =>
+    Effect.zipRight(
+      SubscriptionRef.update(runner.status, (s) => (runner.latest = f(s))),
+      Effect.sync(() => {
+        for (const waiter of runner.waiters) if (waiter.check(runner.latest)) runner.waiters.delete(waiter)
+      })
+    )
   const setState = (state: State) =>
     Effect.zipRight(
       update((s) => ({ ...s, state, failure: state === "failed" ? s.failure : undefined })),
       Effect.logDebug(`projection ${name}: ${state} at ${position}`)
     )
 
-  const afterBatch = (count: number, lastRecordedAt: number) =>
+  /** `caughtUp`: the batch read the log to its end inside its write transaction (its last position is the head). */
+  const afterBatch = (count: number, lastRecordedAt: number, caughtUp = false) =>
     Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
-      const head = Math.max(position, yield* Effect.orElseSucceed(store.head, () => position))
+      // while catching up in full batches, the head is asked at most every 100 ms (a query per batch showed)
+      if (caughtUp) {
+        knownHead = position
+        headAt = now
+      } else if (count < batchSize || now - headAt >= 100) {
+        knownHead = yield* Effect.orElseSucceed(store.head, () => knownHead)
+        headAt = now
+      }
+      const head = Math.max(position, knownHead)
       if (windowStart === 0) windowStart = now
       windowCount += count
       if (now - windowStart >= 1000) {
@@ -475,6 +514,162 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     )
   )
 
+
+  // --- the synchronous road: statement handlers on the store's own SQLite database ---------------------------------
+  const sync: SyncCommands | undefined = projection.statements !== undefined &&
+      databaseOf(checkpoints) !== undefined && databaseOf(checkpoints) === databaseOf(store)
+    ? syncCommandsOf(store)
+    : undefined
+  const client = databaseOf(store) as SqlClient.SqlClient
+  const statementHandlers = projection.statements as
+    | Record<string, ((event: RecordedEvent<any>, sql: SqlClient.SqlClient) => unknown) | undefined>
+    | undefined
+  const MOVE = `UPDATE ${tables.projections} SET position = ?, updated_at = ? WHERE name = ? AND position = ? AND owner = ?`
+  const PARK = `INSERT INTO ${tables.parked} (projection, position, event_id, stream_id, event_type, reason, parked_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)`
+
+  interface SyncOutcome {
+    readonly count: number
+    readonly last: number
+    readonly lastRecordedAt: number
+    readonly committed: boolean
+    readonly parked: ParkedEvent | undefined
+  }
+
+  const driver = (operation: string) => (cause: unknown) => new DriverFailure(new StoreError({ operation, cause }))
+  const thrown = (cause: unknown) =>
+    cause instanceof Error ? `${(cause as { code?: string }).code ?? cause.name}: ${cause.message}` : String(cause)
+
+  /** One batch inside a `BEGIN IMMEDIATE` on the writer: read, handle, move the checkpoint; throws to roll back. */
+  const syncBatch = (tx: CommandTransaction, now: number): { readonly commit: boolean; readonly value: SyncOutcome } => {
+    const rows = tx.logRows(position, batchSize)
+    if (rows.length === 0) return { commit: false, value: { count: 0, last: position, lastRecordedAt: now, committed: false, parked: undefined } }
+    let handledCount = 0
+    let parked: ParkedEvent | undefined = undefined
+    const at = parkAt
+    for (const row of rows) {
+      if (at !== undefined && row.position === at.stop.failure.position) {
+        const f = at.stop.failure
+        parked = { projection: name, position: f.position, eventId: f.eventId, streamId: f.streamId, eventType: f.eventType, reason: f.reason, parkedAt: now }
+        try {
+          tx.run(PARK, [name, f.position, f.eventId, f.streamId, f.eventType, f.reason, now])
+        } catch (cause) {
+          throw driver("projection.park")(cause)
+        }
+        continue
+      }
+      const handler = statementHandlers![row.type]
+      if (handler === undefined || (streamTypes !== undefined && !streamTypes.has(row.streamType))) continue
+      const stored = fromStored(row)
+      if (Either.isLeft(stored)) {
+        const e = stored.left
+        throw new EventFailure({ position: e.position, eventId: "", streamId: e.streamId, type: e.type } as RecordedEvent, e.message, false)
+      }
+      const decoded = projection.events.decode(stored.right)
+      if (Either.isLeft(decoded)) throw new EventFailure(stored.right, decoded.left.message, false)
+      try {
+        const out = handler(decoded.right, client) as Statement.Statement<unknown> | ReadonlyArray<Statement.Statement<unknown>>
+        if (Array.isArray(out)) {
+          for (const statement of out as ReadonlyArray<Statement.Statement<unknown>>) {
+            const [text, params] = statement.compile()
+            tx.run(text, params)
+          }
+        } else {
+          const [text, params] = (out as Statement.Statement<unknown>).compile()
+          tx.run(text, params)
+        }
+      } catch (cause) {
+        throw new EventFailure(stored.right, thrown(cause), true)
+      }
+      handledCount++
+    }
+    const last = rows[rows.length - 1]!
+    const value = { count: rows.length, last: last.position, lastRecordedAt: last.recordedAt, committed: false, parked }
+    if (handledCount === 0 && parked === undefined) return { commit: false, value }
+    let changes: number
+    try {
+      changes = tx.run(MOVE, [last.position, now, name, saved, owner])
+    } catch (cause) {
+      throw driver("projection.commit")(cause)
+    }
+    if (changes !== 1) throw new CheckpointConflict({ projection: name, expected: saved })
+    return { commit: true, value: { ...value, committed: true } }
+  }
+
+  /** A batch on the synchronous road; `undefined` when the writer is busy now. */
+  let seen = 0
+  const syncStep = (commands: SyncCommands) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.suspend((): Effect.Effect<SyncOutcome | undefined, EventFailure | CheckpointConflict | StoreError> => {
+        try {
+          seen = commits?.signal.version ?? 0
+          const out = commands.run(undefined, (tx) => syncBatch(tx, now))
+          return Effect.succeed(out?.value)
+        } catch (e) {
+          if (e instanceof DriverFailure) return Effect.fail(e.cause)
+          if (e instanceof EventFailure || e instanceof CheckpointConflict) return Effect.fail(e)
+          return Effect.fail(new StoreError({ operation: "projection.commit", cause: e }))
+        }
+      }))
+
+  // Waits for a commit after `seen` (the store's signal, noted before the batch that found nothing), or the poll
+  // interval, for other processes' commits.
+  const commits = commitsOf(store)
+  const nextCommit = (seen: number): Effect.Effect<void> => {
+    if (commits === undefined) return Effect.sleep("50 millis")
+    const poll = commits.pollInterval
+    return poll === undefined || !Duration.isFinite(poll)
+      ? commits.signal.wait(seen)
+      : Effect.race(commits.signal.wait(seen), Effect.sleep(poll))
+  }
+
+  const consumeSync = (commands: SyncCommands): Effect.Effect<never, Stop | CheckpointConflict> => {
+    let busy = 0
+    const step: Effect.Effect<void, Stop | CheckpointConflict> = syncStep(commands).pipe(
+      Effect.retry({
+        schedule: retry,
+        while: (e) => e._tag === "StoreError" || (e instanceof EventFailure && e.retryable)
+      }),
+      Effect.catchAll((e): Effect.Effect<never, Stop | CheckpointConflict> => {
+        if (e instanceof CheckpointConflict) return Effect.fail(e)
+        if (e instanceof EventFailure) return Effect.fail({ failure: failureOf(e.event, e.reason), parkable: true })
+        return Effect.fail(storeStop(e))
+      }),
+      Effect.flatMap((out) => {
+        if (out === undefined) {
+          // the writer is busy (its commits come first) or another process holds the lock: a turn of the event loop
+          // first, then a growing pause
+          busy++
+          return busy === 1 ? EventLoop.yieldToLoop : Effect.sleep(Duration.millis(Math.min(50, 2 ** (busy - 1))))
+        }
+        busy = 0
+        if (out.count === 0) return nextCommit(seen)
+        return Effect.suspend(() => {
+          if (out.committed) saved = out.last
+          position = out.last
+          const done = afterBatch(out.count, out.lastRecordedAt, out.count < batchSize)
+          if (out.parked === undefined || parkAt === undefined) return done
+          const at = parkAt
+          parkAt = undefined
+          return Effect.zipRight(
+            Effect.zipRight(
+              Deferred.succeed(at.done, out.parked),
+              Effect.logWarning(`projection ${name}: parked the event at position ${out.parked.position} (${out.parked.eventType}): ${out.parked.reason}`)
+            ),
+            done
+          )
+        })
+      })
+    )
+    // not `Effect.forever`, whose yield after each batch can be a timer (1 ms): the event loop gets a turn when the
+    // library's synchronous work has held the thread for its budget
+    const loop: Effect.Effect<never, Stop | CheckpointConflict> = Effect.flatMap(
+      step,
+      () => EventLoop.due() ? Effect.zipRight(EventLoop.yieldToLoop, loop) : loop
+    )
+    return loop
+  }
+
   const migrateAll = Effect.forEach(
     projection.init,
     (migration, i) =>
@@ -508,7 +703,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     saved = position = yield* Effect.mapError(checkpoints.load(name), storeStop)
     yield* update((s) => ({ ...s, state: "catching-up", checkpoint: position }))
     yield* afterBatch(0, Date.now())
-    return yield* consume
+    return yield* (sync !== undefined ? consumeSync(sync) : consume)
   })
 
   // Runs, and on a failure waits for an operator; leaves only when the lease is lost.

@@ -19,6 +19,10 @@ const COLUMNS = `position, event_id AS "eventId", stream_id AS "streamId", strea
 
 const FOLD_COLUMNS = "version, event_type, schema_version, payload"
 
+/** The log after a position (`?`), by position, as `StoredEvent` rows: for a synchronous connection. */
+export const logSqlite = (limit: number) =>
+  `SELECT ${COLUMNS} FROM ${E} WHERE position > ? ORDER BY position LIMIT ${limitOf(limit)}`
+
 /**
  * A page size as SQL text. Limits are written into the statement, not bound: SQLite reads a page of a stream about
  * twice as fast with `LIMIT 512` as with `LIMIT ?` (measured: 14.5 vs 31 µs for a 10-event stream). Only ever given

@@ -4,6 +4,8 @@
  * projections write to); each test gets its own.
  */
 import { describe, expect, it } from "@effect/vitest"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import { Event, EventStore, Projection } from "effect-eventstore"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -26,6 +28,11 @@ export interface ReadModel<R> {
 export interface Env<R> {
   readonly layer: Layer.Layer<EventStore.EventStore | Projection.CheckpointStore | R, unknown>
   readonly model: ReadModel<R>
+  /**
+   * When given, the suite's projections are `Projection.sql` ones whose handlers return this statement (instead of
+   * running `model.add`).
+   */
+  readonly statement?: (projection: string, event: Event.RecordedEvent, sql: SqlClient.SqlClient) => Statement.Statement<unknown>
 }
 
 const Added = Schema.TaggedStruct("Added", { n: Schema.Int })
@@ -44,10 +51,12 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
     ) =>
       Effect.suspend(() => {
         const env = makeEnv()
+        current = env
         return Effect.scoped(Effect.provide(body(env), env.layer))
       })
 
     // A projection recording every Added event it handles (and failing where `fail` says).
+    let current: Env<R> | undefined
     const recorder = (model: ReadModel<R>, options: {
       readonly name?: string
       readonly streamTypes?: ReadonlyArray<string>
@@ -59,6 +68,21 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
         i === 0
           ? Effect.zipRight(model.init(pname), model.migrated(pname, 1))
           : model.migrated(pname, i + 1))
+      const statement = current?.statement
+      if (statement !== undefined) {
+        return Projection.sql({
+          name: pname,
+          events: Events,
+          ...(options.streamTypes ? { streamTypes: options.streamTypes } : {}),
+          init: migrations,
+          handlers: {
+            Added: (event, sql) => {
+              if (options.fail?.(event)) throw new Error(`cannot handle ${event.position}`)
+              return statement(pname, event, sql)
+            }
+          }
+        }) as unknown as Projection.Projection<any, unknown, R>
+      }
       return Projection.make({
         name: pname,
         events: Events,
