@@ -105,3 +105,24 @@ export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
     return `${this.operation} failed: ${cause}`
   }
 }
+
+/**
+ * An inline projection (run in the append's own transaction) could not handle an event of the append, or an earlier
+ * event it had not handled yet: the append was not written. `position` and `eventType` name the event, `reason` says
+ * why (the handler's error, or the event not decoding).
+ *
+ * @since 0.1.0
+ */
+export class InlineProjectionError extends Schema.TaggedError<InlineProjectionError>()("InlineProjectionError", {
+  projection: Schema.String,
+  streamId: Schema.String,
+  position: Schema.Number,
+  eventType: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `inline projection ${JSON.stringify(this.projection)} failed on ${this.eventType} at position ${this.position} (stream ${
+      JSON.stringify(this.streamId)
+    }): ${this.reason}`
+  }
+}

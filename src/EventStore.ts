@@ -10,7 +10,14 @@ import type * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Stream from "effect/Stream"
 import type { ExpectedVersion } from "./Errors.js"
-import { ConcurrencyError, DuplicateEventError, EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
+import {
+  ConcurrencyError,
+  DuplicateEventError,
+  EventDecodeError,
+  InlineProjectionError,
+  InvalidInput,
+  StoreError
+} from "./Errors.js"
 import type { Metadata, NewEvent, RecordedEvent } from "./Event.js"
 import * as Memory from "./internal/memory.js"
 
@@ -23,6 +30,8 @@ export {
   EventDecodeError,
   /** @since 0.1.0 */
   type ExpectedVersion,
+  /** @since 0.1.0 */
+  InlineProjectionError,
   /** @since 0.1.0 */
   InvalidInput,
   /** @since 0.1.0 */
@@ -97,8 +106,12 @@ export interface SubscribeOptions {
   readonly pageSize?: number
 }
 
-/** Errors an append can fail with. @since 0.1.0 */
-export type AppendError = ConcurrencyError | DuplicateEventError | InvalidInput | StoreError
+/**
+ * Errors an append can fail with. `InlineProjectionError` only where inline projections run (`Projection.layerInline`).
+ *
+ * @since 0.1.0
+ */
+export type AppendError = ConcurrencyError | DuplicateEventError | InlineProjectionError | InvalidInput | StoreError
 
 /** Errors a read can fail with. @since 0.1.0 */
 export type ReadError = EventDecodeError | InvalidInput | StoreError

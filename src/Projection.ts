@@ -24,7 +24,7 @@ import type * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
-import type { InvalidInput, StoreError } from "./Errors.js"
+import type { InlineProjectionError, InvalidInput, StoreError } from "./Errors.js"
 import type * as Event from "./Event.js"
 import type { EventStore } from "./EventStore.js"
 import * as Runner from "./internal/projectionRunner.js"
@@ -480,3 +480,27 @@ export const layer = <const P extends ReadonlyArray<Projection<any, any, any>>>(
   options?: Options
 ): Layer.Layer<Projections, InvalidInput, EventStore | CheckpointStore | Requirements<P[number]>> =>
   Layer.scoped(Projections, start(projections, options))
+
+/**
+ * Runs `projections` (made with `sql`) inline: their statements run inside each append's own transaction, in a
+ * savepoint with the append, so their read models never lag the log. A handler that throws, or an event that does
+ * not decode, fails that append alone with `InlineProjectionError` (nothing of it written); the other appends of its
+ * group commit.
+ *
+ * When the layer starts it applies the projections' migrations and catches each one up with the log; from then on,
+ * each append also handles any earlier event the projection has not seen (appended by a process that does not run
+ * it). Every process that appends should run the same inline projections: otherwise the events it appends reach the
+ * read model only with the next append of a process that does. Do not also run an inline projection with `start`.
+ *
+ * Needs the SQLite file store (`Sqlite.layer`) and `SqlProjection.layer` on its `SqlClient`; anything else fails the
+ * layer with `InvalidInput`.
+ *
+ * @since 0.1.0
+ */
+export const layerInline = <const P extends ReadonlyArray<Projection<any, any, any>>>(
+  projections: P
+): Layer.Layer<
+  never,
+  InvalidInput | StoreError | InlineProjectionError,
+  EventStore | CheckpointStore | Requirements<P[number]>
+> => Layer.scopedDiscard(Runner.makeInline(projections)) as any

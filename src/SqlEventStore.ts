@@ -26,7 +26,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import { ConcurrencyError, StoreError } from "./Errors.js"
+import { ConcurrencyError, InlineProjectionError, StoreError } from "./Errors.js"
 import type { NewEvent } from "./Event.js"
 import { type AppendError, type AppendOptions, type AppendResult, EventStore, type EventStoreService } from "./EventStore.js"
 import * as Background from "./internal/background.js"
@@ -37,8 +37,10 @@ import {
   DriverFailure,
   FOLD_PAGE,
   fromBackend,
+  type InlineProjections,
   onDatabase,
-  type SyncCommands
+  type SyncCommands,
+  withInline
 } from "./internal/backend.js"
 import { type FoldRow, type PreparedAppend, prepareAppend, recorded, type StoredEvent } from "./internal/codec.js"
 import { isSync, type SyncConnection } from "./internal/connection.js"
@@ -50,6 +52,7 @@ import * as SqlRead from "./internal/sqlRead.js"
 import {
   type AppendFailure,
   beginOf,
+  type Inline,
   type Outcome,
   sqlError,
   type Written,
@@ -135,7 +138,8 @@ const makeWriter = (
   sql: SqlClient.SqlClient,
   options: Options,
   signal: Signal,
-  background: Background.Background
+  background: Background.Background,
+  inline: Inline
 ) => {
   const held = options.writeConnection
   const maxSize = options.maxGroupEvents ?? 2048
@@ -143,11 +147,11 @@ const makeWriter = (
   const done = settled(signal)
   if (held !== undefined && isSync(held)) {
     return GroupCommit.make<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>({
-      run: (appends) => Effect.map(Effect.try({ try: () => writeGroupSync(held, appends), catch: sqlError }), done),
+      run: (appends) => Effect.map(Effect.try({ try: () => writeGroupSync(held, appends, inline), catch: sqlError }), done),
       // A lone append is written on the spot; only a failure of the whole write (a lock) takes the slower road.
       runSync: (append) => {
         try {
-          return done(writeGroupSync(held, [append]))[0]
+          return done(writeGroupSync(held, [append], inline))[0]
         } catch {
           return undefined
         }
@@ -276,7 +280,8 @@ const makeAppend = (
 const makeSyncCommands = (
   held: SyncConnection,
   writer: GroupCommit.GroupCommit<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>,
-  signal: Signal
+  signal: Signal,
+  inline: Inline
 ): SyncCommands => {
   const done = settled(signal)
   held.prepareSync([...HOT_SQLITE, foldSql(false, FOLD_PAGE), foldSql(true, FOLD_PAGE)])
@@ -297,7 +302,7 @@ const makeSyncCommands = (
       const prepared = prepareAppend(streamId, events, appendOptions, now)
       if (Either.isLeft(prepared)) return Exit.fail(prepared.left)
       try {
-        outcome = writeOneSync(held, prepared.right)
+        outcome = writeOneSync(held, prepared.right, inline)
       } catch (cause) {
         throw failure("append")(cause)
       }
@@ -433,14 +438,15 @@ export const make = (
     yield* migrate
     const signal = new Signal()
     const background = yield* Background.make(options.shutdownGrace ?? "5 seconds")
-    const writer = makeWriter(sql, options, signal, background)
+    const inline: Inline = { hooks: [] }
+    const writer = makeWriter(sql, options, signal, background, inline)
     const held = options.writeConnection
     const store = fromBackend({
       append: makeAppend(options, writer),
       ...makeReads(sql, held),
       syncCommands: held !== undefined && isSync(held)
         ? yield* Effect.try({
-          try: () => makeSyncCommands(held, writer, signal),
+          try: () => makeSyncCommands(held, writer, signal, inline),
           catch: (cause) =>
             storeError("open")(new SqlError({ cause, message: "Failed to prepare the writer's statements" }))
         })
@@ -448,8 +454,50 @@ export const make = (
       signal,
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })
+    if (held !== undefined && isSync(held)) withInline(store, makeInline(held, writer, inline))
     return onDatabase(store, sql)
   })
+
+/**
+ * Inline projections on the writer connection: their hooks run in every append's savepoint (`writeOneSync`); a
+ * catch-up step runs when the writer is free, in a `BEGIN IMMEDIATE` of its own.
+ */
+const makeInline = (
+  held: SyncConnection,
+  writer: GroupCommit.GroupCommit<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>,
+  inline: Inline
+): InlineProjections => ({
+  add: (hook) => {
+    inline.hooks.push(hook)
+    return () => {
+      const i = inline.hooks.indexOf(hook)
+      if (i >= 0) inline.hooks.splice(i, 1)
+    }
+  },
+  catchUp: (hook, limit, now) => {
+    if (!writer.free()) return undefined
+    try {
+      held.executeSync("BEGIN IMMEDIATE", [])
+    } catch (cause) {
+      if (isBusy(cause)) return undefined
+      throw new DriverFailure(storeError("projection.catchUp")(sqlError(cause)))
+    }
+    try {
+      const n = hook.catchUp(held, limit, now)
+      held.executeSync("COMMIT", [])
+      return n
+    } catch (error) {
+      try {
+        held.executeSync("ROLLBACK", [])
+      } catch {
+        // already rolled back
+      }
+      throw error instanceof InlineProjectionError || error instanceof DriverFailure
+        ? error
+        : new DriverFailure(storeError("projection.catchUp")(sqlError(error)))
+    }
+  }
+})
 
 /**
  * The SQL event store as a layer over a `SqlClient`.

@@ -1,11 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { type Event, EventStore, Projection } from "effect-eventstore"
+import { Aggregate, type Event, Event as EventModule, EventStore, Projection } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
@@ -137,4 +138,113 @@ describe("SQL projections on SQLite", () => {
         expect(new Set(checkpoints).size).toBeGreaterThan(10)
       }).pipe(Effect.provide(layer), Effect.scoped)
     }), 180_000)
+})
+
+describe("inline projections (SQLite)", () => {
+  const Added = Schema.TaggedStruct("Added", { n: Schema.Int })
+  const Events = EventModule.registry([Added])
+  const Sums = Projection.sql({
+    name: "sums",
+    events: Events,
+    init: [Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      sql`CREATE TABLE sums (stream TEXT PRIMARY KEY, total INTEGER NOT NULL, count INTEGER NOT NULL)`)],
+    handlers: {
+      Added: (event, sql) => {
+        if (event.payload.n === 13) throw new Error("unlucky")
+        return sql`INSERT INTO sums (stream, total, count) VALUES (${event.streamId}, ${event.payload.n}, 1)
+          ON CONFLICT (stream) DO UPDATE SET total = total + excluded.total, count = count + 1`
+      }
+    }
+  })
+  const sums = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(sql<{ stream: string; total: number; count: number }>`SELECT * FROM sums ORDER BY stream`, (rows) =>
+      Object.fromEntries(rows.map((r) => [r.stream, [r.total, r.count]]))))
+  const added = (n: number) => ({ type: "Added", payload: { n } })
+  const base = (filename: string) => SqlProjection.layer.pipe(Layer.provideMerge(Sqlite.layer({ filename })))
+  const withInline = (filename: string) => Projection.layerInline([Sums]).pipe(Layer.provideMerge(base(filename)))
+
+  it.live("the read model is written in the append's transaction: no lag; events from before it started are caught up", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("inline")
+      yield* Effect.flatMap(EventStore.EventStore, (store) => store.append("S-1", [added(1), added(2)])).pipe(
+        Effect.provide(base(filename))
+      )
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        expect(yield* sums).toEqual({ "S-1": [3, 2] })
+        yield* store.append("S-1", [added(10)])
+        expect(yield* sums).toEqual({ "S-1": [13, 3] })
+        yield* Effect.forEach([1, 2, 3, 4, 5, 6], (i) => store.append(`S-${i % 3}`, [added(i)]), { concurrency: "unbounded" })
+        expect(yield* sums).toEqual({ "S-0": [9, 2], "S-1": [18, 5], "S-2": [7, 2] })
+      }).pipe(Effect.provide(withInline(filename)))
+    }))
+
+  it.live("a failing inline handler fails that append alone, with nothing of it written; its group commits", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const results = yield* Effect.forEach(
+        [1, 13, 2],
+        (n) => Effect.either(store.append(`F-${n}`, [added(n), added(100)])),
+        { concurrency: "unbounded" }
+      )
+      expect(results.map((r) => r._tag)).toEqual(["Right", "Left", "Right"])
+      expect((results[1] as any).left).toMatchObject({
+        _tag: "InlineProjectionError",
+        projection: "sums",
+        streamId: "F-13",
+        eventType: "Added"
+      })
+      expect(yield* store.version("F-13")).toBe(0)
+      expect(yield* sums).toEqual({ "F-1": [101, 2], "F-2": [102, 2] })
+      // a single append on its own, too
+      expect(yield* Effect.flip(store.append("F-13", [added(13)]))).toMatchObject({ _tag: "InlineProjectionError" })
+      expect(yield* store.version("F-13")).toBe(0)
+    }).pipe(Effect.provide(withInline(dbFile("inline-fail")))))
+
+  it.live("events appended by a store that does not run it are handled with the next append of one that does", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("inline-other")
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        yield* store.append("O-1", [added(1)])
+        // a second store on the file, without the inline projection (another process, in effect)
+        yield* Effect.flatMap(EventStore.EventStore, (other) => other.append("O-2", [added(5)])).pipe(
+          Effect.provide(Sqlite.layer({ filename }))
+        )
+        expect(yield* sums).toEqual({ "O-1": [1, 1] })
+        yield* store.append("O-1", [added(2)])
+        expect(yield* sums).toEqual({ "O-1": [3, 2], "O-2": [5, 1] })
+      }).pipe(Effect.provide(withInline(filename)))
+    }))
+
+  it.live("a command (load, decide, append in one transaction) updates the inline read model too", () =>
+    Effect.gen(function*() {
+      const Counter = Aggregate.make({
+        name: "Counter",
+        events: Events,
+        decider: {
+          initialState: 0,
+          decide: (n: number, state: number) => Effect.succeed([Added.make({ n: n + state })]),
+          evolve: (state: number, event: typeof Added.Type) => state + event.n
+        }
+      })
+      yield* Effect.gen(function*() {
+        yield* Counter.handle("c1", 1)
+        yield* Counter.handle("c1", 2)
+        expect(yield* sums).toEqual({ "Counter-c1": [4, 2] })
+      }).pipe(Effect.provide(Aggregate.layer(Counter)))
+    }).pipe(Effect.provide(withInline(dbFile("inline-command")))))
+
+  it.live("inline projections need statement handlers and an SQLite file store", () =>
+    Effect.gen(function*() {
+      const effectful = Projection.make({ name: "e", events: Events, handlers: { Added: () => Effect.void } })
+      const a = yield* Effect.flip(Layer.build(Projection.layerInline([effectful]).pipe(Layer.provide(base(dbFile("x"))))))
+      expect(a).toMatchObject({ _tag: "InvalidInput", field: "projections" })
+      const b = yield* Effect.flip(
+        Layer.build(Projection.layerInline([Sums]).pipe(Layer.provide(
+          Layer.mergeAll(EventStore.layerMemory, Projection.layerMemory, Sqlite.layerClient({ filename: ":memory:" }))
+        )))
+      )
+      expect(b).toMatchObject({ _tag: "InvalidInput", field: "projections" })
+    }).pipe(Effect.scoped))
 })

@@ -9,7 +9,13 @@ import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
 import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
-import type { ConcurrencyError, DuplicateEventError, EventDecodeError, StoreError } from "../Errors.js"
+import type {
+  ConcurrencyError,
+  DuplicateEventError,
+  EventDecodeError,
+  InlineProjectionError,
+  StoreError
+} from "../Errors.js"
 import { InvalidInput } from "../Errors.js"
 import type { NewEvent, RecordedEvent } from "../Event.js"
 import type {
@@ -22,6 +28,7 @@ import type {
 } from "../EventStore.js"
 import { categoryOf, type FoldRow, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
 import { catchUp, live, type Signal } from "./paging.js"
+import type { InlineHook } from "./sqlWrite.js"
 import * as Tracing from "./tracing.js"
 
 const positionOf = (row: RecordedEvent) => row.position
@@ -162,7 +169,7 @@ export interface CommandTransaction {
     events: ReadonlyArray<NewEvent>,
     options: AppendOptions,
     now: number
-  ) => Exit.Exit<AppendResult, ConcurrencyError | DuplicateEventError | InvalidInput>
+  ) => Exit.Exit<AppendResult, ConcurrencyError | DuplicateEventError | InlineProjectionError | InvalidInput>
   /** The global log after a position (at most `limit` rows, by position), inside the transaction. */
   readonly logRows: (after: number, limit: number) => ReadonlyArray<StoredEvent>
   /**
@@ -203,6 +210,28 @@ const foldRowsKey = Symbol.for("effect-eventstore/foldRows")
 const syncCommandsKey = Symbol.for("effect-eventstore/syncCommands")
 const databaseKey = Symbol.for("effect-eventstore/database")
 const commitsKey = Symbol.for("effect-eventstore/commits")
+const inlineKey = Symbol.for("effect-eventstore/inline")
+
+/** Where a store runs inline projections (SQLite's writer connection). */
+export interface InlineProjections {
+  /** Runs `hook` in every append's transaction from now on; returns its removal. */
+  readonly add: (hook: InlineHook) => () => void
+  /**
+   * One catch-up step of `hook`, in a write transaction of its own: how many events it handled (0: none were left);
+   * `undefined` when the writer is busy now. Throws a `DriverFailure`, or what the hook throws.
+   */
+  readonly catchUp: (hook: InlineHook, limit: number, now: number) => number | undefined
+}
+
+/** Marks a store as running inline projections through `inline`. */
+export const withInline = (store: EventStoreService, inline: InlineProjections): EventStoreService => {
+  Object.defineProperty(store, inlineKey, { value: inline, enumerable: false })
+  return store
+}
+
+/** The inline projections of a store, where it has them. */
+export const inlineOf = (store: EventStoreService): InlineProjections | undefined =>
+  (store as { readonly [inlineKey]?: InlineProjections })[inlineKey]
 
 /** How a reader in this process learns of new commits: the store's signal, and the poll for other processes'. */
 export interface Commits {

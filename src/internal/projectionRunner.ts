@@ -18,7 +18,7 @@ import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { EventDecodeError } from "../Errors.js"
-import { InvalidInput, StoreError } from "../Errors.js"
+import { InlineProjectionError, InvalidInput, StoreError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
@@ -46,9 +46,11 @@ import {
   commitsOf,
   databaseOf,
   DriverFailure,
+  inlineOf,
   type SyncCommands,
   syncCommandsOf
 } from "./backend.js"
+import { makeHook } from "./inlineProjection.js"
 import { fromStored } from "./codec.js"
 import * as EventLoop from "./eventLoop.js"
 import { tables } from "./migrations.js"
@@ -767,3 +769,84 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     )
   )
 }
+
+// --- inline projections --------------------------------------------------------------------------------------------
+
+/** Registers `projections` with the store's writer for the scope (see `Projection.layerInline`). */
+export const makeInline = (projections: ReadonlyArray<Projection<any, any, any>>) =>
+  Effect.gen(function*() {
+    const store = yield* EventStore
+    const checkpoints = yield* CheckpointStore
+    const context = yield* Effect.context<never>()
+    const inline = inlineOf(store)
+    if (inline === undefined) {
+      return yield* new InvalidInput({
+        field: "projections",
+        reason: "this event store does not run inline projections (an SQLite file store does: Sqlite.layer)"
+      })
+    }
+    if (databaseOf(checkpoints) === undefined || databaseOf(checkpoints) !== databaseOf(store)) {
+      return yield* new InvalidInput({
+        field: "projections",
+        reason: "inline projections need the SQL checkpoint store on the event store's own database (SqlProjection.layer)"
+      })
+    }
+    const names = new Set<string>()
+    for (const projection of projections) {
+      if (projection.statements === undefined) {
+        return yield* new InvalidInput({
+          field: "projections",
+          reason: `${projection.name}: an inline projection is made with Projection.sql (its handlers return statements)`
+        })
+      }
+      if (names.has(projection.name)) {
+        return yield* new InvalidInput({ field: "projections", reason: `two projections are named ${projection.name}` })
+      }
+      names.add(projection.name)
+    }
+    const client = databaseOf(store) as SqlClient.SqlClient
+    const owner = crypto.randomUUID()
+    for (const projection of projections) {
+      const name = projection.name
+      // the checkpoint row (no lease is kept: every process that appends runs the projection inline)
+      yield* checkpoints.acquire(name, owner, Duration.millis(1))
+      yield* checkpoints.release(name, owner)
+      yield* Effect.forEach(
+        projection.init,
+        (migration, i) =>
+          Effect.provide(checkpoints.migrate(name, i + 1, migration as Effect.Effect<void, unknown, never>), context).pipe(
+            Effect.mapError((cause) =>
+              cause instanceof StoreError ? cause : new StoreError({ operation: `projection.migrate ${name} ${i + 1}`, cause })
+            )
+          ),
+        { discard: true }
+      )
+      const hook = makeHook(projection, client)
+      // catch up with the log in batches between appends, then, in the same synchronous step as the last (empty or
+      // short) batch, join the writer: no append can come in between
+      let busy = 0
+      let remove: (() => void) | undefined = undefined
+      while (remove === undefined) {
+        const now = yield* Clock.currentTimeMillis
+        const step = yield* Effect.try({
+          try: () => {
+            const n = inline.catchUp(hook, 500, now)
+            if (n !== undefined && n < 500) remove = inline.add(hook)
+            return n
+          },
+          catch: (e) =>
+            e instanceof DriverFailure ? e.cause : e instanceof InlineProjectionError ? e : new StoreError({ operation: "projection.catchUp", cause: e })
+        })
+        if (step === undefined) {
+          busy++
+          yield* busy === 1 ? EventLoop.yieldToLoop : Effect.sleep(Duration.millis(Math.min(50, 2 ** (busy - 1))))
+        } else {
+          busy = 0
+          yield* EventLoop.yieldIfDue
+        }
+      }
+      const registered: () => void = remove
+      yield* Effect.addFinalizer(() => Effect.sync(registered))
+      yield* Effect.logDebug(`projection ${name}: runs inline`)
+    }
+  })

@@ -23,6 +23,10 @@ const FOLD_COLUMNS = "version, event_type, schema_version, payload"
 export const logSqlite = (limit: number) =>
   `SELECT ${COLUMNS} FROM ${E} WHERE position > ? ORDER BY position LIMIT ${limitOf(limit)}`
 
+/** The log after a position and before another (`?`, `?`), by position, as `StoredEvent` rows. */
+export const logBetweenSqlite = (limit: number) =>
+  `SELECT ${COLUMNS} FROM ${E} WHERE position > ? AND position < ? ORDER BY position LIMIT ${limitOf(limit)}`
+
 /**
  * A page size as SQL text. Limits are written into the statement, not bound: SQLite reads a page of a stream about
  * twice as fast with `LIMIT 512` as with `LIMIT ?` (measured: 14.5 vs 31 µs for a 10-event stream). Only ever given

@@ -15,7 +15,7 @@ import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import { ConcurrencyError, DuplicateEventError, type ExpectedVersion } from "../Errors.js"
+import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProjectionError } from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
 import type { SyncConnection } from "./connection.js"
 import { tables } from "./migrations.js"
@@ -31,7 +31,23 @@ export interface Written {
   readonly position: number
 }
 
-export type AppendFailure = ConcurrencyError | DuplicateEventError
+export type AppendFailure = ConcurrencyError | DuplicateEventError | InlineProjectionError
+
+/**
+ * A projection run inside appends' transactions (`Projection.layerInline`). Its writes go in the append's savepoint:
+ * throwing an `InlineProjectionError` fails that append alone; any other throw fails the whole group.
+ */
+export interface InlineHook {
+  /** Handles an append just written (and any earlier events it has not handled yet). */
+  readonly onAppend: (conn: SyncConnection, append: PreparedAppend, written: ReadonlyArray<Written>) => void
+  /** Inside a transaction the caller holds: handles at most `limit` events it has not handled; returns how many. */
+  readonly catchUp: (conn: SyncConnection, limit: number, now: number) => number
+}
+
+/** The inline projections registered with a store's writer. */
+export interface Inline {
+  readonly hooks: Array<InlineHook>
+}
 
 export type Outcome = Exit.Exit<ReadonlyArray<Written>, AppendFailure>
 
@@ -287,8 +303,32 @@ const insertOneSync = (conn: SyncConnection, append: PreparedAppend, expected: n
   return Exit.succeed([{ version: expected + 1, position: Number(result.lastInsertRowid) }])
 }
 
-/** One append, synchronously, inside a transaction the caller holds (or alone in autocommit when it fits one statement). */
-export const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
+const INLINE_SAVEPOINT = "SAVEPOINT eventstore_inline"
+const INLINE_RELEASE = "RELEASE eventstore_inline"
+const INLINE_ROLLBACK_TO = "ROLLBACK TO eventstore_inline"
+
+/**
+ * One append, synchronously, inside a transaction the caller holds (or alone in autocommit when it fits one
+ * statement and no inline projection runs); with inline projections, the append and their writes share a savepoint.
+ */
+export const writeOneSync = (conn: SyncConnection, append: PreparedAppend, inline?: Inline): Outcome => {
+  if (inline === undefined || inline.hooks.length === 0) return writeOnePlainSync(conn, append)
+  run(conn, INLINE_SAVEPOINT)
+  let outcome: Outcome
+  try {
+    outcome = writeOnePlainSync(conn, append)
+    if (Exit.isSuccess(outcome)) for (const hook of inline.hooks) hook.onAppend(conn, append, outcome.value)
+  } catch (error) {
+    run(conn, INLINE_ROLLBACK_TO)
+    run(conn, INLINE_RELEASE)
+    if (error instanceof InlineProjectionError) return Exit.fail(error)
+    throw error
+  }
+  run(conn, INLINE_RELEASE)
+  return outcome
+}
+
+const writeOnePlainSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
   const n = append.events.length
   if (n === 1 && (typeof append.expected === "number" || append.expected === "no-stream")) {
     return insertOneSync(conn, append, append.expected === "no-stream" ? 0 : append.expected)
@@ -320,8 +360,12 @@ export const writeOneSync = (conn: SyncConnection, append: PreparedAppend): Outc
  * Writes a group in one synchronous call: a lone append that fits one statement in autocommit, anything else in one
  * `BEGIN IMMEDIATE … COMMIT`. Throws the driver's error when the group as a whole fails (nothing of it committed).
  */
-export const writeGroupSync = (conn: SyncConnection, appends: ReadonlyArray<PreparedAppend>): Array<Outcome> => {
-  if (appends.length === 1 && appends[0]!.events.length <= CHUNK) {
+export const writeGroupSync = (
+  conn: SyncConnection,
+  appends: ReadonlyArray<PreparedAppend>,
+  inline?: Inline
+): Array<Outcome> => {
+  if (appends.length === 1 && appends[0]!.events.length <= CHUNK && (inline === undefined || inline.hooks.length === 0)) {
     const outcome = writeOneSync(conn, appends[0]!)
     // A failure in autocommit was explained by a second statement another process could have raced: decide again
     // inside a transaction, where the answer is consistent (and the append may well succeed).
@@ -329,7 +373,7 @@ export const writeGroupSync = (conn: SyncConnection, appends: ReadonlyArray<Prep
   }
   run(conn, "BEGIN IMMEDIATE")
   try {
-    const outcomes = appends.map((append) => writeOneSync(conn, append))
+    const outcomes = appends.map((append) => writeOneSync(conn, append, inline))
     run(conn, "COMMIT")
     return outcomes
   } catch (cause) {
