@@ -9,7 +9,7 @@
 import Database from "better-sqlite3"
 import { Aggregate, Event, EventStore, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
-import { catchupBench, lagBench } from "./projection.js"
+import { catchupBench, inlineBench, lagBench } from "./projection.js"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
@@ -362,6 +362,7 @@ async function childAlloc(mode: string) {
   }
   if (want("sqlite.projection.catchup")) await catchupBench(emit, freshFile, quick ? 10_000 : 100_000, quick ? 1 : 3)
   if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
+  if (want("sqlite.append.inline")) await inlineBench(emit, freshFile, quick ? 3 : 11, quick ? 300 : 1_000)
   fs.rmSync(dir, { recursive: true, force: true })
 }
 
@@ -772,6 +773,7 @@ async function main() {
   }
   if (want("sqlite.projection.catchup")) await catchupBench(emit, freshFile, quick ? 10_000 : 100_000, quick ? 1 : 3)
   if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
+  if (want("sqlite.append.inline")) await inlineBench(emit, freshFile, quick ? 3 : 11, quick ? 300 : 1_000)
   fs.rmSync(dir, { recursive: true, force: true })
 }
 

@@ -213,3 +213,79 @@ export async function lagBench(
   emit("sqlite.projection.lag.p50", percentile(lags, 0.5), "ms", percentile(raw, 0.5))
   emit("sqlite.projection.lag.p99", percentile(lags, 0.99), "ms", percentile(raw, 0.99))
 }
+
+const INSERT_EVENT = `INSERT INTO eventstore_events (event_id, stream_id, stream_type, version, event_type, schema_version,
+  payload, metadata, tenant_id, recorded_at) VALUES (?, ?, ?, ?, ?, 1, ?, NULL, NULL, ?)`
+const WARMUP = 20
+const STREAMS = 100
+
+/** Raw: per append, one transaction with the event's INSERT and the read model's upsert. Appends/s. */
+async function rawInline(filename: string, count: number): Promise<number> {
+  const rt = ManagedRuntime.make(storeLayer(filename))
+  await rt.runPromise(Effect.void)
+  await rt.dispose()
+  const db = new Database(filename)
+  db.pragma("journal_mode = WAL")
+  db.pragma("synchronous = FULL")
+  db.exec("CREATE TABLE balances (id TEXT PRIMARY KEY, balance INTEGER NOT NULL)")
+  const insert = db.prepare(INSERT_EVENT)
+  const upsert = db.prepare(
+    "INSERT INTO balances (id, balance) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET balance = balance + excluded.balance"
+  )
+  const versions = new Array<number>(STREAMS).fill(0)
+  const append = db.transaction((s: number, i: number) => {
+    insert.run(crypto.randomUUID(), `Account-${s}`, "Account", ++versions[s]!, "Deposited", JSON.stringify({ amount: i }), Date.now())
+    upsert.run(`Account-${s}`, i)
+  })
+  let start = performance.now()
+  for (let i = -WARMUP; i < count; i++) {
+    if (i === 0) start = performance.now()
+    append((i + WARMUP) % STREAMS, i)
+  }
+  const rate = (count * 1000) / (performance.now() - start)
+  db.close()
+  return rate
+}
+
+/** The library: single appends with the balances projection inline. Appends/s. */
+async function libInline(filename: string, count: number): Promise<number> {
+  const rt = ManagedRuntime.make(Projection.layerInline([Balances]).pipe(Layer.provideMerge(storeLayer(filename))))
+  const rate = await rt.runPromise(Effect.gen(function*() {
+    const store = yield* EventStore.EventStore
+    const versions = new Array<number>(STREAMS).fill(0)
+    let start = performance.now()
+    for (let i = -WARMUP; i < count; i++) {
+      if (i === 0) start = performance.now()
+      const s = (i + WARMUP) % STREAMS
+      const r = yield* store.append(`Account-${s}`, [{ type: "Deposited", payload: { amount: i } }], {
+        expectedVersion: versions[s]!
+      })
+      versions[s] = r.version
+    }
+    return (count * 1000) / (performance.now() - start)
+  }))
+  await rt.dispose()
+  return rate
+}
+
+export async function inlineBench(
+  emit: (bench: string, value: number, unit: string, baseline: number) => void,
+  freshFile: () => string,
+  rounds: number,
+  count: number
+) {
+  const lib: Array<number> = []
+  const raw: Array<number> = []
+  await libInline(freshFile(), count)
+  await rawInline(freshFile(), count)
+  for (let r = 0; r < rounds; r++) {
+    if (r % 2 === 0) {
+      lib.push(await libInline(freshFile(), count))
+      raw.push(await rawInline(freshFile(), count))
+    } else {
+      raw.push(await rawInline(freshFile(), count))
+      lib.push(await libInline(freshFile(), count))
+    }
+  }
+  emit("sqlite.append.inline", median(lib), "appends/s", median(raw))
+}

@@ -391,6 +391,27 @@ export interface Status {
   readonly eventsPerSecond: number
   /** Why it stopped, while `failed`. */
   readonly failure: ProjectionFailed | undefined
+  /** While `rebuilding` (and in the last status of a rebuild): how far it is. */
+  readonly rebuild: RebuildProgress | undefined
+}
+
+/**
+ * How far a rebuild is. `total` is the head of the log when the rebuild began (an upper bound of the events to
+ * replay: positions may have holes); the rebuild ends when the projection has caught up with the head, which may
+ * have moved on meanwhile.
+ *
+ * @since 0.1.0
+ */
+export interface RebuildProgress {
+  readonly projection: string
+  /** Events dealt with since the rebuild began. */
+  readonly processed: number
+  readonly total: number
+  readonly eventsPerSecond: number
+  /** Estimated ms to the end, from the current rate; `undefined` before there is one. */
+  readonly etaMillis: number | undefined
+  /** Whether the projection has caught up: the last progress of a rebuild. */
+  readonly done: boolean
 }
 
 /**
@@ -426,6 +447,19 @@ export interface ProjectionsService {
   ) => Effect.Effect<ParkedEvent, ProjectionNotFound | ProjectionStateError | ProjectionFailed>
   /** The events parked for a projection. */
   readonly parked: (name: string) => Effect.Effect<ReadonlyArray<ParkedEvent>, ProjectionNotFound | StoreError>
+  /**
+   * Rebuilds a projection from the beginning of the log: once its in-flight batch is done, runs its `reset` and moves
+   * its checkpoint back to 0 in one transaction, then replays (state `rebuilding`) until it has caught up with the
+   * head. The stream starts the rebuild when it is run, emits the progress after every batch (and the projection
+   * logs a line every 5 seconds), ends with a `done` progress, and fails with `ProjectionFailed` if the projection
+   * stops on an event meanwhile — an error is never only a log line. Fails with `ProjectionStateError` for a
+   * projection without `reset`.
+   *
+   * Interrupting the stream does not stop the rebuild.
+   */
+  readonly rebuild: (
+    name: string
+  ) => Stream.Stream<RebuildProgress, ProjectionNotFound | ProjectionStateError | ProjectionFailed | StoreError>
 }
 
 /** @since 0.1.0 */

@@ -15,6 +15,7 @@ projectionSuite("memory", () => {
     init: () => Effect.void,
     add: (projection, event) => Effect.sync(() => push(seen, projection, event.position)),
     seen: (projection) => Effect.sync(() => [...(seen.get(projection) ?? [])]),
+    reset: (projection) => Effect.sync(() => void seen.delete(projection)),
     migrated: (projection, id) => Effect.sync(() => push(migrations, projection, id)),
     migrations: (projection) => Effect.sync(() => [...(migrations.get(projection) ?? [])])
   }

@@ -35,6 +35,8 @@ export const sqlModel: ReadModel<SqlClient.SqlClient> = {
         sql<{ position: number }>`SELECT position FROM test_seen WHERE projection = ${projection} ORDER BY seq`,
         (rows) => rows.map((r) => r.position)
       )).pipe(Effect.catchAll(() => Effect.succeed([]))),
+  reset: (projection) =>
+    Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM test_seen WHERE projection = ${projection}`),
   migrated: (projection, id) =>
     Effect.flatMap(SqlClient.SqlClient, (sql) =>
       Effect.zipRight(

@@ -29,6 +29,7 @@ import type {
   ParkedEvent,
   Projection,
   ProjectionsService,
+  RebuildProgress,
   State,
   Status
 } from "../Projection.js"
@@ -172,6 +173,8 @@ interface Runner {
   latest: Status
   /** `awaitPosition` callers: each says, given a status, whether it is answered. */
   readonly waiters: Set<{ readonly check: (s: Status) => boolean }>
+  /** Rebuilds asked for: answered once the reset is done (or could not be). */
+  readonly rebuilds: Queue.Queue<Deferred.Deferred<void, ProjectionStateError | StoreError>>
 }
 
 const initial = (name: string): Status => ({
@@ -182,7 +185,8 @@ const initial = (name: string): Status => ({
   lag: 0,
   lagMillis: 0,
   eventsPerSecond: 0,
-  failure: undefined
+  failure: undefined,
+  rebuild: undefined
 })
 
 export const make = (
@@ -219,7 +223,8 @@ export const make = (
         control: yield* Queue.unbounded<Command>(),
         stop: undefined,
         latest: initial(projection.name),
-        waiters: new Set()
+        waiters: new Set(),
+        rebuilds: yield* Queue.unbounded<Deferred.Deferred<void, ProjectionStateError | StoreError>>()
       })
     }
 
@@ -287,7 +292,28 @@ export const make = (
             yield* Queue.offer(runner.control, { _tag: "park", done })
             return yield* Deferred.await(done)
           })),
-      parked: (name) => Effect.flatMap(find(name), () => checkpoints.parked(name))
+      parked: (name) => Effect.flatMap(find(name), () => checkpoints.parked(name)),
+      rebuild: (name) =>
+        Stream.unwrap(Effect.gen(function*() {
+          const runner = yield* find(name)
+          if (runner.projection.reset === undefined) {
+            return yield* new ProjectionStateError({
+              projection: name,
+              state: runner.latest.state,
+              reason: "it has no reset: a rebuild needs one to empty the read model"
+            })
+          }
+          const done = yield* Deferred.make<void, ProjectionStateError | StoreError>()
+          yield* Queue.offer(runner.rebuilds, done)
+          yield* Deferred.await(done)
+          return runner.status.changes.pipe(
+            Stream.takeUntil((s) => s.state !== "rebuilding"),
+            Stream.mapEffect((s) =>
+              s.state === "failed" && s.failure !== undefined ? Effect.fail(s.failure) : Effect.succeed(s.rebuild)
+            ),
+            Stream.filter((p): p is RebuildProgress => p !== undefined)
+          )
+        }))
     }
     return service
   })
@@ -322,6 +348,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   let position = 0
   let parkAt: { readonly stop: Stop; readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError> } | undefined
   // events/s over a window of a few seconds
+  let rebuilding: { readonly total: number; readonly startedAt: number; processed: number; loggedAt: number } | undefined
   let knownHead = 0
   let headAt = 0
   let windowStart = 0
@@ -362,12 +389,42 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         windowCount = 0
       }
       const lag = head - position
+      let rebuild: RebuildProgress | undefined = undefined
+      if (rebuilding !== undefined) {
+        rebuilding.processed += count
+        const elapsed = now - rebuilding.startedAt
+        const perSecond = elapsed > 0 ? (rebuilding.processed * 1000) / elapsed : 0
+        const left = Math.max(0, rebuilding.total - position)
+        rebuild = {
+          projection: name,
+          processed: rebuilding.processed,
+          total: rebuilding.total,
+          eventsPerSecond: Math.round(perSecond),
+          etaMillis: perSecond > 0 ? Math.round((left * 1000) / perSecond) : undefined,
+          done: lag <= 0
+        }
+        if (lag <= 0) {
+          yield* Effect.logInfo(
+            `projection ${name}: rebuilt, ${rebuilding.processed} events in ${(elapsed / 1000).toFixed(1)} s`
+          )
+          rebuilding = undefined
+        } else if (now - rebuilding.loggedAt >= 5000) {
+          rebuilding.loggedAt = now
+          yield* Effect.logInfo(
+            `projection ${name} rebuilding: ${rebuild.processed}/${rebuild.total} events, ${rebuild.eventsPerSecond}/s${
+              rebuild.etaMillis === undefined ? "" : `, about ${Math.ceil(rebuild.etaMillis / 1000)} s left`
+            }`
+          )
+        }
+      }
       yield* Metric.incrementBy(eventsMetric, count)
       yield* Metric.set(checkpointMetric, position)
       yield* Metric.set(lagMetric, lag)
       yield* update((s) => ({
         ...s,
-        state: s.state === "rebuilding" && lag > 0 ? "rebuilding" : lag > 0 ? "catching-up" : "live",
+        state: rebuild !== undefined && !rebuild.done ? "rebuilding" : lag > 0 ? "catching-up" : "live",
+        // the last progress of a rebuild stays until the next one
+        rebuild: rebuild ?? s.rebuild,
         checkpoint: position,
         head,
         lag,
@@ -703,26 +760,78 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   const attempt: Effect.Effect<never, Stop | CheckpointConflict> = Effect.gen(function*() {
     yield* migrateAll
     saved = position = yield* Effect.mapError(checkpoints.load(name), storeStop)
-    yield* update((s) => ({ ...s, state: "catching-up", checkpoint: position }))
+    yield* update((s) => ({ ...s, state: rebuilding !== undefined ? "rebuilding" : "catching-up", checkpoint: position }))
     yield* afterBatch(0, Date.now())
     return yield* (sync !== undefined ? consumeSync(sync) : consume)
   })
 
-  // Runs, and on a failure waits for an operator; leaves only when the lease is lost.
+  /** Resets the read model and the checkpoint for a rebuild; answers the request. */
+  const startRebuild = (done: Deferred.Deferred<void, ProjectionStateError | StoreError>) =>
+    Effect.gen(function*() {
+      if (projection.reset === undefined) {
+        return yield* Deferred.fail(done, new ProjectionStateError({ projection: name, state: runner.latest.state, reason: "it has no reset" }))
+      }
+      const total = yield* Effect.orElseSucceed(store.head, () => knownHead)
+      const reset = yield* Effect.either(provide(checkpoints.reset(name, owner, projection.reset)))
+      if (Either.isLeft(reset)) {
+        const e = reset.left
+        if (e instanceof CheckpointConflict) {
+          yield* Deferred.fail(done, new ProjectionStateError({ projection: name, state: "standby", reason: "the lease went to another process" }))
+          return yield* Effect.fail(e)
+        }
+        return yield* Deferred.fail(
+          done,
+          e instanceof StoreError ? e : new StoreError({ operation: "projection.reset", cause: e })
+        )
+      }
+      const now = yield* Clock.currentTimeMillis
+      saved = position = 0
+      parkAt = undefined
+      rebuilding = { total, startedAt: now, processed: 0, loggedAt: now }
+      runner.stop = undefined
+      yield* update((s) => ({
+        ...s,
+        state: "rebuilding",
+        checkpoint: 0,
+        failure: undefined,
+        rebuild: { projection: name, processed: 0, total, eventsPerSecond: 0, etaMillis: undefined, done: false }
+      }))
+      yield* Effect.logInfo(`projection ${name}: rebuilding from the beginning (${total} events in the log)`)
+      yield* Deferred.succeed(done, undefined)
+    })
+
+  // Runs, and on a failure waits for an operator; leaves only when the lease is lost. A rebuild asked for meanwhile
+  // stops the run after its in-flight batch.
   const active: Effect.Effect<never, CheckpointConflict> = Effect.gen(function*() {
     while (true) {
-      const stop = yield* Effect.flip(attempt)
+      const ran = yield* Effect.raceFirst(
+        Effect.map(Effect.flip(attempt), (stop) => ({ stop }) as const),
+        Effect.map(Queue.take(runner.rebuilds), (request) => ({ request }) as const)
+      )
+      if ("request" in ran) {
+        yield* startRebuild(ran.request)
+        continue
+      }
+      const stop = ran.stop
       if (stop instanceof CheckpointConflict) return yield* stop
       const pending = parkAt
       parkAt = undefined
       if (pending !== undefined) yield* Deferred.fail(pending.done, stop.failure)
+      rebuilding = undefined
       runner.stop = stop
       yield* Metric.increment(failuresMetric)
       yield* update((s) => ({ ...s, state: "failed", failure: stop.failure }))
       yield* Effect.logError(`projection ${name} stopped: ${stop.failure.message}`)
-      const command = yield* Queue.take(runner.control)
+      const next = yield* Effect.raceFirst(
+        Effect.map(Queue.take(runner.control), (command) => ({ command }) as const),
+        Effect.map(Queue.take(runner.rebuilds), (request) => ({ request }) as const)
+      )
       runner.stop = undefined
-      if (command._tag === "park") parkAt = { stop, done: command.done }
+      if ("request" in next) {
+        yield* startRebuild(next.request)
+        continue
+      }
+      if (next.command._tag === "park") parkAt = { stop, done: next.command.done }
       yield* update((s) => ({ ...s, state: "catching-up", failure: undefined }))
     }
   })

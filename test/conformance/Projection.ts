@@ -20,6 +20,8 @@ export interface ReadModel<R> {
   readonly init: (projection: string) => Effect.Effect<void, unknown, R>
   readonly add: (projection: string, event: Event.RecordedEvent) => Effect.Effect<void, unknown, R>
   readonly seen: (projection: string) => Effect.Effect<ReadonlyArray<number>, unknown, R>
+  /** Empties what `projection` recorded (its reset, for a rebuild). */
+  readonly reset: (projection: string) => Effect.Effect<void, unknown, R>
   /** Records that migration `id` of `projection` ran (each run counts). */
   readonly migrated: (projection: string, id: number) => Effect.Effect<void, unknown, R>
   readonly migrations: (projection: string) => Effect.Effect<ReadonlyArray<number>, unknown, R>
@@ -73,6 +75,7 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
         return Projection.sql({
           name: pname,
           events: Events,
+          reset: model.reset(pname),
           ...(options.streamTypes ? { streamTypes: options.streamTypes } : {}),
           init: migrations,
           handlers: {
@@ -86,6 +89,7 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
       return Projection.make({
         name: pname,
         events: Events,
+        reset: model.reset(pname),
         ...(options.streamTypes ? { streamTypes: options.streamTypes } : {}),
         init: migrations,
         handlers: {
@@ -327,6 +331,42 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
           yield* second.awaitPosition(p.name, r.position, "10 seconds")
           expect(yield* seenBy(model, p.name)).toHaveLength(2)
         })))
+
+    it.live("rebuild: resets, replays with progress while appends go on, and ends as the first build did", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const s = `B${uid()}`
+          yield* Effect.forEach(Array.from({ length: 30 }, (_, i) => i), (i) => store.append(`${s}-${i % 4}`, [added(i)]), {
+            discard: true
+          })
+          const p = recorder(model)
+          const projections = yield* Projection.start([p], options({ batchSize: 4 }))
+          yield* projections.awaitPosition(p.name, yield* store.head, "10 seconds")
+          const first = yield* seenBy(model, p.name)
+          const writer = yield* Effect.fork(Effect.forEach(
+            Array.from({ length: 10 }, (_, i) => i),
+            (i) => store.append(`${s}-9`, [added(i)]),
+            { discard: true }
+          ))
+          const progress = yield* Stream.runCollect(projections.rebuild(p.name))
+          yield* Fiber.join(writer)
+          yield* projections.awaitPosition(p.name, yield* store.head, "10 seconds")
+          const last = [...progress].at(-1)!
+          expect(last.done).toBe(true)
+          expect(last.processed).toBeGreaterThanOrEqual(30)
+          expect(last.total).toBeGreaterThanOrEqual(first[first.length - 1]!)
+          const all = yield* Stream.runCollect(store.readAll({ filter: { streamTypes: [s] } }))
+          const rebuilt = yield* seenBy(model, p.name)
+          expect(rebuilt).toEqual([...all].map((e) => e.position))
+          expect(rebuilt.slice(0, first.length)).toEqual(first)
+          expect((yield* projections.status(p.name)).state).toBe("live")
+          const withoutReset = Projection.make({ name: `n${uid()}`, events: Events, handlers: {} })
+          const other = yield* Projection.start([withoutReset], options())
+          expect(yield* Effect.flip(Stream.runDrain(other.rebuild(withoutReset.name)))).toMatchObject({
+            _tag: "ProjectionStateError"
+          })
+        })), 30_000)
 
     it.live("bad options are InvalidInput", () =>
       run(({ model }) =>
