@@ -145,7 +145,7 @@ interface Stop {
 }
 
 type Command =
-  | { readonly _tag: "resume" }
+  | { readonly _tag: "resume"; readonly done: Deferred.Deferred<void> }
   | { readonly _tag: "park"; readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError> }
 
 const reasonOf = (cause: Cause.Cause<unknown>): string => {
@@ -272,7 +272,13 @@ export const make = (
           Effect.flatMap(SubscriptionRef.get(runner.status), (s) =>
             s.state !== "failed"
               ? Effect.fail(new ProjectionStateError({ projection: name, state: s.state, reason: "only a failed projection resumes" }))
-              : Queue.offer(runner.control, { _tag: "resume" }))),
+              : Effect.gen(function*() {
+                // answered once the runner has left the failed state, so that what the caller does next (an
+                // awaitPosition) sees it running
+                const done = yield* Deferred.make<void>()
+                yield* Queue.offer(runner.control, { _tag: "resume", done })
+                yield* Deferred.await(done)
+              }))),
       park: (name) =>
         Effect.flatMap(find(name), (runner) =>
           Effect.gen(function*() {
@@ -833,6 +839,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       }
       if (next.command._tag === "park") parkAt = { stop, done: next.command.done }
       yield* update((s) => ({ ...s, state: "catching-up", failure: undefined }))
+      if (next.command._tag === "resume") yield* Deferred.succeed(next.command.done, undefined)
     }
   })
 
