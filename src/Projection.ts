@@ -131,11 +131,36 @@ export interface Projection<A extends { readonly _tag: string }, E, R> {
   readonly events: Event.Registry<A>
   readonly handlers: Handlers<A, E, R>
   readonly streamTypes: ReadonlyArray<string> | undefined
-  readonly init: ReadonlyArray<Effect.Effect<void, E, R>>
+  readonly init: ReadonlyArray<Migration<E, R>>
   readonly reset: Effect.Effect<void, E, R> | undefined
   /** The statement handlers of a projection made by `sql` (`handlers` then runs them through the `SqlClient`). */
   readonly statements: SqlHandlers<A> | undefined
+  /** The read model's tables, named through the projection for blue/green rebuilds (see `sql`). */
+  readonly tables: ReadonlyArray<string> | undefined
 }
+
+/**
+ * Resolves a read model table's name (as listed in a projection's `tables`) to the table of the generation being
+ * written; other names are returned as they are.
+ *
+ * @since 0.1.0
+ */
+export type TableName = (name: string) => string
+
+/**
+ * A migration of a projection's read model: an Effect, or a function of the table names of the generation it
+ * creates (for a projection with `tables`).
+ *
+ * @since 0.1.0
+ */
+export type Migration<E, R> = Effect.Effect<void, E, R> | ((table: TableName) => Effect.Effect<void, E, R>)
+
+/**
+ * The table of generation `generation` behind the view `name` of a projection with `tables`.
+ *
+ * @since 0.1.0
+ */
+export const generationTable = (name: string, generation: number): string => `${name}__g${generation}`
 
 /**
  * One handler per event type that returns the SQL statements to run for the event (built with the `sql` template of
@@ -146,7 +171,8 @@ export interface Projection<A extends { readonly _tag: string }, E, R> {
 export type SqlHandlers<A extends { readonly _tag: string }> = {
   readonly [K in A["_tag"]]?: (
     event: Event.RecordedEvent<Extract<A, { readonly _tag: K }>>,
-    sql: SqlClient.SqlClient
+    sql: SqlClient.SqlClient,
+    table: TableName
   ) => Statement.Statement<unknown> | ReadonlyArray<Statement.Statement<unknown>>
 }
 
@@ -198,7 +224,8 @@ export const make = <A extends { readonly _tag: string }, E = never, R = never>(
     streamTypes: options.streamTypes !== undefined && options.streamTypes.length > 0 ? options.streamTypes : undefined,
     init: options.init ?? [],
     reset: options.reset,
-    statements: undefined
+    statements: undefined,
+    tables: undefined
   }
 }
 
@@ -216,6 +243,13 @@ const nameCheck = (name: unknown) => {
  * its `SqlClient`), the runner reads each batch, runs its statements and moves the checkpoint in one synchronous
  * transaction on the store's writer connection — the raw driver's way, several times faster than handlers that are
  * Effects. Elsewhere the statements run through the `SqlClient` like `make`'s handlers.
+ *
+ * Blue/green: with `tables`, the read model's tables are named through the projection. Handlers and migrations
+ * write `table("balances")` (the table of the generation being built: `balances__g1`, `balances__g2` …), and readers
+ * query the view `balances`, which the library points at the active generation. `rebuild` then builds generation
+ * n+1 from the beginning of the log while readers keep reading generation n, and switches the views, the
+ * checkpoint and the generation in one transaction (dropping generation n's tables): readers never see an empty or
+ * half-built model. (The old generation is not updated while the new one builds: it serves reads as it was.)
  *
  * @example
  * ```ts
@@ -239,17 +273,23 @@ export const sql = <A extends { readonly _tag: string }, E = never, R = never>(o
   readonly events: Event.Registry<A>
   readonly handlers: SqlHandlers<A>
   readonly streamTypes?: ReadonlyArray<string>
-  readonly init?: ReadonlyArray<Effect.Effect<void, E, R>>
+  readonly init?: ReadonlyArray<Migration<E, R>>
   readonly reset?: Effect.Effect<void, E, R>
+  readonly tables?: ReadonlyArray<string>
 }): Projection<A, E | SqlError, R | SqlClient.SqlClient> => {
   nameCheck(options.name)
-  const statements = options.handlers as Record<string, (event: any, sql: SqlClient.SqlClient) => any>
+  for (const table of options.tables ?? []) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]{0,50}$/.test(table)) {
+      throw new TypeError(`a projection's table name must be a plain SQL identifier of at most 51 characters: ${table}`)
+    }
+  }
+  const statements = options.handlers as Record<string, (event: any, sql: SqlClient.SqlClient, table: TableName) => any>
   const handlers: Record<string, (event: any) => Effect.Effect<void, SqlError, SqlClient.SqlClient>> = {}
   for (const type of Object.keys(statements)) {
     const handler = statements[type]!
     handlers[type] = (event) =>
       Effect.flatMap(SqlClientTag, (client) => {
-        const out = handler(event, client) as
+        const out = handler(event, client, (name: string) => name) as
           | Statement.Statement<unknown>
           | ReadonlyArray<Statement.Statement<unknown>>
         return Array.isArray(out)
@@ -264,7 +304,8 @@ export const sql = <A extends { readonly _tag: string }, E = never, R = never>(o
     streamTypes: options.streamTypes !== undefined && options.streamTypes.length > 0 ? options.streamTypes : undefined,
     init: options.init ?? [],
     reset: options.reset,
-    statements: options.handlers
+    statements: options.handlers,
+    tables: options.tables !== undefined && options.tables.length > 0 ? options.tables : undefined
   }
 }
 
@@ -339,6 +380,22 @@ export interface CheckpointStoreService {
   ) => Effect.Effect<void, E | CheckpointConflict | StoreError, R>
   /** The events parked for the projection, by position. */
   readonly parked: (projection: string) => Effect.Effect<ReadonlyArray<ParkedEvent>, StoreError>
+  /** The generation of the projection's tables (blue/green); 1 before any rebuild. */
+  readonly generation: (projection: string) => Effect.Effect<number, StoreError>
+  /**
+   * Ends a blue/green rebuild, as one transaction where the store has them: the projection takes the checkpoint of
+   * `shadow` (the checkpoint the rebuild moved) and `generation`, `shadow` is removed, and `work` runs (the switch
+   * of the views). Returns the checkpoint. `CheckpointConflict` when `owner` holds neither.
+   */
+  readonly promote: <E, R>(
+    projection: string,
+    owner: string,
+    shadow: string,
+    generation: number,
+    work: Effect.Effect<void, E, R>
+  ) => Effect.Effect<number, E | CheckpointConflict | StoreError, R>
+  /** Forgets a checkpoint and its applied migrations (what an abandoned rebuild left). */
+  readonly discard: (projection: string) => Effect.Effect<void, StoreError>
 }
 
 /** @since 0.1.0 */
@@ -453,7 +510,8 @@ export interface ProjectionsService {
    * head. The stream starts the rebuild when it is run, emits the progress after every batch (and the projection
    * logs a line every 5 seconds), ends with a `done` progress, and fails with `ProjectionFailed` if the projection
    * stops on an event meanwhile — an error is never only a log line. Fails with `ProjectionStateError` for a
-   * projection without `reset`.
+   * projection without `reset`. A projection with `tables` (see `sql`) is rebuilt blue/green instead: no reset, the
+   * new generation is built beside the one readers use and replaces it in one transaction.
    *
    * Interrupting the stream does not stop the rebuild.
    */

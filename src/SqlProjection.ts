@@ -45,7 +45,8 @@ export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Eff
   position BIGINT NOT NULL,
   owner TEXT,
   lease_until BIGINT NOT NULL,
-  updated_at BIGINT NOT NULL
+  updated_at BIGINT NOT NULL,
+  generation INTEGER NOT NULL DEFAULT 1
 )`),
     sql.unsafe(`CREATE TABLE IF NOT EXISTS ${M} (
   projection TEXT NOT NULL,
@@ -150,6 +151,34 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
             work
           )
         )),
+    generation: (projection) =>
+      sql<{ generation: unknown }>`SELECT generation FROM ${sql(P)} WHERE name = ${projection}`.withoutTransform.pipe(
+        Effect.map((rows) => rows.length === 0 ? 1 : toNumber(rows[0]!.generation)),
+        Effect.mapError(storeError("projection.generation"))
+      ),
+    promote: (projection, owner, shadow, generation, work) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        transaction(
+          "projection.promote",
+          Effect.gen(function*() {
+            const built = yield* sql<{ position: unknown }>`SELECT position FROM ${sql(P)}
+              WHERE name = ${shadow} AND owner = ${owner}`.withoutTransform
+            if (built.length === 0) return yield* new CheckpointConflict({ projection, expected: -1 })
+            const position = toNumber(built[0]!.position)
+            const moved = yield* sql<{ position: unknown }>`UPDATE ${sql(P)}
+              SET position = ${position}, generation = ${generation}, updated_at = ${now}
+              WHERE name = ${projection} AND owner = ${owner} RETURNING position`.withoutTransform
+            if (moved.length === 0) return yield* new CheckpointConflict({ projection, expected: -1 })
+            yield* sql`DELETE FROM ${sql(P)} WHERE name = ${shadow}`
+            yield* work
+            return position
+          })
+        )),
+    discard: (projection) =>
+      sql.withTransaction(Effect.zipRight(
+        sql`DELETE FROM ${sql(P)} WHERE name = ${projection}`,
+        sql`DELETE FROM ${sql(M)} WHERE projection = ${projection}`
+      )).pipe(Effect.asVoid, Effect.mapError(storeError("projection.discard"))),
     parked: (projection) =>
       sql<Record<string, unknown>>`SELECT position, event_id, stream_id, event_type, reason, parked_at FROM ${sql(K)}
         WHERE projection = ${projection} ORDER BY position`.withoutTransform.pipe(

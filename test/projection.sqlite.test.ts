@@ -250,3 +250,77 @@ describe("inline projections (SQLite)", () => {
       expect(b).toMatchObject({ _tag: "InvalidInput", field: "projections" })
     }).pipe(Effect.scoped))
 })
+
+describe("blue/green rebuilds (SQL)", () => {
+  const Added = Schema.TaggedStruct("Added", { n: Schema.Int })
+  const Events = EventModule.registry([Added])
+  const Totals = Projection.sql({
+    name: "bg",
+    events: Events,
+    tables: ["bg_totals"],
+    init: [(table) =>
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql`CREATE TABLE ${sql(table("bg_totals"))} (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)`)],
+    handlers: {
+      Added: (event, sql, table) =>
+        sql`INSERT INTO ${sql(table("bg_totals"))} (stream, total) VALUES (${event.streamId}, ${event.payload.n})
+          ON CONFLICT (stream) DO UPDATE SET total = total + excluded.total`
+    }
+  })
+  const totals = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(sql<{ stream: string; total: number }>`SELECT stream, total FROM bg_totals ORDER BY stream`, (rows) =>
+      Object.fromEntries(rows.map((r) => [r.stream, r.total]))))
+  const objects = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(
+      sql<{ name: string; type: string }>`SELECT name, type FROM sqlite_master WHERE name LIKE 'bg_totals%' ORDER BY name`,
+      (rows) => rows.map((r) => `${r.type} ${r.name}`)
+    ))
+
+  for (const [label, filename] of [["file", () => dbFile("bluegreen")], [":memory:", () => ":memory:"]] as const) {
+    it.live(`${label}: readers keep the old model while the new one builds; the switch is one transaction`, () =>
+      Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const sql = yield* SqlClient.SqlClient
+        yield* Effect.forEach(Array.from({ length: 600 }, (_, i) => i), (i) => store.append(`G-${i % 7}`, [{ type: "Added", payload: { n: i } }]), {
+          discard: true
+        })
+        const projections = yield* Projection.start([Totals], { batchSize: 50 })
+        yield* projections.awaitPosition("bg", yield* store.head, "10 seconds")
+        const before = yield* totals
+        expect(Object.keys(before)).toHaveLength(7)
+        expect(yield* objects).toEqual(["view bg_totals", "table bg_totals__g1"])
+        // a reader during the rebuild: always a complete model (7 streams), never an empty or partial one
+        const seen: Array<number> = []
+        const reader = yield* Effect.fork(Effect.forever(Effect.zipRight(
+          Effect.flatMap(totals, (t) => Effect.sync(() => seen.push(Object.keys(t).length))),
+          Effect.sleep("1 millis")
+        )))
+        const progress = yield* Stream.runCollect(projections.rebuild("bg"))
+        yield* Fiber.interrupt(reader)
+        expect([...progress].at(-1)!.done).toBe(true)
+        expect(seen.length).toBeGreaterThan(0)
+        expect(seen.every((n) => n === 7)).toBe(true)
+        expect(yield* totals).toEqual(before)
+        expect(yield* objects).toEqual(["view bg_totals", "table bg_totals__g2"])
+        expect((yield* projections.status("bg")).state).toBe("live")
+        // live on the new generation
+        const r = yield* store.append("G-0", [{ type: "Added", payload: { n: 1000 } }])
+        yield* projections.awaitPosition("bg", r.position, "10 seconds")
+        expect((yield* totals)["G-0"]).toBe(before["G-0"]! + 1000)
+        const generation = yield* sql<{ generation: number }>`SELECT generation FROM eventstore_projections WHERE name = 'bg'`
+        expect(generation[0]!.generation).toBe(2)
+      }).pipe(
+        Effect.scoped,
+        // a restart goes on with generation 2 (no migration runs again, the views stay)
+        Effect.zipRight(Effect.scoped(Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const projections = yield* Projection.start([Totals])
+          const r = yield* store.append("G-1", [{ type: "Added", payload: { n: 1 } }])
+          yield* projections.awaitPosition("bg", r.position, "10 seconds")
+          expect(yield* objects).toEqual(["view bg_totals", "table bg_totals__g2"])
+          expect(Object.keys(yield* totals)).toHaveLength(7)
+        }))),
+        Effect.provide(SqlProjection.layer.pipe(Layer.provideMerge(Sqlite.layer({ filename: filename() }))))
+      ), 30_000)
+  }
+})

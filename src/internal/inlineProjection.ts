@@ -27,7 +27,7 @@ export const makeHook = (projection: Projection<any, any, any>, client: SqlClien
   const name = projection.name
   const handlers = projection.statements as Record<
     string,
-    ((event: RecordedEvent<any>, sql: SqlClient.SqlClient) => unknown) | undefined
+    ((event: RecordedEvent<any>, sql: SqlClient.SqlClient, table: (name: string) => string) => unknown) | undefined
   >
   const streamTypes = projection.streamTypes && new Set(projection.streamTypes)
 
@@ -46,7 +46,7 @@ export const makeHook = (projection: Projection<any, any, any>, client: SqlClien
     const decoded = projection.events.decode(event)
     if (Either.isLeft(decoded)) throw fail(event, decoded.left.message)
     try {
-      const out = handler(decoded.right, client) as
+      const out = handler(decoded.right, client, (table: string) => table) as
         | Statement.Statement<unknown>
         | ReadonlyArray<Statement.Statement<unknown>>
       const statements = Array.isArray(out) ? out as ReadonlyArray<Statement.Statement<unknown>> : [out as Statement.Statement<unknown>]

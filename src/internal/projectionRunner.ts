@@ -23,6 +23,7 @@ import type { RecordedEvent } from "../Event.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
 import { EventStore } from "../EventStore.js"
+import { SqlClient as SqlClientTag } from "@effect/sql/SqlClient"
 import type {
   CheckpointStoreService,
   Options,
@@ -31,11 +32,13 @@ import type {
   ProjectionsService,
   RebuildProgress,
   State,
-  Status
+  Status,
+  TableName
 } from "../Projection.js"
 import {
   CheckpointConflict,
   CheckpointStore,
+  generationTable,
   ProjectionFailed,
   ProjectionNotFound,
   ProjectionStateError,
@@ -59,13 +62,13 @@ import { tables } from "./migrations.js"
 // --- the memory checkpoint store -----------------------------------------------------------------------------------
 
 export const memoryCheckpoints = (): CheckpointStoreService => {
-  const rows = new Map<string, { position: number; owner: string | undefined; leaseUntil: number }>()
+  const rows = new Map<string, { position: number; owner: string | undefined; leaseUntil: number; generation: number }>()
   const applied = new Set<string>()
   const parked = new Map<string, Array<ParkedEvent>>()
   const row = (projection: string) => {
     let r = rows.get(projection)
     if (r === undefined) {
-      r = { position: 0, owner: undefined, leaseUntil: 0 }
+      r = { position: 0, owner: undefined, leaseUntil: 0, generation: 1 }
       rows.set(projection, r)
     }
     return r
@@ -121,7 +124,32 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
         if (r.owner !== owner) return Effect.fail(new CheckpointConflict({ projection, expected: r.position }))
         return Effect.zipRight(work, Effect.sync(() => void (r.position = 0)))
       }),
-    parked: (projection) => Effect.sync(() => [...(parked.get(projection) ?? [])])
+    parked: (projection) => Effect.sync(() => [...(parked.get(projection) ?? [])]),
+    generation: (projection) => Effect.sync(() => row(projection).generation),
+    promote: <E, R>(projection: string, owner: string, shadow: string, generation: number, work: Effect.Effect<void, E, R>) =>
+      Effect.suspend((): Effect.Effect<number, E | CheckpointConflict, R> => {
+        const main = row(projection)
+        const built = rows.get(shadow)
+        if (main.owner !== owner || built === undefined || built.owner !== owner) {
+          return Effect.fail(new CheckpointConflict({ projection, expected: main.position }))
+        }
+        return Effect.as(
+          Effect.zipRight(
+            work,
+            Effect.sync(() => {
+              main.position = built.position
+              main.generation = generation
+              rows.delete(shadow)
+            })
+          ),
+          built.position
+        )
+      }),
+    discard: (projection) =>
+      Effect.sync(() => {
+        rows.delete(projection)
+        for (const key of applied) if (key.startsWith(`${projection}\u0000`)) applied.delete(key)
+      })
   }
 }
 
@@ -302,11 +330,11 @@ export const make = (
       rebuild: (name) =>
         Stream.unwrap(Effect.gen(function*() {
           const runner = yield* find(name)
-          if (runner.projection.reset === undefined) {
+          if (runner.projection.reset === undefined && runner.projection.tables === undefined) {
             return yield* new ProjectionStateError({
               projection: name,
               state: runner.latest.state,
-              reason: "it has no reset: a rebuild needs one to empty the read model"
+              reason: "it has no reset (nor tables, for a blue/green rebuild): a rebuild needs one to empty the read model"
             })
           }
           const done = yield* Deferred.make<void, ProjectionStateError | StoreError>()
@@ -338,7 +366,35 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   const { batchSize, checkpoints, owner, retry, store, ttl } = env
   const projection = runner.projection
   const name = projection.name
-  const handlers = projection.handlers as Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined>
+  const generational = projection.tables !== undefined
+  const tableSet = new Set(projection.tables ?? [])
+  // where batches go: the projection's own checkpoint and tables, or, during a blue/green rebuild, the new generation's
+  let target = { row: name, generation: 1 }
+  const tableOf = (generation: number) => (table: string) =>
+    generational && tableSet.has(table) ? generationTable(table, generation) : table
+  let table = tableOf(1)
+  const setTarget = (next: { readonly row: string; readonly generation: number }) => {
+    target = next
+    table = tableOf(next.generation)
+  }
+  const statementsOf = projection.statements as
+    | Record<string, ((event: RecordedEvent<any>, sql: SqlClient.SqlClient, table: TableName) => unknown) | undefined>
+    | undefined
+  const handlers: Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined> =
+    statementsOf === undefined
+      ? projection.handlers as Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined>
+      : Object.fromEntries(Object.entries(statementsOf).map(([type, handler]) => [
+        type,
+        handler === undefined ? undefined : (event: RecordedEvent<any>) =>
+          Effect.flatMap(SqlClientTag, (client) => {
+            const out = handler(event, client, table) as
+              | Statement.Statement<unknown>
+              | ReadonlyArray<Statement.Statement<unknown>>
+            return Array.isArray(out)
+              ? Effect.forEach(out as ReadonlyArray<Statement.Statement<unknown>>, (st) => st, { discard: true })
+              : Effect.asVoid(out as Statement.Statement<unknown>)
+          })
+      ]))
   const streamTypes = projection.streamTypes && new Set(projection.streamTypes)
   const tags = (metric: any) => Metric.tagged(metric, "projection", name)
   const eventsMetric = tags(Telemetry.projectionEvents) as Metric.Metric.Counter<number>
@@ -354,7 +410,16 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   let position = 0
   let parkAt: { readonly stop: Stop; readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError> } | undefined
   // events/s over a window of a few seconds
-  let rebuilding: { readonly total: number; readonly startedAt: number; processed: number; loggedAt: number } | undefined
+  let rebuilding:
+    | {
+      readonly total: number
+      readonly startedAt: number
+      processed: number
+      loggedAt: number
+      /** A blue/green rebuild: the generation it builds (its checkpoint is `rowOf(generation)`). */
+      readonly shadow: number | undefined
+    }
+    | undefined
   let knownHead = 0
   let headAt = 0
   let windowStart = 0
@@ -410,6 +475,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
           done: lag <= 0
         }
         if (lag <= 0) {
+          if (rebuilding.shadow !== undefined) yield* promote(rebuilding.shadow)
           yield* Effect.logInfo(
             `projection ${name}: rebuilt, ${rebuilding.processed} events in ${(elapsed / 1000).toFixed(1)} s`
           )
@@ -476,7 +542,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     })
     if (handled.length === 0) return done
     const work = Effect.forEach(handled, handleOne, { discard: true })
-    return Effect.suspend(() => Effect.uninterruptible(provide(checkpoints.commit(name, owner, saved, to, work)))).pipe(
+    return Effect.suspend(() => Effect.uninterruptible(provide(checkpoints.commit(target.row, owner, saved, to, work)))).pipe(
       Effect.retry({
         schedule: retry,
         while: (e) => (e as { _tag?: string })._tag === "StoreError" || (e instanceof EventFailure && e.retryable)
@@ -505,7 +571,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         reason: f.reason,
         parkedAt: yield* Clock.currentTimeMillis
       }
-      yield* Effect.uninterruptible(provide(checkpoints.commit(name, owner, saved, f.position, Effect.void, parked))).pipe(
+      yield* Effect.uninterruptible(provide(checkpoints.commit(target.row, owner, saved, f.position, Effect.void, parked))).pipe(
         Effect.retry({ schedule: retry, while: (e) => e._tag === "StoreError" }),
         Effect.catchTag("StoreError", (e) => Effect.fail({ failure: new ProjectionFailed({ ...f, reason: e.message }), parkable: true } satisfies Stop))
       )
@@ -586,9 +652,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     ? syncCommandsOf(store)
     : undefined
   const client = databaseOf(store) as SqlClient.SqlClient
-  const statementHandlers = projection.statements as
-    | Record<string, ((event: RecordedEvent<any>, sql: SqlClient.SqlClient) => unknown) | undefined>
-    | undefined
+  const statementHandlers = statementsOf
   const MOVE = `UPDATE ${tables.projections} SET position = ?, updated_at = ? WHERE name = ? AND position = ? AND owner = ?`
   const PARK = `INSERT INTO ${tables.parked} (projection, position, event_id, stream_id, event_type, reason, parked_at)
     VALUES (?, ?, ?, ?, ?, ?, ?)`
@@ -633,7 +697,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       const decoded = projection.events.decode(stored.right)
       if (Either.isLeft(decoded)) throw new EventFailure(stored.right, decoded.left.message, false)
       try {
-        const out = handler(decoded.right, client) as Statement.Statement<unknown> | ReadonlyArray<Statement.Statement<unknown>>
+        const out = handler(decoded.right, client, table) as Statement.Statement<unknown> | ReadonlyArray<Statement.Statement<unknown>>
         if (Array.isArray(out)) {
           for (const statement of out as ReadonlyArray<Statement.Statement<unknown>>) {
             const [text, params] = statement.compile()
@@ -653,11 +717,11 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     if (handledCount === 0 && parked === undefined) return { commit: false, value }
     let changes: number
     try {
-      changes = tx.run(MOVE, [last.position, now, name, saved, owner])
+      changes = tx.run(MOVE, [last.position, now, target.row, saved, owner])
     } catch (cause) {
       throw driver("projection.commit")(cause)
     }
-    if (changes !== 1) throw new CheckpointConflict({ projection: name, expected: saved })
+    if (changes !== 1) throw new CheckpointConflict({ projection: target.row, expected: saved })
     return { commit: true, value: { ...value, committed: true } }
   }
 
@@ -735,27 +799,50 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     return loop
   }
 
-  const migrateAll = Effect.forEach(
-    projection.init,
-    (migration, i) =>
-      provide(checkpoints.migrate(name, i + 1, migration)).pipe(
-        Effect.tap((ran) => ran ? Effect.logInfo(`projection ${name}: applied migration ${i + 1}`) : Effect.void),
-        Effect.catchAllCause((cause): Effect.Effect<never, Stop> =>
-          Cause.isInterruptedOnly(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.fail({
-            failure: new ProjectionFailed({
-              projection: name,
-              position: position + 1,
-              eventId: "",
-              streamId: "",
-              eventType: "",
-              reason: `migration ${i + 1} failed: ${reasonOf(cause)}`
-            }),
-            parkable: false
-          })
-        )
-      ),
-    { discard: true }
-  )
+  /** The checkpoint (and migration records) of generation `generation`'s tables. */
+  const rowOf = (generation: number) => generation === 1 ? name : `${name}#g${generation}`
+
+  /** Applies the migrations of the target's generation not applied yet. */
+  const migrateAll = Effect.suspend(() => {
+    const key = rowOf(target.generation)
+    const names = table
+    return Effect.forEach(
+      projection.init,
+      (migration, i) =>
+        provide(checkpoints.migrate(key, i + 1, typeof migration === "function" ? migration(names) : migration)).pipe(
+          Effect.tap((ran) => ran ? Effect.logInfo(`projection ${key}: applied migration ${i + 1}`) : Effect.void),
+          Effect.catchAllCause((cause): Effect.Effect<never, Stop> =>
+            Cause.isInterruptedOnly(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.fail({
+              failure: new ProjectionFailed({
+                projection: name,
+                position: position + 1,
+                eventId: "",
+                streamId: "",
+                eventType: "",
+                reason: `migration ${i + 1} failed: ${reasonOf(cause)}`
+              }),
+              parkable: false
+            })
+          )
+        ),
+      { discard: true }
+    )
+  })
+
+  /** Points the views of the projection's tables at generation `generation` (inside the caller's transaction). */
+  const pointViews = (generation: number) =>
+    Effect.flatMap(SqlClientTag, (sql) =>
+      Effect.forEach(projection.tables ?? [], (t) =>
+        Effect.zipRight(
+          sql`DROP VIEW IF EXISTS ${sql(t)}`,
+          sql`CREATE VIEW ${sql(t)} AS SELECT * FROM ${sql(generationTable(t, generation))}`
+        ), { discard: true }))
+
+  const dropTables = (generation: number) =>
+    Effect.flatMap(SqlClientTag, (sql) =>
+      Effect.forEach(projection.tables ?? [], (t) => sql`DROP TABLE IF EXISTS ${sql(generationTable(t, generation))}`, {
+        discard: true
+      }))
 
   const storeStop = (e: StoreError): Stop => ({
     failure: new ProjectionFailed({ projection: name, position: position + 1, eventId: "", streamId: "", eventType: "", reason: e.message }),
@@ -764,8 +851,30 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
 
   // One run while holding the lease: migrations, the checkpoint, then the log.
   const attempt: Effect.Effect<never, Stop | CheckpointConflict> = Effect.gen(function*() {
+    if (rebuilding?.shadow === undefined) {
+      const generation = generational ? yield* Effect.mapError(checkpoints.generation(name), storeStop) : 1
+      setTarget({ row: name, generation })
+    }
     yield* migrateAll
-    saved = position = yield* Effect.mapError(checkpoints.load(name), storeStop)
+    if (generational && rebuilding?.shadow === undefined) {
+      const generation = target.generation
+      yield* provide(Effect.flatMap(SqlClientTag, (sql) => sql.withTransaction(pointViews(generation)))).pipe(
+        Effect.catchAllCause((cause) =>
+          Effect.fail({
+            failure: new ProjectionFailed({
+              projection: name,
+              position: position + 1,
+              eventId: "",
+              streamId: "",
+              eventType: "",
+              reason: `cannot create the views of generation ${generation}: ${reasonOf(cause)}`
+            }),
+            parkable: false
+          } satisfies Stop)
+        )
+      )
+    }
+    saved = position = yield* Effect.mapError(checkpoints.load(target.row), storeStop)
     yield* update((s) => ({ ...s, state: rebuilding !== undefined ? "rebuilding" : "catching-up", checkpoint: position }))
     yield* afterBatch(0, Date.now())
     return yield* (sync !== undefined ? consumeSync(sync) : consume)
@@ -774,6 +883,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   /** Resets the read model and the checkpoint for a rebuild; answers the request. */
   const startRebuild = (done: Deferred.Deferred<void, ProjectionStateError | StoreError>) =>
     Effect.gen(function*() {
+      if (generational) return yield* startBlueGreen(done)
       if (projection.reset === undefined) {
         return yield* Deferred.fail(done, new ProjectionStateError({ projection: name, state: runner.latest.state, reason: "it has no reset" }))
       }
@@ -793,7 +903,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       const now = yield* Clock.currentTimeMillis
       saved = position = 0
       parkAt = undefined
-      rebuilding = { total, startedAt: now, processed: 0, loggedAt: now }
+      rebuilding = { total, startedAt: now, processed: 0, loggedAt: now, shadow: undefined }
       runner.stop = undefined
       yield* update((s) => ({
         ...s,
@@ -804,6 +914,76 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       }))
       yield* Effect.logInfo(`projection ${name}: rebuilding from the beginning (${total} events in the log)`)
       yield* Deferred.succeed(done, undefined)
+    })
+
+  /**
+   * A blue/green rebuild: generation n+1 gets fresh tables (what an abandoned rebuild left is dropped first) and its
+   * own checkpoint at 0; batches go there until it has caught up (`afterBatch` then promotes it). The current
+   * generation keeps serving reads meanwhile.
+   */
+  const startBlueGreen = (done: Deferred.Deferred<void, ProjectionStateError | StoreError>) =>
+    Effect.gen(function*() {
+      const current = rebuilding?.shadow !== undefined ? rebuilding.shadow - 1 : target.generation
+      const generation = current + 1
+      const shadow = rowOf(generation)
+      const total = yield* Effect.orElseSucceed(store.head, () => knownHead)
+      const prepared = yield* Effect.either(Effect.gen(function*() {
+        yield* checkpoints.discard(shadow)
+        yield* provide(dropTables(generation))
+        if (!(yield* checkpoints.acquire(shadow, owner, ttl))) {
+          return yield* new StoreError({ operation: "projection.rebuild", cause: `${shadow} is held by another runner` })
+        }
+      }))
+      if (Either.isLeft(prepared)) {
+        const e = prepared.left
+        return yield* Deferred.fail(done, e instanceof StoreError ? e : new StoreError({ operation: "projection.rebuild", cause: e }))
+      }
+      const now = yield* Clock.currentTimeMillis
+      setTarget({ row: shadow, generation })
+      saved = position = 0
+      parkAt = undefined
+      rebuilding = { total, startedAt: now, processed: 0, loggedAt: now, shadow: generation }
+      runner.stop = undefined
+      yield* update((s) => ({
+        ...s,
+        state: "rebuilding",
+        checkpoint: 0,
+        failure: undefined,
+        rebuild: { projection: name, processed: 0, total, eventsPerSecond: 0, etaMillis: undefined, done: false }
+      }))
+      yield* Effect.logInfo(`projection ${name}: building generation ${generation} from the beginning (${total} events in the log)`)
+      yield* Deferred.succeed(done, undefined)
+    })
+
+  /** Ends a blue/green rebuild: the new generation becomes the projection's, in one transaction. */
+  const promote = (generation: number) =>
+    Effect.gen(function*() {
+      const shadow = rowOf(generation)
+      const switched = provide(checkpoints.promote(
+        name,
+        owner,
+        shadow,
+        generation,
+        Effect.zipRight(pointViews(generation), dropTables(generation - 1))
+      )).pipe(
+        Effect.mapError((e): Stop | CheckpointConflict =>
+          e instanceof CheckpointConflict ? e : {
+            failure: new ProjectionFailed({
+              projection: name,
+              position,
+              eventId: "",
+              streamId: "",
+              eventType: "",
+              reason: `cannot switch to generation ${generation}: ${e instanceof Error ? e.message : String(e)}`
+            }),
+            parkable: false
+          }
+        )
+      )
+      const at = yield* switched
+      setTarget({ row: name, generation })
+      saved = position = at
+      yield* Effect.logInfo(`projection ${name}: generation ${generation} is active`)
     })
 
   // Runs, and on a failure waits for an operator; leaves only when the lease is lost. A rebuild asked for meanwhile
@@ -915,6 +1095,12 @@ export const makeInline = (projections: ReadonlyArray<Projection<any, any, any>>
           reason: `${projection.name}: an inline projection is made with Projection.sql (its handlers return statements)`
         })
       }
+      if (projection.tables !== undefined) {
+        return yield* new InvalidInput({
+          field: "projections",
+          reason: `${projection.name}: an inline projection does not name its tables through the projection (tables)`
+        })
+      }
       if (names.has(projection.name)) {
         return yield* new InvalidInput({ field: "projections", reason: `two projections are named ${projection.name}` })
       }
@@ -930,7 +1116,14 @@ export const makeInline = (projections: ReadonlyArray<Projection<any, any, any>>
       yield* Effect.forEach(
         projection.init,
         (migration, i) =>
-          Effect.provide(checkpoints.migrate(name, i + 1, migration as Effect.Effect<void, unknown, never>), context).pipe(
+          Effect.provide(
+            checkpoints.migrate(
+              name,
+              i + 1,
+              (typeof migration === "function" ? migration((t: string) => t) : migration) as Effect.Effect<void, unknown, never>
+            ),
+            context
+          ).pipe(
             Effect.mapError((cause) =>
               cause instanceof StoreError ? cause : new StoreError({ operation: `projection.migrate ${name} ${i + 1}`, cause })
             )
