@@ -1,12 +1,15 @@
 /**
  * The bank-account example on an embedded SQLite file: opens accounts, deposits, a concurrent deposit resolved by
- * retry, an overdraft rejected with its typed error, and the account's history read back from the store.
+ * retry, an overdraft rejected with its typed error, the account's history read back from the store, and two read
+ * models (account balances, transactions per day) kept by projections and queried once they have caught up.
  *
  *   npm start
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Aggregate, Analytics, EventStore, Snapshot } from "effect-eventstore"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Aggregate, Analytics, EventStore, Projection, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
+import * as SqlProjection from "effect-eventstore/SqlProjection"
 import * as Console from "effect/Console"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
@@ -17,6 +20,7 @@ import * as Stream from "effect/Stream"
 import { mkdirSync } from "node:fs"
 import * as path from "node:path"
 import { Account, cents, Deposit, FraudCheck, formatCents, OpenAccount, Withdraw } from "./Account.js"
+import { AccountBalances, TransactionsPerDay } from "./ReadModels.js"
 
 const dataDir = process.env.BANK_DATA_DIR ?? path.join(process.cwd(), "data")
 mkdirSync(dataDir, { recursive: true })
@@ -100,10 +104,38 @@ const program = Effect.gen(function*() {
   const store = yield* EventStore.EventStore
   const total = yield* Stream.runCount(store.readAll({ filter: { streamTypes: ["Account"] } }))
   yield* Console.log(`\nthe store holds ${total} account events (runs accumulate in the same file)`)
+
+  // The read side: wait until both projections have seen every event so far (read-your-writes), then query them.
+  const projections = yield* Projection.Projections
+  const head = yield* store.head
+  yield* projections.awaitPosition(AccountBalances.name, head, "10 seconds")
+  yield* projections.awaitPosition(TransactionsPerDay.name, head, "10 seconds")
+  const sql = yield* SqlClient.SqlClient
+  yield* Console.log(`\nread model account_balances (projection ${AccountBalances.name}):`)
+  const balances = yield* sql<{ stream_id: string; owner: string; balance: number; status: string }>`
+    SELECT stream_id, owner, balance, status FROM account_balances WHERE stream_id IN (${Account.streamId(id)}, ${
+    Account.streamId(busy)
+  }) ORDER BY stream_id`
+  for (const row of balances) {
+    yield* Console.log(`  ${row.stream_id.padEnd(30)} ${row.owner.padEnd(6)} ${formatCents(row.balance).padStart(10)}  ${row.status}`)
+  }
+  yield* Console.log(`read model transactions_per_day (projection ${TransactionsPerDay.name}):`)
+  const days = yield* sql<{ day: string; deposits: number; withdrawals: number; volume: number }>`
+    SELECT day, deposits, withdrawals, volume FROM transactions_per_day ORDER BY day DESC LIMIT 3`
+  for (const row of days) {
+    yield* Console.log(`  ${row.day}  ${row.deposits} deposits, ${row.withdrawals} withdrawals, ${formatCents(row.volume)} moved`)
+  }
+  const status = yield* projections.status(AccountBalances.name)
+  yield* Console.log(`projection ${status.name}: ${status.state} at position ${status.checkpoint}, lag ${status.lag}`)
 })
 
-// The account's command handler (with its snapshot policy it needs a SnapshotStore) on an SQLite file.
-const AppLive = Aggregate.layer(Account).pipe(Layer.provideMerge(Sqlite.layer({ filename })))
+// The account's command handler (with its snapshot policy it needs a SnapshotStore) and the read side's projections
+// (checkpoints in the same file), on an SQLite file.
+const StoreLive = SqlProjection.layer.pipe(Layer.provideMerge(Sqlite.layer({ filename })))
+const AppLive = Layer.mergeAll(
+  Aggregate.layer(Account),
+  Projection.layer([AccountBalances, TransactionsPerDay])
+).pipe(Layer.provideMerge(StoreLive))
 
 program.pipe(
   Effect.provide(Layer.merge(AppLive, FraudCheckLive)),

@@ -694,10 +694,13 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         const e = stored.left
         throw new EventFailure({ position: e.position, eventId: "", streamId: e.streamId, type: e.type } as RecordedEvent, e.message, false)
       }
-      const decoded = projection.events.decode(stored.right)
-      if (Either.isLeft(decoded)) throw new EventFailure(stored.right, decoded.left.message, false)
+      const payload = projection.events.decodePayload(stored.right)
+      if (Either.isLeft(payload)) throw new EventFailure(stored.right, payload.left.message, false)
+      // the envelope was made for this event alone: it takes the domain value in place (one object per event)
+      const event = stored.right as { payload: unknown }
+      event.payload = payload.right
       try {
-        const out = handler(decoded.right, client, table) as Statement.Statement<unknown> | ReadonlyArray<Statement.Statement<unknown>>
+        const out = handler(event as RecordedEvent<any>, client, table) as Statement.Statement<unknown> | ReadonlyArray<Statement.Statement<unknown>>
         if (Array.isArray(out)) {
           for (const statement of out as ReadonlyArray<Statement.Statement<unknown>>) {
             const [text, params] = statement.compile()
