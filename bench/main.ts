@@ -360,9 +360,6 @@ async function childAlloc(mode: string) {
     console.log(JSON.stringify({ bytesPerAppend: await measure(() => run(100, 10)) }))
     await rt.dispose()
   }
-  if (want("sqlite.projection.catchup")) await catchupBench(emit, freshFile, quick ? 10_000 : 100_000, quick ? 1 : 3)
-  if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
-  if (want("sqlite.append.inline")) await inlineBench(emit, freshFile, quick ? 3 : 11, quick ? 300 : 1_000)
   fs.rmSync(dir, { recursive: true, force: true })
 }
 

@@ -189,7 +189,8 @@ export type Requirements<P> = P extends Projection<any, any, infer R> ? R : neve
  *   with the record that it ran (SQL checkpoint stores); appending one to the list applies it at the next start.
  * - `reset`: empties the read model for a rebuild (run with the checkpoint's move back to 0, in one transaction).
  *
- * A projection's `name` identifies its checkpoint: renaming it starts from the beginning.
+ * A projection's `name` identifies its checkpoint: renaming it starts from the beginning. It is at most 200
+ * characters, without `#`; anything else throws a `TypeError` (a definition is code, not input).
  *
  * @example
  * ```ts
@@ -230,8 +231,9 @@ export const make = <A extends { readonly _tag: string }, E = never, R = never>(
 }
 
 const nameCheck = (name: unknown) => {
-  if (typeof name !== "string" || name.length === 0 || name.length > 200) {
-    throw new TypeError("a projection's name must be a non-empty string of at most 200 characters")
+  // "#" is reserved: the checkpoint of a blue/green rebuild's next generation is named `<name>#g<n>`
+  if (typeof name !== "string" || name.length === 0 || name.length > 200 || name.includes("#")) {
+    throw new TypeError("a projection's name must be a non-empty string of at most 200 characters, without \"#\"")
   }
 }
 
@@ -385,7 +387,7 @@ export interface CheckpointStoreService {
   /**
    * Ends a blue/green rebuild, as one transaction where the store has them: the projection takes the checkpoint of
    * `shadow` (the checkpoint the rebuild moved) and `generation`, `shadow` is removed, and `work` runs (the switch
-   * of the views). Returns the checkpoint. `CheckpointConflict` when `owner` holds neither.
+   * of the views). Returns the checkpoint. `CheckpointConflict` when `owner` does not hold both.
    */
   readonly promote: <E, R>(
     projection: string,
@@ -483,7 +485,10 @@ export interface ProjectionsService {
   readonly changes: (name: string) => Stream.Stream<Status, ProjectionNotFound>
   /**
    * Waits until the projection has dealt with every event up to `position` (an `AppendResult`'s or a handled
-   * command's `position`, or `EventStore.head`): read-your-writes for a read model. Fails with `ProjectionFailed`
+   * command's `position`, or `EventStore.head`): read-your-writes for a read model. In a process where the
+   * projection stands by (another process runs it), it follows the checkpoint that process saves (every 50 ms); events
+   * the projection skips are not saved one by one there, so it may wait for the next handled event or the timeout.
+   * Fails with `ProjectionFailed`
    * when the projection is stopped on an event at or before `position`, and with `ProjectionTimeout` after
    * `timeout`.
    */
@@ -582,7 +587,8 @@ export const layer = <const P extends ReadonlyArray<Projection<any, any, any>>>(
  * When the layer starts it applies the projections' migrations and catches each one up with the log; from then on,
  * each append also handles any earlier event the projection has not seen (appended by a process that does not run
  * it). Every process that appends should run the same inline projections: otherwise the events it appends reach the
- * read model only with the next append of a process that does. Do not also run an inline projection with `start`.
+ * read model only with the next append of a process that does, and if one of them fails its handler, every append
+ * fails with that error until the handler is fixed. Do not also run an inline projection with `start`.
  *
  * Needs the SQLite file store (`Sqlite.layer`) and `SqlProjection.layer` on its `SqlClient`; anything else fails the
  * layer with `InvalidInput`.

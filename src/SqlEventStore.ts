@@ -334,11 +334,11 @@ const makeSyncCommands = (
         throw failure("read")(cause)
       }
     },
-    run: (sql, params) => held.runSync(sql, params).changes
+    run: (sql, params) => held.runAnySync(sql, params)
   }
   return {
-    run: (fiberId, body) => {
-      if (fiberId === undefined ? !writer.free() : !writer.idle(fiberId)) return undefined
+    run: (fiberId, body, force) => {
+      if (force !== true && (fiberId === undefined ? !writer.free() : !writer.idle(fiberId))) return undefined
       try {
         held.executeSync("BEGIN IMMEDIATE", [])
       } catch (cause) {

@@ -79,7 +79,7 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
   // Moves the checkpoint first: on SQLite the transaction takes the write lock with its first statement, so a
   // commit by another connection cannot slip in between a read and the write.
   const move = (projection: string, owner: string, from: number, to: number, now: number) =>
-    Effect.flatMap(
+    to <= from ? Effect.fail(new CheckpointConflict({ projection, expected: from })) : Effect.flatMap(
       sql<{ position: unknown }>`UPDATE ${sql(P)} SET position = ${to}, updated_at = ${now}
         WHERE name = ${projection} AND position = ${from} AND owner = ${owner} RETURNING position`.withoutTransform,
       (rows) => rows.length === 1 ? Effect.void : Effect.fail(new CheckpointConflict({ projection, expected: from }))
@@ -125,7 +125,10 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
             park === undefined ? Effect.void : sql`INSERT INTO ${sql(K)}
               (projection, position, event_id, stream_id, event_type, reason, parked_at)
               VALUES (${projection}, ${park.position}, ${park.eventId}, ${park.streamId}, ${park.eventType},
-                ${park.reason}, ${park.parkedAt})`
+                ${park.reason}, ${park.parkedAt})
+              ON CONFLICT (projection, position) DO UPDATE SET event_id = excluded.event_id,
+                stream_id = excluded.stream_id, event_type = excluded.event_type, reason = excluded.reason,
+                parked_at = excluded.parked_at`
           ], { discard: true })
         )),
     migrate: (projection, id, migration) =>

@@ -199,7 +199,12 @@ export interface SyncCommands {
    */
   readonly run: <A>(
     fiberId: number | undefined,
-    body: (tx: CommandTransaction) => { readonly commit: boolean; readonly value: A }
+    body: (tx: CommandTransaction) => { readonly commit: boolean; readonly value: A },
+    /**
+     * Runs even while appends are queued (background work that has waited long enough): safe, since a group is
+     * written in one synchronous call and cannot be interleaved; it only waits for this transaction.
+     */
+    force?: boolean
   ) => { readonly value: A } | undefined
 }
 

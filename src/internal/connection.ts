@@ -5,6 +5,8 @@ export interface SyncConnection extends Connection {
   readonly executeSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<unknown>
   /** A statement that returns no rows: how many rows it changed, and the rowid of the last row it inserted. */
   readonly runSync: (sql: string, params: ReadonlyArray<unknown>) => { readonly changes: number; readonly lastInsertRowid: number | bigint }
+  /** Any statement (one that returns rows too, `RETURNING`): how many rows it changed (0 for a query). */
+  readonly runAnySync: (sql: string, params: ReadonlyArray<unknown>) => number
   /** Prepares statements ahead of their first use (a command should not pay for preparing them). */
   readonly prepareSync: (sql: ReadonlyArray<string>) => void
   /** A query's rows as arrays of column values. */

@@ -52,7 +52,7 @@ export const makeHook = (projection: Projection<any, any, any>, client: SqlClien
       const statements = Array.isArray(out) ? out as ReadonlyArray<Statement.Statement<unknown>> : [out as Statement.Statement<unknown>]
       for (const statement of statements) {
         const [text, params] = statement.compile()
-        conn.runSync(text, params)
+        conn.runAnySync(text, params)
       }
     } catch (cause) {
       throw fail(event, reasonOf(cause))

@@ -73,10 +73,10 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
     }
     return r
   }
-  const check = (projection: string, owner: string, from: number) =>
+  const check = (projection: string, owner: string, from: number, to = Infinity) =>
     Effect.suspend(() => {
       const r = row(projection)
-      return r.position === from && r.owner === owner
+      return r.position === from && r.owner === owner && to > from
         ? Effect.void
         : Effect.fail(new CheckpointConflict({ projection, expected: from }))
     })
@@ -100,14 +100,15 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
       }),
     load: (projection) => Effect.sync(() => row(projection).position),
     commit: (projection, owner, from, to, work, park) =>
-      check(projection, owner, from).pipe(
+      check(projection, owner, from, to).pipe(
         Effect.zipRight(work),
         Effect.zipRight(check(projection, owner, from)),
         Effect.zipRight(Effect.sync(() => {
           row(projection).position = to
           if (park !== undefined) {
-            const list = parked.get(projection) ?? []
+            const list = (parked.get(projection) ?? []).filter((p) => p.position !== park.position)
             list.push(park)
+            list.sort((a, b) => a.position - b.position)
             parked.set(projection, list)
           }
         }))
@@ -172,9 +173,19 @@ interface Stop {
   readonly parkable: boolean
 }
 
+/** What an operator asks of a runner. `resume` and `park` carry the failure they were asked for (claimed). */
 type Command =
-  | { readonly _tag: "resume"; readonly done: Deferred.Deferred<void> }
-  | { readonly _tag: "park"; readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError> }
+  | { readonly _tag: "resume"; readonly stop: Stop; readonly done: Deferred.Deferred<void, ProjectionStateError> }
+  | {
+    readonly _tag: "park"
+    readonly stop: Stop
+    readonly done: Deferred.Deferred<ParkedEvent, ProjectionFailed | ProjectionStateError>
+  }
+  | { readonly _tag: "rebuild"; readonly done: Deferred.Deferred<void, ProjectionStateError | StoreError> }
+
+/** Answers a command that will not be carried out. */
+const refuse = (command: Command, error: ProjectionStateError): Effect.Effect<boolean> =>
+  Deferred.fail(command.done as Deferred.Deferred<unknown, ProjectionStateError>, error)
 
 const reasonOf = (cause: Cause.Cause<unknown>): string => {
   const failure = Cause.failureOption(cause)
@@ -201,8 +212,6 @@ interface Runner {
   latest: Status
   /** `awaitPosition` callers: each says, given a status, whether it is answered. */
   readonly waiters: Set<{ readonly check: (s: Status) => boolean }>
-  /** Rebuilds asked for: answered once the reset is done (or could not be). */
-  readonly rebuilds: Queue.Queue<Deferred.Deferred<void, ProjectionStateError | StoreError>>
 }
 
 const initial = (name: string): Status => ({
@@ -251,8 +260,7 @@ export const make = (
         control: yield* Queue.unbounded<Command>(),
         stop: undefined,
         latest: initial(projection.name),
-        waiters: new Set(),
-        rebuilds: yield* Queue.unbounded<Deferred.Deferred<void, ProjectionStateError | StoreError>>()
+        waiters: new Set()
       })
     }
 
@@ -268,6 +276,18 @@ export const make = (
       Effect.suspend(() => {
         const runner = runners.get(name)
         return runner === undefined ? Effect.fail(new ProjectionNotFound({ projection: name })) : Effect.succeed(runner)
+      })
+
+    // While this process stands by, the checkpoint another process saves, every 50 ms. Never fails.
+    const standbyPoll = (name: string, position: number, runner: Runner): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        while (true) {
+          if (runner.latest.state === "standby") {
+            const saved = yield* Effect.orElseSucceed(checkpoints.load(name), () => 0)
+            if (saved >= position) return
+          }
+          yield* Effect.sleep("50 millis")
+        }
       })
 
     const service: ProjectionsService = {
@@ -290,6 +310,8 @@ export const make = (
             runner.waiters.add(waiter)
             return Effect.sync(() => runner.waiters.delete(waiter))
           }).pipe(
+            // in a standby process the projection runs elsewhere: its saved checkpoint tells
+            (waiting) => Effect.raceFirst(waiting, standbyPoll(name, position, runner)),
             Effect.timeoutFail({
               duration: timeout,
               onTimeout: () => new ProjectionTimeout({ projection: name, position, checkpoint: runner.latest.checkpoint })
@@ -297,33 +319,44 @@ export const make = (
           )),
       resume: (name) =>
         Effect.flatMap(find(name), (runner) =>
-          Effect.flatMap(SubscriptionRef.get(runner.status), (s) =>
-            s.state !== "failed"
-              ? Effect.fail(new ProjectionStateError({ projection: name, state: s.state, reason: "only a failed projection resumes" }))
-              : Effect.gen(function*() {
-                // answered once the runner has left the failed state, so that what the caller does next (an
-                // awaitPosition) sees it running
-                const done = yield* Deferred.make<void>()
-                yield* Queue.offer(runner.control, { _tag: "resume", done })
-                yield* Deferred.await(done)
-              }))),
+          Effect.gen(function*() {
+            // the failure is claimed here, once: a second resume or park of the same failure is refused
+            const stop = runner.stop
+            runner.stop = undefined
+            if (stop === undefined) {
+              return yield* new ProjectionStateError({
+                projection: name,
+                state: runner.latest.state,
+                reason: "only a failed projection resumes (once)"
+              })
+            }
+            // answered once the runner has left the failed state, so that what the caller does next (an
+            // awaitPosition) sees it running
+            const done = yield* Deferred.make<void, ProjectionStateError>()
+            yield* Queue.offer(runner.control, { _tag: "resume", stop, done })
+            return yield* Deferred.await(done)
+          })),
       park: (name) =>
         Effect.flatMap(find(name), (runner) =>
           Effect.gen(function*() {
-            const s = yield* SubscriptionRef.get(runner.status)
             const stop = runner.stop
-            if (s.state !== "failed" || stop === undefined) {
-              return yield* new ProjectionStateError({ projection: name, state: s.state, reason: "only a failed projection parks the event it stopped on" })
+            if (stop === undefined) {
+              return yield* new ProjectionStateError({
+                projection: name,
+                state: runner.latest.state,
+                reason: "only a failed projection parks the event it stopped on (once)"
+              })
             }
             if (!stop.parkable) {
               return yield* new ProjectionStateError({
                 projection: name,
-                state: s.state,
+                state: runner.latest.state,
                 reason: `it did not stop on an event (${stop.failure.reason}); resume it instead`
               })
             }
+            runner.stop = undefined
             const done = yield* Deferred.make<ParkedEvent, ProjectionFailed | ProjectionStateError>()
-            yield* Queue.offer(runner.control, { _tag: "park", done })
+            yield* Queue.offer(runner.control, { _tag: "park", stop, done })
             return yield* Deferred.await(done)
           })),
       parked: (name) => Effect.flatMap(find(name), () => checkpoints.parked(name)),
@@ -337,13 +370,27 @@ export const make = (
               reason: "it has no reset (nor tables, for a blue/green rebuild): a rebuild needs one to empty the read model"
             })
           }
+          const state = runner.latest.state
+          if (state === "standby" || state === "stopped") {
+            return yield* new ProjectionStateError({
+              projection: name,
+              state,
+              reason: state === "standby" ? "another process runs it: rebuild it there" : "its layer has stopped"
+            })
+          }
           const done = yield* Deferred.make<void, ProjectionStateError | StoreError>()
-          yield* Queue.offer(runner.rebuilds, done)
+          yield* Queue.offer(runner.control, { _tag: "rebuild", done })
           yield* Deferred.await(done)
           return runner.status.changes.pipe(
             Stream.takeUntil((s) => s.state !== "rebuilding"),
-            Stream.mapEffect((s) =>
-              s.state === "failed" && s.failure !== undefined ? Effect.fail(s.failure) : Effect.succeed(s.rebuild)
+            Stream.mapEffect((s): Effect.Effect<RebuildProgress | undefined, ProjectionFailed | ProjectionStateError> =>
+              s.state === "failed" && s.failure !== undefined
+                ? Effect.fail(s.failure)
+                : s.state === "standby" || s.state === "stopped"
+                ? Effect.fail(
+                  new ProjectionStateError({ projection: name, state: s.state, reason: "the rebuild was cut short" })
+                )
+                : Effect.succeed(s.rebuild)
             ),
             Stream.filter((p): p is RebuildProgress => p !== undefined)
           )
@@ -518,7 +565,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   const handleOne = (event: RecordedEvent): Effect.Effect<void, EventFailure, unknown> => {
     const decoded = projection.events.decode(event)
     if (Either.isLeft(decoded)) return Effect.fail(new EventFailure(event, decoded.left.message, false))
-    return handlers[event.type]!(decoded.right).pipe(
+    return Effect.suspend(() => handlers[event.type]!(decoded.right)).pipe(
       Effect.catchAllCause((cause) =>
         Cause.isInterruptedOnly(cause)
           ? Effect.failCause(cause as Cause.Cause<never>)
@@ -531,7 +578,9 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     handlers[event.type] !== undefined && (streamTypes === undefined || streamTypes.has(event.streamType))
 
   /** Commits `events` (consecutive in the log) as one batch; fails with the reason to stop. */
-  const batch = (events: ReadonlyArray<RecordedEvent>): Effect.Effect<void, Stop | CheckpointConflict> => {
+  const batch = (all: ReadonlyArray<RecordedEvent>): Effect.Effect<void, Stop | CheckpointConflict> => {
+    // never behind the checkpoint: whatever a read hands back at or before it was dealt with already
+    const events = all.length > 0 && all[0]!.position <= position ? all.filter((e) => e.position > position) : all
     if (events.length === 0) return Effect.void
     const last = events[events.length - 1]!
     const to = last.position
@@ -624,9 +673,13 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
 
   // Reads the log from where it is, for ever; stops only on a failure.
   const consume: Effect.Effect<never, Stop | CheckpointConflict> = Effect.suspend(() =>
-    store.subscribe({ fromPosition: position, pageSize: batchSize }).pipe(
-      Stream.mapError((e) => ({ read: e })),
-      Stream.runForEachChunk((chunk) => Effect.mapError(handleChunk(chunk), (e) => ({ handled: e }))),
+    // each attempt (a retry after a read error too) reads from where the runner has got to
+    Effect.suspend(() =>
+      store.subscribe({ fromPosition: position, pageSize: batchSize }).pipe(
+        Stream.mapError((e) => ({ read: e })),
+        Stream.runForEachChunk((chunk) => Effect.mapError(handleChunk(chunk), (e) => ({ handled: e })))
+      )
+    ).pipe(
       Effect.retry({
         schedule: retry,
         while: (e) => "read" in e && e.read._tag === "StoreError"
@@ -655,7 +708,9 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   const statementHandlers = statementsOf
   const MOVE = `UPDATE ${tables.projections} SET position = ?, updated_at = ? WHERE name = ? AND position = ? AND owner = ?`
   const PARK = `INSERT INTO ${tables.parked} (projection, position, event_id, stream_id, event_type, reason, parked_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?)`
+    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (projection, position) DO UPDATE SET event_id = excluded.event_id,
+    stream_id = excluded.stream_id, event_type = excluded.event_type, reason = excluded.reason,
+    parked_at = excluded.parked_at`
 
   interface SyncOutcome {
     readonly count: number
@@ -730,12 +785,15 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
 
   /** A batch on the synchronous road; `undefined` when the writer is busy now. */
   let seen = 0
+  let busy = 0
   const syncStep = (commands: SyncCommands) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
       Effect.suspend((): Effect.Effect<SyncOutcome | undefined, EventFailure | CheckpointConflict | StoreError> => {
         try {
           seen = commits?.signal.version ?? 0
-          const out = commands.run(undefined, (tx) => syncBatch(tx, now))
+          // after a few tries that found the writer busy, the batch goes in between two groups anyway: under a
+          // steady stream of appends the writer may never be idle
+          const out = commands.run(undefined, (tx) => syncBatch(tx, now), busy >= 3)
           return Effect.succeed(out?.value)
         } catch (e) {
           if (e instanceof DriverFailure) return Effect.fail(e.cause)
@@ -756,7 +814,6 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   }
 
   const consumeSync = (commands: SyncCommands): Effect.Effect<never, Stop | CheckpointConflict> => {
-    let busy = 0
     const step: Effect.Effect<void, Stop | CheckpointConflict> = syncStep(commands).pipe(
       Effect.retry({
         schedule: retry,
@@ -883,6 +940,23 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     return yield* (sync !== undefined ? consumeSync(sync) : consume)
   })
 
+  // A defect (a handler or migration that throws, a bug) stops the projection like a failure, with its reason.
+  const attemptSafely: Effect.Effect<never, Stop | CheckpointConflict> = attempt.pipe(
+    Effect.catchAllDefect((defect) =>
+      Effect.fail({
+        failure: new ProjectionFailed({
+          projection: name,
+          position: position + 1,
+          eventId: "",
+          streamId: "",
+          eventType: "",
+          reason: `unexpected: ${reasonOf(Cause.die(defect))}`
+        }),
+        parkable: false
+      } satisfies Stop)
+    )
+  )
+
   /** Resets the read model and the checkpoint for a rebuild; answers the request. */
   const startRebuild = (done: Deferred.Deferred<void, ProjectionStateError | StoreError>) =>
     Effect.gen(function*() {
@@ -891,7 +965,11 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         return yield* Deferred.fail(done, new ProjectionStateError({ projection: name, state: runner.latest.state, reason: "it has no reset" }))
       }
       const total = yield* Effect.orElseSucceed(store.head, () => knownHead)
-      const reset = yield* Effect.either(provide(checkpoints.reset(name, owner, projection.reset)))
+      const reset = yield* Effect.either(
+        provide(checkpoints.reset(name, owner, projection.reset)).pipe(
+          Effect.catchAllDefect((defect) => Effect.fail(new StoreError({ operation: "projection.reset", cause: defect })))
+        )
+      )
       if (Either.isLeft(reset)) {
         const e = reset.left
         if (e instanceof CheckpointConflict) {
@@ -936,7 +1014,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         if (!(yield* checkpoints.acquire(shadow, owner, ttl))) {
           return yield* new StoreError({ operation: "projection.rebuild", cause: `${shadow} is held by another runner` })
         }
-      }))
+      }).pipe(Effect.catchAllDefect((defect) => Effect.fail(new StoreError({ operation: "projection.rebuild", cause: defect })))))
       if (Either.isLeft(prepared)) {
         const e = prepared.left
         return yield* Deferred.fail(done, e instanceof StoreError ? e : new StoreError({ operation: "projection.rebuild", cause: e }))
@@ -983,9 +1061,13 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
           }
         )
       )
-      const at = yield* switched
-      setTarget({ row: name, generation })
-      saved = position = at
+      // the switch in the database and this runner's own go together (a rebuild request or a lost lease must not
+      // come in between)
+      yield* Effect.uninterruptible(Effect.tap(switched, (at) =>
+        Effect.sync(() => {
+          setTarget({ row: name, generation })
+          saved = position = at
+        })))
       yield* Effect.logInfo(`projection ${name}: generation ${generation} is active`)
     })
 
@@ -994,11 +1076,13 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   const active: Effect.Effect<never, CheckpointConflict> = Effect.gen(function*() {
     while (true) {
       const ran = yield* Effect.raceFirst(
-        Effect.map(Effect.flip(attempt), (stop) => ({ stop }) as const),
-        Effect.map(Queue.take(runner.rebuilds), (request) => ({ request }) as const)
+        Effect.map(Effect.flip(attemptSafely), (stop) => ({ stop }) as const),
+        Effect.map(Queue.take(runner.control), (command) => ({ command }) as const)
       )
-      if ("request" in ran) {
-        yield* startRebuild(ran.request)
+      if ("command" in ran) {
+        // only a rebuild reaches a running projection (resume and park need a failure to claim)
+        if (ran.command._tag === "rebuild") yield* startRebuild(ran.command.done)
+        else yield* refuse(ran.command, new ProjectionStateError({ projection: name, state: runner.latest.state, reason: "it is running" }))
         continue
       }
       const stop = ran.stop
@@ -1011,20 +1095,29 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       yield* Metric.increment(failuresMetric)
       yield* update((s) => ({ ...s, state: "failed", failure: stop.failure }))
       yield* Effect.logError(`projection ${name} stopped: ${stop.failure.message}`)
-      const next = yield* Effect.raceFirst(
-        Effect.map(Queue.take(runner.control), (command) => ({ command }) as const),
-        Effect.map(Queue.take(runner.rebuilds), (request) => ({ request }) as const)
-      )
+      const command = yield* Queue.take(runner.control)
       runner.stop = undefined
-      if ("request" in next) {
-        yield* startRebuild(next.request)
+      if (command._tag === "rebuild") {
+        yield* startRebuild(command.done)
         continue
       }
-      if (next.command._tag === "park") parkAt = { stop, done: next.command.done }
+      if (command._tag === "park") parkAt = { stop: command.stop, done: command.done }
       yield* update((s) => ({ ...s, state: "catching-up", failure: undefined }))
-      if (next.command._tag === "resume") yield* Deferred.succeed(next.command.done, undefined)
+      if (command._tag === "resume") yield* Deferred.succeed(command.done, undefined)
     }
   })
+
+  /** Answers every command still queued, and a park in progress, with why it will not be carried out. */
+  const refuseAll = (state: string, reason: string) =>
+    Effect.gen(function*() {
+      const error = new ProjectionStateError({ projection: name, state, reason })
+      for (const command of yield* Queue.takeAll(runner.control)) yield* refuse(command, error)
+      if (parkAt !== undefined) {
+        yield* Deferred.fail(parkAt.done, error)
+        parkAt = undefined
+      }
+      runner.stop = undefined
+    })
 
   const acquire = Effect.flatMap(checkpoints.acquire(name, owner, ttl), (ok) => ok ? Effect.void : Effect.fail("held"))
   const renewEvery = Duration.millis(Math.max(5, Math.floor(Duration.toMillis(ttl) / 3)))
@@ -1045,25 +1138,42 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     }
   })
 
+  // standby: ask for the lease until it is ours (a store that fails meanwhile is logged, not fatal)
+  const waitForLease = Effect.retry(
+    Effect.tapError(acquire, (e) =>
+      typeof e === "string" ? Effect.void : Effect.logWarning(`projection ${name}: cannot take the lease: ${e.message}`)),
+    Schedule.spaced(renewEvery)
+  ).pipe(Effect.orElse(() => Effect.never))
+
   const cycle = Effect.gen(function*() {
     yield* setState("standby")
-    // standby: ask for the lease until it is ours
-    yield* Effect.retry(acquire, Schedule.spaced(renewEvery)).pipe(Effect.orElse(() => Effect.never))
+    yield* waitForLease
     const lost = yield* Effect.flip(Effect.raceFirst(active, keepLease))
-    // a park waiting on this run is answered
-    if (parkAt !== undefined) {
-      yield* Deferred.fail(parkAt.done, new ProjectionStateError({ projection: name, state: "standby", reason: "the lease went to another process" }))
-      parkAt = undefined
-    }
+    // a blue/green rebuild in progress is abandoned (the next one starts over); whatever waits on this run is answered
+    rebuilding = undefined
+    yield* refuseAll("standby", "the lease went to another process")
     yield* Effect.logWarning(`projection ${name}: ${lost instanceof LeaseLost ? "lost its lease" : lost.message}; standing by`)
     yield* Effect.ignore(checkpoints.release(name, owner))
-  })
+  }).pipe(
+    // a safety net: nothing but interruption ends the runner; anything unexpected is logged and the cycle starts over
+    Effect.catchAllCause((cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.failCause(cause)
+        : Effect.zipRight(
+          Effect.logError(`projection ${name}: unexpected failure, starting over in 1 s`, cause),
+          Effect.zipRight(Effect.ignore(checkpoints.release(name, owner)), Effect.sleep("1 second"))
+        )
+    )
+  )
 
   return Effect.forever(cycle).pipe(
     Effect.onInterrupt(() =>
       Effect.zipRight(
-        Effect.ignore(Effect.timeout(checkpoints.release(name, owner), "2 seconds")),
-        update((s) => ({ ...s, state: "stopped" }))
+        Effect.zipRight(
+          Effect.ignore(Effect.timeout(checkpoints.release(name, owner), "2 seconds")),
+          update((s) => ({ ...s, state: "stopped" }))
+        ),
+        refuseAll("stopped", "its layer has stopped")
       )
     )
   )

@@ -87,6 +87,12 @@ export const make = (
           return []
         },
         runSync: (sql, params) => prepare(sql).run(...params),
+        runAnySync: (sql, params) => {
+          const statement = prepare(sql)
+          if (!statement.reader) return statement.run(...params).changes
+          statement.all(...params)
+          return 0
+        },
         prepareSync: (texts) => {
           for (const sql of texts) prepare(sql)
         },

@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
 import { Event, EventStore, Projection } from "effect-eventstore"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
@@ -109,6 +110,12 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
         return [...new Set(seen)]
       })
 
+    // waits until the projection has started (its migrations applied) and caught up
+    const live = (projections: Projection.ProjectionsService, name: string) =>
+      Stream.runHead(Stream.filter(projections.changes(name), (st) => st.state === "live")).pipe(
+        Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error(`${name} never went live`) })
+      )
+
     const options = (extra: Partial<Projection.Options> = {}): Projection.Options => ({
       leaseTtl: "1 second",
       ...extra
@@ -201,15 +208,16 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
           const name = `m${uid()}`
           yield* Effect.scoped(Effect.gen(function*() {
             const projections = yield* Projection.start([recorder(model, { name, init: 2 })], options())
-            yield* projections.awaitPosition(name, 0, "10 seconds")
+            yield* live(projections, name)
           }))
+          expect(yield* model.migrations(name)).toEqual([1, 2])
           yield* Effect.scoped(Effect.gen(function*() {
             const projections = yield* Projection.start([recorder(model, { name, init: 2 })], options())
-            yield* projections.awaitPosition(name, 0, "10 seconds")
+            yield* live(projections, name)
           }))
           expect(yield* model.migrations(name)).toEqual([1, 2])
           const projections = yield* Projection.start([recorder(model, { name, init: 3 })], options())
-          yield* projections.awaitPosition(name, 0, "10 seconds")
+          yield* live(projections, name)
           expect(yield* model.migrations(name)).toEqual([1, 2, 3])
         })))
 
@@ -268,7 +276,12 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
           const projections = yield* Projection.start([p], options({ retry: Schedule.recurs(1), batchSize: 10 }))
           yield* Effect.flip(projections.awaitPosition(p.name, r.position, "20 seconds"))
           broken = false
-          yield* projections.resume(p.name)
+          // a second resume of the same failure is refused, not queued for a later one
+          const [first, second] = yield* Effect.all(
+            [Effect.either(projections.resume(p.name)), Effect.either(projections.resume(p.name))],
+            { concurrency: "unbounded" }
+          )
+          expect([first._tag, second._tag].sort()).toEqual(["Left", "Right"])
           yield* projections.awaitPosition(p.name, r.position, "10 seconds")
           expect(yield* seenBy(model, p.name)).toEqual([r.position])
           expect(yield* Effect.flip(projections.resume(p.name))).toMatchObject({ _tag: "ProjectionStateError" })
@@ -326,10 +339,17 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
           const second = yield* Projection.start([p], options())
           yield* Effect.sleep("300 millis")
           expect((yield* second.status(p.name)).state).toBe("standby")
+          // read-your-writes from the standby process: it follows the checkpoint the active one saves
+          const r0 = yield* store.append(`${s}-1`, [added(5)])
+          yield* second.awaitPosition(p.name, r0.position, "10 seconds")
+          expect(yield* Effect.flip(Stream.runDrain(second.rebuild(p.name)))).toMatchObject({
+            _tag: "ProjectionStateError",
+            state: "standby"
+          })
           yield* Fiber.interrupt(first)
           const r = yield* store.append(`${s}-1`, [added(2)])
           yield* second.awaitPosition(p.name, r.position, "10 seconds")
-          expect(yield* seenBy(model, p.name)).toHaveLength(2)
+          expect(yield* seenBy(model, p.name)).toHaveLength(3)
         })))
 
     it.live("rebuild: resets, replays with progress while appends go on, and ends as the first build did", () =>
@@ -367,6 +387,90 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
             _tag: "ProjectionStateError"
           })
         })), 30_000)
+
+    it.live("a handler that throws (a defect) stops that projection as a failure; it does not die", () =>
+      run(() =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          const r = yield* store.append(`T${uid()}-1`, [added(1)])
+          const p = Projection.make({
+            name: `t${uid()}`,
+            events: Events,
+            handlers: {
+              Added: (): Effect.Effect<void> => {
+                throw new Error("boom")
+              }
+            }
+          })
+          const projections = yield* Projection.start([p], options({ retry: Schedule.recurs(0) }))
+          const failure = yield* Effect.flip(projections.awaitPosition(p.name, r.position, "10 seconds"))
+          expect(failure).toMatchObject({ _tag: "ProjectionFailed", position: r.position })
+          expect((failure as Projection.ProjectionFailed).reason).toContain("boom")
+          expect((yield* projections.status(p.name)).state).toBe("failed")
+        })))
+
+    it.live("the checkpoint store: a commit from the wrong position or owner writes nothing; leases; parked events", () =>
+      run(({ model }) =>
+        Effect.gen(function*() {
+          const checkpoints = yield* Projection.CheckpointStore
+          const p = `c${uid()}`
+          yield* model.init(p)
+          expect(yield* checkpoints.acquire(p, "a", Duration.seconds(30))).toBe(true)
+          expect(yield* checkpoints.acquire(p, "b", Duration.seconds(30))).toBe(false)
+          expect(yield* checkpoints.load(p)).toBe(0)
+          const event = { position: 5 } as Event.RecordedEvent
+          yield* checkpoints.commit(p, "a", 0, 5, model.add(p, event))
+          expect(yield* checkpoints.load(p)).toBe(5)
+          const conflicts = [
+            checkpoints.commit(p, "a", 0, 9, model.add(p, { position: 9 } as Event.RecordedEvent)),
+            checkpoints.commit(p, "b", 5, 9, model.add(p, { position: 9 } as Event.RecordedEvent)),
+            checkpoints.commit(p, "a", 5, 5, model.add(p, { position: 9 } as Event.RecordedEvent))
+          ]
+          for (const commit of conflicts) {
+            expect(yield* Effect.flip(commit)).toMatchObject({ _tag: "CheckpointConflict" })
+          }
+          expect(yield* checkpoints.load(p)).toBe(5)
+          if (checkpoints.exactlyOnce) expect(yield* model.seen(p)).toEqual([5])
+          // a lease that expired is taken; a released one at once
+          expect(yield* checkpoints.acquire(p, "a", Duration.millis(1))).toBe(true)
+          yield* Effect.sleep("20 millis")
+          expect(yield* checkpoints.acquire(p, "b", Duration.seconds(30))).toBe(true)
+          yield* checkpoints.release(p, "b")
+          expect(yield* checkpoints.acquire(p, "a", Duration.seconds(30))).toBe(true)
+          // parking the same position twice keeps one record (a rebuild may stop on it again)
+          const parked = (reason: string): Projection.ParkedEvent => ({
+            projection: p,
+            position: 7,
+            eventId: "e",
+            streamId: "s",
+            eventType: "Added",
+            reason,
+            parkedAt: 1
+          })
+          yield* checkpoints.commit(p, "a", 5, 7, Effect.void, parked("first"))
+          yield* checkpoints.reset(p, "a", Effect.void)
+          expect(yield* checkpoints.load(p)).toBe(0)
+          yield* checkpoints.commit(p, "a", 0, 7, Effect.void, parked("again"))
+          expect((yield* checkpoints.parked(p)).map((e) => e.reason)).toEqual(["again"])
+          // migrations: each id once
+          expect(yield* checkpoints.migrate(p, 1, Effect.void)).toBe(true)
+          expect(yield* checkpoints.migrate(p, 1, Effect.void)).toBe(false)
+          // generations: promote takes the shadow's checkpoint; discard forgets one
+          expect(yield* checkpoints.generation(p)).toBe(1)
+          const shadow = `${p}#g2`
+          yield* checkpoints.acquire(shadow, "a", Duration.seconds(30))
+          yield* checkpoints.commit(shadow, "a", 0, 11, Effect.void)
+          expect(yield* Effect.flip(checkpoints.promote(p, "b", shadow, 2, Effect.void))).toMatchObject({
+            _tag: "CheckpointConflict"
+          })
+          expect(yield* checkpoints.promote(p, "a", shadow, 2, Effect.void)).toBe(11)
+          expect(yield* checkpoints.generation(p)).toBe(2)
+          expect(yield* checkpoints.load(p)).toBe(11)
+          expect(yield* checkpoints.load(shadow)).toBe(0)
+          yield* checkpoints.migrate(`${p}#g3`, 1, Effect.void)
+          yield* checkpoints.discard(`${p}#g3`)
+          expect(yield* checkpoints.migrate(`${p}#g3`, 1, Effect.void)).toBe(true)
+        })))
 
     it.live("bad options are InvalidInput", () =>
       run(({ model }) =>
