@@ -345,9 +345,15 @@ export interface CheckpointStoreService {
   readonly exactlyOnce: boolean
   /**
    * Takes or renews the projection's lease for `owner` until `ttl` from now; `false` when another owner holds an
-   * unexpired one. Creates the projection's checkpoint at 0 the first time.
+   * unexpired one. Creates the projection's checkpoint at 0 the first time. With `renew`, only a lease `owner`
+   * still holds is extended (one that was taken over or released in between is not taken back).
    */
-  readonly acquire: (projection: string, owner: string, ttl: Duration.Duration) => Effect.Effect<boolean, StoreError>
+  readonly acquire: (
+    projection: string,
+    owner: string,
+    ttl: Duration.Duration,
+    renew?: boolean
+  ) => Effect.Effect<boolean, StoreError>
   /** Gives the lease up (a standby can take over at once). */
   readonly release: (projection: string, owner: string) => Effect.Effect<void, StoreError>
   /** The saved checkpoint: the position of the last event dealt with; 0 before the first. */

@@ -95,13 +95,16 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
 
   const service: CheckpointStoreService = {
     exactlyOnce: true,
-    acquire: (projection, owner, ttl) =>
+    acquire: (projection, owner, ttl, renew) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        sql<{ owner: unknown }>`INSERT INTO ${sql(P)} (name, position, owner, lease_until, updated_at)
-          VALUES (${projection}, 0, ${owner}, ${now + Duration.toMillis(ttl)}, ${now})
-          ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
-          WHERE ${sql(P)}.owner IS NULL OR ${sql(P)}.owner = excluded.owner OR ${sql(P)}.lease_until < ${now}
-          RETURNING owner`.withoutTransform).pipe(
+        (renew === true
+          ? sql<{ owner: unknown }>`UPDATE ${sql(P)} SET lease_until = ${now + Duration.toMillis(ttl)}
+              WHERE name = ${projection} AND owner = ${owner} RETURNING owner`.withoutTransform
+          : sql<{ owner: unknown }>`INSERT INTO ${sql(P)} (name, position, owner, lease_until, updated_at)
+              VALUES (${projection}, 0, ${owner}, ${now + Duration.toMillis(ttl)}, ${now})
+              ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+              WHERE ${sql(P)}.owner IS NULL OR ${sql(P)}.owner = excluded.owner OR ${sql(P)}.lease_until < ${now}
+              RETURNING owner`.withoutTransform)).pipe(
           Effect.map((rows) => rows.length === 1),
           Effect.mapError(storeError("projection.acquire"))
         ),
@@ -124,7 +127,7 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
             work,
             park === undefined ? Effect.void : sql`INSERT INTO ${sql(K)}
               (projection, position, event_id, stream_id, event_type, reason, parked_at)
-              VALUES (${projection}, ${park.position}, ${park.eventId}, ${park.streamId}, ${park.eventType},
+              VALUES (${park.projection}, ${park.position}, ${park.eventId}, ${park.streamId}, ${park.eventType},
                 ${park.reason}, ${park.parkedAt})
               ON CONFLICT (projection, position) DO UPDATE SET event_id = excluded.event_id,
                 stream_id = excluded.stream_id, event_type = excluded.event_type, reason = excluded.reason,

@@ -11,6 +11,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
@@ -82,10 +83,12 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
     })
   return {
     exactlyOnce: false,
-    acquire: (projection, owner, ttl) =>
+    acquire: (projection, owner, ttl, renew) =>
       Effect.map(Clock.currentTimeMillis, (now) => {
         const r = row(projection)
-        if (r.owner !== undefined && r.owner !== owner && r.leaseUntil >= now) return false
+        if (renew === true ? r.owner !== owner : r.owner !== undefined && r.owner !== owner && r.leaseUntil >= now) {
+          return false
+        }
         r.owner = owner
         r.leaseUntil = now + Duration.toMillis(ttl)
         return true
@@ -106,10 +109,10 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
         Effect.zipRight(Effect.sync(() => {
           row(projection).position = to
           if (park !== undefined) {
-            const list = (parked.get(projection) ?? []).filter((p) => p.position !== park.position)
+            const list = (parked.get(park.projection) ?? []).filter((p) => p.position !== park.position)
             list.push(park)
             list.sort((a, b) => a.position - b.position)
-            parked.set(projection, list)
+            parked.set(park.projection, list)
           }
         }))
       ),
@@ -591,7 +594,13 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     })
     if (handled.length === 0) return done
     const work = Effect.forEach(handled, handleOne, { discard: true })
-    return Effect.suspend(() => Effect.uninterruptible(provide(checkpoints.commit(target.row, owner, saved, to, work)))).pipe(
+    // the commit and this runner's note of it go together
+    const commit = Effect.suspend(() =>
+      Effect.uninterruptible(
+        Effect.tap(provide(checkpoints.commit(target.row, owner, saved, to, work)), () => Effect.sync(() => (saved = to)))
+      )
+    )
+    return commit.pipe(
       Effect.retry({
         schedule: retry,
         while: (e) => (e as { _tag?: string })._tag === "StoreError" || (e instanceof EventFailure && e.retryable)
@@ -602,7 +611,6 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         const reason = e instanceof StoreError ? e.message : String(e)
         return Effect.fail({ failure: failureOf(handled[0]!, reason), parkable: false })
       }),
-      Effect.zipRight(Effect.sync(() => (saved = to))),
       Effect.zipRight(done)
     )
   }
@@ -620,13 +628,20 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         reason: f.reason,
         parkedAt: yield* Clock.currentTimeMillis
       }
-      yield* Effect.uninterruptible(provide(checkpoints.commit(target.row, owner, saved, f.position, Effect.void, parked))).pipe(
+      // the commit, this runner's note of it and the answer to the operator go together
+      yield* Effect.suspend(() =>
+        Effect.uninterruptible(
+          Effect.tap(provide(checkpoints.commit(target.row, owner, saved, f.position, Effect.void, parked)), () =>
+            Effect.sync(() => {
+              saved = position = f.position
+              parkAt = undefined
+              Deferred.unsafeDone(at.done, Exit.succeed(parked))
+            }))
+        )
+      ).pipe(
         Effect.retry({ schedule: retry, while: (e) => e._tag === "StoreError" }),
         Effect.catchTag("StoreError", (e) => Effect.fail({ failure: new ProjectionFailed({ ...f, reason: e.message }), parkable: true } satisfies Stop))
       )
-      saved = position = f.position
-      parkAt = undefined
-      yield* Deferred.succeed(at.done, parked)
       yield* Effect.logWarning(`projection ${name}: parked the event at position ${f.position} (${f.eventType}): ${f.reason}`)
       yield* afterBatch(1, parked.parkedAt)
     })
@@ -718,6 +733,8 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     readonly lastRecordedAt: number
     readonly committed: boolean
     readonly parked: ParkedEvent | undefined
+    /** The batch read the log to its end (inside its transaction). */
+    readonly caughtUp: boolean
   }
 
   const driver = (operation: string) => (cause: unknown) => new DriverFailure(new StoreError({ operation, cause }))
@@ -727,9 +744,12 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   /** One batch inside a `BEGIN IMMEDIATE` on the writer: read, handle, move the checkpoint; throws to roll back. */
   const syncBatch = (tx: CommandTransaction, now: number): { readonly commit: boolean; readonly value: SyncOutcome } => {
     const rows = tx.logRows(position, batchSize)
-    if (rows.length === 0) return { commit: false, value: { count: 0, last: position, lastRecordedAt: now, committed: false, parked: undefined } }
+    if (rows.length === 0) {
+      return { commit: false, value: { count: 0, last: position, lastRecordedAt: now, committed: false, parked: undefined, caughtUp: true } }
+    }
     let handledCount = 0
     let parked: ParkedEvent | undefined = undefined
+    let end = rows[rows.length - 1]!
     const at = parkAt
     for (const row of rows) {
       if (at !== undefined && row.position === at.stop.failure.position) {
@@ -740,7 +760,9 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         } catch (cause) {
           throw driver("projection.park")(cause)
         }
-        continue
+        // the batch ends at the parked event, so that a failure after it cannot take the park back
+        end = row
+        break
       }
       const handler = statementHandlers![row.type]
       if (handler === undefined || (streamTypes !== undefined && !streamTypes.has(row.streamType))) continue
@@ -770,8 +792,10 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       }
       handledCount++
     }
-    const last = rows[rows.length - 1]!
-    const value = { count: rows.length, last: last.position, lastRecordedAt: last.recordedAt, committed: false, parked }
+    const last = end
+    const count = parked === undefined ? rows.length : rows.indexOf(end) + 1
+    const caughtUp = parked === undefined && rows.length < batchSize
+    const value = { count, last: last.position, lastRecordedAt: last.recordedAt, committed: false, parked, caughtUp }
     if (handledCount === 0 && parked === undefined) return { commit: false, value }
     let changes: number
     try {
@@ -794,6 +818,15 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
           // after a few tries that found the writer busy, the batch goes in between two groups anyway: under a
           // steady stream of appends the writer may never be idle
           const out = commands.run(undefined, (tx) => syncBatch(tx, now), busy >= 3)
+          // what was committed is noted at once, with nothing in between (and a park answered)
+          if (out !== undefined && out.value.count > 0) {
+            if (out.value.committed) saved = out.value.last
+            position = out.value.last
+            if (out.value.parked !== undefined && parkAt !== undefined) {
+              Deferred.unsafeDone(parkAt.done, Exit.succeed(out.value.parked))
+              parkAt = undefined
+            }
+          }
           return Effect.succeed(out?.value)
         } catch (e) {
           if (e instanceof DriverFailure) return Effect.fail(e.cause)
@@ -833,21 +866,14 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         }
         busy = 0
         if (out.count === 0) return nextCommit(seen)
-        return Effect.suspend(() => {
-          if (out.committed) saved = out.last
-          position = out.last
-          const done = afterBatch(out.count, out.lastRecordedAt, out.count < batchSize)
-          if (out.parked === undefined || parkAt === undefined) return done
-          const at = parkAt
-          parkAt = undefined
-          return Effect.zipRight(
-            Effect.zipRight(
-              Deferred.succeed(at.done, out.parked),
-              Effect.logWarning(`projection ${name}: parked the event at position ${out.parked.position} (${out.parked.eventType}): ${out.parked.reason}`)
-            ),
-            done
-          )
-        })
+        const done = afterBatch(out.count, out.lastRecordedAt, out.caughtUp)
+        if (out.parked === undefined) return done
+        return Effect.zipRight(
+          Effect.logWarning(
+            `projection ${name}: parked the event at position ${out.parked.position} (${out.parked.eventType}): ${out.parked.reason}`
+          ),
+          done
+        )
       })
     )
     // not `Effect.forever`, whose yield after each batch can be a timer (1 ms): the event loop gets a turn when the
@@ -1066,7 +1092,9 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       yield* Effect.uninterruptible(Effect.tap(switched, (at) =>
         Effect.sync(() => {
           setTarget({ row: name, generation })
-          saved = position = at
+          // the new generation's saved checkpoint may be behind the events it skipped: those need no handling again
+          saved = at
+          position = Math.max(position, at)
         })))
       yield* Effect.logInfo(`projection ${name}: generation ${generation} is active`)
     })
@@ -1085,8 +1113,24 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         else yield* refuse(ran.command, new ProjectionStateError({ projection: name, state: runner.latest.state, reason: "it is running" }))
         continue
       }
-      const stop = ran.stop
+      let stop = ran.stop
       if (stop instanceof CheckpointConflict) return yield* stop
+      if (rebuilding?.shadow !== undefined) {
+        // a blue/green rebuild that fails is abandoned: the active generation goes on at resume, and the next rebuild
+        // starts over
+        const f = stop.failure
+        stop = {
+          failure: new ProjectionFailed({
+            projection: f.projection,
+            position: f.position,
+            eventId: f.eventId,
+            streamId: f.streamId,
+            eventType: f.eventType,
+            reason: `while building generation ${rebuilding.shadow} (abandoned; resume goes on with the active one): ${f.reason}`
+          }),
+          parkable: false
+        }
+      }
       const pending = parkAt
       parkAt = undefined
       if (pending !== undefined) yield* Deferred.fail(pending.done, stop.failure)
@@ -1127,7 +1171,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     let renewed = yield* Clock.currentTimeMillis
     while (true) {
       yield* Effect.sleep(renewEvery)
-      const result = yield* Effect.either(checkpoints.acquire(name, owner, ttl))
+      const result = yield* Effect.either(checkpoints.acquire(name, owner, ttl, true))
       const now = yield* Clock.currentTimeMillis
       if (Either.isRight(result)) {
         if (!result.right) return yield* Effect.fail(new LeaseLost())

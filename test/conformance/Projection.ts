@@ -435,7 +435,11 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
           expect(yield* checkpoints.acquire(p, "a", Duration.millis(1))).toBe(true)
           yield* Effect.sleep("20 millis")
           expect(yield* checkpoints.acquire(p, "b", Duration.seconds(30))).toBe(true)
+          // a renewal keeps only a lease still held: not one taken over, not one released in between
+          expect(yield* checkpoints.acquire(p, "a", Duration.seconds(30), true)).toBe(false)
+          expect(yield* checkpoints.acquire(p, "b", Duration.seconds(30), true)).toBe(true)
           yield* checkpoints.release(p, "b")
+          expect(yield* checkpoints.acquire(p, "b", Duration.seconds(30), true)).toBe(false)
           expect(yield* checkpoints.acquire(p, "a", Duration.seconds(30))).toBe(true)
           // parking the same position twice keeps one record (a rebuild may stop on it again)
           const parked = (reason: string): Projection.ParkedEvent => ({
