@@ -1007,10 +1007,18 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
           e instanceof StoreError ? e : new StoreError({ operation: "projection.reset", cause: e })
         )
       }
+      yield* beginRebuild(total, undefined, `rebuilding from the beginning (${total} events in the log)`)
+      yield* Deferred.succeed(done, undefined)
+    })
+
+  /** From here the runner replays from 0 (into generation `shadow`'s checkpoint and tables, when given). */
+  const beginRebuild = (total: number, shadow: number | undefined, message: string) =>
+    Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
+      if (shadow !== undefined) setTarget({ row: rowOf(shadow), generation: shadow })
       saved = position = 0
       parkAt = undefined
-      rebuilding = { total, startedAt: now, processed: 0, loggedAt: now, shadow: undefined }
+      rebuilding = { total, startedAt: now, processed: 0, loggedAt: now, shadow }
       runner.stop = undefined
       yield* update((s) => ({
         ...s,
@@ -1019,8 +1027,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         failure: undefined,
         rebuild: { projection: name, processed: 0, total, eventsPerSecond: 0, etaMillis: undefined, done: false }
       }))
-      yield* Effect.logInfo(`projection ${name}: rebuilding from the beginning (${total} events in the log)`)
-      yield* Deferred.succeed(done, undefined)
+      yield* Effect.logInfo(`projection ${name}: ${message}`)
     })
 
   /**
@@ -1045,20 +1052,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         const e = prepared.left
         return yield* Deferred.fail(done, e instanceof StoreError ? e : new StoreError({ operation: "projection.rebuild", cause: e }))
       }
-      const now = yield* Clock.currentTimeMillis
-      setTarget({ row: shadow, generation })
-      saved = position = 0
-      parkAt = undefined
-      rebuilding = { total, startedAt: now, processed: 0, loggedAt: now, shadow: generation }
-      runner.stop = undefined
-      yield* update((s) => ({
-        ...s,
-        state: "rebuilding",
-        checkpoint: 0,
-        failure: undefined,
-        rebuild: { projection: name, processed: 0, total, eventsPerSecond: 0, etaMillis: undefined, done: false }
-      }))
-      yield* Effect.logInfo(`projection ${name}: building generation ${generation} from the beginning (${total} events in the log)`)
+      yield* beginRebuild(total, generation, `building generation ${generation} from the beginning (${total} events in the log)`)
       yield* Deferred.succeed(done, undefined)
     })
 
