@@ -13,7 +13,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { projectionSuite, type ReadModel } from "./conformance/Projection.js"
-import { readModel, replay, Totals } from "./fixtures/totals.js"
+import { readModel, replay, Totals, TotalsSql } from "./fixtures/totals.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-projection-"))
 const dbFile = (name: string) => path.join(dir, `${name}-${crypto.randomUUID().slice(0, 8)}.db`)
@@ -71,9 +71,10 @@ projectionSuite("sqlite :memory:, statement handlers", statements(() => ":memory
 const root = path.resolve(import.meta.dirname, "..")
 
 describe("SQL projections on SQLite", () => {
-  it.live("exactly once across kill -9: after every crash the read model is a full replay up to its checkpoint", () =>
+  for (const mode of ["effect", "sql"] as const) {
+  it.live(`exactly once across kill -9 (${mode} handlers): after every crash the read model is a full replay up to its checkpoint`, () =>
     Effect.gen(function*() {
-      const filename = dbFile("crash")
+      const filename = dbFile(`crash-${mode}`)
       const layer = SqlProjection.layer.pipe(Layer.provideMerge(Sqlite.layer({ filename })))
       yield* Effect.gen(function*() {
         const store = yield* EventStore.EventStore
@@ -107,7 +108,7 @@ describe("SQL projections on SQLite", () => {
             // node itself, with tsx as a loader: the `tsx` command would run the worker in a child process of its
             // own, which a SIGKILL of the command does not reach
             process.execPath,
-            ["--import", "tsx", "--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/projection-worker.ts"), filename],
+            ["--import", "tsx", "--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/projection-worker.ts"), filename, mode],
             { cwd: root, stdio: ["ignore", "pipe", "pipe"] }
           )
           let err = ""
@@ -128,7 +129,7 @@ describe("SQL projections on SQLite", () => {
         }
         yield* Fiber.interrupt(appender)
         // the last restart catches up to the head
-        const projections = yield* Projection.start([Totals], { leaseTtl: "300 millis" })
+        const projections = yield* Projection.start([mode === "sql" ? TotalsSql : Totals], { leaseTtl: "300 millis" })
         const head = yield* store.head
         yield* projections.awaitPosition("totals", head, "30 seconds").pipe(
           Effect.tapError(() => Effect.flatMap(projections.status("totals"), (s) => Effect.logError("status", s)))
@@ -140,6 +141,7 @@ describe("SQL projections on SQLite", () => {
         expect(new Set(checkpoints).size).toBeGreaterThan(10)
       }).pipe(Effect.provide(layer), Effect.scoped)
     }), 180_000)
+  }
 })
 
 describe("inline projections (SQLite)", () => {
