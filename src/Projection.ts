@@ -360,8 +360,8 @@ export interface CheckpointStoreService {
   readonly load: (projection: string) => Effect.Effect<number, StoreError>
   /**
    * Runs `work` and moves the checkpoint from `from` to `to` (and records `park` when given), as one transaction
-   * where the store has them. Fails with `CheckpointConflict`, writing nothing, when the checkpoint is not at `from`
-   * or `owner` no longer holds the lease.
+   * where the store has them. Fails with `CheckpointConflict` when the checkpoint is not at `from`, `to` is not past
+   * it, or `owner` no longer holds the lease: a store with transactions then writes nothing of the batch.
    */
   readonly commit: <E, R>(
     projection: string,
@@ -508,7 +508,9 @@ export interface ProjectionsService {
   /**
    * Skips the event a failed projection stopped on: records it in the parked events (with the failure) together with
    * the checkpoint's move past it, and goes on. Returns what was parked once it is recorded; fails with
-   * `ProjectionFailed` if the projection stops again before it gets there (another event before it failed).
+   * `ProjectionFailed` if the projection stops again before it gets there (another event before it failed), and with
+   * `ProjectionStateError` when the projection is not failed, its failure was already resumed or parked, it did not
+   * stop on an event, or its layer stops or loses the lease first.
    */
   readonly park: (
     name: string
