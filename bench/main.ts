@@ -9,6 +9,7 @@
 import Database from "better-sqlite3"
 import { Aggregate, Event, EventStore, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
+import { INSERT, median, percentile, STREAMS, WARMUP } from "./common.js"
 import { catchupBench, inlineBench, lagBench } from "./projection.js"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -71,25 +72,12 @@ const rawDb = async (filename: string) => {
   return db
 }
 
-const INSERT = `INSERT INTO eventstore_events (event_id, stream_id, stream_type, version, event_type, schema_version,
-  payload, metadata, tenant_id, recorded_at) VALUES (?, ?, ?, ?, ?, 1, ?, NULL, NULL, ?)`
-
 /** One INSERT of `rows` events (the raw multi-row baseline). */
 const insertRows = (rows: number) =>
   `INSERT INTO eventstore_events (event_id, stream_id, stream_type, version, event_type, schema_version, payload,
   metadata, tenant_id, recorded_at) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, 1, ?, NULL, NULL, ?)").join(", ")}`
 
-/**
- * Appends and commands run untimed at the start of each round, raw and library alike: each round opens a new file
- * (and the library a new runtime), and what is measured is the steady state of a running service, not the first
- * calls of a connection (a cold page cache, first calls through new closures).
- */
-const WARMUP = 20
-
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
-
 // --- appends -------------------------------------------------------------------------------------------------------
-const STREAMS = 100
 
 /** Raw appends, `perAppend` events each: one multi-row INSERT per append, or (`rowAtATime`) one INSERT per event. */
 async function rawAppends(count: number, perAppend: number, rowAtATime = false): Promise<number> {
@@ -170,7 +158,6 @@ async function appendBench(name: string, rounds: number, count: number, perAppen
 }
 
 // --- concurrency -------------------------------------------------------------------------------------------------
-const percentile = (xs: ReadonlyArray<number>, p: number) => [...xs].sort((a, b) => a - b)[Math.floor(p * (xs.length - 1))]!
 
 /** `fibers` fibers, each appending single events to its own stream; appends/s and every append's latency (ms). */
 async function libConcurrent(fibers: number, perFiber: number) {

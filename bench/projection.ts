@@ -15,6 +15,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Schema from "effect/Schema"
 import * as fs from "node:fs"
+import { INSERT, median, percentile, STREAMS, WARMUP } from "./common.js"
 
 const BATCH = 500
 
@@ -130,8 +131,6 @@ async function libCatchup(filename: string, effectHandlers = false): Promise<num
   return rate
 }
 
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
-const percentile = (xs: ReadonlyArray<number>, p: number) => [...xs].sort((a, b) => a - b)[Math.floor(p * (xs.length - 1))]!
 
 export async function catchupBench(
   emit: (bench: string, value: number, unit: string, baseline: number) => void,
@@ -214,10 +213,6 @@ export async function lagBench(
   emit("sqlite.projection.lag.p99", percentile(lags, 0.99), "ms", percentile(raw, 0.99))
 }
 
-const INSERT_EVENT = `INSERT INTO eventstore_events (event_id, stream_id, stream_type, version, event_type, schema_version,
-  payload, metadata, tenant_id, recorded_at) VALUES (?, ?, ?, ?, ?, 1, ?, NULL, NULL, ?)`
-const WARMUP = 20
-const STREAMS = 100
 
 /** Raw: per append, one transaction with the event's INSERT and the read model's upsert. Appends/s. */
 async function rawInline(filename: string, count: number): Promise<number> {
@@ -228,7 +223,7 @@ async function rawInline(filename: string, count: number): Promise<number> {
   db.pragma("journal_mode = WAL")
   db.pragma("synchronous = FULL")
   db.exec("CREATE TABLE balances (id TEXT PRIMARY KEY, balance INTEGER NOT NULL)")
-  const insert = db.prepare(INSERT_EVENT)
+  const insert = db.prepare(INSERT)
   const upsert = db.prepare(
     "INSERT INTO balances (id, balance) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET balance = balance + excluded.balance"
   )

@@ -12,7 +12,6 @@
  *
  * @since 0.1.0
  */
-import { SqlClient as SqlClientTag } from "@effect/sql/SqlClient"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type * as Statement from "@effect/sql/Statement"
@@ -28,6 +27,7 @@ import type { InlineProjectionError, InvalidInput, StoreError } from "./Errors.j
 import type * as Event from "./Event.js"
 import type { EventStore } from "./EventStore.js"
 import * as Runner from "./internal/projectionRunner.js"
+import * as Statements from "./internal/statements.js"
 
 // --- errors --------------------------------------------------------------------------------------------------------
 
@@ -285,19 +285,9 @@ export const sql = <A extends { readonly _tag: string }, E = never, R = never>(o
       throw new TypeError(`a projection's table name must be a plain SQL identifier of at most 51 characters: ${table}`)
     }
   }
-  const statements = options.handlers as Record<string, (event: any, sql: SqlClient.SqlClient, table: TableName) => any>
-  const handlers: Record<string, (event: any) => Effect.Effect<void, SqlError, SqlClient.SqlClient>> = {}
-  for (const type of Object.keys(statements)) {
-    const handler = statements[type]!
-    handlers[type] = (event) =>
-      Effect.flatMap(SqlClientTag, (client) => {
-        const out = handler(event, client, (name: string) => name) as
-          | Statement.Statement<unknown>
-          | ReadonlyArray<Statement.Statement<unknown>>
-        return Array.isArray(out)
-          ? Effect.forEach(out as ReadonlyArray<Statement.Statement<unknown>>, (s) => s, { discard: true })
-          : Effect.asVoid(out as Statement.Statement<unknown>)
-      })
+  const handlers: Record<string, (event: Event.RecordedEvent<any>) => Effect.Effect<void, SqlError, SqlClient.SqlClient>> = {}
+  for (const [type, handler] of Object.entries(options.handlers as Record<string, Statements.StatementHandler>)) {
+    handlers[type] = Statements.asEffect(handler, (table) => table)
   }
   return {
     name: options.name,

@@ -5,7 +5,6 @@
  * appended before it was registered, or by a process that does not run it.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
-import type * as Statement from "@effect/sql/Statement"
 import * as Either from "effect/Either"
 import { InlineProjectionError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
@@ -15,20 +14,15 @@ import type { SyncConnection } from "./connection.js"
 import { tables } from "./migrations.js"
 import { logBetweenSqlite, logSqlite } from "./sqlRead.js"
 import type { InlineHook } from "./sqlWrite.js"
+import * as Statements from "./statements.js"
 
 const PAGE = 500
 const CHECKPOINT = `SELECT position FROM ${tables.projections} WHERE name = ?`
 const MOVE = `UPDATE ${tables.projections} SET position = ?, updated_at = ? WHERE name = ?`
 
-const reasonOf = (cause: unknown) =>
-  cause instanceof Error ? `${(cause as { code?: string }).code ?? cause.name}: ${cause.message}` : String(cause)
-
 export const makeHook = (projection: Projection<any, any, any>, client: SqlClient.SqlClient): InlineHook => {
   const name = projection.name
-  const handlers = projection.statements as Record<
-    string,
-    ((event: RecordedEvent<any>, sql: SqlClient.SqlClient, table: (name: string) => string) => unknown) | undefined
-  >
+  const handlers = projection.statements as Record<string, Statements.StatementHandler | undefined>
   const streamTypes = projection.streamTypes && new Set(projection.streamTypes)
 
   const fail = (event: { readonly streamId: string; readonly position: number; readonly type: string }, reason: string) =>
@@ -46,16 +40,9 @@ export const makeHook = (projection: Projection<any, any, any>, client: SqlClien
     const decoded = projection.events.decode(event)
     if (Either.isLeft(decoded)) throw fail(event, decoded.left.message)
     try {
-      const out = handler(decoded.right, client, (table: string) => table) as
-        | Statement.Statement<unknown>
-        | ReadonlyArray<Statement.Statement<unknown>>
-      const statements = Array.isArray(out) ? out as ReadonlyArray<Statement.Statement<unknown>> : [out as Statement.Statement<unknown>]
-      for (const statement of statements) {
-        const [text, params] = statement.compile()
-        conn.runAnySync(text, params)
-      }
+      Statements.runSync(handler(decoded.right, client, (table: string) => table), conn.runAnySync)
     } catch (cause) {
-      throw fail(event, reasonOf(cause))
+      throw fail(event, Statements.thrownReason(cause))
     }
   }
 

@@ -22,7 +22,6 @@ import type { EventDecodeError } from "../Errors.js"
 import { InlineProjectionError, InvalidInput, StoreError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
-import type * as Statement from "@effect/sql/Statement"
 import { EventStore } from "../EventStore.js"
 import { SqlClient as SqlClientTag } from "@effect/sql/SqlClient"
 import type {
@@ -56,6 +55,7 @@ import {
   syncCommandsOf
 } from "./backend.js"
 import { makeHook } from "./inlineProjection.js"
+import * as Statements from "./statements.js"
 import { fromStored } from "./codec.js"
 import * as EventLoop from "./eventLoop.js"
 import { tables } from "./migrations.js"
@@ -433,24 +433,18 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   const handlers: Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined> =
     statementsOf === undefined
       ? projection.handlers as Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined>
+      // the statements of the generation being written (`table` changes during a blue/green rebuild)
       : Object.fromEntries(Object.entries(statementsOf).map(([type, handler]) => [
         type,
         handler === undefined ? undefined : (event: RecordedEvent<any>) =>
-          Effect.flatMap(SqlClientTag, (client) => {
-            const out = handler(event, client, table) as
-              | Statement.Statement<unknown>
-              | ReadonlyArray<Statement.Statement<unknown>>
-            return Array.isArray(out)
-              ? Effect.forEach(out as ReadonlyArray<Statement.Statement<unknown>>, (st) => st, { discard: true })
-              : Effect.asVoid(out as Statement.Statement<unknown>)
-          })
+          Statements.asEffect(handler as Statements.StatementHandler, table)(event)
       ]))
   const streamTypes = projection.streamTypes && new Set(projection.streamTypes)
-  const tags = (metric: any) => Metric.tagged(metric, "projection", name)
-  const eventsMetric = tags(Telemetry.projectionEvents) as Metric.Metric.Counter<number>
-  const checkpointMetric = tags(Telemetry.projectionCheckpoint) as Metric.Metric.Gauge<number>
-  const lagMetric = tags(Telemetry.projectionLag) as Metric.Metric.Gauge<number>
-  const failuresMetric = tags(Telemetry.projectionFailures) as Metric.Metric.Counter<number>
+  // tagged once per runner, not per update
+  const eventsMetric = Metric.tagged(Telemetry.projectionEvents, "projection", name)
+  const checkpointMetric = Metric.tagged(Telemetry.projectionCheckpoint, "projection", name)
+  const lagMetric = Metric.tagged(Telemetry.projectionLag, "projection", name)
+  const failuresMetric = Metric.tagged(Telemetry.projectionFailures, "projection", name)
   const provide = <A, E>(effect: Effect.Effect<A, E, unknown>) =>
     Effect.provide(effect as Effect.Effect<A, E, never>, env.context)
 
@@ -661,6 +655,12 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     return batch(events)
   }
 
+  /** A stop that is not at an event (a migration, the store, a bug): it cannot be parked, only resumed. */
+  const notAtEvent = (reason: string, at = position + 1): Stop => ({
+    failure: new ProjectionFailed({ projection: name, position: at, eventId: "", streamId: "", eventType: "", reason }),
+    parkable: false
+  })
+
   const readFailure = (e: EventDecodeError | StoreError | import("../Errors.js").InvalidInput): Stop =>
     e._tag === "EventDecodeError"
       ? {
@@ -674,17 +674,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         }),
         parkable: true
       }
-      : {
-        failure: new ProjectionFailed({
-          projection: name,
-          position: position + 1,
-          eventId: "",
-          streamId: "",
-          eventType: "",
-          reason: e.message
-        }),
-        parkable: false
-      }
+      : notAtEvent(e.message)
 
   // Reads the log from where it is, for ever; stops only on a failure.
   const consume: Effect.Effect<never, Stop | CheckpointConflict> = Effect.suspend(() =>
@@ -738,8 +728,6 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   }
 
   const driver = (operation: string) => (cause: unknown) => new DriverFailure(new StoreError({ operation, cause }))
-  const thrown = (cause: unknown) =>
-    cause instanceof Error ? `${(cause as { code?: string }).code ?? cause.name}: ${cause.message}` : String(cause)
 
   /** One batch inside a `BEGIN IMMEDIATE` on the writer: read, handle, move the checkpoint; throws to roll back. */
   const syncBatch = (tx: CommandTransaction, now: number): { readonly commit: boolean; readonly value: SyncOutcome } => {
@@ -777,18 +765,9 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       const event = stored.right as { payload: unknown }
       event.payload = payload.right
       try {
-        const out = handler(event as RecordedEvent<any>, client, table) as Statement.Statement<unknown> | ReadonlyArray<Statement.Statement<unknown>>
-        if (Array.isArray(out)) {
-          for (const statement of out as ReadonlyArray<Statement.Statement<unknown>>) {
-            const [text, params] = statement.compile()
-            tx.run(text, params)
-          }
-        } else {
-          const [text, params] = (out as Statement.Statement<unknown>).compile()
-          tx.run(text, params)
-        }
+        Statements.runSync(handler(event as RecordedEvent<any>, client, table) as Statements.Statements, tx.run)
       } catch (cause) {
-        throw new EventFailure(stored.right, thrown(cause), true)
+        throw new EventFailure(stored.right, Statements.thrownReason(cause), true)
       }
       handledCount++
     }
@@ -898,17 +877,9 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         provide(checkpoints.migrate(key, i + 1, typeof migration === "function" ? migration(names) : migration)).pipe(
           Effect.tap((ran) => ran ? Effect.logInfo(`projection ${key}: applied migration ${i + 1}`) : Effect.void),
           Effect.catchAllCause((cause): Effect.Effect<never, Stop> =>
-            Cause.isInterruptedOnly(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.fail({
-              failure: new ProjectionFailed({
-                projection: name,
-                position: position + 1,
-                eventId: "",
-                streamId: "",
-                eventType: "",
-                reason: `migration ${i + 1} failed: ${reasonOf(cause)}`
-              }),
-              parkable: false
-            })
+            Cause.isInterruptedOnly(cause)
+              ? Effect.failCause(cause as Cause.Cause<never>)
+              : Effect.fail(notAtEvent(`migration ${i + 1} failed: ${reasonOf(cause)}`))
           )
         ),
       { discard: true }
@@ -930,10 +901,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         discard: true
       }))
 
-  const storeStop = (e: StoreError): Stop => ({
-    failure: new ProjectionFailed({ projection: name, position: position + 1, eventId: "", streamId: "", eventType: "", reason: e.message }),
-    parkable: false
-  })
+  const storeStop = (e: StoreError): Stop => notAtEvent(e.message)
 
   // One run while holding the lease: migrations, the checkpoint, then the log.
   const attempt: Effect.Effect<never, Stop | CheckpointConflict> = Effect.gen(function*() {
@@ -946,41 +914,19 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       const generation = target.generation
       yield* provide(Effect.flatMap(SqlClientTag, (sql) => sql.withTransaction(pointViews(generation)))).pipe(
         Effect.catchAllCause((cause) =>
-          Effect.fail({
-            failure: new ProjectionFailed({
-              projection: name,
-              position: position + 1,
-              eventId: "",
-              streamId: "",
-              eventType: "",
-              reason: `cannot create the views of generation ${generation}: ${reasonOf(cause)}`
-            }),
-            parkable: false
-          } satisfies Stop)
+          Effect.fail(notAtEvent(`cannot create the views of generation ${generation}: ${reasonOf(cause)}`))
         )
       )
     }
     saved = position = yield* Effect.mapError(checkpoints.load(target.row), storeStop)
     yield* update((s) => ({ ...s, state: rebuilding !== undefined ? "rebuilding" : "catching-up", checkpoint: position }))
-    yield* afterBatch(0, Date.now())
+    yield* afterBatch(0, yield* Clock.currentTimeMillis)
     return yield* (sync !== undefined ? consumeSync(sync) : consume)
   })
 
   // A defect (a handler or migration that throws, a bug) stops the projection like a failure, with its reason.
   const attemptSafely: Effect.Effect<never, Stop | CheckpointConflict> = attempt.pipe(
-    Effect.catchAllDefect((defect) =>
-      Effect.fail({
-        failure: new ProjectionFailed({
-          projection: name,
-          position: position + 1,
-          eventId: "",
-          streamId: "",
-          eventType: "",
-          reason: `unexpected: ${reasonOf(Cause.die(defect))}`
-        }),
-        parkable: false
-      } satisfies Stop)
-    )
+    Effect.catchAllDefect((defect) => Effect.fail(notAtEvent(`unexpected: ${reasonOf(Cause.die(defect))}`)))
   )
 
   /** Resets the read model and the checkpoint for a rebuild; answers the request. */
@@ -1068,17 +1014,9 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         Effect.zipRight(pointViews(generation), dropTables(generation - 1))
       )).pipe(
         Effect.mapError((e): Stop | CheckpointConflict =>
-          e instanceof CheckpointConflict ? e : {
-            failure: new ProjectionFailed({
-              projection: name,
-              position,
-              eventId: "",
-              streamId: "",
-              eventType: "",
-              reason: `cannot switch to generation ${generation}: ${e instanceof Error ? e.message : String(e)}`
-            }),
-            parkable: false
-          }
+          e instanceof CheckpointConflict
+            ? e
+            : notAtEvent(`cannot switch to generation ${generation}: ${e instanceof Error ? e.message : String(e)}`, position)
         )
       )
       // the switch in the database and this runner's own go together (a rebuild request or a lost lease must not
