@@ -26,7 +26,8 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import { ConcurrencyError, InlineProjectionError, StoreError } from "./Errors.js"
+import * as Stream from "effect/Stream"
+import { ConcurrencyError, InlineProjectionError, InvalidInput, StoreError } from "./Errors.js"
 import type { NewEvent } from "./Event.js"
 import { type AppendError, type AppendOptions, type AppendResult, EventStore, type EventStoreService } from "./EventStore.js"
 import * as Background from "./internal/background.js"
@@ -58,8 +59,11 @@ import {
   type Written,
   writeGroup,
   HOT_SQLITE,
+  MAX_APPEND_PG,
+  type PgExecute,
   writeGroupSync,
-  writeOneSync
+  writeOneSync,
+  writePg
 } from "./internal/sqlWrite.js"
 import * as Tracing from "./internal/tracing.js"
 import * as Telemetry from "./Telemetry.js"
@@ -436,6 +440,7 @@ export const make = (
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* migrate
+    if (sql.onDialectOrElse({ pg: () => true, orElse: () => false })) return yield* makePg(sql, options)
     const signal = new Signal()
     const background = yield* Background.make(options.shutdownGrace ?? "5 seconds")
     const inline: Inline = { hooks: [] }
@@ -455,6 +460,127 @@ export const make = (
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })
     if (held !== undefined && isSync(held)) withInline(store, makeInline(held, writer, inline))
+    return onDatabase(store, sql)
+  })
+
+// --- PostgreSQL ----------------------------------------------------------------------------------------------------
+
+const preparedKey = Symbol.for("effect-eventstore/pgExecute")
+
+/**
+ * @internal Marks a PostgreSQL client with a faster way to run the store's statements (prepared once per connection,
+ * on the client's pool): what `Postgres.layer` does.
+ */
+export const withPrepared = <A extends object>(client: A, execute: PgExecute): A => {
+  Object.defineProperty(client, preparedKey, { value: execute, enumerable: false })
+  return client
+}
+
+const withoutTransaction = Effect.mapInputContext((context: Context.Context<never>) =>
+  Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<never>
+)
+
+/** The store's statements on any PostgreSQL `SqlClient`, outside any transaction of the caller's. */
+const executeOf = (sql: SqlClient.SqlClient): PgExecute =>
+  (sql as { readonly [preparedKey]?: PgExecute })[preparedKey] ??
+    ((_name, text, values) => withoutTransaction(sql.unsafe(text, values as Array<any>).withoutTransform))
+
+/** The channel that wakes other processes' subscribers after commits (one per schema). */
+const channelOf = (schema: string) => `eventstore_${schema}`.slice(0, 63)
+
+interface PgListen {
+  readonly listen: (channel: string) => Stream.Stream<string, SqlError>
+}
+
+/**
+ * The PostgreSQL backend. An append is one statement in autocommit (`writePg`): PostgreSQL's own group commit
+ * flushes concurrent commits together, so appends do not queue behind each other in this process. Reads of the
+ * global log stop at the horizon (`horizonPg`). Commits wake this process's subscribers at once and other
+ * processes' through `LISTEN`/`NOTIFY` (one notification per burst of commits), with polling as the fallback.
+ */
+const makePg = (sql: SqlClient.SqlClient, options: Options) =>
+  Effect.gen(function*() {
+    const execute = executeOf(sql)
+    const signal = new Signal()
+    const outgoing = new Signal()
+    const schema = yield* Effect.mapError(
+      sql<{ s: string }>`SELECT current_schema() AS s`.withoutTransform,
+      storeError("open")
+    )
+    const channel = channelOf(schema[0]?.s ?? "public")
+    const done = settled(signal)
+    const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
+
+    // one notification per burst: while one is being sent, later commits wait for the next
+    let sent = 0
+    yield* Effect.forkScoped(Effect.forever(Effect.gen(function*() {
+      yield* outgoing.wait(sent)
+      sent = outgoing.version
+      yield* Effect.ignore(execute("eventstore_notify", "SELECT pg_notify($1, '1')", [channel]))
+    })))
+    const listen = (sql as Partial<PgListen>).listen
+    if (typeof listen === "function") {
+      yield* Effect.forkScoped(
+        Stream.runForEach(listen(channel), () => Effect.sync(() => signal.notify())).pipe(
+          Effect.retry(Schedule.spaced("1 second")),
+          Effect.ignore
+        )
+      )
+    }
+
+    const write = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
+      Effect.matchEffect(
+        Effect.retry(writePg(execute, prepared), {
+          schedule: busyRetry,
+          while: (e) => e._tag === "SqlError" && isBusy(e)
+        }),
+        {
+          onFailure: (e): Effect.Effect<never, AppendError> => {
+            if (e._tag === "SqlError") return Effect.fail(storeError("append")(e))
+            done([Exit.fail(e)])
+            return Effect.fail(e)
+          },
+          onSuccess: (written) => {
+            done([Exit.succeed(written)])
+            outgoing.notify()
+            return Effect.succeed(result(prepared, written))
+          }
+        }
+      )
+
+    const append: EventStoreService["append"] = (streamId, events, appendOptions) =>
+      Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError> => {
+        const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+        if (events.length > MAX_APPEND_PG) {
+          return Effect.fail(
+            new InvalidInput({ field: "events", reason: `more than ${MAX_APPEND_PG} events in one append (PostgreSQL)` })
+          )
+        }
+        const prepared = prepareAppend(streamId, events, appendOptions, now)
+        if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
+        return write(prepared.right)
+      }).pipe((effect) =>
+        Tracing.withSpan(effect, "EventStore.append", () =>
+          appendSpan(streamId, appendOptions?.streamType, events.length))
+      )
+
+    const reads = makeReads(sql, undefined)
+    const heldBack = Effect.mapError(SqlRead.make(sql).heldBack, storeError("read"))
+    const store = fromBackend({
+      ...reads,
+      // a reader that has caught up measures what the horizon holds back
+      logRows: (filter, operation) => {
+        const page = reads.logRows(filter, operation)
+        return (after, limit) =>
+          Effect.tap(page(after, limit), (rows) =>
+            rows.length < limit
+              ? Effect.ignore(Effect.flatMap(heldBack, (n) => Telemetry.heldBack(Effect.succeed(n))))
+              : Effect.void)
+      },
+      append,
+      signal,
+      pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
+    })
     return onDatabase(store, sql)
   })
 

@@ -129,3 +129,13 @@ export const projectionFailures = Metric.counter("eventstore_projection_failures
   description: "Times a projection moved to failed",
   incremental: true
 })
+
+/**
+ * PostgreSQL: committed events that readers (`readAll`, subscriptions, projections) do not hand out yet, because a
+ * transaction that began before theirs is still running (see `Postgres`); measured when a reader catches up.
+ *
+ * @since 0.1.0
+ */
+export const heldBack = Metric.gauge("eventstore_held_back_events", {
+  description: "Committed events held back behind a running transaction"
+})

@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import type { Filter } from "../EventStore.js"
 import { nonEmpty } from "./backend.js"
 import { type StoredEvent, toInteger } from "./codec.js"
-import { tables } from "./migrations.js"
+import { horizonPg, tables } from "./migrations.js"
 
 const E = tables.events
 
@@ -18,6 +18,13 @@ const COLUMNS = `position, event_id AS "eventId", stream_id AS "streamId", strea
   event_type AS "type", schema_version AS "schemaVersion", payload, metadata, recorded_at AS "recordedAt"`
 
 const FOLD_COLUMNS = "version, event_type, schema_version, payload"
+
+// PostgreSQL stores payloads as `json`: read back as text, as they were written (the driver would parse them)
+const COLUMNS_PG = `position, event_id AS "eventId", stream_id AS "streamId", stream_type AS "streamType", version,
+  event_type AS "type", schema_version AS "schemaVersion", payload::text AS payload, metadata::text AS metadata,
+  recorded_at AS "recordedAt"`
+
+const FOLD_COLUMNS_PG = "version, event_type, schema_version, payload::text"
 
 /** The log after a position (`?`), by position, as `StoredEvent` rows: for a synchronous connection. */
 export const logSqlite = (limit: number) =>
@@ -51,8 +58,12 @@ export interface StreamRange {
 }
 
 export const make = (sql: SqlClient.SqlClient) => {
-  const columns = sql.literal(COLUMNS)
+  const pg = sql.onDialectOrElse({ pg: () => true, orElse: () => false })
+  const columns = sql.literal(pg ? COLUMNS_PG : COLUMNS)
+  const foldColumns = sql.literal(pg ? FOLD_COLUMNS_PG : FOLD_COLUMNS)
   const table = sql(E)
+  // PostgreSQL: the global log is read only below the horizon no running transaction can fall behind
+  const below = sql.literal(pg ? ` AND position < ${horizonPg}` : "")
   return {
     /** Forward: versions after `cursor` up to `to`; backward: versions before `cursor` down to `from`. */
     stream: (streamId: string, { backward, cursor, from, limit, to }: StreamRange) =>
@@ -68,7 +79,7 @@ export const make = (sql: SqlClient.SqlClient) => {
       const eventTypes = nonEmpty(filter?.eventTypes)
       if (streamTypes === undefined && eventTypes === undefined) {
         return (after: number, limit: number) =>
-          sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}
+          sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}${below}
             ORDER BY position LIMIT ${sql.literal(limitOf(limit))}`.withoutTransform
       }
       const where = sql.and([
@@ -76,21 +87,36 @@ export const make = (sql: SqlClient.SqlClient) => {
         ...(eventTypes ? [sql.in("event_type", eventTypes)] : [])
       ])
       return (after: number, limit: number) =>
-        sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after} AND ${where}
+        sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}${below} AND ${where}
           ORDER BY position LIMIT ${sql.literal(limitOf(limit))}`.withoutTransform
     },
 
     /** One stream's rows after a version, with only the columns a fold reads (`FoldRow`), as arrays. */
     fold: (streamId: string, after: number, limit: number, withRecordedAt: boolean) =>
-      sql`SELECT ${sql.literal(FOLD_COLUMNS)}${sql.literal(withRecordedAt ? ", recorded_at" : "")} FROM ${table}
+      sql`SELECT ${foldColumns}${sql.literal(withRecordedAt ? ", recorded_at" : "")} FROM ${table}
         WHERE stream_id = ${streamId} AND version > ${after} ORDER BY version LIMIT ${sql.literal(limitOf(limit))}`
         .values,
 
     /** The position of the last event; 0 when the log is empty. */
     head: Effect.map(
-      sql<{ p: unknown }>`SELECT MAX(position) AS p FROM ${table}`.withoutTransform,
+      (pg
+        ? sql<{ p: unknown }>`SELECT position AS p FROM ${table} WHERE position < ${sql.literal(horizonPg)}
+            ORDER BY position DESC LIMIT 1`.withoutTransform
+        : sql<{ p: unknown }>`SELECT MAX(position) AS p FROM ${table}`.withoutTransform),
       (rows) => toInteger(rows[0]?.p) ?? 0
     ) as Effect.Effect<number, SqlError>,
+
+    /**
+     * PostgreSQL: how many committed events the horizon holds back (written by transactions that began while an
+     * older one is still running); 0 elsewhere.
+     */
+    heldBack: (pg
+      ? Effect.map(
+        sql<{ n: unknown }>`SELECT count(*) AS n FROM ${table} WHERE position >= ${sql.literal(horizonPg)}`
+          .withoutTransform,
+        (rows) => toInteger(rows[0]?.n) ?? 0
+      )
+      : Effect.succeed(0)) as Effect.Effect<number, SqlError>,
 
     /** The stream's version; 0 when it has no events. */
     version: (streamId: string): Effect.Effect<number, SqlError> =>

@@ -18,7 +18,7 @@ import * as Exit from "effect/Exit"
 import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProjectionError } from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
 import type { SyncConnection } from "./connection.js"
-import { tables } from "./migrations.js"
+import { POSITION_SCALE, tables } from "./migrations.js"
 import { codeOf, isUniqueViolation } from "./sqlErrors.js"
 
 const E = tables.events
@@ -389,3 +389,130 @@ export const writeGroupSync = (
 /** The driver error of a failed synchronous group, as `@effect/sql` reports errors. */
 export const sqlError = (cause: unknown) =>
   new SqlError({ cause, message: `Failed to write events${codeOf(cause) ? ` (${codeOf(cause)})` : ""}` })
+
+// --- PostgreSQL ----------------------------------------------------------------------------------------------------
+
+/**
+ * Runs one statement on PostgreSQL: under `name`, a statement each connection prepares once (what `Postgres.layer`
+ * provides, on its pool); without it, any `SqlClient`'s unprepared statement.
+ */
+export type PgExecute = (
+  name: string,
+  text: string,
+  values: ReadonlyArray<unknown>
+) => Effect.Effect<ReadonlyArray<any>, SqlError>
+
+/** At most this many events in one append on PostgreSQL (see `POSITION_BITS`). */
+export const MAX_APPEND_PG = POSITION_SCALE - 1
+
+const pgStatements = new Map<string, string>()
+
+/**
+ * The append on PostgreSQL: one statement for any number of events (arrays, unnested), in autocommit. It reads the
+ * stream's head, checks the expected version and inserts, with positions from `eventstore_position_base()` (see
+ * `POSITION_BITS`). Parameters: stream id, stream type, recorded-at, then arrays of event ids, types, schema
+ * versions, payloads, metadata and tenants, then the expected version when it is a number.
+ */
+const insertPg = (expected: ExpectedVersion): string => {
+  const key = typeof expected === "number" ? "n" : expected
+  let text = pgStatements.get(key)
+  if (text === undefined) {
+    const where = expected === "any"
+      ? ""
+      : expected === "no-stream"
+      ? " WHERE h.v = 0"
+      : expected === "stream-exists"
+      ? " WHERE h.v > 0"
+      : " WHERE h.v = $10"
+    text = `WITH b AS MATERIALIZED (SELECT eventstore_position_base() AS base),
+h AS (SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v)
+INSERT INTO ${E} (position, event_id, stream_id, stream_type, version, event_type, schema_version, payload, metadata,
+  tenant_id, recorded_at)
+SELECT b.base + u.n, u.id, $1, $2, h.v + u.n, u.t, u.sv, u.p::json, u.m::json, u.tn, $3
+FROM h, b, unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::text[])
+  WITH ORDINALITY AS u(id, t, sv, p, m, tn, n)${where}
+ORDER BY u.n
+RETURNING version, position`
+    pgStatements.set(key, text)
+  }
+  return text
+}
+
+const VERSION_PG = `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v`
+
+const pgParams = (append: PreparedAppend) => {
+  const n = append.events.length
+  const ids = new Array<string>(n)
+  const types = new Array<string>(n)
+  const versions = new Array<number>(n)
+  const payloads = new Array<string>(n)
+  const metadata = new Array<string | null>(n)
+  const tenants = new Array<string | null>(n)
+  for (let i = 0; i < n; i++) {
+    const e = append.events[i]!
+    ids[i] = e.eventId
+    types[i] = e.type
+    versions[i] = e.schemaVersion
+    payloads[i] = e.payloadJson
+    metadata[i] = e.metadataJson
+    tenants[i] = e.tenantId
+  }
+  const params: Array<unknown> = [
+    append.streamId,
+    append.streamType,
+    append.recordedAt,
+    ids,
+    types,
+    versions,
+    payloads,
+    metadata,
+    tenants
+  ]
+  if (typeof append.expected === "number") params.push(append.expected)
+  return params
+}
+
+const toWritten = (rows: ReadonlyArray<any>): Array<Written> => {
+  const out = new Array<Written>(rows.length)
+  for (let i = 0; i < rows.length; i++) out[i] = { version: Number(rows[i].version), position: Number(rows[i].position) }
+  return out
+}
+
+/**
+ * One append on PostgreSQL, in one statement (atomic on its own). A conflict (the condition held no row, or the
+ * unique index on stream and version refused a concurrent writer) is a `ConcurrencyError` with the version found
+ * after it; a stored event id a `DuplicateEventError`.
+ */
+export const writePg = (
+  execute: PgExecute,
+  append: PreparedAppend
+): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
+  const kind = typeof append.expected === "number" ? "n" : append.expected
+  const actual: Effect.Effect<never, AppendFailure | SqlError> = Effect.flatMap(
+    execute("eventstore_version", VERSION_PG, [append.streamId]),
+    (rows) => Effect.fail(conflictError(append, rows[0]?.v))
+  )
+  return Effect.flatMap(
+    Effect.catchTag(
+      execute(`eventstore_append_${kind}`, insertPg(append.expected), pgParams(append)),
+      "SqlError",
+      (e): Effect.Effect<never, AppendFailure | SqlError> =>
+        !isUniqueViolation(e)
+          ? Effect.fail(e)
+          : (e.cause as { readonly constraint?: unknown } | undefined)?.constraint === `${E}_event_id`
+          ? Effect.flatMap(
+            execute(
+              "",
+              `SELECT event_id FROM ${E} WHERE event_id = ANY($1::text[]) LIMIT 1`,
+              [idsOf(append, 0, append.events.length)]
+            ),
+            (rows): Effect.Effect<never, AppendFailure | SqlError> =>
+              rows.length > 0
+                ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: String(rows[0].event_id) }))
+                : actual
+          )
+          : actual
+    ),
+    (rows) => rows.length === 0 ? actual : Effect.succeed(toWritten(rows))
+  )
+}

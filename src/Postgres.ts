@@ -1,0 +1,207 @@
+/**
+ * The event store on PostgreSQL (13 or later), for several application processes sharing one database: an
+ * `EventStore`, a `SnapshotStore` and the `SqlClient` (a `PgClient` of `@effect/sql-pg`) they use, on one
+ * connection pool. Every table lives in `schema` (created if missing; connections set `search_path` to it), so
+ * several stores can share a database. Projections' checkpoints go in the same database with `SqlProjection.layer`.
+ *
+ * What to know:
+ * - **Positions** are numbers, increasing, with large holes: an append's positions are its transaction's id times
+ *   2^20 plus 1, 2, … (at most 2^20 - 1 events in one append). Never assume they are dense.
+ * - **Global order never skips an event.** PostgreSQL commits transactions in any order; `readAll`, `subscribe`,
+ *   `head` and projections hand out only positions below the oldest transaction still running on the server, so
+ *   no commit can later appear behind a reader. The trade-off: a long write transaction anywhere on the server
+ *   delays readers of the global log (never skips them) until it ends; `eventstore_held_back_events` counts the
+ *   committed events held back meanwhile. Reads of one stream are never delayed.
+ * - **An append is one statement**, atomic on its own: every expected-version mode is checked in it, and a conflict
+ *   (including a concurrent writer refused by the unique index) is a `ConcurrencyError` carrying the version found.
+ *   A lost connection fails the append in flight with `StoreError` (it was written whole or not at all) and the
+ *   pool opens new connections for what follows.
+ * - **Live subscriptions** are woken at once by commits in this process and, through `LISTEN`/`NOTIFY`, by other
+ *   processes' commits; `pollInterval` is the fallback (and how events held back by a long transaction show up).
+ * - **Durability** is the server's: with its default `synchronous_commit = on`, an acknowledged append is on disk.
+ * - Behind a transaction-mode pooler (PgBouncer), `search_path` set at connection start is not kept: use `public`
+ *   or connect directly. `LISTEN` needs a session too (without it, subscribers rely on polling).
+ * - A dump restored into another cluster restarts transaction ids below the stored positions: the store notices
+ *   when it opens and moves an offset (`eventstore_rebase()`); a process that stays running meanwhile fails its
+ *   appends with `StoreError` until it reopens the store.
+ *
+ * @since 0.1.0
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import Pg from "pg"
+import { InvalidInput, StoreError } from "./Errors.js"
+import { EventStore } from "./EventStore.js"
+import { SCHEMA_LOCK } from "./internal/migrations.js"
+import type { PgExecute } from "./internal/sqlWrite.js"
+import { SnapshotStore } from "./Snapshot.js"
+import * as SqlEventStore from "./SqlEventStore.js"
+import * as SqlSnapshotStore from "./SqlSnapshotStore.js"
+
+/** @since 0.1.0 */
+export interface Options {
+  /** `postgres://user:password@host:port/database`; parts given below override it. */
+  readonly url?: Redacted.Redacted
+  readonly host?: string
+  readonly port?: number
+  readonly database?: string
+  readonly username?: string
+  readonly password?: Redacted.Redacted
+  /** TLS: `true`, or node's TLS options. */
+  readonly ssl?: boolean | Pg.ConnectionConfig["ssl"]
+  /**
+   * The schema every table of the store lives in (created if missing); default `public`. Letters, digits and
+   * underscores, not starting with a digit, at most 63 characters; case is kept.
+   */
+  readonly schema?: string
+  /** Connections in the pool; default 10. Each active projection runner holds one more for its lock. */
+  readonly maxConnections?: number
+  /** `application_name`, shown in `pg_stat_activity`; default `effect-eventstore`. */
+  readonly applicationName?: string
+  /** How long opening a connection may take; default 10 seconds. */
+  readonly connectTimeout?: Duration.DurationInput
+  /** How often a caught-up subscription looks for events when no notification came; default 500 ms. */
+  readonly pollInterval?: Duration.DurationInput
+  /**
+   * How long appends retry after a deadlock or serialization failure (they never wait on locks otherwise); default
+   * 5 seconds.
+   */
+  readonly busyTimeout?: Duration.DurationInput
+}
+
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
+
+const quote = (identifier: string) => `"${identifier}"`
+
+const openError = (cause: unknown) =>
+  new StoreError({ operation: "open", cause })
+
+/** The pool, ended when the layer's scope closes. Connections set `search_path` to the store's schema. */
+const makePool = (options: Options, schema: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const pool = new Pg.Pool({
+        ...(options.url !== undefined ? { connectionString: Redacted.value(options.url) } : {}),
+        ...(options.host !== undefined ? { host: options.host } : {}),
+        ...(options.port !== undefined ? { port: options.port } : {}),
+        ...(options.database !== undefined ? { database: options.database } : {}),
+        ...(options.username !== undefined ? { user: options.username } : {}),
+        ...(options.password !== undefined ? { password: Redacted.value(options.password) } : {}),
+        ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
+        max: options.maxConnections ?? 10,
+        connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? "10 seconds"),
+        application_name: options.applicationName ?? "effect-eventstore",
+        options: `-c search_path=${quote(schema)}`
+      })
+      // an idle connection that dies (a server restart, pg_terminate_backend) is dropped by the pool; without a
+      // listener its error would crash the process
+      pool.on("error", () => {})
+      return pool
+    }),
+    (pool) => Effect.promise(() => pool.end()).pipe(Effect.interruptible, Effect.timeoutOption("5 seconds"))
+  )
+
+/** The store's statements, each prepared once per pool connection. */
+const preparedOn = (pool: Pg.Pool): PgExecute => (name, text, values) =>
+  Effect.async<ReadonlyArray<any>, SqlError>((resume) => {
+    pool.query(
+      name === "" ? { text, values: values as Array<unknown> } : { name, text, values: values as Array<unknown> },
+      (error: Error | undefined, result: Pg.QueryResult | undefined) => {
+        if (error) resume(Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" })))
+        else resume(Effect.succeed(result?.rows ?? []))
+      }
+    )
+  })
+
+/**
+ * A ready `EventStore` and `SnapshotStore` on PostgreSQL, plus the `PgClient` / `SqlClient` they use (for your own
+ * queries and projections' read models, in the same schema). Creates the schema and the tables if missing, safely
+ * from several processes at once. Fails with a `StoreError` when the server cannot be reached or refuses the
+ * connection, or the options are invalid (the password is never part of an error).
+ *
+ * @example
+ * ```ts
+ * const StoreLive = Postgres.layer({
+ *   url: Redacted.make("postgres://app@db.internal:5432/app"),
+ *   schema: "billing"
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const layer = (
+  options: Options
+): Layer.Layer<EventStore | SnapshotStore | PgClient.PgClient | SqlClient.SqlClient, StoreError> =>
+  Layer.scopedContext(Effect.gen(function*() {
+    const schema = options.schema ?? "public"
+    if (!IDENTIFIER.test(schema)) {
+      return yield* openError(
+        new InvalidInput({
+          field: "schema",
+          reason: "must be letters, digits and underscores, not starting with a digit, at most 63 characters"
+        })
+      )
+    }
+    const maxConnections = options.maxConnections ?? 10
+    if (!Number.isSafeInteger(maxConnections) || maxConnections < 1) {
+      return yield* openError(new InvalidInput({ field: "maxConnections", reason: "must be a positive integer" }))
+    }
+    const pool = yield* makePool(options, schema)
+    const reactivity = yield* Layer.build(Reactivity.layer)
+    const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool), applicationName: options.applicationName ?? "effect-eventstore" })
+      .pipe(Effect.provide(reactivity), Effect.mapError(openError))
+    SqlEventStore.withPrepared(client, preparedOn(pool))
+    const context = Context.make(PgClient.PgClient, client).pipe(Context.add(SqlClient.SqlClient, client))
+    // reachable, and the schema there (one process at a time creates it)
+    yield* client.withTransaction(Effect.zipRight(
+      client.unsafe(`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`),
+      client.unsafe(`CREATE SCHEMA IF NOT EXISTS ${quote(schema)}`)
+    )).pipe(
+      Effect.timeoutFail({
+        duration: Duration.sum(Duration.decode(options.connectTimeout ?? "10 seconds"), Duration.seconds(5)),
+        onTimeout: () => new SqlError({ cause: "timed out", message: "the server did not answer in time" })
+      }),
+      Effect.mapError(openError)
+    )
+    const busyRetry = SqlEventStore.defaultBusyRetry(options.busyTimeout ?? "5 seconds")
+    const [eventStore, snapshotStore] = yield* Effect.all([
+      SqlEventStore.make({
+        busyRetry,
+        ...(options.pollInterval !== undefined ? { pollInterval: options.pollInterval } : {})
+      }),
+      SqlSnapshotStore.make({ busyRetry })
+    ]).pipe(Effect.provide(context))
+    return context.pipe(
+      Context.add(EventStore, EventStore.of(eventStore)),
+      Context.add(SnapshotStore, snapshotStore)
+    )
+  }))
+
+/**
+ * `layer`, with its options read from `Config`.
+ *
+ * @example
+ * ```ts
+ * const StoreLive = Postgres.layerConfig({
+ *   url: Config.redacted("DATABASE_URL"),
+ *   schema: Config.string("EVENTSTORE_SCHEMA").pipe(Config.withDefault("public"))
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<Options>
+): Layer.Layer<
+  EventStore | SnapshotStore | PgClient.PgClient | SqlClient.SqlClient,
+  StoreError | ConfigError.ConfigError
+> => Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
