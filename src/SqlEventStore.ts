@@ -27,7 +27,7 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { ConcurrencyError, InlineProjectionError, InvalidInput, StoreError } from "./Errors.js"
+import { ConcurrencyError, InlineProjectionError, StoreError } from "./Errors.js"
 import type { NewEvent } from "./Event.js"
 import { type AppendError, type AppendOptions, type AppendResult, EventStore, type EventStoreService } from "./EventStore.js"
 import * as Background from "./internal/background.js"
@@ -59,7 +59,6 @@ import {
   type Written,
   writeGroup,
   HOT_SQLITE,
-  MAX_APPEND_PG,
   type PgExecute,
   writeGroupSync,
   writeOneSync,
@@ -495,7 +494,7 @@ interface PgListen {
 /**
  * The PostgreSQL backend. An append is one statement in autocommit (`writePg`): PostgreSQL's own group commit
  * flushes concurrent commits together, so appends do not queue behind each other in this process. Reads of the
- * global log stop at the horizon (`horizonPg`). Commits wake this process's subscribers at once and other
+ * global log stop at the horizon (`SAFE_PG`). Commits wake this process's subscribers at once and other
  * processes' through `LISTEN`/`NOTIFY` (one notification per burst of commits), with polling as the fallback.
  */
 const makePg = (sql: SqlClient.SqlClient, options: Options) =>
@@ -551,11 +550,6 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
     const append: EventStoreService["append"] = (streamId, events, appendOptions) =>
       Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError> => {
         const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
-        if (events.length > MAX_APPEND_PG) {
-          return Effect.fail(
-            new InvalidInput({ field: "events", reason: `more than ${MAX_APPEND_PG} events in one append (PostgreSQL)` })
-          )
-        }
         const prepared = prepareAppend(streamId, events, appendOptions, now)
         if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
         return write(prepared.right)

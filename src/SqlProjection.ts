@@ -21,7 +21,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { StoreError } from "./Errors.js"
 import { onDatabase } from "./internal/backend.js"
-import { tables } from "./internal/migrations.js"
+import { SCHEMA_LOCK, tables } from "./internal/migrations.js"
 import { CheckpointConflict, CheckpointStore, type CheckpointStoreService, type ParkedEvent } from "./Projection.js"
 
 const P = tables.projections
@@ -40,6 +40,8 @@ const toNumber = (u: unknown): number => typeof u === "bigint" ? Number(u) : Num
 export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql.withTransaction(Effect.all([
+    // PostgreSQL: two CREATE TABLE IF NOT EXISTS racing fail (a unique violation in the catalog): one at a time
+    sql.onDialectOrElse({ pg: () => sql.unsafe(`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`), orElse: () => Effect.void }),
     sql.unsafe(`CREATE TABLE IF NOT EXISTS ${P} (
   name TEXT PRIMARY KEY,
   position BIGINT NOT NULL,
@@ -75,6 +77,11 @@ export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Eff
 export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {
   yield* migrate
   const sql = yield* SqlClient.SqlClient
+
+  const serialize = sql.onDialectOrElse({
+    pg: () => Effect.asVoid(sql.unsafe(`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`)),
+    orElse: () => Effect.void
+  })
 
   // Moves the checkpoint first: on SQLite the transaction takes the write lock with its first statement, so a
   // commit by another connection cannot slip in between a read and the write.
@@ -139,8 +146,9 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
         transaction(
           "projection.migrate",
           Effect.flatMap(
-            sql<{ id: unknown }>`INSERT INTO ${sql(M)} (projection, id, applied_at) VALUES (${projection}, ${id}, ${now})
-              ON CONFLICT (projection, id) DO NOTHING RETURNING id`.withoutTransform,
+            // PostgreSQL: migrations run one at a time (two projections creating the same table would race)
+            Effect.zipRight(serialize, sql<{ id: unknown }>`INSERT INTO ${sql(M)} (projection, id, applied_at) VALUES (${projection}, ${id}, ${now})
+              ON CONFLICT (projection, id) DO NOTHING RETURNING id`.withoutTransform),
             (rows) => rows.length === 0 ? Effect.succeed(false) : Effect.as(migration, true)
           )
         )),

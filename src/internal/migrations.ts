@@ -16,30 +16,29 @@ export const tables = {
   migrations: "eventstore_migrations",
   projections: "eventstore_projections",
   projectionMigrations: "eventstore_projection_migrations",
-  parked: "eventstore_parked_events",
-  /** PostgreSQL: one row, the offset added to transaction ids in positions (see `POSITION_BITS`). */
-  settings: "eventstore_settings"
+  parked: "eventstore_parked_events"
 } as const
 
 /**
- * PostgreSQL positions: the writing transaction's id (plus an offset, normally 0) times 2^20, plus the event's place
- * in its append (1, 2, …). A reader then hands out only positions below the oldest running transaction's id times
- * 2^20 (`horizonPg`), and no transaction still running can ever commit a position below that: positions stay plain
- * numbers and never skip an event whatever the commit order. Room: 2^20 - 1 events per append, and transaction ids
- * up to 2^33 (positions stay below 2^53, so they are exact JavaScript numbers).
+ * PostgreSQL's global order. Positions come from a sequence, so they follow the order appends took them, not the
+ * order they commit in. Two rules make a reader safe anyway:
+ * - an append takes its transaction id and its positions together, one append at a time (`eventstore_append`
+ *   holds an advisory lock for just that, not until its commit), and has written nothing before: so positions
+ *   and transaction ids rise together, and each row records its transaction id (`tx`);
+ * - a reader hands out only rows whose transaction is older than the oldest one still running on the server
+ *   (`tx < pg_snapshot_xmin(pg_current_snapshot())`): those transactions have all ended, and every transaction that
+ *   took a lower position has an even older id, so it has ended too. What a reader sees is therefore a prefix of
+ *   the log, and nothing can ever commit inside it.
  */
-export const POSITION_BITS = 20
-export const POSITION_SCALE = 2 ** POSITION_BITS
+export const SAFE_PG = "tx < pg_snapshot_xmin(pg_current_snapshot())"
 
-/** PostgreSQL: the positions no running transaction can fall behind are those below this expression. */
-export const horizonPg = `(SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint + position_offset) * ${POSITION_SCALE}
-  FROM eventstore_settings WHERE id = 1)`
+/** PostgreSQL: the advisory lock (session-scoped, held for microseconds) under which appends take positions. */
+export const POSITION_LOCK = 7_349_112_002
 
 const E = tables.events
 const S = tables.snapshots
 
 const unsupported = Effect.dieMessage("effect-eventstore: SQL dialect not supported yet")
-const T = tables.settings
 
 const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>> = {
   "1_create_events": Effect.gen(function*() {
@@ -69,58 +68,66 @@ const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClien
         ], { discard: true }),
       pg: () =>
         Effect.all([
-          // position: see POSITION_BITS. Payloads are `json`: kept as written (jsonb reorders keys, drops
+          // position and tx: see SAFE_PG. Payloads are `json`: kept as written (jsonb reorders keys, drops
           // duplicates, refuses \u0000) and cheaper to write; read back as text, never through name transforms.
+          sql.unsafe(`CREATE SEQUENCE ${E}_position AS BIGINT`),
           sql.unsafe(`CREATE TABLE ${E} (
-  position BIGINT PRIMARY KEY CHECK (position > 0 AND position < 9007199254740992),
+  position BIGINT PRIMARY KEY,
   event_id TEXT NOT NULL,
   stream_id TEXT NOT NULL,
   stream_type TEXT NOT NULL,
-  version INTEGER NOT NULL CHECK (version > 0),
+  version BIGINT NOT NULL CHECK (version > 0),
   event_type TEXT NOT NULL,
   schema_version INTEGER NOT NULL,
   payload JSON NOT NULL,
   metadata JSON,
   tenant_id TEXT,
-  recorded_at BIGINT NOT NULL
+  recorded_at BIGINT NOT NULL,
+  tx XID8 NOT NULL
 )`),
           sql.unsafe(`CREATE UNIQUE INDEX ${E}_event_id ON ${E} (event_id)`),
           sql.unsafe(`CREATE UNIQUE INDEX ${E}_stream ON ${E} (stream_id, version)`),
           sql.unsafe(`CREATE INDEX ${E}_type ON ${E} (stream_type, position)`),
-          sql.unsafe(`CREATE TABLE ${T} (id INTEGER PRIMARY KEY CHECK (id = 1), position_offset BIGINT NOT NULL)`),
-          sql.unsafe(`INSERT INTO ${T} (id, position_offset) VALUES (1, 0)`),
-          // The base of an append's positions. The last stored position is read first, before this transaction
-          // has an id: whatever it sees committed earlier, so its id is smaller than ours. A base at or below it
-          // means transaction ids went back (a dump restored into another cluster): refuse, rather than write
-          // positions readers have passed (eventstore_rebase() moves the offset past them).
-          sql.unsafe(`CREATE FUNCTION eventstore_position_base() RETURNS bigint LANGUAGE plpgsql AS $fn$
+          // One append in one call (one round trip). Mode: 0 any, 1 no-stream, 2 stream-exists, 3 exactly
+          // `expected`. Returns the events' versions and positions, or one row (the stream's version, no position)
+          // when the expectation does not hold. The positions and the transaction id are taken under the lock
+          // (see SAFE_PG), before anything is written; the insert runs after the lock is released. A unique
+          // violation (a concurrent writer on the stream, or a stored event id) is raised as it is.
+          sql.unsafe(`CREATE FUNCTION eventstore_append(
+  p_stream TEXT, p_stream_type TEXT, p_recorded_at BIGINT, p_ids TEXT[], p_types TEXT[], p_schema_versions INT[],
+  p_payloads TEXT[], p_metadata TEXT[], p_tenants TEXT[], p_mode INT, p_expected BIGINT
+) RETURNS TABLE (v BIGINT, p BIGINT) LANGUAGE plpgsql AS $fn$
 DECLARE
-  top bigint := (SELECT position FROM ${E} ORDER BY position DESC LIMIT 1);
-  base bigint := (pg_current_xact_id()::text::bigint + (SELECT position_offset FROM ${T} WHERE id = 1)) * ${POSITION_SCALE};
+  head BIGINT;
+  n INT := cardinality(p_ids);
+  base BIGINT;
+  xact XID8;
 BEGIN
-  IF top >= base THEN
-    RAISE EXCEPTION 'effect-eventstore: transaction ids are behind the stored positions (was the database restored into another cluster?); run SELECT eventstore_rebase()'
-      USING ERRCODE = 'EV001';
+  head := COALESCE((SELECT e.version FROM ${E} e WHERE e.stream_id = p_stream ORDER BY e.version DESC LIMIT 1), 0);
+  IF (p_mode = 1 AND head <> 0) OR (p_mode = 2 AND head = 0) OR (p_mode = 3 AND head <> p_expected) THEN
+    RETURN QUERY SELECT head, NULL::BIGINT;
+    RETURN;
   END IF;
-  RETURN base;
-END $fn$`),
-          // Moves the offset so that every transaction from now on writes after the last stored position; a
-          // no-op when they already do. Runs when a store opens.
-          sql.unsafe(`CREATE FUNCTION eventstore_rebase() RETURNS bigint LANGUAGE plpgsql AS $fn$
-DECLARE
-  top bigint;
-  next_xid bigint;
-  current_offset bigint;
-BEGIN
-  LOCK TABLE ${T} IN EXCLUSIVE MODE;
-  top := COALESCE((SELECT position FROM ${E} ORDER BY position DESC LIMIT 1), 0);
-  next_xid := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
-  current_offset := (SELECT position_offset FROM ${T} WHERE id = 1);
-  IF (next_xid + current_offset) * ${POSITION_SCALE} <= top THEN
-    current_offset := top / ${POSITION_SCALE} + 1 - next_xid;
-    UPDATE ${T} SET position_offset = current_offset WHERE id = 1;
-  END IF;
-  RETURN current_offset;
+  BEGIN
+    PERFORM pg_advisory_lock(${POSITION_LOCK});
+    xact := pg_current_xact_id();
+    base := nextval('${E}_position');
+    IF n > 1 THEN
+      PERFORM setval('${E}_position', base + n - 1);
+    END IF;
+    PERFORM pg_advisory_unlock(${POSITION_LOCK});
+  EXCEPTION WHEN OTHERS OR QUERY_CANCELED THEN
+    PERFORM pg_advisory_unlock(${POSITION_LOCK});
+    RAISE;
+  END;
+  RETURN QUERY INSERT INTO ${E} AS e (position, event_id, stream_id, stream_type, version, event_type,
+    schema_version, payload, metadata, tenant_id, recorded_at, tx)
+  SELECT base + u.ord - 1, u.event_id, p_stream, p_stream_type, head + u.ord, u.event_type, u.schema_version,
+    u.payload::json, u.metadata::json, u.tenant_id, p_recorded_at, xact
+  FROM unnest(p_ids, p_types, p_schema_versions, p_payloads, p_metadata, p_tenants)
+    WITH ORDINALITY AS u(event_id, event_type, schema_version, payload, metadata, tenant_id, ord)
+  ORDER BY u.ord
+  RETURNING e.version, e.position;
 END $fn$`)
         ], { discard: true }),
       orElse: () => unsupported
@@ -149,7 +156,7 @@ END $fn$`)
           sql.unsafe(`CREATE TABLE ${S} (
   stream_id TEXT NOT NULL,
   stream_type TEXT NOT NULL,
-  version INTEGER NOT NULL,
+  version BIGINT NOT NULL,
   schema_version INTEGER NOT NULL,
   state TEXT NOT NULL,
   analytics TEXT,
@@ -186,8 +193,7 @@ const attempt = Effect.gen(function*() {
   })
   yield* sql.onDialectOrElse({
     // One process at a time, in one transaction: the Migrator's own "does the table exist" probe fails inside a
-    // transaction (aborting it), so the table is created here first; positions are rebased last (a no-op unless
-    // the database was restored into another cluster).
+    // transaction (aborting it), so the table is created here first.
     pg: () =>
       sql.withTransaction(Effect.gen(function*() {
         yield* sql.unsafe(`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`)
@@ -197,7 +203,12 @@ const attempt = Effect.gen(function*() {
   name text not null
 )`)
         yield* run
-        yield* sql.unsafe(`SELECT eventstore_rebase()`)
+        // A dump restored into another cluster brings transaction ids from the old one, which the new one may not
+        // have reached: readers would hold those events back until it does. Ids only rise with positions, so the
+        // last event tells; the restored events all committed long ago, so their ids can be set to the oldest.
+        yield* sql.unsafe(`UPDATE ${E} SET tx = '3'::xid8 WHERE tx >= pg_snapshot_xmax(pg_current_snapshot())
+  AND EXISTS (SELECT 1 FROM ${E} l WHERE l.position = (SELECT max(position) FROM ${E})
+    AND l.tx >= pg_snapshot_xmax(pg_current_snapshot()))`)
       })),
     orElse: () => run
   })

@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import type { Filter } from "../EventStore.js"
 import { nonEmpty } from "./backend.js"
 import { type StoredEvent, toInteger } from "./codec.js"
-import { horizonPg, tables } from "./migrations.js"
+import { SAFE_PG, tables } from "./migrations.js"
 
 const E = tables.events
 
@@ -63,7 +63,7 @@ export const make = (sql: SqlClient.SqlClient) => {
   const foldColumns = sql.literal(pg ? FOLD_COLUMNS_PG : FOLD_COLUMNS)
   const table = sql(E)
   // PostgreSQL: the global log is read only below the horizon no running transaction can fall behind
-  const below = sql.literal(pg ? ` AND position < ${horizonPg}` : "")
+  const below = sql.literal(pg ? ` AND ${SAFE_PG}` : "")
   return {
     /** Forward: versions after `cursor` up to `to`; backward: versions before `cursor` down to `from`. */
     stream: (streamId: string, { backward, cursor, from, limit, to }: StreamRange) =>
@@ -100,7 +100,7 @@ export const make = (sql: SqlClient.SqlClient) => {
     /** The position of the last event; 0 when the log is empty. */
     head: Effect.map(
       (pg
-        ? sql<{ p: unknown }>`SELECT position AS p FROM ${table} WHERE position < ${sql.literal(horizonPg)}
+        ? sql<{ p: unknown }>`SELECT position AS p FROM ${table} WHERE ${sql.literal(SAFE_PG)}
             ORDER BY position DESC LIMIT 1`.withoutTransform
         : sql<{ p: unknown }>`SELECT MAX(position) AS p FROM ${table}`.withoutTransform),
       (rows) => toInteger(rows[0]?.p) ?? 0
@@ -112,8 +112,8 @@ export const make = (sql: SqlClient.SqlClient) => {
      */
     heldBack: (pg
       ? Effect.map(
-        sql<{ n: unknown }>`SELECT count(*) AS n FROM ${table} WHERE position >= ${sql.literal(horizonPg)}`
-          .withoutTransform,
+        sql<{ n: unknown }>`SELECT count(*) AS n FROM ${table} WHERE position > COALESCE((SELECT position
+          FROM ${table} WHERE ${sql.literal(SAFE_PG)} ORDER BY position DESC LIMIT 1), 0)`.withoutTransform,
         (rows) => toInteger(rows[0]?.n) ?? 0
       )
       : Effect.succeed(0)) as Effect.Effect<number, SqlError>,

@@ -18,7 +18,7 @@ import * as Exit from "effect/Exit"
 import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProjectionError } from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
 import type { SyncConnection } from "./connection.js"
-import { POSITION_SCALE, tables } from "./migrations.js"
+import { tables } from "./migrations.js"
 import { codeOf, isUniqueViolation } from "./sqlErrors.js"
 
 const E = tables.events
@@ -402,41 +402,13 @@ export type PgExecute = (
   values: ReadonlyArray<unknown>
 ) => Effect.Effect<ReadonlyArray<any>, SqlError>
 
-/** At most this many events in one append on PostgreSQL (see `POSITION_BITS`). */
-export const MAX_APPEND_PG = POSITION_SCALE - 1
-
-const pgStatements = new Map<string, string>()
-
 /**
- * The append on PostgreSQL: one statement for any number of events (arrays, unnested), in autocommit. It reads the
- * stream's head, checks the expected version and inserts, with positions from `eventstore_position_base()` (see
- * `POSITION_BITS`). Parameters: stream id, stream type, recorded-at, then arrays of event ids, types, schema
- * versions, payloads, metadata and tenants, then the expected version when it is a number.
+ * The append on PostgreSQL: one call of `eventstore_append` (see `SAFE_PG` for how it takes positions), in
+ * autocommit, for any number of events (arrays, unnested). Parameters: stream id, stream type, recorded-at, arrays
+ * of event ids, types, schema versions, payloads, metadata and tenants, the expected-version mode and version.
  */
-const insertPg = (expected: ExpectedVersion): string => {
-  const key = typeof expected === "number" ? "n" : expected
-  let text = pgStatements.get(key)
-  if (text === undefined) {
-    const where = expected === "any"
-      ? ""
-      : expected === "no-stream"
-      ? " WHERE h.v = 0"
-      : expected === "stream-exists"
-      ? " WHERE h.v > 0"
-      : " WHERE h.v = $10"
-    text = `WITH b AS MATERIALIZED (SELECT eventstore_position_base() AS base),
-h AS (SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v)
-INSERT INTO ${E} (position, event_id, stream_id, stream_type, version, event_type, schema_version, payload, metadata,
-  tenant_id, recorded_at)
-SELECT b.base + u.n, u.id, $1, $2, h.v + u.n, u.t, u.sv, u.p::json, u.m::json, u.tn, $3
-FROM h, b, unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::text[])
-  WITH ORDINALITY AS u(id, t, sv, p, m, tn, n)${where}
-ORDER BY u.n
-RETURNING version, position`
-    pgStatements.set(key, text)
-  }
-  return text
-}
+const APPEND_PG = `SELECT v, p FROM eventstore_append($1, $2, $3, $4::text[], $5::text[], $6::int[], $7::text[],
+  $8::text[], $9::text[], $10, $11)`
 
 const VERSION_PG = `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v`
 
@@ -468,13 +440,17 @@ const pgParams = (append: PreparedAppend) => {
     metadata,
     tenants
   ]
-  if (typeof append.expected === "number") params.push(append.expected)
+  const expected = append.expected
+  params.push(
+    expected === "any" ? 0 : expected === "no-stream" ? 1 : expected === "stream-exists" ? 2 : 3,
+    typeof expected === "number" ? expected : 0
+  )
   return params
 }
 
 const toWritten = (rows: ReadonlyArray<any>): Array<Written> => {
   const out = new Array<Written>(rows.length)
-  for (let i = 0; i < rows.length; i++) out[i] = { version: Number(rows[i].version), position: Number(rows[i].position) }
+  for (let i = 0; i < rows.length; i++) out[i] = { version: Number(rows[i].v), position: Number(rows[i].p) }
   return out
 }
 
@@ -485,18 +461,23 @@ const toWritten = (rows: ReadonlyArray<any>): Array<Written> => {
  */
 export const writePg = (
   execute: PgExecute,
-  append: PreparedAppend
+  append: PreparedAppend,
+  attempt = 1
 ): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
-  const kind = typeof append.expected === "number" ? "n" : append.expected
   const actual: Effect.Effect<never, AppendFailure | SqlError> = Effect.flatMap(
     execute("eventstore_version", VERSION_PG, [append.streamId]),
     (rows) => Effect.fail(conflictError(append, rows[0]?.v))
   )
-  return Effect.flatMap(
-    Effect.catchTag(
-      execute(`eventstore_append_${kind}`, insertPg(append.expected), pgParams(append)),
-      "SqlError",
-      (e): Effect.Effect<never, AppendFailure | SqlError> =>
+  return Effect.catchTag(
+    Effect.flatMap(
+      execute("eventstore_append", APPEND_PG, pgParams(append)),
+      (rows) =>
+        rows.length === 0 || rows[0].p === null
+          ? Effect.fail(conflictError(append, rows[0]?.v))
+          : Effect.succeed(toWritten(rows))
+    ),
+    "SqlError",
+    (e): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
         !isUniqueViolation(e)
           ? Effect.fail(e)
           : (e.cause as { readonly constraint?: unknown } | undefined)?.constraint === `${E}_event_id`
@@ -511,8 +492,10 @@ export const writePg = (
                 ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: String(rows[0].event_id) }))
                 : actual
           )
+          // a concurrent writer took the versions this append read as free: an append that expects no particular
+          // version goes again, on top of it
+          : (append.expected === "any" || append.expected === "stream-exists") && attempt < 100
+          ? writePg(execute, append, attempt + 1)
           : actual
-    ),
-    (rows) => rows.length === 0 ? actual : Effect.succeed(toWritten(rows))
   )
 }
