@@ -14,11 +14,14 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
 import { StoreError } from "./Errors.js"
 import { onDatabase } from "./internal/backend.js"
 import { SCHEMA_LOCK, tables } from "./internal/migrations.js"
@@ -69,12 +72,99 @@ export const migrate: Effect.Effect<void, StoreError, SqlClient.SqlClient> = Eff
   ], { discard: true }))
 }).pipe(Effect.mapError(storeError("projection.migrate")))
 
+interface Held {
+  readonly owner: string
+  readonly scope: Scope.CloseableScope
+  readonly conn: Connection
+}
+
+/**
+ * PostgreSQL: one active runner per projection across processes, through a session advisory lock held on a
+ * connection of its own (taken from the pool) for as long as the runner is active. A process that dies or loses
+ * that connection loses the lock at once, and a standby takes over without waiting for the lease to expire; a
+ * runner that finds its connection gone stops being active at its next renewal (its writes were already fenced:
+ * every commit checks the owner). Behind a transaction-mode pooler (PgBouncer) a session lock is not kept: connect
+ * the runners directly, or in session mode. `undefined` on other databases (the lease alone decides there).
+ */
+const advisoryLocks = (sql: SqlClient.SqlClient) =>
+  Effect.gen(function*() {
+    if (!sql.onDialectOrElse({ pg: () => true, orElse: () => false })) return undefined
+    const held = new Map<string, Held>()
+    const TRY = `SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/' || $1, ${SCHEMA_LOCK})) AS ok`
+    // closing the reserved connection's scope returns it to the pool: its session locks go first
+    const let_go = (h: Held) =>
+      Effect.zipRight(
+        Effect.ignore(h.conn.execute("SELECT pg_advisory_unlock_all()", [], undefined)),
+        Scope.close(h.scope, Exit.void)
+      )
+    yield* Effect.addFinalizer(() => Effect.forEach([...held.values()], let_go, { discard: true }))
+    const drop = (projection: string, owner?: string) =>
+      Effect.suspend(() => {
+        const h = held.get(projection)
+        if (h === undefined || (owner !== undefined && h.owner !== owner)) return Effect.void
+        held.delete(projection)
+        return let_go(h)
+      })
+    /**
+     * Whether `owner` holds the projection's lock: taking it if it is free (not on a renewal), checking its
+     * connection if held. Another owner in this process whose lease expired hands it over (the lock is this
+     * process's either way); one in another process keeps it for as long as its connection lives.
+     */
+    const take = (projection: string, owner: string, renew: boolean): Effect.Effect<boolean, StoreError> =>
+      Effect.uninterruptible(Effect.suspend(() => {
+        const h = held.get(projection)
+        if (h !== undefined) {
+          const alive = Effect.matchEffect(h.conn.execute("SELECT 1", [], undefined), {
+            onFailure: () => Effect.as(drop(projection), false),
+            onSuccess: () => Effect.succeed(true)
+          })
+          if (h.owner === owner) return alive
+          if (renew) return Effect.succeed(false)
+          return Effect.flatMap(
+            Effect.zip(
+              Clock.currentTimeMillis,
+              Effect.mapError(
+                sql<{ lease_until: unknown }>`SELECT lease_until FROM ${sql(P)} WHERE name = ${projection}`.withoutTransform,
+                storeError("projection.acquire")
+              )
+            ),
+            ([now, rows]) => {
+              if (rows.length > 0 && Number(rows[0]!.lease_until) >= now) return Effect.succeed(false)
+              held.set(projection, { ...h, owner })
+              return alive
+            }
+          )
+        }
+        if (renew) return Effect.succeed(false)
+        return Effect.gen(function*() {
+          const scope = yield* Scope.make()
+          const attempt = Effect.gen(function*() {
+            const conn = yield* Scope.extend(sql.reserve, scope)
+            const rows = yield* conn.execute(TRY, [projection], undefined) as Effect.Effect<ReadonlyArray<{ ok: unknown }>, SqlError>
+            return { conn, ok: rows[0]?.ok === true }
+          })
+          const result = yield* Effect.exit(attempt)
+          if (Exit.isFailure(result)) {
+            yield* Scope.close(scope, Exit.void)
+            return yield* Effect.flatMap(Effect.mapError(result, storeError("projection.acquire")), () => Effect.succeed(false))
+          }
+          if (!result.value.ok) {
+            yield* Scope.close(scope, Exit.void)
+            return false
+          }
+          held.set(projection, { owner, scope, conn: result.value.conn })
+          return true
+        })
+      }))
+    return { take, drop }
+  })
+
 /**
  * The store on the `SqlClient` in context; creates its tables first.
  *
  * @since 0.1.0
  */
-export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.SqlClient> = Effect.gen(function*() {
+export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.SqlClient | Scope.Scope> = Effect.gen(function*() {
   yield* migrate
   const sql = yield* SqlClient.SqlClient
 
@@ -100,25 +190,42 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
       )
     ) as Effect.Effect<A, Exclude<E, SqlError> | StoreError, R>
 
+  // The lease in the table: taken when free, expired, or (`force`) whatever it says.
+  const lease = (projection: string, owner: string, ttl: Duration.Duration, renew: boolean, force: boolean) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      (renew
+        ? sql<{ owner: unknown }>`UPDATE ${sql(P)} SET lease_until = ${now + Duration.toMillis(ttl)}
+            WHERE name = ${projection} AND owner = ${owner} RETURNING owner`.withoutTransform
+        : sql<{ owner: unknown }>`INSERT INTO ${sql(P)} (name, position, owner, lease_until, updated_at)
+            VALUES (${projection}, 0, ${owner}, ${now + Duration.toMillis(ttl)}, ${now})
+            ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+            WHERE ${sql.literal(force ? "TRUE OR " : "")}${sql(P)}.owner IS NULL OR ${sql(P)}.owner = excluded.owner
+              OR ${sql(P)}.lease_until < ${now}
+            RETURNING owner`.withoutTransform)).pipe(
+        Effect.map((rows) => rows.length === 1),
+        Effect.mapError(storeError("projection.acquire"))
+      )
+
+  const locks = yield* advisoryLocks(sql)
+
   const service: CheckpointStoreService = {
     exactlyOnce: true,
     acquire: (projection, owner, ttl, renew) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        (renew === true
-          ? sql<{ owner: unknown }>`UPDATE ${sql(P)} SET lease_until = ${now + Duration.toMillis(ttl)}
-              WHERE name = ${projection} AND owner = ${owner} RETURNING owner`.withoutTransform
-          : sql<{ owner: unknown }>`INSERT INTO ${sql(P)} (name, position, owner, lease_until, updated_at)
-              VALUES (${projection}, 0, ${owner}, ${now + Duration.toMillis(ttl)}, ${now})
-              ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
-              WHERE ${sql(P)}.owner IS NULL OR ${sql(P)}.owner = excluded.owner OR ${sql(P)}.lease_until < ${now}
-              RETURNING owner`.withoutTransform)).pipe(
-          Effect.map((rows) => rows.length === 1),
-          Effect.mapError(storeError("projection.acquire"))
-        ),
+      locks === undefined
+        ? lease(projection, owner, ttl, renew === true, false)
+        : Effect.flatMap(locks.take(projection, owner, renew === true), (held) =>
+          held
+            // the lock proves no other runner is active: the row is taken whatever its lease says
+            ? Effect.tap(lease(projection, owner, ttl, renew === true, renew !== true), (ok) =>
+              ok ? Effect.void : locks.drop(projection))
+            : Effect.succeed(false)),
     release: (projection, owner) =>
-      sql`UPDATE ${sql(P)} SET owner = NULL, lease_until = 0 WHERE name = ${projection} AND owner = ${owner}`.pipe(
-        Effect.asVoid,
-        Effect.mapError(storeError("projection.release"))
+      Effect.zipRight(
+        locks === undefined ? Effect.void : locks.drop(projection, owner),
+        sql`UPDATE ${sql(P)} SET owner = NULL, lease_until = 0 WHERE name = ${projection} AND owner = ${owner}`.pipe(
+          Effect.asVoid,
+          Effect.mapError(storeError("projection.release"))
+        )
       ),
     load: (projection) =>
       sql<{ position: unknown }>`SELECT position FROM ${sql(P)} WHERE name = ${projection}`.withoutTransform.pipe(
@@ -187,12 +294,16 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
             yield* work
             return position
           })
-        )),
+        ).pipe(Effect.zipLeft(locks === undefined ? Effect.void : locks.drop(shadow)))),
     discard: (projection) =>
       sql.withTransaction(Effect.zipRight(
         sql`DELETE FROM ${sql(P)} WHERE name = ${projection}`,
         sql`DELETE FROM ${sql(M)} WHERE projection = ${projection}`
-      )).pipe(Effect.asVoid, Effect.mapError(storeError("projection.discard"))),
+      )).pipe(
+        Effect.asVoid,
+        Effect.mapError(storeError("projection.discard")),
+        Effect.zipLeft(locks === undefined ? Effect.void : locks.drop(projection))
+      ),
     parked: (projection) =>
       sql<Record<string, unknown>>`SELECT position, event_id, stream_id, event_type, reason, parked_at FROM ${sql(K)}
         WHERE projection = ${projection} ORDER BY position`.withoutTransform.pipe(
@@ -218,4 +329,4 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
  *
  * @since 0.1.0
  */
-export const layer: Layer.Layer<CheckpointStore, StoreError, SqlClient.SqlClient> = Layer.effect(CheckpointStore, make)
+export const layer: Layer.Layer<CheckpointStore, StoreError, SqlClient.SqlClient> = Layer.scoped(CheckpointStore, make)
