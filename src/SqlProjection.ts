@@ -182,12 +182,15 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
       (rows) => rows.length === 1 ? Effect.void : Effect.fail(new CheckpointConflict({ projection, expected: from }))
     )
 
+  const isSqlError = (e: unknown): e is SqlError => (e as { _tag?: unknown } | null)?._tag === "SqlError"
   const transaction = <A, E, R>(operation: string, effect: Effect.Effect<A, E, R>) =>
     sql.withTransaction(effect).pipe(
       Effect.catchIf(
-        (e): e is Extract<typeof e, SqlError> => (e as { _tag?: unknown })._tag === "SqlError",
+        (e): e is Extract<typeof e, SqlError> => isSqlError(e),
         (e) => Effect.fail(storeError(operation)(e as SqlError))
-      )
+      ),
+      // @effect/sql makes a failed COMMIT or ROLLBACK a defect (a lost connection, say): a failure like any other
+      Effect.catchAllDefect((defect) => isSqlError(defect) ? Effect.fail(storeError(operation)(defect)) : Effect.die(defect))
     ) as Effect.Effect<A, Exclude<E, SqlError> | StoreError, R>
 
   // The lease in the table: taken when free, expired, or (`force`) whatever it says.

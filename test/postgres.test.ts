@@ -17,6 +17,7 @@ import { eventStoreSuite } from "./conformance/EventStore.js"
 import { projectionSuite, type ReadModel } from "./conformance/Projection.js"
 import { snapshotStoreSuite } from "./conformance/SnapshotStore.js"
 import * as Pg from "./fixtures/pg.js"
+import { Seen } from "./fixtures/pg-seen.js"
 
 /** The projection suite's read model as PostgreSQL tables (rows in handling order; a duplicate would show). */
 const pgModel: ReadModel<SqlClient.SqlClient> = {
@@ -197,6 +198,89 @@ describe.skipIf(!Pg.available)("PostgreSQL specifics", () => {
         yield* Fiber.interrupt(subscriber)
       }).pipe(Effect.scoped, Effect.provide(layer))
     }), 180_000)
+
+  it.live("projections on two pools: one active runner at a time while their connections are killed; every event once", () =>
+    Effect.gen(function*() {
+      const schema = Pg.freshSchema("failover")
+      const app = (name: string) => `eventstore-${name}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`
+      const apps = [app("a"), app("b")]
+      const runner = (applicationName: string) =>
+        Effect.gen(function*() {
+          const context = yield* Layer.build(SqlProjection.layer.pipe(Layer.provideMerge(
+            Postgres.layer({ url: Redacted.make(Pg.url), schema, applicationName, pollInterval: "50 millis" })
+          )))
+          const projections = yield* Projection.start([Seen], { leaseTtl: "600 millis" }).pipe(Effect.provide(context))
+          return { store: Context.get(context, EventStore.EventStore), sql: Context.get(context, SqlClient.SqlClient), projections }
+        })
+      const a = yield* runner(apps[0]!)
+      const b = yield* runner(apps[1]!)
+      const both = [a, b]
+      let appended = 0
+      yield* Effect.forkScoped(Effect.forever(Effect.zipRight(
+        a.store.append(`Fail-${appended++ % 7}`, [added(appended)]).pipe(Effect.ignore),
+        Effect.sleep("5 millis")
+      )))
+      const active = Effect.map(
+        Effect.forEach(both, (r) => Effect.map(r.projections.status("seen"), (s) => s.state)),
+        (states) => states.filter((state) => state !== "standby")
+      )
+      yield* Effect.sleep("800 millis")
+      expect(yield* active).toHaveLength(1)
+      for (let round = 0; round < 4; round++) {
+        yield* Effect.promise(() =>
+          Pg.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1`, [apps[round % 2]])
+        )
+        // never two at once while it settles
+        for (let i = 0; i < 15; i++) {
+          expect((yield* active).length).toBeLessThanOrEqual(1)
+          yield* Effect.sleep("100 millis")
+        }
+        expect(yield* active).toEqual(["live"])
+      }
+      const head = yield* b.store.head
+      const live = (yield* Effect.forEach(both, (r) => Effect.map(r.projections.status("seen"), (s) => ({ r, s }))))
+        .find(({ s }) => s.state === "live")!.r
+      yield* live.projections.awaitPosition("seen", head, "10 seconds")
+      const seen = yield* live.sql<{ position: string }>`SELECT position FROM failover_seen ORDER BY seq`
+      const positions = [...(yield* Stream.runCollect(b.store.readAll()))].map((e) => e.position).filter((p) => p <= head)
+      expect(seen.map((r) => Number(r.position)).filter((p) => p <= head)).toEqual(positions)
+    }).pipe(Effect.scoped), 60_000)
+
+  it.live("a runner process killed with -9: the standby takes over when its lock goes, long before the lease would expire", () =>
+    Effect.gen(function*() {
+      const schema = Pg.freshSchema("kill9")
+      const layer = SqlProjection.layer.pipe(
+        Layer.provideMerge(Postgres.layer({ url: Redacted.make(Pg.url), schema, pollInterval: "50 millis" }))
+      )
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const sql = yield* SqlClient.SqlClient
+        yield* store.append("Kill9-1", [added(1)])
+        const child = spawn(
+          process.execPath,
+          ["--import", "tsx", "--conditions=@effect-eventstore/source", path.join(root, "test/fixtures/pg-seen.ts"), Pg.url, schema, "9000 millis"],
+          { cwd: root, stdio: ["ignore", "pipe", "pipe"] }
+        )
+        yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+        yield* Effect.async<void>((resume) => {
+          child.stdout.on("data", (d) => String(d).includes("state live") && resume(Effect.void))
+        }).pipe(Effect.timeout("30 seconds"))
+        // the standby here, with the same 9 s lease: it asks every 3 s
+        const projections = yield* Projection.start([Seen], { leaseTtl: "9 seconds" })
+        yield* Effect.sleep("500 millis")
+        expect((yield* projections.status("seen")).state).toBe("standby")
+        child.kill("SIGKILL")
+        const killedAt = Date.now()
+        const last = yield* store.append("Kill9-1", [added(2)])
+        yield* projections.awaitPosition("seen", last.position, "20 seconds")
+        // the lease the child renewed had up to 9 s to run; the lock went with its connection
+        expect(Date.now() - killedAt).toBeLessThan(6000)
+        const seen = yield* sql<{ position: string }>`SELECT position FROM failover_seen ORDER BY seq`
+        expect(seen.map((r) => Number(r.position))).toEqual(
+          [...(yield* Stream.runCollect(store.readAll()))].map((e) => e.position)
+        )
+      }).pipe(Effect.scoped, Effect.provide(layer))
+    }), 60_000)
 
   it.live("an aborted transaction leaves a hole, which readers pass", () =>
     Effect.gen(function*() {
