@@ -38,6 +38,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import type { ConnectionOptions } from "node:tls"
 import Pg from "pg"
 import { InvalidInput, StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
@@ -57,7 +58,7 @@ export interface Options {
   readonly username?: string
   readonly password?: Redacted.Redacted
   /** TLS: `true`, or node's TLS options. */
-  readonly ssl?: boolean | Pg.ConnectionConfig["ssl"]
+  readonly ssl?: boolean | ConnectionOptions
   /**
    * The schema every table of the store lives in (created if missing); default `public`. Letters, digits and
    * underscores, not starting with a digit, at most 63 characters; case is kept.

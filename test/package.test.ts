@@ -148,8 +148,9 @@ describe.skipIf(registry !== undefined && !inCI)("the packed package in an app",
       )
     )
     fs.writeFileSync(path.join(app, "main.ts"), program)
-    // Every public module's types but the SQLite backend's (it needs the optional @effect/sql-sqlite-node).
-    const modules = Object.keys(pkg.exports).filter((k) => k !== "./package.json" && k !== "./Sqlite")
+    // Every public module's types but the backends' (they need their optional drivers: @effect/sql-sqlite-node,
+    // @effect/sql-pg).
+    const modules = Object.keys(pkg.exports).filter((k) => k !== "./package.json" && k !== "./Sqlite" && k !== "./Postgres")
     fs.writeFileSync(
       path.join(app, "types.ts"),
       modules.map((k, i) => `export type * as M${i} from "${k === "." ? "effect-eventstore" : `effect-eventstore${k.slice(1)}`}"\n`)
