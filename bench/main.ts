@@ -1,5 +1,6 @@
 /**
- * The benchmark harness: each bench runs the library and raw better-sqlite3 doing the same work on the same schema,
+ * The benchmark harness: each bench runs the library and the raw driver (better-sqlite3; node-postgres for the `pg.*`
+ * benches, in `postgres.ts`) doing the same work on the same schema,
  * interleaved in rounds so that machine noise hits both, and prints one JSON line:
  *   {"bench", "value", "unit", "baseline", "ratio"}   ratio = value / baseline
  *
@@ -10,6 +11,7 @@ import Database from "better-sqlite3"
 import { Aggregate, Event, EventStore, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import { INSERT, median, percentile, STREAMS, WARMUP } from "./common.js"
+import { postgresBenches } from "./postgres.js"
 import { catchupBench, inlineBench, lagBench } from "./projection.js"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -758,6 +760,7 @@ async function main() {
   if (want("sqlite.projection.catchup")) await catchupBench(emit, freshFile, quick ? 10_000 : 100_000, quick ? 1 : 3)
   if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
   if (want("sqlite.append.inline")) await inlineBench(emit, freshFile, quick ? 3 : 11, quick ? 300 : 1_000)
+  if (only === undefined || only.startsWith("pg")) await postgresBenches(emit, quick, want)
   fs.rmSync(dir, { recursive: true, force: true })
 }
 

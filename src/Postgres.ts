@@ -86,22 +86,61 @@ const quote = (identifier: string) => `"${identifier}"`
 const openError = (cause: unknown) =>
   new StoreError({ operation: "open", cause })
 
-/** The pool, ended when the layer's scope closes. Connections set `search_path` to the store's schema. */
-const makePool = (options: Options, schema: string) =>
+/** How every connection of the store is opened: `search_path` set to the store's schema. */
+const connectionConfig = (options: Options, schema: string): Pg.ClientConfig => ({
+  ...(options.url !== undefined ? { connectionString: Redacted.value(options.url) } : {}),
+  ...(options.host !== undefined ? { host: options.host } : {}),
+  ...(options.port !== undefined ? { port: options.port } : {}),
+  ...(options.database !== undefined ? { database: options.database } : {}),
+  ...(options.username !== undefined ? { user: options.username } : {}),
+  ...(options.password !== undefined ? { password: Redacted.value(options.password) } : {}),
+  ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
+  connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? "10 seconds"),
+  application_name: options.applicationName ?? "effect-eventstore",
+  options: `-c search_path=${quote(schema)}`
+})
+
+/**
+ * `LISTEN` on a connection of its own (not the pool's), closed whenever this ends: when its scope closes, even in
+ * the middle of connecting, and when the connection is lost (the caller opens a new one).
+ */
+const listenWith = (config: Pg.ClientConfig): SqlEventStore.PgListen => (channel, wake) =>
+  Effect.scoped(Effect.gen(function*() {
+    const client = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: async () => {
+          const client = new Pg.Client(config)
+          client.on("error", () => {})
+          try {
+            await client.connect()
+          } catch (error) {
+            await client.end().catch(() => {})
+            throw error
+          }
+          return client
+        },
+        catch: (cause) => new SqlError({ cause, message: "Failed to open the LISTEN connection" })
+      }),
+      (client) => Effect.promise(() => client.end().catch(() => {})).pipe(Effect.timeoutOption("2 seconds"))
+    )
+    return yield* Effect.async<never, SqlError>((resume) => {
+      const lost = (cause: unknown) => resume(Effect.fail(new SqlError({ cause, message: "Lost the LISTEN connection" })))
+      client.on("notification", (message) => {
+        if (message.channel === channel) wake()
+      })
+      client.on("error", lost)
+      client.on("end", () => lost("the connection ended"))
+      client.query(`LISTEN ${Pg.escapeIdentifier(channel)}`).then(wake, lost)
+    })
+  }))
+
+/** The pool, ended when the layer's scope closes. */
+const makePool = (options: Options, config: Pg.ClientConfig) =>
   Effect.acquireRelease(
     Effect.sync(() => {
       const pool = new Pg.Pool({
-        ...(options.url !== undefined ? { connectionString: Redacted.value(options.url) } : {}),
-        ...(options.host !== undefined ? { host: options.host } : {}),
-        ...(options.port !== undefined ? { port: options.port } : {}),
-        ...(options.database !== undefined ? { database: options.database } : {}),
-        ...(options.username !== undefined ? { user: options.username } : {}),
-        ...(options.password !== undefined ? { password: Redacted.value(options.password) } : {}),
-        ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
-        max: options.maxConnections ?? 10,
-        connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? "10 seconds"),
-        application_name: options.applicationName ?? "effect-eventstore",
-        options: `-c search_path=${quote(schema)}`
+        ...config,
+        max: options.maxConnections ?? 10
       })
       // an idle connection that dies (a server restart, pg_terminate_backend) is dropped by the pool; without a
       // listener its error would crash the process
@@ -156,11 +195,12 @@ export const layer = (
     if (!Number.isSafeInteger(maxConnections) || maxConnections < 1) {
       return yield* openError(new InvalidInput({ field: "maxConnections", reason: "must be a positive integer" }))
     }
-    const pool = yield* makePool(options, schema)
+    const config = connectionConfig(options, schema)
+    const pool = yield* makePool(options, config)
     const reactivity = yield* Layer.build(Reactivity.layer)
     const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool), applicationName: options.applicationName ?? "effect-eventstore" })
       .pipe(Effect.provide(reactivity), Effect.mapError(openError))
-    SqlEventStore.withPrepared(client, preparedOn(pool))
+    SqlEventStore.withListen(SqlEventStore.withPrepared(client, preparedOn(pool)), listenWith(config))
     const context = Context.make(PgClient.PgClient, client).pipe(Context.add(SqlClient.SqlClient, client))
     // reachable, and the schema there (one process at a time creates it)
     yield* client.withTransaction(Effect.zipRight(

@@ -26,7 +26,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import { ConcurrencyError, InlineProjectionError, StoreError } from "./Errors.js"
 import type { NewEvent } from "./Event.js"
 import { type AppendError, type AppendOptions, type AppendResult, EventStore, type EventStoreService } from "./EventStore.js"
@@ -487,9 +486,22 @@ const executeOf = (sql: SqlClient.SqlClient): PgExecute =>
 /** The channel that wakes other processes' subscribers after commits (one per schema). */
 const channelOf = (schema: string) => `eventstore_${schema}`.slice(0, 63)
 
-interface PgListen {
-  readonly listen: (channel: string) => Stream.Stream<string, SqlError>
+/**
+ * Listens on a channel for as long as it runs, calling `wake` for each notification (and once when it starts):
+ * fails when its connection is lost.
+ */
+export type PgListen = (channel: string, wake: () => void) => Effect.Effect<never, SqlError>
+
+const listenKey = Symbol.for("effect-eventstore/pgListen")
+
+/** @internal Marks a PostgreSQL client with a way to `LISTEN` (what `Postgres.layer` does). */
+export const withListen = <A extends object>(client: A, listen: PgListen): A => {
+  Object.defineProperty(client, listenKey, { value: listen, enumerable: false })
+  return client
 }
+
+const listenOf = (sql: SqlClient.SqlClient): PgListen | undefined =>
+  (sql as { readonly [listenKey]?: PgListen })[listenKey]
 
 /**
  * The PostgreSQL backend. An append is one statement in autocommit (`writePg`): PostgreSQL's own group commit
@@ -517,10 +529,11 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
       sent = outgoing.version
       yield* Effect.ignore(execute("eventstore_notify", "SELECT pg_notify($1, '1')", [channel]))
     })))
-    const listen = (sql as Partial<PgListen>).listen
-    if (typeof listen === "function") {
+    const listen = listenOf(sql)
+    if (listen !== undefined) {
+      // a lost connection is opened again; subscribers look once more then (a notification may have been missed)
       yield* Effect.forkScoped(
-        Stream.runForEach(listen(channel), () => Effect.sync(() => signal.notify())).pipe(
+        listen(channel, () => signal.notify()).pipe(
           Effect.retry(Schedule.spaced("1 second")),
           Effect.ignore
         )

@@ -282,6 +282,28 @@ describe.skipIf(!Pg.available)("PostgreSQL specifics", () => {
       }).pipe(Effect.scoped, Effect.provide(layer))
     }), 60_000)
 
+  it.live("another process's commits wake a subscriber through LISTEN/NOTIFY (no polling)", () =>
+    Effect.gen(function*() {
+      const schema = Pg.freshSchema("notify")
+      const storeOf = Effect.map(
+        Layer.build(Postgres.layer({ url: Redacted.make(Pg.url), schema, pollInterval: "1 hour" })),
+        (context) => Context.get(context, EventStore.EventStore)
+      )
+      const writer = yield* storeOf
+      const reader = yield* storeOf
+      const delivered: Array<number> = []
+      yield* Effect.forkScoped(Stream.runForEach(reader.subscribe({ fromPosition: "end" }), (e) =>
+        Effect.sync(() => void delivered.push(e.position))))
+      yield* Effect.sleep("300 millis")
+      const written: Array<number> = []
+      for (let i = 0; i < 5; i++) {
+        written.push((yield* writer.append(`Notify-${i}`, [added(i)])).position)
+        yield* Effect.sleep("50 millis")
+      }
+      yield* Effect.sleep("500 millis")
+      expect(delivered).toEqual(written)
+    }).pipe(Effect.scoped))
+
   it.live("an aborted transaction leaves a hole, which readers pass", () =>
     Effect.gen(function*() {
       const schema = Pg.freshSchema("hole")
