@@ -140,7 +140,11 @@ async function libConcurrent(writers: number, perWriter: number) {
   const rt = ManagedRuntime.make(storeLayer(freshSchema(), Math.max(10, writers)))
   const rate = await rt.runPromise(Effect.gen(function*() {
     const store = yield* EventStore.EventStore
-    yield* store.append("Warm-1", [{ type: "Deposited", payload: { amount: 1 } }])
+    // warm: every connection of the pool has prepared the statements (and compiled the append function)
+    for (let i = 0; i < WARMUP; i++) {
+      yield* Effect.forEach(Array.from({ length: writers }, (_, w) => w), (w) =>
+        store.append(`Warm-${w}`, [{ type: "Deposited", payload: { amount: 1 } }]), { concurrency: "unbounded" })
+    }
     const start = performance.now()
     yield* Effect.forEach(Array.from({ length: writers }, (_, w) => w), (w) =>
       Effect.gen(function*() {
@@ -160,7 +164,11 @@ async function libConcurrent(writers: number, perWriter: number) {
 async function rawConcurrent(writers: number, perWriter: number) {
   const schema = await emptySchema()
   const clients = await Promise.all(Array.from({ length: writers }, () => rawClient(schema)))
-  await clients[0]!.query({ ...RAW_APPEND, values: [crypto.randomUUID(), "Warm-1", "{}", Date.now(), 0] })
+  await Promise.all(clients.map(async (client, w) => {
+    for (let i = 0; i < WARMUP; i++) {
+      await client.query({ ...RAW_APPEND, values: [crypto.randomUUID(), `Warm-${w}`, "{}", Date.now(), i] })
+    }
+  }))
   const start = performance.now()
   await Promise.all(clients.map(async (client, w) => {
     for (let i = 0; i < perWriter; i++) {

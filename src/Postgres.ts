@@ -43,7 +43,7 @@ import Pg from "pg"
 import { InvalidInput, StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import { SCHEMA_LOCK } from "./internal/migrations.js"
-import type { PgExecute } from "./internal/sqlWrite.js"
+import type { PgExecute } from "./internal/connection.js"
 import { SnapshotStore } from "./Snapshot.js"
 import * as SqlEventStore from "./SqlEventStore.js"
 import * as SqlSnapshotStore from "./SqlSnapshotStore.js"
@@ -151,10 +151,15 @@ const makePool = (options: Options, config: Pg.ClientConfig) =>
   )
 
 /** The store's statements, each prepared once per pool connection. */
-const preparedOn = (pool: Pg.Pool): PgExecute => (name, text, values) =>
+const preparedOn = (pool: Pg.Pool): PgExecute => (name, text, values, arrays) =>
   Effect.async<ReadonlyArray<any>, SqlError>((resume) => {
     pool.query(
-      name === "" ? { text, values: values as Array<unknown> } : { name, text, values: values as Array<unknown> },
+      {
+        text,
+        values: values as Array<unknown>,
+        ...(name === "" ? {} : { name }),
+        ...(arrays === true ? { rowMode: "array" as const } : {})
+      },
       (error: Error | undefined, result: Pg.QueryResult | undefined) => {
         if (error) resume(Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" })))
         else resume(Effect.succeed(result?.rows ?? []))

@@ -1,5 +1,7 @@
 /** A write connection that can also run a statement synchronously (SQLite); it throws the driver's error. */
 import type { Connection } from "@effect/sql/SqlConnection"
+import type { SqlError } from "@effect/sql/SqlError"
+import type * as Effect from "effect/Effect"
 
 export interface SyncConnection extends Connection {
   readonly executeSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<unknown>
@@ -15,3 +17,15 @@ export interface SyncConnection extends Connection {
 
 export const isSync = (conn: Connection): conn is SyncConnection =>
   typeof (conn as Partial<SyncConnection>).executeSync === "function"
+
+/**
+ * Runs one statement on PostgreSQL (`$1`… placeholders): under `name`, a statement each connection prepares once
+ * (what `Postgres.layer` provides, on its pool); with an empty name, unprepared. Rows as objects, or as arrays of
+ * column values with `arrays`.
+ */
+export type PgExecute = (
+  name: string,
+  text: string,
+  values: ReadonlyArray<unknown>,
+  arrays?: boolean
+) => Effect.Effect<ReadonlyArray<any>, SqlError>

@@ -9,6 +9,7 @@ import * as Effect from "effect/Effect"
 import type { Filter } from "../EventStore.js"
 import { nonEmpty } from "./backend.js"
 import { type StoredEvent, toInteger } from "./codec.js"
+import type { PgExecute } from "./connection.js"
 import { SAFE_PG, tables } from "./migrations.js"
 
 const E = tables.events
@@ -57,13 +58,11 @@ export interface StreamRange {
   readonly limit: number
 }
 
+/** The read statements on SQLite (LibSQL too), through the `SqlClient`. */
 export const make = (sql: SqlClient.SqlClient) => {
-  const pg = sql.onDialectOrElse({ pg: () => true, orElse: () => false })
-  const columns = sql.literal(pg ? COLUMNS_PG : COLUMNS)
-  const foldColumns = sql.literal(pg ? FOLD_COLUMNS_PG : FOLD_COLUMNS)
+  const columns = sql.literal(COLUMNS)
+  const foldColumns = sql.literal(FOLD_COLUMNS)
   const table = sql(E)
-  // PostgreSQL: the global log is read only below the horizon no running transaction can fall behind
-  const below = sql.literal(pg ? ` AND ${SAFE_PG}` : "")
   return {
     /** Forward: versions after `cursor` up to `to`; backward: versions before `cursor` down to `from`. */
     stream: (streamId: string, { backward, cursor, from, limit, to }: StreamRange) =>
@@ -79,7 +78,7 @@ export const make = (sql: SqlClient.SqlClient) => {
       const eventTypes = nonEmpty(filter?.eventTypes)
       if (streamTypes === undefined && eventTypes === undefined) {
         return (after: number, limit: number) =>
-          sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}${below}
+          sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}
             ORDER BY position LIMIT ${sql.literal(limitOf(limit))}`.withoutTransform
       }
       const where = sql.and([
@@ -87,7 +86,7 @@ export const make = (sql: SqlClient.SqlClient) => {
         ...(eventTypes ? [sql.in("event_type", eventTypes)] : [])
       ])
       return (after: number, limit: number) =>
-        sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}${below} AND ${where}
+        sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after} AND ${where}
           ORDER BY position LIMIT ${sql.literal(limitOf(limit))}`.withoutTransform
     },
 
@@ -99,24 +98,9 @@ export const make = (sql: SqlClient.SqlClient) => {
 
     /** The position of the last event; 0 when the log is empty. */
     head: Effect.map(
-      (pg
-        ? sql<{ p: unknown }>`SELECT position AS p FROM ${table} WHERE ${sql.literal(SAFE_PG)}
-            ORDER BY position DESC LIMIT 1`.withoutTransform
-        : sql<{ p: unknown }>`SELECT MAX(position) AS p FROM ${table}`.withoutTransform),
+      sql<{ p: unknown }>`SELECT MAX(position) AS p FROM ${table}`.withoutTransform,
       (rows) => toInteger(rows[0]?.p) ?? 0
     ) as Effect.Effect<number, SqlError>,
-
-    /**
-     * PostgreSQL: how many committed events the horizon holds back (written by transactions that began while an
-     * older one is still running); 0 elsewhere.
-     */
-    heldBack: (pg
-      ? Effect.map(
-        sql<{ n: unknown }>`SELECT count(*) AS n FROM ${table} WHERE position > COALESCE((SELECT position
-          FROM ${table} WHERE ${sql.literal(SAFE_PG)} ORDER BY position DESC LIMIT 1), 0)`.withoutTransform,
-        (rows) => toInteger(rows[0]?.n) ?? 0
-      )
-      : Effect.succeed(0)) as Effect.Effect<number, SqlError>,
 
     /** The stream's version; 0 when it has no events. */
     version: (streamId: string): Effect.Effect<number, SqlError> =>
@@ -127,3 +111,58 @@ export const make = (sql: SqlClient.SqlClient) => {
       )
   }
 }
+
+// --- PostgreSQL ----------------------------------------------------------------------------------------------------
+
+const STREAM_FORWARD_PG = `SELECT ${COLUMNS_PG} FROM ${E} WHERE stream_id = $1 AND version > $2 AND version <= $3
+  ORDER BY version LIMIT $4`
+const STREAM_BACKWARD_PG = `SELECT ${COLUMNS_PG} FROM ${E} WHERE stream_id = $1 AND version < $2 AND version >= $3
+  ORDER BY version DESC LIMIT $4`
+const logPg = (streamTypes: boolean, eventTypes: boolean) =>
+  `SELECT ${COLUMNS_PG} FROM ${E} WHERE position > $1 AND ${SAFE_PG}${
+    streamTypes ? " AND stream_type = ANY($3::text[])" : ""
+  }${eventTypes ? ` AND event_type = ANY($${streamTypes ? 4 : 3}::text[])` : ""} ORDER BY position LIMIT $2`
+const FOLD_PG = `SELECT ${FOLD_COLUMNS_PG} FROM ${E} WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`
+const FOLD_AT_PG = `SELECT ${FOLD_COLUMNS_PG}, recorded_at FROM ${E} WHERE stream_id = $1 AND version > $2
+  ORDER BY version LIMIT $3`
+// the last position below the horizon: a backward scan of the primary key past what is held back
+const SAFE_HEAD_PG = `SELECT position FROM ${E} WHERE ${SAFE_PG} ORDER BY position DESC LIMIT 1`
+const HEAD_PG = `SELECT COALESCE((${SAFE_HEAD_PG}), 0) AS p`
+const HELD_BACK_PG = `SELECT count(*) AS n FROM ${E} WHERE position > COALESCE((${SAFE_HEAD_PG}), 0)`
+const VERSION_PG = `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v`
+
+/**
+ * The read statements on PostgreSQL, prepared once per connection: the global log is read only below the horizon
+ * no running transaction can fall behind (`SAFE_PG`).
+ */
+export const makePg = (execute: PgExecute) => ({
+  stream: (streamId: string, { backward, cursor, from, limit, to }: StreamRange) =>
+    (backward
+      ? execute("es_stream_back", STREAM_BACKWARD_PG, [streamId, cursor, from, limit])
+      : execute("es_stream", STREAM_FORWARD_PG, [streamId, cursor, to, limit])) as Effect.Effect<
+        ReadonlyArray<StoredEvent>,
+        SqlError
+      >,
+
+  log: (filter: Filter | undefined) => {
+    const streamTypes = nonEmpty(filter?.streamTypes)
+    const eventTypes = nonEmpty(filter?.eventTypes)
+    const name = `es_log${streamTypes ? "_s" : ""}${eventTypes ? "_e" : ""}`
+    const text = logPg(streamTypes !== undefined, eventTypes !== undefined)
+    const extra = [...(streamTypes ? [streamTypes] : []), ...(eventTypes ? [eventTypes] : [])]
+    return (after: number, limit: number) =>
+      execute(name, text, [after, limit, ...extra]) as Effect.Effect<ReadonlyArray<StoredEvent>, SqlError>
+  },
+
+  fold: (streamId: string, after: number, limit: number, withRecordedAt: boolean) =>
+    withRecordedAt
+      ? execute("es_fold_at", FOLD_AT_PG, [streamId, after, limit], true)
+      : execute("es_fold", FOLD_PG, [streamId, after, limit], true),
+
+  head: Effect.map(execute("es_head", HEAD_PG, []), (rows) => toInteger(rows[0]?.p) ?? 0),
+
+  heldBack: Effect.map(execute("es_held_back", HELD_BACK_PG, []), (rows) => toInteger(rows[0]?.n) ?? 0),
+
+  version: (streamId: string) =>
+    Effect.map(execute("es_version", VERSION_PG, [streamId]), (rows) => toInteger(rows[0]?.v) ?? 0)
+})

@@ -17,7 +17,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProjectionError } from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
-import type { SyncConnection } from "./connection.js"
+import type { PgExecute, SyncConnection } from "./connection.js"
 import { tables } from "./migrations.js"
 import { codeOf, isUniqueViolation } from "./sqlErrors.js"
 
@@ -392,15 +392,6 @@ export const sqlError = (cause: unknown) =>
 
 // --- PostgreSQL ----------------------------------------------------------------------------------------------------
 
-/**
- * Runs one statement on PostgreSQL: under `name`, a statement each connection prepares once (what `Postgres.layer`
- * provides, on its pool); without it, any `SqlClient`'s unprepared statement.
- */
-export type PgExecute = (
-  name: string,
-  text: string,
-  values: ReadonlyArray<unknown>
-) => Effect.Effect<ReadonlyArray<any>, SqlError>
 
 /**
  * The append on PostgreSQL: one call of `eventstore_append` (see `SAFE_PG` for how it takes positions), in
