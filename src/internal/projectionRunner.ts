@@ -22,6 +22,7 @@ import type { EventDecodeError } from "../Errors.js"
 import { InlineProjectionError, InvalidInput, StoreError } from "../Errors.js"
 import type { RecordedEvent } from "../Event.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import { EventStore } from "../EventStore.js"
 import { SqlClient as SqlClientTag } from "@effect/sql/SqlClient"
 import type {
@@ -571,6 +572,37 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     )
   }
 
+  /**
+   * PostgreSQL, statement handlers: a batch's statements go to the server together (`runBatchedPg`), a few round
+   * trips instead of one per statement. When such a batch fails, it is tried again one event at a time
+   * (`oneByOne`), so that the failure names its event.
+   */
+  let oneByOne = false
+  const combined = statementsOf === undefined ? undefined : (events: ReadonlyArray<RecordedEvent>) =>
+    Effect.flatMap(SqlClientTag, (client): Effect.Effect<void, EventFailure | StoreError> => {
+      if (!client.onDialectOrElse({ pg: () => true, orElse: () => false })) {
+        return Effect.forEach(events, handleOne, { discard: true }) as Effect.Effect<void, EventFailure>
+      }
+      const statements: Array<Statement.Statement<unknown>> = []
+      for (const event of events) {
+        const decoded = projection.events.decode(event)
+        if (Either.isLeft(decoded)) return Effect.fail(new EventFailure(event, decoded.left.message, false))
+        try {
+          const out = statementsOf[event.type]!(decoded.right, client, table) as Statements.Statements
+          for (const statement of Statements.statementList(out)) statements.push(statement)
+        } catch (cause) {
+          return Effect.fail(new EventFailure(event, reasonOf(Cause.die(cause)), true))
+        }
+      }
+      return Statements.runBatchedPg(client, statements).pipe(
+        Effect.catchAllCause((cause) => {
+          if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause as Cause.Cause<never>)
+          oneByOne = true
+          return Effect.fail(new StoreError({ operation: "projection.batch", cause: Cause.squash(cause) }))
+        })
+      )
+    })
+
   const relevant = (event: RecordedEvent) =>
     handlers[event.type] !== undefined && (streamTypes === undefined || streamTypes.has(event.streamType))
 
@@ -587,11 +619,16 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       return afterBatch(events.length, last.recordedAt.epochMillis)
     })
     if (handled.length === 0) return done
-    const work = Effect.forEach(handled, handleOne, { discard: true })
+    const perEvent = Effect.forEach(handled, handleOne, { discard: true })
+    const work = combined === undefined ? perEvent : Effect.suspend(() => oneByOne ? perEvent : combined(handled))
     // the commit and this runner's note of it go together
     const commit = Effect.suspend(() =>
       Effect.uninterruptible(
-        Effect.tap(provide(checkpoints.commit(target.row, owner, saved, to, work)), () => Effect.sync(() => (saved = to)))
+        Effect.tap(provide(checkpoints.commit(target.row, owner, saved, to, work)), () =>
+          Effect.sync(() => {
+            saved = to
+            oneByOne = false
+          }))
       )
     )
     return commit.pipe(

@@ -35,3 +35,124 @@ export const runSync = (out: Statements, run: (sql: string, params: ReadonlyArra
 /** Why a handler threw, in a line: the driver's code where it has one. */
 export const thrownReason = (cause: unknown): string =>
   cause instanceof Error ? `${(cause as { code?: string }).code ?? cause.name}: ${cause.message}` : String(cause)
+
+// --- PostgreSQL: a batch's statements in one round trip -----------------------------------------------------------
+
+/**
+ * A parameter as a PostgreSQL literal, where it can be written as one exactly: text (`E'…'`, whatever
+ * `standard_conforming_strings` says), numbers and bigints as quoted literals (of unknown type, resolved from where
+ * they stand, as a bound parameter is), booleans, null. `undefined` for anything else (dates, bytes, arrays, JSON
+ * fragments): such a statement is sent on its own, with its parameters.
+ */
+const literal = (value: unknown): string | undefined => {
+  switch (typeof value) {
+    case "string":
+      return value.includes("\u0000") ? undefined : `E'${value.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`
+    case "number":
+      return Number.isFinite(value) ? `'${value}'` : undefined
+    case "bigint":
+      return `'${value}'`
+    case "boolean":
+      return value ? "TRUE" : "FALSE"
+    case "undefined":
+      return "NULL"
+    case "object":
+      return value === null ? "NULL" : undefined
+    default:
+      return undefined
+  }
+}
+
+/**
+ * A compiled statement (`$1`… placeholders) with its parameters written in as literals; `undefined` when one cannot
+ * be. Placeholders inside quoted text, quoted identifiers, dollar-quoted bodies and comments are left alone.
+ */
+export const inlinePg = (text: string, params: ReadonlyArray<unknown>): string | undefined => {
+  if (params.length === 0) return text
+  const literals: Array<string> = new Array(params.length)
+  for (let i = 0; i < params.length; i++) {
+    const l = literal(params[i])
+    if (l === undefined) return undefined
+    literals[i] = l
+  }
+  let out = ""
+  let i = 0
+  const n = text.length
+  while (i < n) {
+    const c = text[i]!
+    if (c === "'" || c === "\"") {
+      // a quoted literal or identifier: to its closing quote (a doubled quote stays inside)
+      let j = i + 1
+      while (j < n && !(text[j] === c && text[j + 1] !== c)) j += text[j] === c ? 2 : 1
+      out += text.slice(i, j + 1)
+      i = j + 1
+    } else if (c === "-" && text[i + 1] === "-") {
+      const j = text.indexOf("\n", i)
+      const end = j < 0 ? n : j
+      out += text.slice(i, end)
+      i = end
+    } else if (c === "/" && text[i + 1] === "*") {
+      const j = text.indexOf("*/", i + 2)
+      const end = j < 0 ? n : j + 2
+      out += text.slice(i, end)
+      i = end
+    } else if (c === "$") {
+      const number = /^\$(\d+)/.exec(text.slice(i, i + 12))
+      if (number !== null) {
+        const k = Number(number[1]) - 1
+        if (k < 0 || k >= literals.length) return undefined
+        out += literals[k]
+        i += number[0].length
+        continue
+      }
+      const tag = /^\$[A-Za-z_][A-Za-z0-9_]*\$|^\$\$/.exec(text.slice(i, i + 64))
+      if (tag !== null) {
+        const j = text.indexOf(tag[0], i + tag[0].length)
+        const end = j < 0 ? n : j + tag[0].length
+        out += text.slice(i, end)
+        i = end
+      } else {
+        out += c
+        i++
+      }
+    } else {
+      out += c
+      i++
+    }
+  }
+  return out
+}
+
+/**
+ * Runs statements on PostgreSQL in as few round trips as it can: those whose parameters can be written in as
+ * literals go together, as one multi-statement query (inside the caller's transaction); any other is sent on its
+ * own, in its place in the order.
+ */
+export const runBatchedPg = (
+  client: SqlClient.SqlClient,
+  statements: ReadonlyArray<Statement.Statement<unknown>>
+): Effect.Effect<void, SqlError> =>
+  Effect.suspend(() => {
+    const steps: Array<Effect.Effect<unknown, SqlError>> = []
+    let pending: Array<string> = []
+    const flush = () => {
+      // each statement ends on a line of its own: a trailing `--` comment cannot swallow the separator
+      if (pending.length > 0) steps.push(client.unsafe(pending.join("\n;\n")).raw)
+      pending = []
+    }
+    for (const statement of statements) {
+      const [text, params] = statement.compile()
+      const inlined = inlinePg(text, params)
+      if (inlined === undefined) {
+        flush()
+        steps.push(statement)
+      } else {
+        pending.push(inlined)
+      }
+    }
+    flush()
+    return Effect.forEach(steps, (step) => step, { discard: true })
+  })
+
+/** The statements a handler returned, as a list. */
+export const statementList = (out: Statements): ReadonlyArray<Statement.Statement<unknown>> => listOf(out)
