@@ -47,9 +47,11 @@ export const TransactionsPerDay = Projection.sql({
   handlers: {
     MoneyDeposited: (e, sql) =>
       sql`INSERT INTO transactions_per_day (day, deposits, withdrawals, volume) VALUES (${day(e)}, 1, 0, ${e.payload.amount})
-        ON CONFLICT (day) DO UPDATE SET deposits = deposits + 1, volume = volume + excluded.volume`,
+        ON CONFLICT (day) DO UPDATE SET deposits = transactions_per_day.deposits + 1,
+          volume = transactions_per_day.volume + excluded.volume`,
     MoneyWithdrawn: (e, sql) =>
       sql`INSERT INTO transactions_per_day (day, deposits, withdrawals, volume) VALUES (${day(e)}, 0, 1, ${e.payload.amount})
-        ON CONFLICT (day) DO UPDATE SET withdrawals = withdrawals + 1, volume = volume + excluded.volume`
+        ON CONFLICT (day) DO UPDATE SET withdrawals = transactions_per_day.withdrawals + 1,
+          volume = transactions_per_day.volume + excluded.volume`
   }
 })

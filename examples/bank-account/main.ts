@@ -3,18 +3,22 @@
  * retry, an overdraft rejected with its typed error, the account's history read back from the store, and two read
  * models (account balances, transactions per day) kept by projections and queried once they have caught up.
  *
- *   npm start
+ *   npm start          an SQLite file in ./data (no server; whatever DATABASE_URL says)
+ *   npm run start:pg   PostgreSQL at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres), schema bank_account
  */
 import { NodeRuntime } from "@effect/platform-node"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Aggregate, Analytics, EventStore, Projection, Snapshot } from "effect-eventstore"
+import * as Postgres from "effect-eventstore/Postgres"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
+import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as DateTime from "effect/DateTime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import { mkdirSync } from "node:fs"
@@ -22,8 +26,8 @@ import * as path from "node:path"
 import { Account, cents, Deposit, FraudCheck, formatCents, OpenAccount, Withdraw } from "./Account.js"
 import { AccountBalances, TransactionsPerDay } from "./ReadModels.js"
 
+const postgres = process.argv.includes("--postgres")
 const dataDir = process.env.BANK_DATA_DIR ?? path.join(process.cwd(), "data")
-mkdirSync(dataDir, { recursive: true })
 const filename = path.join(dataDir, "bank-account.db")
 
 // Large deposits wait for a (simulated) fraud review: long enough for two concurrent deposits to overlap.
@@ -32,7 +36,11 @@ const FraudCheckLive = Layer.succeed(FraudCheck, {
 })
 
 const program = Effect.gen(function*() {
-  yield* Console.log(`effect-eventstore · bank account on SQLite (${path.relative(process.cwd(), filename)}, durable)`)
+  yield* Console.log(
+    postgres
+      ? "effect-eventstore · bank account on PostgreSQL (schema bank_account)"
+      : `effect-eventstore · bank account on SQLite (${path.relative(process.cwd(), filename)}, durable)`
+  )
   // A fresh account id per run: the database file keeps the history of earlier runs.
   const id = `acc-${Date.now().toString(36)}`
   const show = (label: string, r: { version: number; state: { balance: number } }) =>
@@ -103,7 +111,7 @@ const program = Effect.gen(function*() {
 
   const store = yield* EventStore.EventStore
   const total = yield* Stream.runCount(store.readAll({ filter: { streamTypes: ["Account"] } }))
-  yield* Console.log(`\nthe store holds ${total} account events (runs accumulate in the same file)`)
+  yield* Console.log(`\nthe store holds ${total} account events (runs accumulate in the same database)`)
 
   // The read side: wait until both projections have seen every event so far (read-your-writes), then query them.
   const projections = yield* Projection.Projections
@@ -130,8 +138,19 @@ const program = Effect.gen(function*() {
 })
 
 // The account's command handler (with its snapshot policy it needs a SnapshotStore) and the read side's projections
-// (checkpoints in the same file), on an SQLite file.
-const StoreLive = SqlProjection.layer.pipe(Layer.provideMerge(Sqlite.layer({ filename })))
+// (checkpoints in the same database), on an SQLite file or on PostgreSQL: the only line that differs.
+const Backend = postgres
+  ? Postgres.layerConfig({
+    url: Config.redacted("DATABASE_URL").pipe(
+      Config.withDefault(Redacted.make("postgres://postgres@127.0.0.1:5432/postgres"))
+    ),
+    schema: Config.succeed("bank_account")
+  })
+  : Layer.unwrapEffect(Effect.sync(() => {
+    mkdirSync(dataDir, { recursive: true })
+    return Sqlite.layer({ filename })
+  }))
+const StoreLive = SqlProjection.layer.pipe(Layer.provideMerge(Backend))
 const AppLive = Layer.mergeAll(
   Aggregate.layer(Account),
   Projection.layer([AccountBalances, TransactionsPerDay])

@@ -195,7 +195,11 @@ const reasonOf = (cause: Cause.Cause<unknown>): string => {
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) {
     const e = failure.value
-    return e instanceof Error ? `${(e as { _tag?: string })._tag ?? e.name}: ${e.message}` : String(e)
+    if (!(e instanceof Error)) return String(e)
+    // an SqlError's own message is generic ("Failed to execute statement"): the driver's says what went wrong
+    const driver = (e as { readonly cause?: unknown }).cause
+    const detail = (e as { _tag?: string })._tag === "SqlError" && driver instanceof Error ? ` (${driver.message})` : ""
+    return `${(e as { _tag?: string })._tag ?? e.name}: ${e.message}${detail}`
   }
   return Cause.pretty(cause).split("\n")[0] ?? "defect"
 }
