@@ -238,8 +238,8 @@ async function loadBench(n: number, runs: number) {
       const { rows } = await client.query({
         name: "raw_load",
         text: `SELECT version, event_type, payload::text FROM eventstore_events WHERE stream_id = $1 AND version > $2
-          ORDER BY version LIMIT ${PAGE}`,
-        values: [Ledger.streamId("big"), version],
+          ORDER BY version LIMIT $3`,
+        values: [Ledger.streamId("big"), version, PAGE],
         rowMode: "array"
       })
       for (const row of rows as Array<[string, string, string]>) {

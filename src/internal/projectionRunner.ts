@@ -722,6 +722,8 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     // each attempt (a retry after a read error too) reads from where the runner has got to
     Effect.suspend(() =>
       store.subscribe({ fromPosition: position, pageSize: batchSize }).pipe(
+        // the next page is read while this one is handled and committed
+        Stream.bufferChunks({ capacity: 1 }),
         Stream.mapError((e) => ({ read: e })),
         Stream.runForEachChunk((chunk) => Effect.mapError(handleChunk(chunk), (e) => ({ handled: e })))
       )

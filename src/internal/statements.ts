@@ -68,13 +68,23 @@ const literal = (value: unknown): string | undefined => {
  * be. Placeholders inside quoted text, quoted identifiers, dollar-quoted bodies and comments are left alone.
  */
 export const inlinePg = (text: string, params: ReadonlyArray<unknown>): string | undefined => {
-  if (params.length === 0) return text
+  const literals = literalsOf(params)
+  return literals === undefined ? undefined : substitute(text, literals)
+}
+
+/** Every parameter as a literal, or `undefined` when one cannot be. */
+const literalsOf = (params: ReadonlyArray<unknown>): Array<string> | undefined => {
   const literals: Array<string> = new Array(params.length)
   for (let i = 0; i < params.length; i++) {
     const l = literal(params[i])
     if (l === undefined) return undefined
     literals[i] = l
   }
+  return literals
+}
+
+const substitute = (text: string, literals: ReadonlyArray<string>): string | undefined => {
+  if (literals.length === 0) return text
   let out = ""
   let i = 0
   const n = text.length
@@ -123,10 +133,15 @@ export const inlinePg = (text: string, params: ReadonlyArray<unknown>): string |
   return out
 }
 
+let batches = 0
+
 /**
  * Runs statements on PostgreSQL in as few round trips as it can: those whose parameters can be written in as
  * literals go together, as one multi-statement query (inside the caller's transaction); any other is sent on its
- * own, in its place in the order.
+ * own, in its place in the order. Within a query, a statement text that comes back several times is prepared once
+ * (`PREPARE` … `EXECUTE` with the literals, `DEALLOCATE` at the end), so the server parses and plans it once: it
+ * infers the parameters' types as it does for a bound statement. Names are new for every query, so that one left
+ * behind by a failed query never collides.
  */
 export const runBatchedPg = (
   client: SqlClient.SqlClient,
@@ -134,20 +149,41 @@ export const runBatchedPg = (
 ): Effect.Effect<void, SqlError> =>
   Effect.suspend(() => {
     const steps: Array<Effect.Effect<unknown, SqlError>> = []
-    let pending: Array<string> = []
+    let pending: Array<{ readonly text: string; readonly literals: ReadonlyArray<string>; readonly inlined: string }> = []
     const flush = () => {
+      if (pending.length === 0) return
+      const counts = new Map<string, number>()
+      for (const { literals, text } of pending) {
+        if (literals.length > 0) counts.set(text, (counts.get(text) ?? 0) + 1)
+      }
+      const batch = `es_b${(batches = (batches + 1) % 1_000_000_000)}`
+      const names = new Map<string, string>()
+      const head: Array<string> = []
+      for (const [text, count] of counts) {
+        if (count < 2) continue
+        const name = `${batch}_${names.size}`
+        names.set(text, name)
+        head.push(`PREPARE ${name} AS ${text}`)
+      }
+      const body: Array<string> = []
+      for (const { inlined, literals, text } of pending) {
+        const name = names.get(text)
+        body.push(name !== undefined ? `EXECUTE ${name}(${literals.join(", ")})` : inlined)
+      }
+      const tail = [...names.values()].map((name) => `DEALLOCATE ${name}`)
       // each statement ends on a line of its own: a trailing `--` comment cannot swallow the separator
-      if (pending.length > 0) steps.push(client.unsafe(pending.join("\n;\n")).raw)
+      steps.push(client.unsafe([...head, ...body, ...tail].join("\n;\n")).raw)
       pending = []
     }
     for (const statement of statements) {
       const [text, params] = statement.compile()
-      const inlined = inlinePg(text, params)
-      if (inlined === undefined) {
+      const literals = literalsOf(params)
+      const inlined = literals === undefined ? undefined : substitute(text, literals)
+      if (literals === undefined || inlined === undefined) {
         flush()
         steps.push(statement)
       } else {
-        pending.push(inlined)
+        pending.push({ text, literals, inlined })
       }
     }
     flush()
