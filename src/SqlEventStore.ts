@@ -60,6 +60,7 @@ import {
   HOT_SQLITE,
   writeGroupSync,
   writeOneSync,
+  writeLibsql,
   writePg
 } from "./internal/sqlWrite.js"
 import * as Tracing from "./internal/tracing.js"
@@ -438,6 +439,7 @@ export const make = (
     const sql = yield* SqlClient.SqlClient
     yield* migrate
     if (sql.onDialectOrElse({ pg: () => true, orElse: () => false })) return yield* makePg(sql, options)
+    if (isLibsql(sql)) return yield* makeLibsql(sql, options)
     const signal = new Signal()
     const background = yield* Background.make(options.shutdownGrace ?? "5 seconds")
     const inline: Inline = { hooks: [] }
@@ -506,10 +508,56 @@ const listenOf = (sql: SqlClient.SqlClient): PgListen | undefined =>
   (sql as { readonly [listenKey]?: PgListen })[listenKey]
 
 /**
+ * A store whose every append is one statement in autocommit (atomic on its own), through `write`: the PostgreSQL and
+ * LibSQL backends. Commits wake this process's subscribers at once; `wake` adds other processes' (PostgreSQL's
+ * `LISTEN`/`NOTIFY`), with polling as the fallback.
+ */
+const makeStatementStore = (
+  options: Options,
+  backend: {
+    readonly write: (append: PreparedAppend) => Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError>
+    readonly reads: Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows">
+    /** Called after each commit made through this store. */
+    readonly committed?: () => void
+    readonly signal: Signal
+  }
+) => {
+  const { reads, signal } = backend
+  const done = settled(signal)
+  const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
+  const write = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
+    Effect.matchEffect(
+      Effect.retry(backend.write(prepared), { schedule: busyRetry, while: (e) => e._tag === "SqlError" && isBusy(e) }),
+      {
+        onFailure: (e): Effect.Effect<never, AppendError> => {
+          if (e._tag === "SqlError") return Effect.fail(storeError("append")(e))
+          done([Exit.fail(e)])
+          return Effect.fail(e)
+        },
+        onSuccess: (written) => {
+          done([Exit.succeed(written)])
+          backend.committed?.()
+          return Effect.succeed(result(prepared, written))
+        }
+      }
+    )
+  const append: EventStoreService["append"] = (streamId, events, appendOptions) =>
+    Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError> => {
+      const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+      const prepared = prepareAppend(streamId, events, appendOptions, now)
+      if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
+      return write(prepared.right)
+    }).pipe((effect) =>
+      Tracing.withSpan(effect, "EventStore.append", () => appendSpan(streamId, appendOptions?.streamType, events.length))
+    )
+  return fromBackend({ ...reads, append, signal, pollInterval: Duration.decode(options.pollInterval ?? "500 millis") })
+}
+
+/**
  * The PostgreSQL backend. An append is one statement in autocommit (`writePg`): PostgreSQL's own group commit
  * flushes concurrent commits together, so appends do not queue behind each other in this process. Reads of the
  * global log stop at the horizon (`SAFE_PG`). Commits wake this process's subscribers at once and other
- * processes' through `LISTEN`/`NOTIFY` (one notification per burst of commits), with polling as the fallback.
+ * processes' through `LISTEN`/`NOTIFY`, with polling as the fallback.
  */
 const makePg = (sql: SqlClient.SqlClient, options: Options) =>
   Effect.gen(function*() {
@@ -521,13 +569,10 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
       storeError("open")
     )
     const channel = channelOf(schema[0]?.s ?? "public")
-    const done = settled(signal)
-    const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
 
-    // one notification per burst: while one is being sent, later commits wait for the next
-    // At most one notification per 50 ms, whatever the rate of commits (the first at once), in a transaction that does not wait for
-    // its own flush to disk (a NOTIFY takes a transaction id and a database-wide lock at commit: one per append
-    // would halve the rate of appends). Subscribers in this process are woken at once by the signal.
+    // At most one notification per 50 ms, whatever the rate of commits (the first at once), in a transaction that
+    // does not wait for its own flush to disk (a NOTIFY takes a transaction id and a database-wide lock at commit:
+    // one per append would halve the rate of appends). Subscribers in this process are woken at once by the signal.
     const notify = `SET LOCAL synchronous_commit = off; SELECT pg_notify('${channel.replace(/'/g, "''")}', '1')`
     let sent = 0
     yield* Effect.forkScoped(Effect.forever(Effect.gen(function*() {
@@ -547,61 +592,58 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
       )
     }
 
-    const write = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
-      Effect.matchEffect(
-        Effect.retry(writePg(execute, prepared), {
-          schedule: busyRetry,
-          while: (e) => e._tag === "SqlError" && isBusy(e)
-        }),
-        {
-          onFailure: (e): Effect.Effect<never, AppendError> => {
-            if (e._tag === "SqlError") return Effect.fail(storeError("append")(e))
-            done([Exit.fail(e)])
-            return Effect.fail(e)
-          },
-          onSuccess: (written) => {
-            done([Exit.succeed(written)])
-            outgoing.notify()
-            return Effect.succeed(result(prepared, written))
-          }
-        }
-      )
-
-    const append: EventStoreService["append"] = (streamId, events, appendOptions) =>
-      Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError> => {
-        const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
-        const prepared = prepareAppend(streamId, events, appendOptions, now)
-        if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
-        return write(prepared.right)
-      }).pipe((effect) =>
-        Tracing.withSpan(effect, "EventStore.append", () =>
-          appendSpan(streamId, appendOptions?.streamType, events.length))
-      )
-
     const statements = SqlRead.makePg(execute)
     const heldBack = Effect.mapError(statements.heldBack, storeError("read"))
-    const store = fromBackend({
-      streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
-      // a reader that has caught up measures what the horizon holds back
-      logRows: (filter, operation) => {
-        const page = statements.log(filter)
-        return (after, limit) =>
-          page(after, limit).pipe(
-            Effect.mapError(storeError(operation)),
-            Effect.tap((rows) =>
-              rows.length < limit
-                ? Effect.ignore(Effect.flatMap(heldBack, (n) => Telemetry.heldBack(Effect.succeed(n))))
-                : Effect.void
-            )
-          )
-      },
-      head: Effect.mapError(statements.head, storeError("head")),
-      version: (streamId) => Effect.mapError(statements.version(streamId), storeError("version")),
-      foldRows: (streamId, after, limit, withRecordedAt) =>
-        Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read")),
-      append,
+    const store = makeStatementStore(options, {
+      write: (append) => writePg(execute, append),
+      committed: () => outgoing.notify(),
       signal,
-      pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
+      reads: {
+        streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
+        // a reader that has caught up measures what the horizon holds back
+        logRows: (filter, operation) => {
+          const page = statements.log(filter)
+          return (after, limit) =>
+            page(after, limit).pipe(
+              Effect.mapError(storeError(operation)),
+              Effect.tap((rows) =>
+                rows.length < limit
+                  ? Effect.ignore(Effect.flatMap(heldBack, (n) => Telemetry.heldBack(Effect.succeed(n))))
+                  : Effect.void
+              )
+            )
+        },
+        head: Effect.mapError(statements.head, storeError("head")),
+        version: (streamId) => Effect.mapError(statements.version(streamId), storeError("version")),
+        foldRows: (streamId, after, limit, withRecordedAt) =>
+          Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
+      }
+    })
+    return onDatabase(store, sql)
+  })
+
+// A LibSQL client's transactions: statements made inside one run on its connection (the tag's key is the client's).
+const LibsqlTransaction = Context.GenericTag<unknown>("@effect/sql-libsql/LibsqlClient/LibsqlTransaction")
+
+/** Whether `sql` is an `@effect/sql-libsql` client (it reports the "sqlite" dialect). */
+export const isLibsql = (sql: SqlClient.SqlClient): boolean => Symbol.for("@effect/sql-libsql/LibsqlClient") in sql
+
+/**
+ * The LibSQL backend (a local file, a remote server, an embedded replica): the client cannot hold a connection for
+ * a `BEGIN … COMMIT` of ours, so an append is one statement in autocommit (`writeLibsql`), on SQLite's schema and
+ * reads. SQLite has one writer at a time, so positions follow commit order.
+ */
+const makeLibsql = (sql: SqlClient.SqlClient, options: Options) =>
+  Effect.sync(() => {
+    const execute: PgExecute = (_name, text, values) =>
+      Effect.mapInputContext(
+        sql.unsafe(text, values as Array<any>).withoutTransform,
+        (context: Context.Context<never>) => Context.omit(LibsqlTransaction)(context) as Context.Context<never>
+      )
+    const store = makeStatementStore(options, {
+      write: (append) => writeLibsql(execute, append),
+      signal: new Signal(),
+      reads: makeReads(sql, undefined)
     })
     return onDatabase(store, sql)
   })

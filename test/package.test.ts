@@ -149,8 +149,10 @@ describe.skipIf(registry !== undefined && !inCI)("the packed package in an app",
     )
     fs.writeFileSync(path.join(app, "main.ts"), program)
     // Every public module's types but the backends' (they need their optional drivers: @effect/sql-sqlite-node,
-    // @effect/sql-pg).
-    const modules = Object.keys(pkg.exports).filter((k) => k !== "./package.json" && k !== "./Sqlite" && k !== "./Postgres")
+    // @effect/sql-pg, @effect/sql-libsql).
+    const modules = Object.keys(pkg.exports).filter((k) =>
+      k !== "./package.json" && k !== "./Sqlite" && k !== "./Postgres" && k !== "./LibSql"
+    )
     fs.writeFileSync(
       path.join(app, "types.ts"),
       modules.map((k, i) => `export type * as M${i} from "${k === "." ? "effect-eventstore" : `effect-eventstore${k.slice(1)}`}"\n`)

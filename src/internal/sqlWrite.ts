@@ -490,3 +490,60 @@ export const writePg = (
           : actual
   )
 }
+
+// --- LibSQL --------------------------------------------------------------------------------------------------------
+
+/**
+ * The append on LibSQL: one statement in autocommit for any number of events (their columns as one JSON array,
+ * unpacked by `json_each`), the expected-version check in it, as SQLite's `insertSql` does. Parameters: stream id,
+ * stream type, recorded-at, the events' JSON, the expected version when it is a number.
+ */
+const insertLibsql = (expected: ExpectedVersion): string =>
+  `INSERT INTO ${E} (event_id, stream_id, stream_type, version, event_type, schema_version, payload, metadata, tenant_id,
+  recorded_at)
+SELECT json_extract(j.value, '$[0]'), ?1, ?2, h.v + j.key + 1, json_extract(j.value, '$[1]'),
+  json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'),
+  json_extract(j.value, '$[5]'), ?3
+FROM (SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = ?1 ORDER BY version DESC LIMIT 1), 0) AS v) AS h,
+  json_each(?4) AS j${
+    expected === "any" ? "" : expected === "no-stream" ? " WHERE h.v = 0" : expected === "stream-exists" ? " WHERE h.v > 0" : " WHERE h.v = ?5"
+  }
+ORDER BY j.key
+RETURNING version, position`
+
+/** One append on LibSQL, in one statement: conflicts and stored ids explained as `writePg` does. */
+export const writeLibsql = (
+  execute: PgExecute,
+  append: PreparedAppend,
+  attempt = 1
+): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
+  const actual: Effect.Effect<never, AppendFailure | SqlError> = Effect.flatMap(
+    execute("", VERSION_SQL, [append.streamId]),
+    (rows) => Effect.fail(conflictError(append, rows[0]?.v))
+  )
+  const events = JSON.stringify(append.events.map((e) => [e.eventId, e.type, e.schemaVersion, e.payloadJson, e.metadataJson, e.tenantId]))
+  const params: Array<unknown> = [append.streamId, append.streamType, append.recordedAt, events]
+  if (typeof append.expected === "number") params.push(append.expected)
+  return Effect.catchTag(
+    Effect.flatMap(
+      execute("", insertLibsql(append.expected), params),
+      (rows): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
+        rows.length === 0 ? actual : Effect.succeed(toWritten(rows.map((r) => ({ v: r.version, p: r.position }))))
+    ),
+    "SqlError",
+    (e): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
+      !isUniqueViolation(e)
+        ? Effect.fail(e)
+        : Effect.flatMap(
+          execute("", `SELECT event_id FROM ${E} WHERE event_id IN (SELECT value FROM json_each(?1)) LIMIT 1`, [
+            JSON.stringify(idsOf(append, 0, append.events.length))
+          ]),
+          (rows): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
+            rows.length > 0
+              ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: String(rows[0].event_id) }))
+              : (append.expected === "any" || append.expected === "stream-exists") && attempt < 100
+              ? writeLibsql(execute, append, attempt + 1)
+              : actual
+        )
+  )
+}
