@@ -94,7 +94,10 @@ export interface RecordedEvent<P = unknown> {
   readonly streamType: string
   /** 1-based, gapless within the stream. */
   readonly version: number
-  /** Global, unique, strictly increasing in commit order. */
+  /**
+   * Global, unique, increasing; readers hand positions out in order and never skip one (PostgreSQL: see
+   * `effect-eventstore/Postgres`). Positions may have holes.
+   */
   readonly position: number
   readonly type: string
   readonly schemaVersion: number

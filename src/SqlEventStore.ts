@@ -1,13 +1,15 @@
 /**
- * The event store over `@effect/sql`'s `SqlClient`: the implementation behind `Sqlite.layer` (and the PostgreSQL
- * layer to come). The SQL text lives in `internal/` once per concern — schema (`migrations.ts`), write path
- * (`sqlWrite.ts`), read path (`sqlRead.ts`) — and driver errors are classified in `sqlErrors.ts`, so a dialect is
- * an addition there, not a rewrite here.
+ * The event store over `@effect/sql`'s `SqlClient`: the implementation behind `Sqlite.layer`, `Postgres.layer` and
+ * `LibSql.layer`, chosen by the client's dialect. The SQL text lives in `internal/` once per concern — schema
+ * (`migrations.ts`), write path (`sqlWrite.ts`), read path (`sqlRead.ts`) — and driver errors are classified in
+ * `sqlErrors.ts`, so a dialect is an addition there, not a rewrite here.
  *
- * An append is one statement: a conditional multi-row `INSERT … SELECT` that reads the stream's head and writes the
- * new events only if the expected version holds, so the check and the write are atomic without a transaction; the
- * unique index on (stream, version) is the backstop against any other writer. Batches too large for one statement
- * run as several such statements in one transaction. Concurrent appends share a transaction (group commit).
+ * An append is one statement: a conditional `INSERT … SELECT` that reads the stream's head and writes the new
+ * events only if the expected version holds, so the check and the write are atomic without a transaction; the
+ * unique index on (stream, version) is the backstop against any other writer. On SQLite, batches too large for one
+ * statement run as several such statements in one transaction, and concurrent appends share a transaction (group
+ * commit). On PostgreSQL an append is one call of the `eventstore_append` function, on LibSQL one statement with its
+ * events as a JSON parameter, each in autocommit.
  *
  * @since 0.1.0
  */
