@@ -1,12 +1,13 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Event, EventStore, Projection } from "effect-eventstore"
+import { Event, EventStore, Projection, Telemetry } from "effect-eventstore"
 import * as Postgres from "effect-eventstore/Postgres"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
@@ -164,6 +165,8 @@ describe.skipIf(!Pg.available)("PostgreSQL specifics", () => {
         expect(yield* store.head).toBeLessThan(positionA)
         expect((yield* store.readAll({ fromPosition: first }).pipe(Stream.runCollect)).length).toBe(0)
         expect((yield* projections.status("order")).checkpoint).toBeLessThan(positionA)
+        // B's event is committed and held back: the gauge says so
+        expect((yield* Metric.value(Telemetry.heldBack)).value).toBeGreaterThanOrEqual(1)
 
         yield* Effect.promise(() => a.query("COMMIT"))
         yield* projections.awaitPosition("order", b.position, "10 seconds")
