@@ -79,14 +79,42 @@ ORDER BY u.n
 RETURNING position`
 }
 
-async function rawAppends(count: number, perAppend: number, stream = (s: number) => `Bench-${s}`) {
+/** The library's own append function, called by the raw driver: the same SQL, without the library around it. */
+const SAME_FUNCTION = {
+  name: "raw_same_function",
+  text: `SELECT v, p FROM eventstore_append($1, 'Bench', $2, $3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
+  $8::text[], 3, $9)`
+}
+
+const sameFunction = (stream: string, ids: Array<string>, payloads: Array<string>, expected: number) => ({
+  ...SAME_FUNCTION,
+  values: [
+    stream,
+    Date.now(),
+    ids,
+    ids.map(() => "Deposited"),
+    ids.map(() => 1),
+    payloads,
+    ids.map(() => null),
+    ids.map(() => null),
+    expected
+  ]
+})
+
+async function rawAppends(count: number, perAppend: number, viaFunction = false) {
+  const stream = (s: number) => `Bench-${s}`
   const client = await rawClient(await emptySchema())
   const versions = new Array<number>(STREAMS).fill(0)
   let start = performance.now()
   for (let i = -WARMUP; i < count; i++) {
     if (i === 0) start = performance.now()
     const s = (i + WARMUP) % STREAMS
-    if (perAppend === 1) {
+    if (viaFunction) {
+      const ids = Array.from({ length: perAppend }, () => crypto.randomUUID())
+      const payloads = Array.from({ length: perAppend }, (_, k) => JSON.stringify({ amount: i + k }))
+      const r = await client.query(sameFunction(stream(s), ids, payloads, versions[s]!))
+      if (r.rows[0]?.p === null) throw new Error("raw append conflict")
+    } else if (perAppend === 1) {
       const r = await client.query({
         ...RAW_APPEND,
         values: [crypto.randomUUID(), stream(s), JSON.stringify({ amount: i }), Date.now(), versions[s]]
@@ -161,7 +189,7 @@ async function libConcurrent(writers: number, perWriter: number) {
 }
 
 /** `writers` raw clients, each appending single events to streams of its own, all at once. */
-async function rawConcurrent(writers: number, perWriter: number) {
+async function rawConcurrent(writers: number, perWriter: number, viaFunction = false) {
   const schema = await emptySchema()
   const clients = await Promise.all(Array.from({ length: writers }, () => rawClient(schema)))
   await Promise.all(clients.map(async (client, w) => {
@@ -172,10 +200,14 @@ async function rawConcurrent(writers: number, perWriter: number) {
   const start = performance.now()
   await Promise.all(clients.map(async (client, w) => {
     for (let i = 0; i < perWriter; i++) {
-      await client.query({
-        ...RAW_APPEND,
-        values: [crypto.randomUUID(), `Conc-${w}-${i % 10}`, JSON.stringify({ amount: i }), Date.now(), Math.floor(i / 10)]
-      })
+      await client.query(
+        viaFunction
+          ? sameFunction(`Conc-${w}-${i % 10}`, [crypto.randomUUID()], [JSON.stringify({ amount: i })], Math.floor(i / 10))
+          : {
+            ...RAW_APPEND,
+            values: [crypto.randomUUID(), `Conc-${w}-${i % 10}`, JSON.stringify({ amount: i }), Date.now(), Math.floor(i / 10)]
+          }
+      )
     }
   }))
   const rate = (writers * perWriter) / ((performance.now() - start) / 1000)
@@ -480,8 +512,13 @@ export async function postgresBenches(emit: Emit, quick: boolean, want: (name: s
   try {
     if (want("pg.append.single")) {
       const count = quick ? 200 : 1000
-      const [lib, raw] = await interleaved(quick ? 1 : 7, [() => libAppends(count, 1), () => rawAppends(count, 1)])
+      const [lib, raw, same] = await interleaved(quick ? 1 : 7, [
+        () => libAppends(count, 1),
+        () => rawAppends(count, 1),
+        () => rawAppends(count, 1, true)
+      ])
       emit("pg.append.single", lib!, `events/s (${sync})`, raw!)
+      emit("pg.append.single.sameFunction", lib!, "events/s (vs the raw driver calling eventstore_append)", same!)
     }
     if (want("pg.append.batch100")) {
       const count = quick ? 10 : 50
@@ -491,11 +528,18 @@ export async function postgresBenches(emit: Emit, quick: boolean, want: (name: s
     if (want("pg.append.concurrent")) {
       const per = quick ? 50 : 300
       for (const writers of quick ? [8] : [1, 8, 32]) {
-        const [lib, raw] = await interleaved(quick ? 1 : 5, [
+        const [lib, raw, same] = await interleaved(quick ? 1 : 5, [
           () => libConcurrent(writers, Math.ceil((per * 8) / writers)),
-          () => rawConcurrent(writers, Math.ceil((per * 8) / writers))
+          () => rawConcurrent(writers, Math.ceil((per * 8) / writers)),
+          () => rawConcurrent(writers, Math.ceil((per * 8) / writers), true)
         ])
         emit(`pg.append.concurrent${writers}`, lib!, `appends/s (${writers} fibers vs ${writers} raw clients, ${sync})`, raw!)
+        emit(
+          `pg.append.concurrent${writers}.sameFunction`,
+          lib!,
+          `appends/s (vs ${writers} raw clients calling eventstore_append)`,
+          same!
+        )
         if (writers === 8) {
           const grouped = median(await Promise.all([rawGrouped(8, per * 8)]))
           emit("pg.append.concurrent8.grouped", lib!, "appends/s (vs one raw client, 8 appends per transaction)", grouped)

@@ -5,25 +5,27 @@
  * several stores can share a database. Projections' checkpoints go in the same database with `SqlProjection.layer`.
  *
  * What to know:
- * - **Positions** are numbers, increasing, with large holes: an append's positions are its transaction's id times
- *   2^20 plus 1, 2, … (at most 2^20 - 1 events in one append). Never assume they are dense.
- * - **Global order never skips an event.** PostgreSQL commits transactions in any order; `readAll`, `subscribe`,
- *   `head` and projections hand out only positions below the oldest transaction still running on the server, so
- *   no commit can later appear behind a reader. The trade-off: a long write transaction anywhere on the server
- *   delays readers of the global log (never skips them) until it ends; `eventstore_held_back_events` counts the
- *   committed events held back meanwhile. Reads of one stream are never delayed.
- * - **An append is one statement**, atomic on its own: every expected-version mode is checked in it, and a conflict
- *   (including a concurrent writer refused by the unique index) is a `ConcurrencyError` carrying the version found.
- *   A lost connection fails the append in flight with `StoreError` (it was written whole or not at all) and the
- *   pool opens new connections for what follows.
+ * - **Positions** come from a sequence: numbers, increasing, with holes where an append failed or lost a race.
+ * - **Global order never skips an event.** PostgreSQL commits transactions in any order. An append takes its
+ *   transaction id and its positions together, under an advisory lock held for microseconds (not until its commit),
+ *   before it writes anything; `readAll`, `subscribe`, `head` and projections hand out only rows whose transaction
+ *   is older than the oldest one still running on the server, which is always a prefix of the log. The trade-off: a
+ *   long write transaction anywhere on the server delays readers of the global log (never makes them skip) until it
+ *   ends; the gauge `eventstore_held_back_events` counts the committed events held back meanwhile. Reads of one
+ *   stream are never delayed.
+ * - **An append is one round trip**: one call of the `eventstore_append` function, atomic on its own: every
+ *   expected-version mode is checked in it, and a conflict (including a concurrent writer refused by the unique
+ *   index) is a `ConcurrencyError` carrying the version found. The function refuses to run in a transaction that has
+ *   already written (its ordering rule needs a fresh transaction). A lost connection fails the append in flight with
+ *   `StoreError` (it was written whole or not at all) and the pool opens new connections for what follows.
  * - **Live subscriptions** are woken at once by commits in this process and, through `LISTEN`/`NOTIFY`, by other
  *   processes' commits; `pollInterval` is the fallback (and how events held back by a long transaction show up).
  * - **Durability** is the server's: with its default `synchronous_commit = on`, an acknowledged append is on disk.
  * - Behind a transaction-mode pooler (PgBouncer), `search_path` set at connection start is not kept: use `public`
  *   or connect directly. `LISTEN` needs a session too (without it, subscribers rely on polling).
- * - A dump restored into another cluster restarts transaction ids below the stored positions: the store notices
- *   when it opens and moves an offset (`eventstore_rebase()`); a process that stays running meanwhile fails its
- *   appends with `StoreError` until it reopens the store.
+ * - A dump restored into another cluster brings transaction ids that cluster may not have reached (readers would
+ *   hold those events back): when a store opens and finds the last event's transaction id in the cluster's future,
+ *   it marks every stored event as old, once.
  *
  * @since 0.1.0
  */

@@ -521,6 +521,8 @@ const makeStatementStore = (
     readonly reads: Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows">
     /** Called after each commit made through this store. */
     readonly committed?: () => void
+    /** Appends are refused inside this service's transactions (they would wait for the transaction forever). */
+    readonly refuse?: Context.Tag<any, any>
     readonly signal: Signal
   }
 ) => {
@@ -545,6 +547,14 @@ const makeStatementStore = (
     )
   const append: EventStoreService["append"] = (streamId, events, appendOptions) =>
     Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError> => {
+      if (backend.refuse !== undefined && Option.isSome(Context.getOption(fiber.currentContext, backend.refuse))) {
+        return Effect.fail(
+          new StoreError({
+            operation: "append",
+            cause: "an append cannot run inside a transaction of the store's own client (it would wait for it)"
+          })
+        )
+      }
       const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
       const prepared = prepareAppend(streamId, events, appendOptions, now)
       if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
@@ -595,7 +605,21 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
     }
 
     const statements = SqlRead.makePg(execute)
-    const heldBack = Effect.mapError(statements.heldBack, storeError("read"))
+    // Events held back behind a running transaction show up when it ends, which nothing signals: readers look again
+    // shortly (every 10 ms while any are held back), not at their next poll.
+    let again = false
+    const lookAgain = () => {
+      if (again) return
+      again = true
+      setTimeout(() => {
+        again = false
+        signal.notify()
+      }, 10).unref()
+    }
+    const heldBack = Effect.mapError(statements.heldBack, storeError("read")).pipe(
+      Effect.tap((n) => Telemetry.heldBack(Effect.succeed(n))),
+      Effect.tap((n) => n > 0 ? Effect.sync(lookAgain) : Effect.void)
+    )
     const store = makeStatementStore(options, {
       write: (append) => writePg(execute, append),
       committed: () => outgoing.notify(),
@@ -608,11 +632,7 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
           return (after, limit) =>
             page(after, limit).pipe(
               Effect.mapError(storeError(operation)),
-              Effect.tap((rows) =>
-                rows.length < limit
-                  ? Effect.ignore(Effect.flatMap(heldBack, (n) => Telemetry.heldBack(Effect.succeed(n))))
-                  : Effect.void
-              )
+              Effect.tap((rows) => rows.length < limit ? Effect.ignore(heldBack) : Effect.void)
             )
         },
         head: Effect.mapError(statements.head, storeError("head")),
@@ -644,6 +664,8 @@ const makeLibsql = (sql: SqlClient.SqlClient, options: Options) =>
       )
     const store = makeStatementStore(options, {
       write: (append) => writeLibsql(execute, append),
+      // the client runs one statement at a time while a transaction of it is open: an append in it would wait
+      refuse: LibsqlTransaction,
       signal: new Signal(),
       reads: makeReads(sql, undefined)
     })

@@ -92,11 +92,13 @@ const advisoryLocks = (sql: SqlClient.SqlClient) =>
     const held = new Map<string, Held>()
     const TRY = `SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/' || $1, ${SCHEMA_LOCK})) AS ok`
     // closing the reserved connection's scope returns it to the pool: its session locks go first
+    // never cut short (a shutdown's timeout): a connection back in the pool still holding the lock would keep the
+    // projection from every other process
     const let_go = (h: Held) =>
-      Effect.zipRight(
+      Effect.uninterruptible(Effect.zipRight(
         Effect.ignore(h.conn.execute("SELECT pg_advisory_unlock_all()", [], undefined)),
         Scope.close(h.scope, Exit.void)
-      )
+      ))
     yield* Effect.addFinalizer(() => Effect.forEach([...held.values()], let_go, { discard: true }))
     const drop = (projection: string, owner?: string) =>
       Effect.suspend(() => {

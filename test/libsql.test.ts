@@ -74,6 +74,15 @@ describe("LibSQL specifics", () => {
       expect(yield* store.version("Big-2")).toBe(0)
     }).pipe(Effect.provide(LibSql.layer({ url: dbFile("big") }))))
 
+  it.live("an append inside a transaction of the store's own client is refused (instead of waiting forever)", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const sql = yield* SqlClient.SqlClient
+      const inside = yield* Effect.flip(sql.withTransaction(store.append("Tx-1", [{ type: "A", payload: {} }])))
+      expect(inside).toMatchObject({ _tag: "StoreError", operation: "append" })
+      expect((yield* store.append("Tx-2", [{ type: "A", payload: {} }])).version).toBe(1)
+    }).pipe(Effect.provide(LibSql.layer({ url: dbFile("tx") }))))
+
   it.live("two stores on one file (two clients): one winner per version, every append whole", () =>
     Effect.gen(function*() {
       const file = dbFile("two")

@@ -70,7 +70,8 @@ const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClien
         Effect.all([
           // position and tx: see SAFE_PG. Payloads are `json`: kept as written (jsonb reorders keys, drops
           // duplicates, refuses \u0000) and cheaper to write; read back as text, never through name transforms.
-          sql.unsafe(`CREATE SEQUENCE ${E}_position AS BIGINT`),
+          // CACHE 1 (the default, written out): numbers are handed out in the order appends ask, under the lock
+          sql.unsafe(`CREATE SEQUENCE ${E}_position AS BIGINT CACHE 1`),
           sql.unsafe(`CREATE TABLE ${E} (
   position BIGINT PRIMARY KEY,
   event_id TEXT NOT NULL,
@@ -103,6 +104,11 @@ DECLARE
   base BIGINT;
   xact XID8;
 BEGIN
+  -- the ordering rule (see SAFE_PG) needs this transaction's id to be taken below, under the lock
+  IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+    RAISE EXCEPTION 'effect-eventstore: eventstore_append must be the first write of its transaction'
+      USING ERRCODE = '25001';
+  END IF;
   head := COALESCE((SELECT e.version FROM ${E} e WHERE e.stream_id = p_stream ORDER BY e.version DESC LIMIT 1), 0);
   IF (p_mode = 1 AND head <> 0) OR (p_mode = 2 AND head = 0) OR (p_mode = 3 AND head <> p_expected) THEN
     RETURN QUERY SELECT head, NULL::BIGINT;
@@ -206,8 +212,9 @@ const attempt = Effect.gen(function*() {
         // A dump restored into another cluster brings transaction ids from the old one, which the new one may not
         // have reached: readers would hold those events back until it does. Ids only rise with positions, so the
         // last event tells; the restored events all committed long ago, so their ids can be set to the oldest.
-        yield* sql.unsafe(`UPDATE ${E} SET tx = '3'::xid8 WHERE tx >= pg_snapshot_xmax(pg_current_snapshot())
-  AND EXISTS (SELECT 1 FROM ${E} l WHERE l.position = (SELECT max(position) FROM ${E})
+        // Every one of them: an id left between the new cluster's running ones would hide the rows after it.
+        yield* sql.unsafe(`UPDATE ${E} SET tx = '3'::xid8
+  WHERE EXISTS (SELECT 1 FROM ${E} l WHERE l.position = (SELECT max(position) FROM ${E})
     AND l.tx >= pg_snapshot_xmax(pg_current_snapshot()))`)
       })),
     orElse: () => run

@@ -439,10 +439,17 @@ const pgParams = (append: PreparedAppend) => {
   return params
 }
 
+// RETURNING's order is not promised: by version
 const toWritten = (rows: ReadonlyArray<any>): Array<Written> => {
   const out = new Array<Written>(rows.length)
   for (let i = 0; i < rows.length; i++) out[i] = { version: Number(rows[i].v), position: Number(rows[i].p) }
-  return out
+  return out.length > 1 ? out.sort(byVersion) : out
+}
+
+/** The index or constraint a PostgreSQL error names ("" when none). */
+const constraintOf = (e: SqlError): string => {
+  const constraint = (e.cause as { readonly constraint?: unknown } | undefined)?.constraint
+  return typeof constraint === "string" ? constraint : ""
 }
 
 /**
@@ -469,9 +476,9 @@ export const writePg = (
     ),
     "SqlError",
     (e): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
-        !isUniqueViolation(e)
+        !isUniqueViolation(e) || !constraintOf(e).startsWith(E)
           ? Effect.fail(e)
-          : (e.cause as { readonly constraint?: unknown } | undefined)?.constraint === `${E}_event_id`
+          : constraintOf(e) === `${E}_event_id`
           ? Effect.flatMap(
             execute(
               "",
@@ -483,6 +490,8 @@ export const writePg = (
                 ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: String(rows[0].event_id) }))
                 : actual
           )
+          : constraintOf(e) !== `${E}_stream`
+          ? Effect.fail(e)
           // a concurrent writer took the versions this append read as free: an append that expects no particular
           // version goes again, on top of it
           : (append.expected === "any" || append.expected === "stream-exists") && attempt < 100

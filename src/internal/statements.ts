@@ -53,7 +53,8 @@ const literal = (value: unknown): string | undefined => {
     case "bigint":
       return `'${value}'`
     case "boolean":
-      return value ? "TRUE" : "FALSE"
+      // as a bound parameter is sent: text, typed where it stands
+      return value ? "'true'" : "'false'"
     case "undefined":
       return "NULL"
     case "object":
@@ -83,8 +84,15 @@ const literalsOf = (params: ReadonlyArray<unknown>): Array<string> | undefined =
   return literals
 }
 
+/** A letter, digit, `_` or any non-ASCII character: what SQL words are made of. */
+const isWord = (code: number) =>
+  (code >= 97 && code <= 122) || (code >= 65 && code <= 90) || (code >= 48 && code <= 57) || code === 95 || code >= 128
+
 const substitute = (text: string, literals: ReadonlyArray<string>): string | undefined => {
   if (literals.length === 0) return text
+  // Text the scanner below does not follow exactly (backslash escapes of E'…' strings, nested comments) is never
+  // rewritten: such a statement goes on its own, with its parameters bound.
+  if (text.includes("\\") || text.includes("/*")) return undefined
   let out = ""
   let i = 0
   const n = text.length
@@ -101,11 +109,12 @@ const substitute = (text: string, literals: ReadonlyArray<string>): string | und
       const end = j < 0 ? n : j
       out += text.slice(i, end)
       i = end
-    } else if (c === "/" && text[i + 1] === "*") {
-      const j = text.indexOf("*/", i + 2)
-      const end = j < 0 ? n : j + 2
-      out += text.slice(i, end)
-      i = end
+    } else if (isWord(text.charCodeAt(i))) {
+      // a word: an identifier or keyword may hold `$` (`a$1` is one identifier), never a placeholder
+      let j = i + 1
+      while (j < n && (isWord(text.charCodeAt(j)) || text.charCodeAt(j) === 36)) j++
+      out += text.slice(i, j)
+      i = j
     } else if (c === "$") {
       const number = /^\$(\d+)/.exec(text.slice(i, i + 12))
       if (number !== null) {
