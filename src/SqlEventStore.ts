@@ -42,6 +42,7 @@ import {
   type InlineProjections,
   onDatabase,
   type SyncCommands,
+  withHeadNow,
   withInline
 } from "./internal/backend.js"
 import { type FoldRow, type PreparedAppend, prepareAppend, recorded, type StoredEvent } from "./internal/codec.js"
@@ -519,8 +520,8 @@ const makeStatementStore = (
   backend: {
     readonly write: (append: PreparedAppend) => Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError>
     readonly reads: Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows">
-    /** Called after each commit made through this store. */
-    readonly committed?: () => void
+    /** Called after each commit made through this store, with what it wrote. */
+    readonly committed?: (written: ReadonlyArray<Written>) => void
     /** Appends are refused inside this service's transactions (they would wait for the transaction forever). */
     readonly refuse?: Context.Tag<any, any>
     readonly signal: Signal
@@ -540,7 +541,7 @@ const makeStatementStore = (
         },
         onSuccess: (written) => {
           done([Exit.succeed(written)])
-          backend.committed?.()
+          backend.committed?.(written)
           return Effect.succeed(result(prepared, written))
         }
       }
@@ -605,6 +606,21 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
     }
 
     const statements = SqlRead.makePg(execute)
+    // Read-your-writes: the last position this store acknowledged. `head` and `readAll` at its end wait (every 5 ms,
+    // up to 5 s) for the horizon to pass it, so that an append is seen by the reads made after it in this
+    // process even while an older transaction elsewhere holds the horizon back for a moment (an autovacuum's
+    // ANALYZE, another process's append). After 5 s they answer with what they can safely hand out.
+    let lastCommitted = 0
+    const ownWrites = Effect.suspend(() => {
+      const target = lastCommitted
+      if (target === 0) return Effect.void
+      return Effect.ignore(
+        Effect.repeat(Effect.mapError(statements.head, storeError("head")), {
+          schedule: Schedule.spaced("5 millis").pipe(Schedule.upTo("5 seconds")),
+          until: (head) => head >= target
+        })
+      )
+    })
     // Events held back behind a running transaction show up when it ends, which nothing signals: readers look again
     // shortly (every 10 ms while any are held back), not at their next poll.
     let again = false
@@ -622,26 +638,38 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
     )
     const store = makeStatementStore(options, {
       write: (append) => writePg(execute, append),
-      committed: () => outgoing.notify(),
+      committed: (written) => {
+        const last = written[written.length - 1]!.position
+        if (last > lastCommitted) lastCommitted = last
+        outgoing.notify()
+      },
       signal,
       reads: {
         streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
         // a reader that has caught up measures what the horizon holds back
         logRows: (filter, operation) => {
           const page = statements.log(filter)
+          const read = (after: number, limit: number) => Effect.mapError(page(after, limit), storeError(operation))
           return (after, limit) =>
-            page(after, limit).pipe(
-              Effect.mapError(storeError(operation)),
-              Effect.tap((rows) => rows.length < limit ? Effect.ignore(heldBack) : Effect.void)
-            )
+            Effect.flatMap(read(after, limit), (rows) => {
+              if (rows.length >= limit) return Effect.succeed(rows)
+              const covered = rows.length > 0 ? rows[rows.length - 1]!.position : after
+              // readAll ends at a short page: this store's own acknowledged appends may be beyond it, held back —
+              // wait for them, read again (subscriptions go on instead, and look again every 10 ms while any are
+              // held back)
+              const reread = operation === "readAll" && covered < lastCommitted
+                ? Effect.flatMap(ownWrites, () => read(after, limit))
+                : Effect.succeed(rows)
+              return Effect.tap(reread, () => Effect.ignore(heldBack))
+            })
         },
-        head: Effect.mapError(statements.head, storeError("head")),
+        head: Effect.flatMap(ownWrites, () => Effect.mapError(statements.head, storeError("head"))),
         version: (streamId) => Effect.mapError(statements.version(streamId), storeError("version")),
         foldRows: (streamId, after, limit, withRecordedAt) =>
           Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
       }
     })
-    return onDatabase(store, sql)
+    return onDatabase(withHeadNow(store, Effect.mapError(statements.head, storeError("head"))), sql)
   })
 
 // A LibSQL client's transactions: statements made inside one run on its connection (the tag's key is the client's).

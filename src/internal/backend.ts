@@ -244,6 +244,21 @@ export interface Commits {
   readonly pollInterval: Duration.Duration | undefined
 }
 
+const headNowKey = Symbol.for("effect-eventstore/headNow")
+
+/**
+ * Marks a store whose `head` may wait (PostgreSQL's read-your-writes) with a `head` that answers at once: what the
+ * projection runner measures its lag with.
+ */
+export const withHeadNow = (store: EventStoreService, head: EventStoreService["head"]): EventStoreService => {
+  Object.defineProperty(store, headNowKey, { value: head, enumerable: false })
+  return store
+}
+
+/** The `head` of a store that answers at once. */
+export const headNowOf = (store: EventStoreService): EventStoreService["head"] =>
+  (store as { readonly [headNowKey]?: EventStoreService["head"] })[headNowKey] ?? store.head
+
 /** The commit signal of a store built by `fromBackend`. */
 export const commitsOf = (store: EventStoreService): Commits | undefined =>
   (store as { readonly [commitsKey]?: Commits })[commitsKey]

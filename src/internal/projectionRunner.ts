@@ -50,6 +50,7 @@ import {
   type CommandTransaction,
   commitsOf,
   databaseOf,
+  headNowOf,
   DriverFailure,
   inlineOf,
   type SyncCommands,
@@ -497,7 +498,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
         knownHead = position
         headAt = now
       } else if (count < batchSize || now - headAt >= 100) {
-        knownHead = yield* Effect.orElseSucceed(store.head, () => knownHead)
+        knownHead = yield* Effect.orElseSucceed(headNowOf(store), () => knownHead)
         headAt = now
       }
       const head = Math.max(position, knownHead)
@@ -979,7 +980,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       if (projection.reset === undefined) {
         return yield* Deferred.fail(done, new ProjectionStateError({ projection: name, state: runner.latest.state, reason: "it has no reset" }))
       }
-      const total = yield* Effect.orElseSucceed(store.head, () => knownHead)
+      const total = yield* Effect.orElseSucceed(headNowOf(store), () => knownHead)
       const reset = yield* Effect.either(
         provide(checkpoints.reset(name, owner, projection.reset)).pipe(
           Effect.catchAllDefect((defect) => Effect.fail(new StoreError({ operation: "projection.reset", cause: defect })))
@@ -1029,7 +1030,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       const current = rebuilding?.shadow !== undefined ? rebuilding.shadow - 1 : target.generation
       const generation = current + 1
       const shadow = rowOf(generation)
-      const total = yield* Effect.orElseSucceed(store.head, () => knownHead)
+      const total = yield* Effect.orElseSucceed(headNowOf(store), () => knownHead)
       const prepared = yield* Effect.either(Effect.gen(function*() {
         yield* checkpoints.discard(shadow)
         yield* provide(dropTables(generation))
