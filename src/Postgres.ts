@@ -45,7 +45,7 @@ import Pg from "pg"
 import { InvalidInput, StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import { SCHEMA_LOCK } from "./internal/migrations.js"
-import type { PgExecute } from "./internal/connection.js"
+import { type PgExecute, type PgListen, withListen, withPrepared } from "./internal/connection.js"
 import { SnapshotStore } from "./Snapshot.js"
 import * as SqlEventStore from "./SqlEventStore.js"
 import * as SqlSnapshotStore from "./SqlSnapshotStore.js"
@@ -106,7 +106,7 @@ const connectionConfig = (options: Options, schema: string): Pg.ClientConfig => 
  * `LISTEN` on a connection of its own (not the pool's), closed whenever this ends: when its scope closes, even in
  * the middle of connecting, and when the connection is lost (the caller opens a new one).
  */
-const listenWith = (config: Pg.ClientConfig): SqlEventStore.PgListen => (channel, wake) =>
+const listenWith = (config: Pg.ClientConfig): PgListen => (channel, wake) =>
   Effect.scoped(Effect.gen(function*() {
     const client = yield* Effect.acquireRelease(
       Effect.tryPromise({
@@ -207,7 +207,7 @@ export const layer = (
     const reactivity = yield* Layer.build(Reactivity.layer)
     const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool), applicationName: options.applicationName ?? "effect-eventstore" })
       .pipe(Effect.provide(reactivity), Effect.mapError(openError))
-    SqlEventStore.withListen(SqlEventStore.withPrepared(client, preparedOn(pool)), listenWith(config))
+    withListen(withPrepared(client, preparedOn(pool)), listenWith(config))
     const context = Context.make(PgClient.PgClient, client).pipe(Context.add(SqlClient.SqlClient, client))
     // reachable, and the schema there (one process at a time creates it)
     yield* client.withTransaction(Effect.zipRight(

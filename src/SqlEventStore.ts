@@ -46,7 +46,7 @@ import {
   withInline
 } from "./internal/backend.js"
 import { type FoldRow, type PreparedAppend, prepareAppend, recorded, type StoredEvent } from "./internal/codec.js"
-import { isSync, type PgExecute, type SyncConnection } from "./internal/connection.js"
+import { executeOf, isSync, listenOf, type PgExecute, type SyncConnection } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Migrations from "./internal/migrations.js"
 import { Signal } from "./internal/paging.js"
@@ -467,48 +467,8 @@ export const make = (
 
 // --- PostgreSQL ----------------------------------------------------------------------------------------------------
 
-const preparedKey = Symbol.for("effect-eventstore/pgExecute")
-
-/**
- * @internal Marks a PostgreSQL client with a faster way to run the store's statements (prepared once per connection,
- * on the client's pool): what `Postgres.layer` does.
- */
-export const withPrepared = <A extends object>(client: A, execute: PgExecute): A => {
-  Object.defineProperty(client, preparedKey, { value: execute, enumerable: false })
-  return client
-}
-
-const withoutTransaction = Effect.mapInputContext((context: Context.Context<never>) =>
-  Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<never>
-)
-
-/** The store's statements on any PostgreSQL `SqlClient`, outside any transaction of the caller's. */
-const executeOf = (sql: SqlClient.SqlClient): PgExecute =>
-  (sql as { readonly [preparedKey]?: PgExecute })[preparedKey] ??
-    ((_name, text, values, arrays) => {
-      const statement = sql.unsafe(text, values as Array<any>)
-      return withoutTransaction(arrays === true ? statement.values : statement.withoutTransform)
-    })
-
 /** The channel that wakes other processes' subscribers after commits (one per schema). */
 const channelOf = (schema: string) => `eventstore_${schema}`.slice(0, 63)
-
-/**
- * Listens on a channel for as long as it runs, calling `wake` for each notification (and once when it starts):
- * fails when its connection is lost.
- */
-export type PgListen = (channel: string, wake: () => void) => Effect.Effect<never, SqlError>
-
-const listenKey = Symbol.for("effect-eventstore/pgListen")
-
-/** @internal Marks a PostgreSQL client with a way to `LISTEN` (what `Postgres.layer` does). */
-export const withListen = <A extends object>(client: A, listen: PgListen): A => {
-  Object.defineProperty(client, listenKey, { value: listen, enumerable: false })
-  return client
-}
-
-const listenOf = (sql: SqlClient.SqlClient): PgListen | undefined =>
-  (sql as { readonly [listenKey]?: PgListen })[listenKey]
 
 /**
  * A store whose every append is one statement in autocommit (atomic on its own), through `write`: the PostgreSQL and
@@ -532,7 +492,12 @@ const makeStatementStore = (
   const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
   const write = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
     Effect.matchEffect(
-      Effect.retry(backend.write(prepared), { schedule: busyRetry, while: (e) => e._tag === "SqlError" && isBusy(e) }),
+      // the retry is built only when a write found the database locked (not on every append)
+      Effect.catchIf(
+        backend.write(prepared),
+        (e) => e._tag === "SqlError" && isBusy(e),
+        () => Effect.retry(backend.write(prepared), { schedule: busyRetry, while: (e) => e._tag === "SqlError" && isBusy(e) })
+      ),
       {
         onFailure: (e): Effect.Effect<never, AppendError> => {
           if (e._tag === "SqlError") return Effect.fail(storeError("append")(e))
@@ -676,7 +641,7 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
 const LibsqlTransaction = Context.GenericTag<unknown>("@effect/sql-libsql/LibsqlClient/LibsqlTransaction")
 
 /** Whether `sql` is an `@effect/sql-libsql` client (it reports the "sqlite" dialect). */
-export const isLibsql = (sql: SqlClient.SqlClient): boolean => Symbol.for("@effect/sql-libsql/LibsqlClient") in sql
+const isLibsql = (sql: SqlClient.SqlClient): boolean => Symbol.for("@effect/sql-libsql/LibsqlClient") in sql
 
 /**
  * The LibSQL backend (a local file, a remote server, an embedded replica): the client cannot hold a connection for

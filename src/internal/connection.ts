@@ -1,7 +1,9 @@
 /** A write connection that can also run a statement synchronously (SQLite); it throws the driver's error. */
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
-import type * as Effect from "effect/Effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
 
 export interface SyncConnection extends Connection {
   readonly executeSync: (sql: string, params: ReadonlyArray<unknown>) => ReadonlyArray<unknown>
@@ -29,3 +31,46 @@ export type PgExecute = (
   values: ReadonlyArray<unknown>,
   arrays?: boolean
 ) => Effect.Effect<ReadonlyArray<any>, SqlError>
+
+// --- capabilities `Postgres.layer` gives its client, which the store looks for ----------------------------------
+
+const preparedKey = Symbol.for("effect-eventstore/pgExecute")
+
+/**
+ * Marks a PostgreSQL client with a faster way to run the store's statements (prepared once per connection,
+ * on the client's pool): what `Postgres.layer` does.
+ */
+export const withPrepared = <A extends object>(client: A, execute: PgExecute): A => {
+  Object.defineProperty(client, preparedKey, { value: execute, enumerable: false })
+  return client
+}
+
+const withoutTransaction = Effect.mapInputContext((context: Context.Context<never>) =>
+  Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<never>
+)
+
+/** The store's statements on any PostgreSQL `SqlClient`, outside any transaction of the caller's. */
+export const executeOf = (sql: SqlClient.SqlClient): PgExecute =>
+  (sql as { readonly [preparedKey]?: PgExecute })[preparedKey] ??
+    ((_name, text, values, arrays) => {
+      const statement = sql.unsafe(text, values as Array<any>)
+      return withoutTransaction(arrays === true ? statement.values : statement.withoutTransform)
+    })
+
+/**
+ * Listens on a channel for as long as it runs, calling `wake` for each notification (and once when it starts):
+ * fails when its connection is lost.
+ */
+export type PgListen = (channel: string, wake: () => void) => Effect.Effect<never, SqlError>
+
+const listenKey = Symbol.for("effect-eventstore/pgListen")
+
+/** Marks a PostgreSQL client with a way to `LISTEN` (what `Postgres.layer` does). */
+export const withListen = <A extends object>(client: A, listen: PgListen): A => {
+  Object.defineProperty(client, listenKey, { value: listen, enumerable: false })
+  return client
+}
+
+export const listenOf = (sql: SqlClient.SqlClient): PgListen | undefined =>
+  (sql as { readonly [listenKey]?: PgListen })[listenKey]
+

@@ -129,7 +129,8 @@ const FOLD_AT_PG = `SELECT ${FOLD_COLUMNS_PG}, recorded_at FROM ${E} WHERE strea
 const SAFE_HEAD_PG = `SELECT position FROM ${E} WHERE ${SAFE_PG} ORDER BY position DESC LIMIT 1`
 const HEAD_PG = `SELECT COALESCE((${SAFE_HEAD_PG}), 0) AS p`
 const HELD_BACK_PG = `SELECT count(*) AS n FROM ${E} WHERE position > COALESCE((${SAFE_HEAD_PG}), 0)`
-const VERSION_PG = `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v`
+/** A stream's version on PostgreSQL (column `v`); 0 when it has no events. */
+export const VERSION_PG = `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v`
 
 /**
  * The read statements on PostgreSQL, prepared once per connection: the global log is read only below the horizon

@@ -19,6 +19,7 @@ import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProj
 import type { PreparedAppend } from "./codec.js"
 import type { PgExecute, SyncConnection } from "./connection.js"
 import { tables } from "./migrations.js"
+import { VERSION_PG } from "./sqlRead.js"
 import { codeOf, isUniqueViolation } from "./sqlErrors.js"
 
 const E = tables.events
@@ -401,7 +402,6 @@ export const sqlError = (cause: unknown) =>
 const APPEND_PG = `SELECT v, p FROM eventstore_append($1, $2, $3, $4::text[], $5::text[], $6::int[], $7::text[],
   $8::text[], $9::text[], $10, $11)`
 
-const VERSION_PG = `SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0) AS v`
 
 const pgParams = (append: PreparedAppend) => {
   const n = append.events.length
@@ -457,46 +457,72 @@ const constraintOf = (e: SqlError): string => {
  * unique index on stream and version refused a concurrent writer) is a `ConcurrencyError` with the version found
  * after it; a stored event id a `DuplicateEventError`.
  */
-export const writePg = (
-  execute: PgExecute,
+export const writePg = (execute: PgExecute, append: PreparedAppend) =>
+  writeOneStatement(append, {
+    insert: Effect.map(execute("eventstore_append", APPEND_PG, pgParams(append)), (rows) =>
+      // one row without a position: the expectation failed, at the version it holds
+      rows.length === 0 || rows[0].p === null ? { actual: rows[0]?.v } : { written: toWritten(rows) }),
+    version: execute("es_version", VERSION_PG, [append.streamId]),
+    storedId: execute("", `SELECT event_id FROM ${E} WHERE event_id = ANY($1::text[]) LIMIT 1`, [
+      idsOf(append, 0, append.events.length)
+    ]),
+    // the index PostgreSQL names: another constraint (of a table of yours) is not a conflict
+    clash: (e) => {
+      const constraint = constraintOf(e)
+      return constraint === `${E}_event_id` ? "id" : constraint === `${E}_stream` ? "stream" : "other"
+    }
+  })
+
+/** How one dialect writes an append in one statement (see `writeOneStatement`). */
+interface OneStatement {
+  /** The insert: what it wrote, or that the expectation failed (with the version it found, where it says). */
+  readonly insert: Effect.Effect<
+    { readonly written: ReadonlyArray<Written> } | { readonly actual: unknown },
+    SqlError
+  >
+  /** The stream's version (column `v`), after a conflict. */
+  readonly version: Effect.Effect<ReadonlyArray<any>, SqlError>
+  /** One of the append's event ids already stored (column `event_id`), after a unique violation. */
+  readonly storedId: Effect.Effect<ReadonlyArray<any>, SqlError>
+  /** Which unique index a unique violation came from, where the driver says; "either": look. */
+  readonly clash: (e: SqlError) => "id" | "stream" | "either" | "other"
+}
+
+/**
+ * An append as one statement in autocommit (PostgreSQL, LibSQL). A unique violation is explained: a stored event
+ * id is a `DuplicateEventError`; otherwise a concurrent writer took the versions this append read as free, and an
+ * append that expects no particular version goes again on top of it (at most 100 times), any other is a
+ * `ConcurrencyError` with the version found.
+ */
+const writeOneStatement = (
   append: PreparedAppend,
+  statement: OneStatement,
   attempt = 1
 ): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
   const actual: Effect.Effect<never, AppendFailure | SqlError> = Effect.flatMap(
-    execute("eventstore_version", VERSION_PG, [append.streamId]),
+    statement.version,
     (rows) => Effect.fail(conflictError(append, rows[0]?.v))
   )
+  const raced: Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =
+    (append.expected === "any" || append.expected === "stream-exists") && attempt < 100
+      ? Effect.suspend(() => writeOneStatement(append, statement, attempt + 1))
+      : actual
   return Effect.catchTag(
-    Effect.flatMap(
-      execute("eventstore_append", APPEND_PG, pgParams(append)),
-      (rows) =>
-        rows.length === 0 || rows[0].p === null
-          ? Effect.fail(conflictError(append, rows[0]?.v))
-          : Effect.succeed(toWritten(rows))
-    ),
+    Effect.flatMap(statement.insert, (out): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
+      "written" in out ? Effect.succeed(out.written) : out.actual === undefined
+        ? actual
+        : Effect.fail(conflictError(append, out.actual))),
     "SqlError",
-    (e): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
-        !isUniqueViolation(e) || !constraintOf(e).startsWith(E)
-          ? Effect.fail(e)
-          : constraintOf(e) === `${E}_event_id`
-          ? Effect.flatMap(
-            execute(
-              "",
-              `SELECT event_id FROM ${E} WHERE event_id = ANY($1::text[]) LIMIT 1`,
-              [idsOf(append, 0, append.events.length)]
-            ),
-            (rows): Effect.Effect<never, AppendFailure | SqlError> =>
-              rows.length > 0
-                ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: String(rows[0].event_id) }))
-                : actual
-          )
-          : constraintOf(e) !== `${E}_stream`
-          ? Effect.fail(e)
-          // a concurrent writer took the versions this append read as free: an append that expects no particular
-          // version goes again, on top of it
-          : (append.expected === "any" || append.expected === "stream-exists") && attempt < 100
-          ? writePg(execute, append, attempt + 1)
-          : actual
+    (e): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
+      if (!isUniqueViolation(e)) return Effect.fail(e)
+      const clash = statement.clash(e)
+      if (clash === "other") return Effect.fail(e)
+      if (clash === "stream") return raced
+      return Effect.flatMap(statement.storedId, (rows) =>
+        rows.length > 0
+          ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: String(rows[0].event_id) }))
+          : raced)
+    }
   )
 }
 
@@ -520,39 +546,22 @@ FROM (SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = ?1 ORDER BY ve
 ORDER BY j.key
 RETURNING version, position`
 
-/** One append on LibSQL, in one statement: conflicts and stored ids explained as `writePg` does. */
-export const writeLibsql = (
-  execute: PgExecute,
-  append: PreparedAppend,
-  attempt = 1
-): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> => {
-  const actual: Effect.Effect<never, AppendFailure | SqlError> = Effect.flatMap(
-    execute("", VERSION_SQL, [append.streamId]),
-    (rows) => Effect.fail(conflictError(append, rows[0]?.v))
+/** One append on LibSQL, in one statement: conflicts and stored ids explained as `writePg`'s are. */
+export const writeLibsql = (execute: PgExecute, append: PreparedAppend) => {
+  const events = JSON.stringify(
+    append.events.map((e) => [e.eventId, e.type, e.schemaVersion, e.payloadJson, e.metadataJson, e.tenantId])
   )
-  const events = JSON.stringify(append.events.map((e) => [e.eventId, e.type, e.schemaVersion, e.payloadJson, e.metadataJson, e.tenantId]))
   const params: Array<unknown> = [append.streamId, append.streamType, append.recordedAt, events]
   if (typeof append.expected === "number") params.push(append.expected)
-  return Effect.catchTag(
-    Effect.flatMap(
-      execute("", insertLibsql(append.expected), params),
-      (rows): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
-        rows.length === 0 ? actual : Effect.succeed(toWritten(rows.map((r) => ({ v: r.version, p: r.position }))))
-    ),
-    "SqlError",
-    (e): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
-      !isUniqueViolation(e)
-        ? Effect.fail(e)
-        : Effect.flatMap(
-          execute("", `SELECT event_id FROM ${E} WHERE event_id IN (SELECT value FROM json_each(?1)) LIMIT 1`, [
-            JSON.stringify(idsOf(append, 0, append.events.length))
-          ]),
-          (rows): Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> =>
-            rows.length > 0
-              ? Effect.fail(new DuplicateEventError({ streamId: append.streamId, eventId: String(rows[0].event_id) }))
-              : (append.expected === "any" || append.expected === "stream-exists") && attempt < 100
-              ? writeLibsql(execute, append, attempt + 1)
-              : actual
-        )
-  )
+  return writeOneStatement(append, {
+    // no row: the expectation failed (the version is asked for)
+    insert: Effect.map(execute("", insertLibsql(append.expected), params), (rows) =>
+      rows.length === 0 ? { actual: undefined } : { written: toWritten(rows.map((r) => ({ v: r.version, p: r.position }))) }),
+    version: execute("", VERSION_SQL, [append.streamId]),
+    storedId: execute("", `SELECT event_id FROM ${E} WHERE event_id IN (SELECT value FROM json_each(?1)) LIMIT 1`, [
+      JSON.stringify(idsOf(append, 0, append.events.length))
+    ]),
+    // SQLite names no index: look
+    clash: () => "either"
+  })
 }
