@@ -126,3 +126,43 @@ export class InlineProjectionError extends Schema.TaggedError<InlineProjectionEr
     }): ${this.reason}`
   }
 }
+
+/**
+ * An event of the append claims a unique value another stream holds (`owner`): nothing of the append was written.
+ *
+ * @since 0.1.0
+ */
+export class UniqueConstraintViolation extends Schema.TaggedError<UniqueConstraintViolation>()(
+  "UniqueConstraintViolation",
+  {
+    streamId: Schema.String,
+    index: Schema.String,
+    value: Schema.String,
+    owner: Schema.String
+  }
+) {
+  override get message(): string {
+    return `${JSON.stringify(this.value)} in unique index ${JSON.stringify(this.index)} is held by stream ${
+      JSON.stringify(this.owner)
+    } (append to stream ${JSON.stringify(this.streamId)})`
+  }
+}
+
+/**
+ * An event of the append releases a unique value its stream does not hold (`owner`: the stream that does, if any):
+ * nothing of the append was written.
+ *
+ * @since 0.1.0
+ */
+export class ClaimNotHeld extends Schema.TaggedError<ClaimNotHeld>()("ClaimNotHeld", {
+  streamId: Schema.String,
+  index: Schema.String,
+  value: Schema.String,
+  owner: Schema.optionalWith(Schema.String, { exact: true })
+}) {
+  override get message(): string {
+    return `stream ${JSON.stringify(this.streamId)} releases ${JSON.stringify(this.value)} in unique index ${
+      JSON.stringify(this.index)
+    }, which it does not hold (${this.owner === undefined ? "nobody does" : `stream ${JSON.stringify(this.owner)} does`})`
+  }
+}

@@ -79,6 +79,25 @@ export interface NewEvent {
   readonly eventId?: string
   /** Merged over the append's metadata, field by field (tags name by name). */
   readonly metadata?: Metadata
+  /**
+   * Unique values this event takes for its stream (an email address, a user name): checked and recorded in the same
+   * transaction as the append. A value another stream holds fails the whole append with a
+   * `UniqueConstraintViolation`; a value the stream holds already is taken again without error.
+   */
+  readonly claims?: ReadonlyArray<Claim>
+  /** Unique values this event gives up; releasing a value the stream does not hold fails with `ClaimNotHeld`. */
+  readonly releases?: ReadonlyArray<Claim>
+}
+
+/**
+ * A unique value: `value` within `index` (`"user-email"`, say). At most 256 characters each, no control characters.
+ * Stored with the event that claims or releases it, so the table of owners can always be rebuilt from the log.
+ *
+ * @since 0.1.0
+ */
+export interface Claim {
+  readonly index: string
+  readonly value: string
 }
 
 /**

@@ -6,22 +6,28 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as Option from "effect/Option"
 import type * as Stream from "effect/Stream"
 import type { ExpectedVersion } from "./Errors.js"
 import {
+  ClaimNotHeld,
   ConcurrencyError,
   DuplicateEventError,
   EventDecodeError,
   InlineProjectionError,
   InvalidInput,
-  StoreError
+  StoreError,
+  UniqueConstraintViolation
 } from "./Errors.js"
 import type { Metadata, NewEvent, RecordedEvent } from "./Event.js"
 import * as Memory from "./internal/memory.js"
 
 export {
+  /** @since 0.1.0 */
+  ClaimNotHeld,
   /** @since 0.1.0 */
   ConcurrencyError,
   /** @since 0.1.0 */
@@ -35,7 +41,9 @@ export {
   /** @since 0.1.0 */
   InvalidInput,
   /** @since 0.1.0 */
-  StoreError
+  StoreError,
+  /** @since 0.1.0 */
+  UniqueConstraintViolation
 }
 
 /** @since 0.1.0 */
@@ -46,6 +54,15 @@ export interface AppendOptions {
   readonly streamType?: string
   /** Applied to every event of the append (an event's own metadata wins field by field). */
   readonly metadata?: Metadata
+  /**
+   * Makes the append idempotent: the first append with this id writes and records its result (in the same
+   * transaction); while that record lasts, another append with the same id writes nothing and returns the recorded
+   * result with `replayed: true` — whatever its stream, events and expected version (a stale expected version
+   * included). Of concurrent appends with one id, exactly one writes. At most 256 characters, no control characters.
+   */
+  readonly commandId?: string
+  /** How long the record of `commandId` lasts; 24 hours when omitted. After it, the id writes again. */
+  readonly commandTtl?: Duration.DurationInput
 }
 
 /** @since 0.1.0 */
@@ -56,6 +73,8 @@ export interface AppendResult {
   /** The global position of the append's last event. */
   readonly position: number
   readonly events: ReadonlyArray<RecordedEvent>
+  /** `true` when nothing was written: the result recorded for the append's `commandId` (see `AppendOptions`). */
+  readonly replayed?: boolean
 }
 
 /** @since 0.1.0 */
@@ -111,7 +130,14 @@ export interface SubscribeOptions {
  *
  * @since 0.1.0
  */
-export type AppendError = ConcurrencyError | DuplicateEventError | InlineProjectionError | InvalidInput | StoreError
+export type AppendError =
+  | ClaimNotHeld
+  | ConcurrencyError
+  | DuplicateEventError
+  | InlineProjectionError
+  | InvalidInput
+  | StoreError
+  | UniqueConstraintViolation
 
 /** Errors a read can fail with. @since 0.1.0 */
 export type ReadError = EventDecodeError | InvalidInput | StoreError
@@ -150,6 +176,25 @@ export interface EventStoreService {
    * never waits for an event that could still appear below it.
    */
   readonly head: Effect.Effect<number, StoreError>
+  /**
+   * The result recorded for an append made with `commandId` (with `replayed: true`), while its record lasts;
+   * `None` for an id never used or whose record has expired.
+   */
+  readonly command: (commandId: string) => Effect.Effect<Option.Option<AppendResult>, ReadError>
+  /**
+   * The stream holding a unique value (see `NewEvent.claims`). Values are held per tenant (the `tenantId` of the
+   * claiming event's metadata): `tenantId` names it, none for values claimed by events without one.
+   */
+  readonly claimOwner: (
+    index: string,
+    value: string,
+    options?: { readonly tenantId?: string }
+  ) => Effect.Effect<Option.Option<string>, InvalidInput | StoreError>
+  /**
+   * Rebuilds the table of unique values from the claims and releases recorded with the events, in log order, in
+   * one transaction; returns how many values are held afterwards.
+   */
+  readonly rebuildClaims: Effect.Effect<number, StoreError>
 }
 
 /**

@@ -48,6 +48,8 @@ import {
 import { type FoldRow, type PreparedAppend, prepareAppend, recorded, type StoredEvent } from "./internal/codec.js"
 import { executeOf, isSync, listenOf, type PgExecute, type SyncConnection } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
+import * as Guards from "./internal/guards.js"
+import type { Replayed } from "./internal/guards.js"
 import * as Migrations from "./internal/migrations.js"
 import { Signal } from "./internal/paging.js"
 import { codeOf, isBusy } from "./internal/sqlErrors.js"
@@ -198,7 +200,7 @@ const result = (prepared: PreparedAppend, written: ReadonlyArray<Written>): Appe
 const makeAppend = (
   options: Options,
   writer: GroupCommit.GroupCommit<PreparedAppend, ReadonlyArray<Written>, AppendFailure | SqlError>
-): EventStoreService["append"] => {
+): Backend["append"] => {
   const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
   const toStoreError = <E extends { readonly _tag: string }>(e: E | SqlError) =>
     e._tag === "SqlError" ? storeError("append")(e as SqlError) : e as E
@@ -206,7 +208,7 @@ const makeAppend = (
   const submit = (
     prepared: PreparedAppend,
     submitted: Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> = writer.submit(prepared)
-  ): Effect.Effect<AppendResult, AppendError> =>
+  ): Effect.Effect<AppendResult, AppendError | Replayed> =>
     Effect.matchEffect(submitted, {
       onSuccess: (written) => Effect.succeed(result(prepared, written)),
       onFailure: (e) =>
@@ -225,7 +227,7 @@ const makeAppend = (
   const settledNow = (
     prepared: PreparedAppend,
     exit: Exit.Exit<ReadonlyArray<Written>, AppendFailure | SqlError>
-  ): Effect.Effect<AppendResult, AppendError> => {
+  ): Effect.Effect<AppendResult, AppendError | Replayed> => {
     if (Exit.isSuccess(exit)) return Effect.as(GroupCommit.afterCommit(), result(prepared, exit.value))
     const failure = Cause.failureOption(exit.cause)
     if (failure._tag === "None") return exit as Exit.Exit<never, never>
@@ -241,7 +243,7 @@ const makeAppend = (
     streamId: string,
     events: ReadonlyArray<NewEvent>,
     appendOptions: AppendOptions | undefined
-  ): Effect.Effect<AppendResult, AppendError> => {
+  ): Effect.Effect<AppendResult, AppendError | Replayed> => {
     // Appends are never part of a caller's SqlClient transaction. With one shared connection (SQLite ":memory:"),
     // an append from inside such a transaction would wait for the connection that transaction holds: refuse it.
     if (
@@ -311,9 +313,13 @@ const makeSyncCommands = (
       } catch (cause) {
         throw failure("append")(cause)
       }
-      return Exit.isSuccess(outcome)
-        ? Exit.succeed(result(prepared.right, outcome.value))
-        : outcome as Exit.Exit<never, AppendFailure>
+      if (Exit.isSuccess(outcome)) return Exit.succeed(result(prepared.right, outcome.value))
+      const failed = Cause.failureOption(outcome.cause)
+      // commands in one transaction carry no command id: nothing can be a replay here
+      if (failed._tag === "Some" && failed.value._tag === "Replayed") {
+        throw failure("append")(new SqlError({ cause: failed.value, message: "unexpected command replay" }))
+      }
+      return outcome as Exit.Exit<never, Exclude<AppendFailure, Replayed>>
     },
     logRows: (after, limit) => {
       try {
@@ -370,6 +376,100 @@ const makeSyncCommands = (
         throw error
       }
     }
+  }
+}
+
+// --- step 2c: command records and unique values ---------------------------------------------------------------------
+
+/**
+ * Reads of command records and unique values, and the rebuild of unique values from the log: in a transaction of
+ * the client's, or (SQLite's writer connection, `held`) in one synchronous `BEGIN IMMEDIATE … COMMIT` on it, where
+ * every write of this process goes (another connection would wait for its lock).
+ */
+const makeGuards = (
+  sql: SqlClient.SqlClient,
+  pg: boolean,
+  held?: SyncConnection,
+  busyRetry?: Schedule.Schedule<unknown>
+): Pick<Backend, "command" | "claimOwner" | "rebuildClaims"> => {
+  const query = (text: string, params: ReadonlyArray<unknown>) =>
+    sql.unsafe(pg ? Guards.pgText(text) : text, params as Array<any>).withoutTransform as Effect.Effect<
+      ReadonlyArray<any>,
+      SqlError
+    >
+  const held_ = new Map<string, { tenantId: string; index: string; value: string; streamId: string }>()
+  const rebuildWith = <E>(
+    run: (text: string, params: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<any>, E>
+  ): Effect.Effect<number, E | StoreError> =>
+    Effect.gen(function*() {
+      held_.clear()
+      let after = 0
+      for (;;) {
+        const rows = yield* run(Guards.CLAIMS_LOG, [after])
+        for (const row of rows) {
+          if (!Guards.foldClaims(held_, String(row.stream_id), String(row.tenant_id ?? ""), String(row.claims))) {
+            return yield* new StoreError({
+              operation: "rebuildClaims",
+              cause: `the claims stored with the event at position ${row.position} are not readable`
+            })
+          }
+        }
+        if (rows.length < 1000) break
+        after = Number(rows[rows.length - 1]!.position)
+      }
+      yield* run(Guards.CLEAR_UNIQUE, [])
+      for (const entry of held_.values()) {
+        yield* run(Guards.INSERT_UNIQUE, [entry.tenantId, entry.index, entry.value, entry.streamId])
+      }
+      const n = held_.size
+      held_.clear()
+      return n
+    })
+  const rebuildClaims: Effect.Effect<number, StoreError> = held === undefined
+    ? sql.withTransaction(
+      Effect.zipRight(
+        pg ? query(`LOCK TABLE ${Migrations.tables.unique} IN EXCLUSIVE MODE`, []) : Effect.void,
+        rebuildWith(query)
+      )
+    ).pipe(Effect.mapError((e) => e._tag === "SqlError" ? storeError("rebuildClaims")(e) : e))
+    : Effect.suspend(() => {
+      // one synchronous call: nothing else of this process can write in between
+      try {
+        held.executeSync("BEGIN IMMEDIATE", [])
+      } catch (cause) {
+        return Effect.fail(storeError("rebuildClaims")(sqlError(cause)))
+      }
+      const exit = Effect.runSyncExit(rebuildWith((text, params) => Effect.sync(() => held.executeSync(text, params))))
+      try {
+        held.executeSync(Exit.isSuccess(exit) ? "COMMIT" : "ROLLBACK", [])
+      } catch (cause) {
+        return Effect.fail(storeError("rebuildClaims")(sqlError(cause)))
+      }
+      return exit
+    }).pipe(
+      Effect.retry({
+        schedule: busyRetry ?? defaultBusyRetry("5 seconds"),
+        while: (e) => e.cause instanceof SqlError && isBusy(e.cause)
+      })
+    )
+  return {
+    command: (commandId, now) =>
+      Effect.map(
+        Effect.mapError(query(Guards.RECORD_OF, [commandId, now]), storeError("command")),
+        (rows) =>
+          rows.length === 0 ? Option.none() : Option.some({
+            streamId: String(rows[0].stream_id),
+            firstVersion: Number(rows[0].first_version),
+            lastVersion: Number(rows[0].last_version),
+            position: Number(rows[0].position)
+          })
+      ),
+    claimOwner: (tenantId, index, value) =>
+      Effect.map(
+        Effect.mapError(query(Guards.OWNER_OF, [tenantId, index, value]), storeError("claimOwner")),
+        (rows) => rows.length === 0 ? Option.none() : Option.some(String(rows[0].stream_id))
+      ),
+    rebuildClaims
   }
 }
 
@@ -458,6 +558,7 @@ export const make = (
             storeError("open")(new SqlError({ cause, message: "Failed to prepare the writer's statements" }))
         })
         : undefined,
+      ...makeGuards(sql, false, held !== undefined && isSync(held) ? held : undefined, options.busyRetry),
       signal,
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })
@@ -480,6 +581,7 @@ const makeStatementStore = (
   backend: {
     readonly write: (append: PreparedAppend) => Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError>
     readonly reads: Pick<Backend, "streamRows" | "logRows" | "head" | "version" | "foldRows">
+    readonly guards: Pick<Backend, "command" | "claimOwner" | "rebuildClaims">
     /** Called after each commit made through this store, with what it wrote. */
     readonly committed?: (written: ReadonlyArray<Written>) => void
     /** Appends are refused inside this service's transactions (they would wait for the transaction forever). */
@@ -490,7 +592,7 @@ const makeStatementStore = (
   const { reads, signal } = backend
   const done = settled(signal)
   const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
-  const write = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError> =>
+  const write = (prepared: PreparedAppend): Effect.Effect<AppendResult, AppendError | Replayed> =>
     Effect.matchEffect(
       // the retry is built only when a write found the database locked (not on every append)
       Effect.catchIf(
@@ -499,7 +601,7 @@ const makeStatementStore = (
         () => Effect.retry(backend.write(prepared), { schedule: busyRetry, while: (e) => e._tag === "SqlError" && isBusy(e) })
       ),
       {
-        onFailure: (e): Effect.Effect<never, AppendError> => {
+        onFailure: (e): Effect.Effect<never, AppendError | Replayed> => {
           if (e._tag === "SqlError") return Effect.fail(storeError("append")(e))
           done([Exit.fail(e)])
           return Effect.fail(e)
@@ -511,8 +613,8 @@ const makeStatementStore = (
         }
       }
     )
-  const append: EventStoreService["append"] = (streamId, events, appendOptions) =>
-    Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError> => {
+  const append: Backend["append"] = (streamId, events, appendOptions) =>
+    Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError | Replayed> => {
       if (backend.refuse !== undefined && Option.isSome(Context.getOption(fiber.currentContext, backend.refuse))) {
         return Effect.fail(
           new StoreError({
@@ -528,7 +630,13 @@ const makeStatementStore = (
     }).pipe((effect) =>
       Tracing.withSpan(effect, "EventStore.append", () => appendSpan(streamId, appendOptions?.streamType, events.length))
     )
-  return fromBackend({ ...reads, append, signal, pollInterval: Duration.decode(options.pollInterval ?? "500 millis") })
+  return fromBackend({
+    ...reads,
+    ...backend.guards,
+    append,
+    signal,
+    pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
+  })
 }
 
 /**
@@ -602,7 +710,8 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
       Effect.tap((n) => n > 0 ? Effect.sync(lookAgain) : Effect.void)
     )
     const store = makeStatementStore(options, {
-      write: (append) => writePg(execute, append),
+      write: (append) => writePg(execute, append, sql),
+      guards: makeGuards(sql, true),
       committed: (written) => {
         const last = written[written.length - 1]!.position
         if (last > lastCommitted) lastCommitted = last
@@ -656,7 +765,8 @@ const makeLibsql = (sql: SqlClient.SqlClient, options: Options) =>
         (context: Context.Context<never>) => Context.omit(LibsqlTransaction)(context) as Context.Context<never>
       )
     const store = makeStatementStore(options, {
-      write: (append) => writeLibsql(execute, append),
+      write: (append) => writeLibsql(execute, append, sql),
+      guards: makeGuards(sql, false),
       // the client runs one statement at a time while a transaction of it is open: an append in it would wait
       refuse: LibsqlTransaction,
       signal: new Signal(),

@@ -15,6 +15,7 @@ import { spawn } from "node:child_process"
 import * as path from "node:path"
 import PgDriver from "pg"
 import { eventStoreSuite } from "./conformance/EventStore.js"
+import { guaranteesSuite } from "./conformance/Guarantees.js"
 import { projectionSuite, type ReadModel } from "./conformance/Projection.js"
 import { snapshotStoreSuite } from "./conformance/SnapshotStore.js"
 import * as Pg from "./fixtures/pg.js"
@@ -60,6 +61,7 @@ const pgEnv = (label: string) => () => ({
 describe.skipIf(!Pg.available)("PostgreSQL", () => {
   // An hour-long poll interval: the subscription tests pass only if commits wake subscribers directly.
   eventStoreSuite("postgres", Pg.layer("conformance", { pollInterval: "1 hour" }))
+  guaranteesSuite("postgres", Pg.layer("guarantees"))
   snapshotStoreSuite("postgres", Pg.layer("snapshots"))
   projectionSuite("postgres", pgEnv("projections"))
   projectionSuite("postgres, statement handlers", () => ({

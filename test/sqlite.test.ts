@@ -12,6 +12,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as SqliteConnection from "../src/internal/sqliteConnection.js"
 import { eventStoreSuite } from "./conformance/EventStore.js"
+import { guaranteesSuite } from "./conformance/Guarantees.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-sqlite-"))
 const dbFile = (name: string) => path.join(dir, `${name}-${crypto.randomUUID().slice(0, 8)}.db`)
@@ -21,6 +22,8 @@ const root = path.resolve(import.meta.dirname, "..")
 eventStoreSuite("sqlite", Sqlite.layer({ filename: dbFile("conformance"), pollInterval: "1 hour" }))
 // ":memory:" writes through the shared client, on the effectful write path (the one PostgreSQL will use).
 eventStoreSuite("sqlite :memory:", Sqlite.layer({ filename: ":memory:", pollInterval: "1 hour" }))
+guaranteesSuite("sqlite", Sqlite.layer({ filename: dbFile("guarantees") }))
+guaranteesSuite("sqlite :memory:", Sqlite.layer({ filename: ":memory:" }))
 
 const collect = <A, E, R>(s: Stream.Stream<A, E, R>) => Effect.map(Stream.runCollect(s), Chunk.toReadonlyArray)
 

@@ -4,29 +4,36 @@
  * once (validation, paging, total decoding, spans, subscriptions), the same for every backend. Not public API:
  * users see only `EventStore`.
  */
+import * as Clock from "effect/Clock"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
 import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type {
+  ClaimNotHeld,
   ConcurrencyError,
   DuplicateEventError,
   EventDecodeError,
   InlineProjectionError,
-  StoreError
+  StoreError,
+  UniqueConstraintViolation
 } from "../Errors.js"
-import { InvalidInput } from "../Errors.js"
+import { InvalidInput, StoreError as StoreErrorClass } from "../Errors.js"
 import type { NewEvent, RecordedEvent } from "../Event.js"
 import type {
+  AppendError,
   AppendOptions,
   AppendResult,
   EventStoreService,
   Filter,
   PageOptions,
+  ReadError,
   ReadOptions
 } from "../EventStore.js"
-import { categoryOf, type FoldRow, fromStored, outOfSequence, type StoredEvent } from "./codec.js"
+import { categoryOf, checkId, type FoldRow, fromStored, limits, outOfSequence, type StoredEvent } from "./codec.js"
+import type { Replayed } from "./guards.js"
 import { catchUp, live, type Signal } from "./paging.js"
 import type { InlineHook } from "./sqlWrite.js"
 import * as Tracing from "./tracing.js"
@@ -104,7 +111,21 @@ export const nonEmpty = (list: ReadonlyArray<string> | undefined) =>
  * subscriptions) is built from it once, the same for every backend.
  */
 export interface Backend {
-  readonly append: EventStoreService["append"]
+  /**
+   * Fails with `Replayed` when the append's command id has a live record (nothing written): `fromBackend` answers
+   * with the recorded result then.
+   */
+  readonly append: (
+    streamId: string,
+    events: ReadonlyArray<NewEvent>,
+    options?: AppendOptions
+  ) => Effect.Effect<AppendResult, AppendError | Replayed>
+  /** The live record of a command id at `now`. */
+  readonly command: (commandId: string, now: number) => Effect.Effect<Option.Option<CommandRecord>, StoreError>
+  /** The stream holding a unique value. */
+  readonly claimOwner: (tenantId: string, index: string, value: string) => Effect.Effect<Option.Option<string>, StoreError>
+  /** Rebuilds the unique values from the log in one transaction; how many are held after. */
+  readonly rebuildClaims: Effect.Effect<number, StoreError>
   readonly version: EventStoreService["version"]
   /**
    * Rows of one stream: forward, versions after `cursor` up to `to`; backward, versions before `cursor` down to
@@ -151,6 +172,14 @@ export type FoldRows = (
   withRecordedAt: boolean
 ) => Effect.Effect<ReadonlyArray<FoldRow>, StoreError>
 
+/** What a command id's record says: the append's stream, its first and last version, its last position. */
+export interface CommandRecord {
+  readonly streamId: string
+  readonly firstVersion: number
+  readonly lastVersion: number
+  readonly position: number
+}
+
 /** What a command does inside a synchronous write transaction (see `SyncCommands`). */
 export interface CommandTransaction {
   /** `FoldRows`, synchronously, inside the transaction. */
@@ -169,7 +198,10 @@ export interface CommandTransaction {
     events: ReadonlyArray<NewEvent>,
     options: AppendOptions,
     now: number
-  ) => Exit.Exit<AppendResult, ConcurrencyError | DuplicateEventError | InlineProjectionError | InvalidInput>
+  ) => Exit.Exit<
+    AppendResult,
+    ClaimNotHeld | ConcurrencyError | DuplicateEventError | InlineProjectionError | InvalidInput | UniqueConstraintViolation
+  >
   /** The global log after a position (at most `limit` rows, by position), inside the transaction. */
   readonly logRows: (after: number, limit: number) => ReadonlyArray<StoredEvent>
   /**
@@ -291,6 +323,13 @@ export const foldRowsOf = (store: EventStoreService): FoldRows | undefined =>
 const streamSpan = (streamId: string) =>
   ({ captureStackTrace: false, attributes: { "aggregate.id": streamId } }) as const
 
+/** A command id's record vanished between a `Replayed` and its read, three times over. */
+const lostRecord = (error: Replayed) =>
+  new StoreErrorClass({
+    operation: "append",
+    cause: `the record of command ${JSON.stringify(error.commandId)} kept expiring while it was read`
+  })
+
 export const fromBackend = (backend: Backend): EventStoreService => {
   const read: EventStoreService["read"] = (streamId, options) =>
     Stream.unwrap(Effect.gen(function*() {
@@ -338,7 +377,97 @@ export const fromBackend = (backend: Backend): EventStoreService => {
 
   const head = Tracing.withSpan(backend.head, "EventStore.head", () => ({ captureStackTrace: false }))
 
-  const service: EventStoreService = { append: backend.append, read, readPage, readAll, subscribe, version, head }
+  /** The recorded result of a command id, its events read back (page by page: an append may be large). */
+  const command: EventStoreService["command"] = (commandId) =>
+    Effect.suspend(() => {
+      const bad = checkId("commandId", commandId, limits.idLength)
+      if (bad) return Effect.fail(bad)
+      return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.flatMap(backend.command(commandId, now), Option.match({
+          onNone: () => Effect.succeedNone,
+          onSome: (record) => Effect.map(recordedEvents(record), (events) =>
+            Option.some<AppendResult>({
+              streamId: record.streamId,
+              version: record.lastVersion,
+              position: record.position,
+              events,
+              replayed: true
+            }))
+        })))
+    }).pipe((effect) => Tracing.withSpan(effect, "EventStore.command", () => ({ captureStackTrace: false })))
+
+  const recordedEvents = (record: CommandRecord): Effect.Effect<Array<RecordedEvent>, ReadError> => {
+    const out: Array<RecordedEvent> = []
+    const page = (after: number): Effect.Effect<Array<RecordedEvent>, ReadError> =>
+      after >= record.lastVersion ? Effect.succeed(out) : Effect.flatMap(
+        backend.streamRows(record.streamId, {
+          backward: false,
+          cursor: after,
+          from: 1,
+          to: record.lastVersion,
+          limit: Math.min(defaults.pageSize, record.lastVersion - after)
+        }),
+        (rows) =>
+          rows.length === 0
+            ? Effect.succeed(out)
+            : Effect.flatMap(decodeRows(rows, after), (events) => {
+              for (const e of events) out.push(e)
+              return page(after + events.length)
+            })
+      )
+    return page(record.firstVersion - 1)
+  }
+
+  /**
+   * An append with a command id whose write failed: a live record of the id (written by this append's own first
+   * attempt elsewhere, or a concurrent one) turns the failure into the recorded result. A `Replayed` whose record
+   * has expired since goes again (a few times at most).
+   */
+  const append: EventStoreService["append"] = (streamId, events, options) => {
+    const commandId = options?.commandId
+    const attempt = (n: number): Effect.Effect<AppendResult, AppendError> =>
+      Effect.catchAll(backend.append(streamId, events, options), (error): Effect.Effect<AppendResult, AppendError> => {
+        if (error._tag === "InvalidInput" || error._tag === "StoreError" || error._tag === "InlineProjectionError") {
+          return Effect.fail(error)
+        }
+        const recorded = Effect.catchTag(
+          command(commandId!),
+          "EventDecodeError",
+          (cause) => Effect.fail(new StoreErrorClass({ operation: "append", cause }))
+        )
+        return Effect.flatMap(recorded, Option.match({
+          onSome: Effect.succeed,
+          onNone: () => error._tag === "Replayed" ? (n < 3 ? attempt(n + 1) : Effect.fail(lostRecord(error))) : Effect.fail(error)
+        }))
+      })
+    return commandId === undefined
+      ? backend.append(streamId, events, options) as Effect.Effect<AppendResult, AppendError>
+      : attempt(1)
+  }
+
+  const claimOwner: EventStoreService["claimOwner"] = (index, value, options) =>
+    Effect.suspend((): Effect.Effect<Option.Option<string>, InvalidInput | StoreError> => {
+      const bad = checkId("index", index, limits.idLength) ??
+        (typeof value === "string" && value.length > 0 && value.length <= limits.claimValueLength
+          ? undefined
+          : new InvalidInput({ field: "value", reason: `must be a non-empty string of at most ${limits.claimValueLength} characters` })) ??
+        (options?.tenantId === undefined ? undefined : checkId("tenantId", options.tenantId, limits.idLength))
+      if (bad) return Effect.fail(bad)
+      return backend.claimOwner(options?.tenantId ?? "", index, value)
+    })
+
+  const service: EventStoreService = {
+    append,
+    read,
+    readPage,
+    readAll,
+    subscribe,
+    version,
+    head,
+    command,
+    claimOwner,
+    rebuildClaims: backend.rebuildClaims
+  }
   Object.defineProperty(service, foldRowsKey, { value: backend.foldRows, enumerable: false })
   Object.defineProperty(service, commitsKey, {
     value: { signal: backend.signal, pollInterval: backend.pollInterval } satisfies Commits,

@@ -4,7 +4,9 @@
  * `RecordedEvent`s (so a corrupt row fails the same way everywhere).
  */
 import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
 import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import type { ExpectedVersion } from "../Errors.js"
 import { EventDecodeError, InvalidInput } from "../Errors.js"
 import type { Metadata, NewEvent, RecordedEvent } from "../Event.js"
@@ -18,8 +20,15 @@ export const limits = {
   payloadBytes: 1024 * 1024,
   /** How deeply a payload's objects and arrays may nest (a cycle nests forever). */
   payloadDepth: 256,
-  metadataBytes: 64 * 1024
+  metadataBytes: 64 * 1024,
+  /** A unique value's length (`Claim.value`); its index name is an id (`idLength`). */
+  claimValueLength: 1024,
+  /** Claims and releases in one append. */
+  claims: 1000
 } as const
+
+/** How long a command id's record lasts when the append does not say. */
+export const DEFAULT_COMMAND_TTL = 24 * 60 * 60 * 1000
 
 /**
  * One event as every backend stores it: the payload and metadata as JSON text. What a driver hands back is checked
@@ -47,6 +56,28 @@ export interface PreparedEvent {
   readonly metadata: Metadata
   readonly metadataJson: string | null
   readonly tenantId: string | null
+  /** The event's claims and releases as stored with it (`{"claim":[[index,value]…],"release":[…]}`), or `null`. */
+  readonly claimsJson: string | null
+}
+
+/**
+ * What one unique value ends up as after an append: `first` is what the append does to it first (what the table
+ * must allow: a claim needs the value free or held by the stream, a release needs it held by the stream), `last`
+ * what it does last (what the table holds afterwards). Steps in between follow from these within the append.
+ */
+export interface ClaimChange {
+  readonly tenantId: string
+  readonly index: string
+  readonly value: string
+  readonly first: "claim" | "release"
+  readonly last: "claim" | "release"
+}
+
+/** What a guarded append checks and records in its transaction besides its events. */
+export interface Guard {
+  /** The command id and when its record expires (ms since the epoch). */
+  readonly command: { readonly id: string; readonly expiresAt: number } | undefined
+  readonly claims: ReadonlyArray<ClaimChange>
 }
 
 /** An append that passed validation: everything a backend needs to write it. */
@@ -56,12 +87,16 @@ export interface PreparedAppend {
   readonly expected: ExpectedVersion
   readonly recordedAt: number
   readonly events: ReadonlyArray<PreparedEvent>
+  /** Present when the append has a command id or claims: its writes then run in a transaction with their checks. */
+  readonly guard?: Guard
 }
 
 export interface AppendInput {
   readonly expectedVersion?: ExpectedVersion | undefined
   readonly streamType?: string | undefined
   readonly metadata?: Metadata | undefined
+  readonly commandId?: string | undefined
+  readonly commandTtl?: Duration.DurationInput | undefined
 }
 
 // C0 controls, DEL and C1 controls.
@@ -422,6 +457,8 @@ export const prepareAppend = (
     }
   }
   const prepared: Array<PreparedEvent> = new Array(events.length)
+  let changes: Map<string, ClaimChange> | undefined
+  let claimCount = 0
   const ids = events.length > 1 ? new Set<string>() : undefined
   for (let i = 0; i < events.length; i++) {
     const event = events[i]!
@@ -464,6 +501,14 @@ export const prepareAppend = (
         )
       }
     }
+    let claimsJson: string | null = null
+    if (event.claims !== undefined || event.releases !== undefined) {
+      if (changes === undefined) changes = new Map()
+      const bad = prepareClaims(event, field, metadata.tenantId ?? "", changes, claimCount)
+      if (typeof bad !== "string") return Either.left(bad)
+      claimCount += (event.claims?.length ?? 0) + (event.releases?.length ?? 0)
+      claimsJson = bad === "" ? null : bad
+    }
     prepared[i] = {
       eventId,
       type: event.type,
@@ -472,10 +517,86 @@ export const prepareAppend = (
       payloadJson,
       metadata,
       metadataJson,
-      tenantId: metadata.tenantId ?? null
+      tenantId: metadata.tenantId ?? null,
+      claimsJson
     }
   }
-  return Either.right({ streamId, streamType, expected, recordedAt, events: prepared })
+  let command: Guard["command"]
+  if (options?.commandId !== undefined || options?.commandTtl !== undefined) {
+    const id = options.commandId
+    const badId = checkId("commandId", id, limits.idLength)
+    if (badId) return Either.left(badId)
+    let ttl = DEFAULT_COMMAND_TTL
+    if (options.commandTtl !== undefined) {
+      const decoded = Option.getOrUndefined(Duration.decodeUnknown(options.commandTtl))
+      const millis = decoded === undefined ? NaN : Duration.toMillis(decoded)
+      if (!(millis > 0) || !Number.isFinite(millis)) {
+        return Either.left(new InvalidInput({ field: "commandTtl", reason: "must be a positive, finite duration" }))
+      }
+      ttl = Math.ceil(millis)
+    }
+    command = { id: id!, expiresAt: recordedAt + ttl }
+  }
+  const append: PreparedAppend = { streamId, streamType, expected, recordedAt, events: prepared }
+  return Either.right(
+    command === undefined && changes === undefined
+      ? append
+      : { ...append, guard: { command, claims: changes === undefined ? [] : [...changes.values()] } }
+  )
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+
+/**
+ * Checks an event's claims and releases, folds them into `changes` (one entry per value, in order) and returns their
+ * stored JSON ("" for none), or the input error. Within one append, a value released twice with no claim between is
+ * an error.
+ */
+const prepareClaims = (
+  event: NewEvent,
+  field: string,
+  tenantId: string,
+  changes: Map<string, ClaimChange>,
+  before: number
+): string | InvalidInput => {
+  const stored: { claim?: Array<[string, string]>; release?: Array<[string, string]> } = {}
+  for (const kind of ["claim", "release"] as const) {
+    const list: unknown = kind === "claim" ? event.claims : event.releases
+    if (list === undefined) continue
+    const name = `${field}.${kind === "claim" ? "claims" : "releases"}`
+    if (!Array.isArray(list)) return new InvalidInput({ field: name, reason: "must be an array of { index, value }" })
+    if (before + list.length > limits.claims) {
+      return new InvalidInput({ field: name, reason: `an append may claim and release at most ${limits.claims} values` })
+    }
+    const pairs: Array<[string, string]> = []
+    for (let j = 0; j < list.length; j++) {
+      const claim: unknown = list[j]
+      const at = `${name}[${j}]`
+      if (!isPlainObject(claim) || Object.keys(claim).some((k) => k !== "index" && k !== "value")) {
+        return new InvalidInput({ field: at, reason: "must be a plain object { index, value }" })
+      }
+      const badIndex = checkId(`${at}.index`, claim.index, limits.idLength)
+      if (badIndex) return badIndex
+      const value = claim.value
+      if (typeof value !== "string" || value.length === 0 || value.length > limits.claimValueLength) {
+        return new InvalidInput({
+          field: `${at}.value`,
+          reason: `must be a non-empty string of at most ${limits.claimValueLength} characters`
+        })
+      }
+      if (LONE_SURROGATE.test(value)) return new InvalidInput({ field: `${at}.value`, reason: "has a lone surrogate" })
+      const index = claim.index as string
+      const key = JSON.stringify([index, value])
+      const seen = changes.get(key)
+      if (kind === "release" && seen?.last === "release") {
+        return new InvalidInput({ field: at, reason: `releases ${JSON.stringify(value)} in ${index} twice` })
+      }
+      changes.set(key, { tenantId, index, value, first: seen?.first ?? kind, last: kind })
+      pairs.push([index, value])
+    }
+    if (pairs.length > 0) stored[kind] = pairs
+  }
+  return stored.claim === undefined && stored.release === undefined ? "" : JSON.stringify(stored)
 }
 
 /**

@@ -4,9 +4,11 @@
  */
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
-import { ConcurrencyError, DuplicateEventError } from "../Errors.js"
+import * as Option from "effect/Option"
+import { ClaimNotHeld, ConcurrencyError, DuplicateEventError, UniqueConstraintViolation } from "../Errors.js"
 import type { AppendResult, EventStoreService } from "../EventStore.js"
-import { appendSpan, type Backend, fromBackend, nonEmpty } from "./backend.js"
+import { appendSpan, type Backend, type CommandRecord, fromBackend, nonEmpty } from "./backend.js"
+import { foldClaims, type GuardFailure, Replayed } from "./guards.js"
 import { prepareAppend, recorded, type StoredEvent, toFoldRows } from "./codec.js"
 import { Signal } from "./paging.js"
 import * as Tracing from "./tracing.js"
@@ -16,11 +18,26 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
   const streams = new Map<string, Array<StoredEvent>>()
   const eventIds = new Set<string>()
   const signal = new Signal()
+  /** Unique values: `tenant \0 index \0 value` → owner. */
+  const unique = new Map<string, { tenantId: string; index: string; value: string; streamId: string }>()
+  /** Command records by id, oldest first (a record written again moves to the end). */
+  const commands = new Map<string, CommandRecord & { readonly expiresAt: number }>()
+  /** The claims stored with events, in log order (what a rebuild reads). */
+  const claimLog: Array<{ readonly streamId: string; readonly tenantId: string; readonly claims: string }> = []
+  const keyOf = (tenantId: string, index: string, value: string) => `${tenantId}\u0000${index}\u0000${value}`
 
-  const append: EventStoreService["append"] = (streamId, events, options) =>
+  const append: Backend["append"] = (streamId, events, options) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
       Effect.flatMap(prepareAppend(streamId, events, options, now), (prepared) =>
-        Effect.suspend((): Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError> => {
+        Effect.suspend((): Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError | GuardFailure> => {
+          const guard = prepared.guard
+          const command = guard?.command
+          if (command !== undefined) {
+            const record = commands.get(command.id)
+            if (record !== undefined && record.expiresAt > prepared.recordedAt) {
+              return Effect.fail(new Replayed({ commandId: command.id }))
+            }
+          }
           const stream = streams.get(streamId)
           const actual = stream?.length ?? 0
           const expected = prepared.expected
@@ -30,6 +47,31 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
           for (const event of prepared.events) {
             if (eventIds.has(event.eventId)) {
               return Effect.fail(new DuplicateEventError({ streamId, eventId: event.eventId }))
+            }
+          }
+          if (guard !== undefined) {
+            for (const change of guard.claims) {
+              const owner = unique.get(keyOf(change.tenantId, change.index, change.value))?.streamId
+              if (change.first === "claim" && owner !== undefined && owner !== streamId) {
+                return Effect.fail(
+                  new UniqueConstraintViolation({ streamId, index: change.index, value: change.value, owner })
+                )
+              }
+              if (change.first === "release" && owner !== streamId) {
+                return Effect.fail(
+                  new ClaimNotHeld({
+                    streamId,
+                    index: change.index,
+                    value: change.value,
+                    ...(owner === undefined ? {} : { owner })
+                  })
+                )
+              }
+            }
+            for (const change of guard.claims) {
+              const key = keyOf(change.tenantId, change.index, change.value)
+              if (change.last === "claim") unique.set(key, { ...change, streamId })
+              else unique.delete(key)
             }
           }
           const rows = stream ?? []
@@ -53,6 +95,28 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
             positions.push(row.position)
           }
           if (stream === undefined) streams.set(streamId, rows)
+          if (guard !== undefined) {
+            for (const event of prepared.events) {
+              if (event.claimsJson !== null) {
+                claimLog.push({ streamId, tenantId: event.tenantId ?? "", claims: event.claimsJson })
+              }
+            }
+            if (command !== undefined) {
+              let purged = 0
+              for (const [id, record] of commands) {
+                if (record.expiresAt > prepared.recordedAt || purged++ >= 16) break
+                commands.delete(id)
+              }
+              commands.delete(command.id)
+              commands.set(command.id, {
+                streamId,
+                firstVersion: actual + 1,
+                lastVersion: rows.length,
+                position: positions[positions.length - 1]!,
+                expiresAt: command.expiresAt
+              })
+            }
+          }
           signal.notify()
           return Effect.succeed({
             streamId,
@@ -102,7 +166,19 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
     foldRows: (streamId, after, limit, _withRecordedAt) =>
       Effect.sync(() => toFoldRows((streams.get(streamId) ?? []).slice(after, after + limit))),
     signal,
-    pollInterval: undefined
+    pollInterval: undefined,
+    command: (commandId, now) =>
+      Effect.sync(() => {
+        const record = commands.get(commandId)
+        return record !== undefined && record.expiresAt > now ? Option.some(record) : Option.none()
+      }),
+    claimOwner: (tenantId, index, value) =>
+      Effect.sync(() => Option.fromNullable(unique.get(keyOf(tenantId, index, value))?.streamId)),
+    rebuildClaims: Effect.sync(() => {
+      unique.clear()
+      for (const entry of claimLog) foldClaims(unique, entry.streamId, entry.tenantId, entry.claims)
+      return unique.size
+    })
   })
 })
 

@@ -16,7 +16,9 @@ export const tables = {
   migrations: "eventstore_migrations",
   projections: "eventstore_projections",
   projectionMigrations: "eventstore_projection_migrations",
-  parked: "eventstore_parked_events"
+  parked: "eventstore_parked_events",
+  unique: "eventstore_unique",
+  commands: "eventstore_commands"
 } as const
 
 /**
@@ -176,6 +178,44 @@ END $fn$`)
     })
   })
 }
+
+const U = tables.unique
+const C = tables.commands
+
+/**
+ * Claims and command ids (store guarantees): the events' `claims` column (what each event claimed and released,
+ * JSON, so the table of unique values can be rebuilt from the log), the table of unique values (one owner per
+ * tenant, index and value) and the records of command ids (the result of the append that used each, until it
+ * expires). All three are written in the append's own transaction.
+ */
+const guards = (sql: SqlClient.SqlClient, integer: string) => [
+  sql.unsafe(`ALTER TABLE ${E} ADD COLUMN claims TEXT`),
+  sql.unsafe(`CREATE TABLE ${U} (
+  tenant_id TEXT NOT NULL,
+  index_name TEXT NOT NULL,
+  value TEXT NOT NULL,
+  stream_id TEXT NOT NULL,
+  PRIMARY KEY (tenant_id, index_name, value)
+)`),
+  sql.unsafe(`CREATE TABLE ${C} (
+  command_id TEXT PRIMARY KEY,
+  stream_id TEXT NOT NULL,
+  first_version ${integer} NOT NULL,
+  last_version ${integer} NOT NULL,
+  position ${integer} NOT NULL,
+  expires_at ${integer} NOT NULL
+)`),
+  sql.unsafe(`CREATE INDEX ${C}_expires ON ${C} (expires_at)`)
+]
+
+migrations["3_create_guards"] = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.onDialectOrElse({
+    sqlite: () => Effect.all(guards(sql, "INTEGER"), { discard: true }),
+    pg: () => Effect.all(guards(sql, "BIGINT"), { discard: true }),
+    orElse: () => unsupported
+  })
+})
 
 const latestMigration = Math.max(...Object.keys(migrations).map((key) => Number(key.split("_")[0])))
 

@@ -18,6 +18,7 @@ import * as Exit from "effect/Exit"
 import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProjectionError } from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
 import type { PgExecute, SyncConnection } from "./connection.js"
+import * as Guards from "./guards.js"
 import { tables } from "./migrations.js"
 import { VERSION_PG } from "./sqlRead.js"
 import { codeOf, isUniqueViolation } from "./sqlErrors.js"
@@ -32,7 +33,7 @@ export interface Written {
   readonly position: number
 }
 
-export type AppendFailure = ConcurrencyError | DuplicateEventError | InlineProjectionError
+export type AppendFailure = ConcurrencyError | DuplicateEventError | InlineProjectionError | Guards.GuardFailure
 
 /**
  * A projection run inside appends' transactions (`Projection.layerInline`). Its writes go in the append's savepoint:
@@ -200,11 +201,20 @@ const writeOne = (
     }
     return written
   })
-  if (!inTransaction && n <= CHUNK) return chunks
+  if (!inTransaction && n <= CHUNK && append.guard === undefined) return chunks
   const rollbackTo = Effect.zipRight(exec(conn, ROLLBACK_TO), exec(conn, RELEASE))
+  const steps = (text: string, params: ReadonlyArray<unknown>) => query<any>(conn, text, params)
+  const guarded: Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> = append.guard === undefined
+    ? chunks
+    : Effect.flatMap(Guards.runEffect(Guards.before(append), steps), (replay) =>
+      replay !== undefined ? Effect.fail(replay) : Effect.flatMap(chunks, (written) =>
+        Effect.flatMap(
+          Guards.runEffect(Guards.after(append, written[0]!.version, written.map((w) => w.position), false), steps),
+          (failed) => failed === undefined ? Effect.succeed(written) : Effect.fail(failed)
+        )))
   const savepoint = Effect.zipRight(
     exec(conn, SAVEPOINT),
-    chunks.pipe(
+    guarded.pipe(
       Effect.tapError((e) => e._tag === "SqlError" ? Effect.void : rollbackTo),
       Effect.zipLeft(exec(conn, RELEASE))
     )
@@ -227,7 +237,7 @@ export const writeGroup = (
       onSuccess: (written) => Effect.succeed(Exit.succeed(written))
     })
   const grouped = transaction(conn, begin, Effect.forEach(appends, (append) => separate(append, true)))
-  if (appends.length > 1) return grouped
+  if (appends.length > 1 || appends[0]!.guard !== undefined) return grouped
   // A lone append runs in autocommit. If it fails, the failure was explained by a second statement that another
   // process could have raced: decide again inside a transaction, where the answer is consistent (and the append
   // may well succeed).
@@ -329,7 +339,41 @@ export const writeOneSync = (conn: SyncConnection, append: PreparedAppend, inlin
   return outcome
 }
 
-const writeOnePlainSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
+const GUARD_SAVEPOINT = "SAVEPOINT eventstore_guard"
+const GUARD_RELEASE = "RELEASE eventstore_guard"
+const GUARD_ROLLBACK_TO = "ROLLBACK TO eventstore_guard"
+
+/**
+ * A guarded append (see `Guards`) inside the caller's transaction, in a savepoint of its own: the command's record
+ * is looked for first, then the events are written and the unique values and the record follow; any failure undoes
+ * all of it.
+ */
+const writeGuardedSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
+  const steps = (text: string, params: ReadonlyArray<unknown>) => run(conn, text, params)
+  run(conn, GUARD_SAVEPOINT)
+  let outcome: Outcome
+  try {
+    const replay = Guards.runSync(Guards.before(append), steps)
+    outcome = replay !== undefined ? Exit.fail(replay) : writeUnguardedSync(conn, append)
+    if (Exit.isSuccess(outcome)) {
+      const written = outcome.value
+      const failed = Guards.runSync(Guards.after(append, written[0]!.version, written.map((w) => w.position), false), steps)
+      if (failed !== undefined) outcome = Exit.fail(failed)
+    }
+  } catch (error) {
+    run(conn, GUARD_ROLLBACK_TO)
+    run(conn, GUARD_RELEASE)
+    throw error
+  }
+  if (Exit.isFailure(outcome)) run(conn, GUARD_ROLLBACK_TO)
+  run(conn, GUARD_RELEASE)
+  return outcome
+}
+
+const writeOnePlainSync = (conn: SyncConnection, append: PreparedAppend): Outcome =>
+  append.guard === undefined ? writeUnguardedSync(conn, append) : writeGuardedSync(conn, append)
+
+const writeUnguardedSync = (conn: SyncConnection, append: PreparedAppend): Outcome => {
   const n = append.events.length
   if (n === 1 && (typeof append.expected === "number" || append.expected === "no-stream")) {
     return insertOneSync(conn, append, append.expected === "no-stream" ? 0 : append.expected)
@@ -366,7 +410,10 @@ export const writeGroupSync = (
   appends: ReadonlyArray<PreparedAppend>,
   inline?: Inline
 ): Array<Outcome> => {
-  if (appends.length === 1 && appends[0]!.events.length <= CHUNK && (inline === undefined || inline.hooks.length === 0)) {
+  if (
+    appends.length === 1 && appends[0]!.events.length <= CHUNK && appends[0]!.guard === undefined &&
+    (inline === undefined || inline.hooks.length === 0)
+  ) {
     const outcome = writeOneSync(conn, appends[0]!)
     // A failure in autocommit was explained by a second statement another process could have raced: decide again
     // inside a transaction, where the answer is consistent (and the append may well succeed).
@@ -452,16 +499,62 @@ const constraintOf = (e: SqlError): string => {
   return typeof constraint === "string" ? constraint : ""
 }
 
+type InsertOutcome = { readonly written: ReadonlyArray<Written> } | { readonly actual: unknown }
+
+// one row without a position: the expectation failed, at the version it holds
+const pgOutcome = (rows: ReadonlyArray<any>): InsertOutcome =>
+  rows.length === 0 || rows[0].p === null ? { actual: rows[0]?.v } : { written: toWritten(rows) }
+
+/**
+ * A guarded append (see `Guards`) on a client without a connection of ours (PostgreSQL, LibSQL): one transaction of
+ * the client's — the command's record looked for, the insert, the unique values and the record — rolled back on any
+ * failure.
+ */
+const guardedInsert = (
+  sql: SqlClient.SqlClient,
+  append: PreparedAppend,
+  pg: boolean,
+  insert: Effect.Effect<InsertOutcome, SqlError>
+): Effect.Effect<InsertOutcome, SqlError | Guards.GuardFailure> => {
+  const steps = (text: string, params: ReadonlyArray<unknown>) =>
+    sql.unsafe(pg ? Guards.pgText(text) : text, params as Array<any>).withoutTransform as Effect.Effect<
+      ReadonlyArray<any>,
+      SqlError
+    >
+  return sql.withTransaction(Effect.gen(function*() {
+    const replay = yield* Guards.runEffect(Guards.before(append), steps)
+    if (replay !== undefined) return yield* Effect.fail(replay)
+    const out = yield* insert
+    if (!("written" in out)) return out
+    const written = out.written
+    const failed = yield* Guards.runEffect(
+      Guards.after(append, written[0]!.version, written.map((w) => w.position), pg),
+      steps
+    )
+    if (failed !== undefined) return yield* Effect.fail(failed)
+    return out
+  }))
+}
+
 /**
  * One append on PostgreSQL, in one statement (atomic on its own). A conflict (the condition held no row, or the
  * unique index on stream and version refused a concurrent writer) is a `ConcurrencyError` with the version found
- * after it; a stored event id a `DuplicateEventError`.
+ * after it; a stored event id a `DuplicateEventError`. A guarded append (command id, claims) runs in a transaction
+ * of `sql`'s with its checks.
  */
-export const writePg = (execute: PgExecute, append: PreparedAppend) =>
+export const writePg = (execute: PgExecute, append: PreparedAppend, sql: SqlClient.SqlClient) =>
   writeOneStatement(append, {
-    insert: Effect.map(execute("eventstore_append", APPEND_PG, pgParams(append)), (rows) =>
-      // one row without a position: the expectation failed, at the version it holds
-      rows.length === 0 || rows[0].p === null ? { actual: rows[0]?.v } : { written: toWritten(rows) }),
+    insert: append.guard === undefined
+      ? Effect.map(execute("eventstore_append", APPEND_PG, pgParams(append)), pgOutcome)
+      : guardedInsert(
+        sql,
+        append,
+        true,
+        Effect.map(
+          sql.unsafe(APPEND_PG, pgParams(append) as Array<any>).withoutTransform as Effect.Effect<ReadonlyArray<any>, SqlError>,
+          pgOutcome
+        )
+      ),
     version: execute("es_version", VERSION_PG, [append.streamId]),
     storedId: execute("", `SELECT event_id FROM ${E} WHERE event_id = ANY($1::text[]) LIMIT 1`, [
       idsOf(append, 0, append.events.length)
@@ -476,10 +569,7 @@ export const writePg = (execute: PgExecute, append: PreparedAppend) =>
 /** How one dialect writes an append in one statement (see `writeOneStatement`). */
 interface OneStatement {
   /** The insert: what it wrote, or that the expectation failed (with the version it found, where it says). */
-  readonly insert: Effect.Effect<
-    { readonly written: ReadonlyArray<Written> } | { readonly actual: unknown },
-    SqlError
-  >
+  readonly insert: Effect.Effect<InsertOutcome, SqlError | Guards.GuardFailure>
   /** The stream's version (column `v`), after a conflict. */
   readonly version: Effect.Effect<ReadonlyArray<any>, SqlError>
   /** One of the append's event ids already stored (column `event_id`), after a unique violation. */
@@ -528,6 +618,10 @@ const writeOneStatement = (
 
 // --- LibSQL --------------------------------------------------------------------------------------------------------
 
+// no row: the expectation failed (the version is asked for)
+const libsqlOutcome = (rows: ReadonlyArray<any>): InsertOutcome =>
+  rows.length === 0 ? { actual: undefined } : { written: toWritten(rows.map((r) => ({ v: r.version, p: r.position }))) }
+
 /**
  * The append on LibSQL: one statement in autocommit for any number of events (their columns as one JSON array,
  * unpacked by `json_each`), the expected-version check in it, as SQLite's `insertSql` does. Parameters: stream id,
@@ -546,8 +640,11 @@ FROM (SELECT COALESCE((SELECT version FROM ${E} WHERE stream_id = ?1 ORDER BY ve
 ORDER BY j.key
 RETURNING version, position`
 
-/** One append on LibSQL, in one statement: conflicts and stored ids explained as `writePg`'s are. */
-export const writeLibsql = (execute: PgExecute, append: PreparedAppend) => {
+/**
+ * One append on LibSQL, in one statement: conflicts and stored ids explained as `writePg`'s are. A guarded append
+ * (command id, claims) runs in a transaction of `sql`'s with its checks.
+ */
+export const writeLibsql = (execute: PgExecute, append: PreparedAppend, sql: SqlClient.SqlClient) => {
   const events = JSON.stringify(
     append.events.map((e) => [e.eventId, e.type, e.schemaVersion, e.payloadJson, e.metadataJson, e.tenantId])
   )
@@ -555,8 +652,20 @@ export const writeLibsql = (execute: PgExecute, append: PreparedAppend) => {
   if (typeof append.expected === "number") params.push(append.expected)
   return writeOneStatement(append, {
     // no row: the expectation failed (the version is asked for)
-    insert: Effect.map(execute("", insertLibsql(append.expected), params), (rows) =>
-      rows.length === 0 ? { actual: undefined } : { written: toWritten(rows.map((r) => ({ v: r.version, p: r.position }))) }),
+    insert: append.guard === undefined
+      ? Effect.map(execute("", insertLibsql(append.expected), params), libsqlOutcome)
+      : guardedInsert(
+        sql,
+        append,
+        false,
+        Effect.map(
+          sql.unsafe(insertLibsql(append.expected), params as Array<any>).withoutTransform as Effect.Effect<
+            ReadonlyArray<any>,
+            SqlError
+          >,
+          libsqlOutcome
+        )
+      ),
     version: execute("", VERSION_SQL, [append.streamId]),
     storedId: execute("", `SELECT event_id FROM ${E} WHERE event_id IN (SELECT value FROM json_each(?1)) LIMIT 1`, [
       JSON.stringify(idsOf(append, 0, append.events.length))

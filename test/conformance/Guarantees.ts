@@ -1,0 +1,238 @@
+/**
+ * Store guarantees, run by every backend against its layer: unique values claimed and released with events (checked
+ * and recorded in the append's transaction), and idempotent appends by command id. Tests share one store per backend
+ * and isolate themselves with unique stream types, index names and command ids.
+ */
+import { expect, layer } from "@effect/vitest"
+import { EventStore } from "effect-eventstore"
+import type { Event } from "effect-eventstore"
+import * as Effect from "effect/Effect"
+import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+
+const uid = () => crypto.randomUUID().replace(/-/g, "").slice(0, 12)
+const streamOf = () => {
+  const type = `G${uid()}`
+  return (n: number | string = 1) => `${type}-${n}`
+}
+const ev = (extra: Partial<Event.NewEvent> = {}): Event.NewEvent => ({ type: "Happened", payload: { n: 1 }, ...extra })
+
+const Store = EventStore.EventStore
+
+export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore.EventStore, unknown>) =>
+  layer(storeLayer, { excludeTestServices: true, timeout: "60 seconds" })(`store guarantees: ${name}`, (it) => {
+    // --- unique values ---------------------------------------------------------------------------------------------
+    it.effect("a value held by one stream fails another stream's whole append; its owner takes it again", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const index = `email-${uid()}`
+        yield* store.append(stream("a"), [ev({ claims: [{ index, value: "ada@example.com" }] })])
+        const error = yield* Effect.flip(
+          store.append(stream("b"), [ev(), ev({ claims: [{ index, value: "ada@example.com" }] })])
+        )
+        expect(error).toMatchObject({
+          _tag: "UniqueConstraintViolation",
+          streamId: stream("b"),
+          index,
+          value: "ada@example.com",
+          owner: stream("a")
+        })
+        expect(yield* store.version(stream("b"))).toBe(0)
+        const again = yield* store.append(stream("a"), [ev({ claims: [{ index, value: "ada@example.com" }] })])
+        expect(again.version).toBe(2)
+        expect(yield* store.claimOwner(index, "ada@example.com")).toEqual(Option.some(stream("a")))
+        expect(yield* store.claimOwner(index, "nobody@example.com")).toEqual(Option.none())
+      }))
+
+    it.effect("a released value is free for another stream; releasing a value not held is ClaimNotHeld", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const index = `name-${uid()}`
+        yield* store.append(stream("a"), [ev({ claims: [{ index, value: "ada" }] })])
+        const notHeld = yield* Effect.flip(store.append(stream("b"), [ev({ releases: [{ index, value: "ada" }] })]))
+        expect(notHeld).toMatchObject({ _tag: "ClaimNotHeld", streamId: stream("b"), index, value: "ada", owner: stream("a") })
+        const nobody = yield* Effect.flip(store.append(stream("b"), [ev({ releases: [{ index, value: "grace" }] })]))
+        expect(nobody._tag).toBe("ClaimNotHeld")
+        expect("owner" in nobody && nobody.owner).toBe(false)
+        expect(yield* store.version(stream("b"))).toBe(0)
+        yield* store.append(stream("a"), [ev({ releases: [{ index, value: "ada" }] })])
+        expect(yield* store.claimOwner(index, "ada")).toEqual(Option.none())
+        yield* store.append(stream("b"), [ev({ claims: [{ index, value: "ada" }] })])
+        expect(yield* store.claimOwner(index, "ada")).toEqual(Option.some(stream("b")))
+      }))
+
+    it.effect("claims and releases apply in event order within an append; a double release is invalid", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const index = `handle-${uid()}`
+        // rename: give up the old value, take the new one, in one append
+        yield* store.append(stream("a"), [ev({ claims: [{ index, value: "old" }] })])
+        yield* store.append(stream("a"), [
+          ev({ releases: [{ index, value: "old" }] }),
+          ev({ claims: [{ index, value: "new" }] })
+        ])
+        expect(yield* store.claimOwner(index, "old")).toEqual(Option.none())
+        expect(yield* store.claimOwner(index, "new")).toEqual(Option.some(stream("a")))
+        // claimed then released within the append: free afterwards
+        yield* store.append(stream("c"), [
+          ev({ claims: [{ index, value: "brief" }] }),
+          ev({ releases: [{ index, value: "brief" }] })
+        ])
+        expect(yield* store.claimOwner(index, "brief")).toEqual(Option.none())
+        const twice = yield* Effect.flip(store.append(stream("a"), [
+          ev({ releases: [{ index, value: "new" }] }),
+          ev({ releases: [{ index, value: "new" }] })
+        ]))
+        expect(twice).toMatchObject({ _tag: "InvalidInput", field: "events[1].releases[0]" })
+        expect(yield* store.claimOwner(index, "new")).toEqual(Option.some(stream("a")))
+        // a violation by a later event undoes the earlier events' claims too
+        yield* store.append(stream("x"), [ev({ claims: [{ index, value: "taken" }] })])
+        yield* Effect.flip(store.append(stream("d"), [
+          ev({ claims: [{ index, value: "mine" }] }),
+          ev({ claims: [{ index, value: "taken" }] })
+        ]))
+        expect(yield* store.claimOwner(index, "mine")).toEqual(Option.none())
+      }))
+
+    it.effect("values are held per tenant (the claiming event's tenantId)", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const index = `email-${uid()}`
+        const claim = [{ index, value: "ops@example.com" }]
+        yield* store.append(stream("a"), [ev({ claims: claim, metadata: { tenantId: "t1" } })])
+        yield* store.append(stream("b"), [ev({ claims: claim, metadata: { tenantId: "t2" } })])
+        yield* store.append(stream("c"), [ev({ claims: claim })])
+        expect(yield* store.claimOwner(index, "ops@example.com", { tenantId: "t1" })).toEqual(Option.some(stream("a")))
+        expect(yield* store.claimOwner(index, "ops@example.com", { tenantId: "t2" })).toEqual(Option.some(stream("b")))
+        expect(yield* store.claimOwner(index, "ops@example.com")).toEqual(Option.some(stream("c")))
+      }))
+
+    it.effect("bad claims are InvalidInput and write nothing", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const bad: ReadonlyArray<[string, unknown]> = [
+          ["events[0].claims[0].index", [{ index: "", value: "x" }]],
+          ["events[0].claims[0].value", [{ index: "i", value: "x".repeat(1025) }]],
+          ["events[0].claims[0].value", [{ index: "i", value: "" }]],
+          ["events[0].claims[0].value", [{ index: "i", value: 42 }]],
+          ["events[0].claims[0].index", [{ index: "a\u0000b", value: "x" }]],
+          ["events[0].claims[0]", [{ index: "i", value: "x", extra: 1 }]],
+          ["events[0].claims[0]", ["i"]],
+          ["events[0].claims", "i"]
+        ]
+        for (const [field, claims] of bad) {
+          const error = yield* Effect.flip(store.append(stream(), [ev({ claims: claims as any })]))
+          expect(error).toMatchObject({ _tag: "InvalidInput", field })
+        }
+        expect(yield* store.version(stream())).toBe(0)
+        expect((yield* Effect.flip(store.claimOwner("i", "x".repeat(1025))))._tag).toBe("InvalidInput")
+      }))
+
+    it.effect("rebuildClaims rebuilds the table from the claims stored with the events", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const index = `rebuild-${uid()}`
+        yield* store.append(stream("a"), [ev({ claims: [{ index, value: "1" }, { index, value: "2" }] })])
+        yield* store.append(stream("b"), [ev({ claims: [{ index, value: "3" }] })])
+        yield* store.append(stream("a"), [ev({ releases: [{ index, value: "1" }] })])
+        yield* store.append(stream("a"), [ev({ claims: [{ index, value: "4" }] }), ev({ releases: [{ index, value: "4" }] })])
+        const owners = Effect.all(["1", "2", "3", "4"].map((v) => store.claimOwner(index, v)))
+        const before = yield* owners
+        expect(before).toEqual([Option.none(), Option.some(stream("a")), Option.some(stream("b")), Option.none()])
+        const held = yield* store.rebuildClaims
+        expect(held).toBeGreaterThanOrEqual(2)
+        expect(yield* owners).toEqual(before)
+      }))
+
+    // --- command ids -----------------------------------------------------------------------------------------------
+    it.effect("a second append with the same command id writes nothing and returns the first result", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const commandId = `cmd-${uid()}`
+        const first = yield* store.append(stream(), [ev(), ev()], { expectedVersion: "no-stream", commandId })
+        expect(first.replayed).not.toBe(true)
+        // a stale expected version, other events: still the recorded result
+        const second = yield* store.append(stream(), [ev({ payload: { n: 2 } })], { expectedVersion: "no-stream", commandId })
+        expect(second.replayed).toBe(true)
+        expect(second.version).toBe(first.version)
+        expect(second.position).toBe(first.position)
+        expect(second.events.map((e) => [e.eventId, e.version, e.position])).toEqual(
+          first.events.map((e) => [e.eventId, e.version, e.position])
+        )
+        expect(yield* store.version(stream())).toBe(2)
+        const recorded = yield* store.command(commandId)
+        expect(Option.map(recorded, (r) => [r.version, r.replayed])).toEqual(Option.some([2, true]))
+        expect(yield* store.command(`cmd-${uid()}`)).toEqual(Option.none())
+      }))
+
+    it.effect("a failed append records nothing: the same command id writes once it succeeds", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const commandId = `cmd-${uid()}`
+        yield* store.append(stream(), [ev()])
+        const conflict = yield* Effect.flip(store.append(stream(), [ev()], { expectedVersion: 0, commandId }))
+        expect(conflict._tag).toBe("ConcurrencyError")
+        expect(yield* store.command(commandId)).toEqual(Option.none())
+        const written = yield* store.append(stream(), [ev()], { expectedVersion: 1, commandId })
+        expect(written).toMatchObject({ version: 2 })
+        expect(written.replayed).not.toBe(true)
+      }))
+
+    it.effect("an expired record lets the command id write again", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const commandId = `cmd-${uid()}`
+        yield* store.append(stream(), [ev()], { commandId, commandTtl: "100 millis" })
+        const replay = yield* store.append(stream(), [ev()], { commandId, commandTtl: "100 millis" })
+        expect(replay.replayed).toBe(true)
+        yield* Effect.sleep("150 millis")
+        expect(yield* store.command(commandId)).toEqual(Option.none())
+        const again = yield* store.append(stream(), [ev()], { commandId })
+        expect(again.replayed).not.toBe(true)
+        expect(again.version).toBe(2)
+        expect((yield* store.append(stream(), [ev()], { commandId })).replayed).toBe(true)
+      }))
+
+    it.effect("of concurrent appends with one command id, exactly one writes", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const commandId = `cmd-${uid()}`
+        const results = yield* Effect.all(
+          Array.from({ length: 12 }, (_, i) =>
+            store.append(i % 2 === 0 ? stream("a") : stream("b"), [ev({ payload: { n: i } })], { commandId })),
+          { concurrency: "unbounded" }
+        )
+        const written = results.filter((r) => r.replayed !== true)
+        expect(written).toHaveLength(1)
+        for (const r of results) expect(r.position).toBe(written[0]!.position)
+        expect((yield* store.version(stream("a"))) + (yield* store.version(stream("b")))).toBe(1)
+      }))
+
+    it.effect("bad command ids and ttls are InvalidInput and write nothing", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        for (const [field, options] of [
+          ["commandId", { commandId: "" }],
+          ["commandId", { commandId: "x".repeat(257) }],
+          ["commandId", { commandId: "a\nb" }],
+          ["commandTtl", { commandId: "ok", commandTtl: "0 millis" }],
+          ["commandTtl", { commandId: "ok", commandTtl: "soon" }],
+          ["commandTtl", { commandId: "ok", commandTtl: -5 }]
+        ] as const) {
+          const error = yield* Effect.flip(store.append(stream(), [ev()], options as any))
+          expect(error).toMatchObject({ _tag: "InvalidInput", field })
+        }
+        expect(yield* store.version(stream())).toBe(0)
+      }))
+  })
