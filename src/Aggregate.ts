@@ -104,6 +104,16 @@ export interface Options<State, Command, E extends { readonly _tag: string }, Er
   readonly cache?: StateCache.Options | undefined
   /** Fold event analytics with the state (restored from snapshots). Off by default. */
   readonly analytics?: boolean | undefined
+  /**
+   * The unique values an event claims or releases (see `Event.NewEvent.claims`): checked and recorded with the
+   * command's append, atomically. A value another stream holds fails the command with `UniqueConstraintViolation`.
+   */
+  readonly claims?:
+    | ((event: E) => {
+      readonly claims?: ReadonlyArray<Event.Claim>
+      readonly releases?: ReadonlyArray<Event.Claim>
+    } | undefined)
+    | undefined
 }
 
 /** Where a load started and what it found. @since 0.1.0 */
@@ -128,6 +138,11 @@ export interface Handled<State, E> extends Loaded<State> {
    * found stale (the stream had moved on before the command started) is decided again without counting here.
    */
   readonly retries: number
+  /**
+   * `true` when the command's `commandId` had been handled already: nothing was decided or written, `events` and
+   * `version` are the ones that handling appended, and `state` is the state at that version.
+   */
+  readonly replayed?: boolean
 }
 
 /** @since 0.1.0 */
@@ -135,6 +150,17 @@ export interface HandleOptions {
   readonly metadata?: Event.Metadata
   /** Overrides the aggregate's retry schedule for this command. */
   readonly retry?: Schedule.Schedule<unknown, ConcurrencyError>
+  /**
+   * Makes the command idempotent. Before deciding, the handler looks for the record of this id: if the command was
+   * handled (and its record has not expired), it returns that result with `replayed: true` without deciding again.
+   * Otherwise its events get ids derived from the command id and the versions they are written at (a retry after
+   * a lost reply produces the same ids), and the append records the id in its transaction (see
+   * `EventStore.AppendOptions.commandId`). An id used by another aggregate's stream is `InvalidInput`. A decision
+   * that appends nothing records nothing.
+   */
+  readonly commandId?: string
+  /** How long the record of `commandId` lasts; 24 hours when omitted. */
+  readonly commandTtl?: Duration.DurationInput
 }
 
 /** The errors `handle` can fail with besides the decider's own. @since 0.1.0 */

@@ -17,7 +17,13 @@ import * as Analytics from "../Analytics.js"
 import { ConcurrencyError, InvalidInput, type StoreError } from "../Errors.js"
 import * as Event from "../Event.js"
 import type { RecordedEvent } from "../Event.js"
-import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "../EventStore.js"
+import {
+  type AppendOptions,
+  type AppendResult,
+  EventStore,
+  type EventStoreService,
+  type ReadError
+} from "../EventStore.js"
 import * as Snapshot from "../Snapshot.js"
 import * as StateCache from "../StateCache.js"
 import * as Telemetry from "../Telemetry.js"
@@ -27,6 +33,7 @@ import * as Tracing from "./tracing.js"
 import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, syncCommandsOf } from "./backend.js"
 import * as GroupCommit from "./groupCommit.js"
 import { FoldEvent, type FoldRow, readFoldRow, toInteger } from "./codec.js"
+import { uuidV5 } from "./uuid.js"
 
 const isEvents = <E>(decision: unknown): decision is ReadonlyArray<E> => Array.isArray(decision)
 
@@ -348,6 +355,77 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
 
     const { afterAppend, writeSnapshot } = makeSnapshotWriter(name, policy, snapshotStore, snapshotWrite, background)
 
+    /**
+     * A command's events for the store: encoded, with their claims (the aggregate's `claims`), and with ids derived
+     * from the command id and the version each is written at, when there is one.
+     */
+    const claimsOf = options.claims
+    const encodeAll = (
+      sid: string,
+      decided: ReadonlyArray<E>,
+      version: number,
+      commandId: string | undefined
+    ): Either.Either<Array<Event.NewEvent>, InvalidInput> => {
+      const encoded: Array<Event.NewEvent> = new Array(decided.length)
+      for (let i = 0; i < decided.length; i++) {
+        const event = decided[i]!
+        const result = registry.encode(
+          event,
+          commandId === undefined ? undefined : { eventId: uuidV5(`${commandId}\u0000${sid}\u0000${version + i + 1}`) }
+        )
+        if (Either.isLeft(result)) return Either.left(result.left)
+        const claims = claimsOf?.(event)
+        encoded[i] = claims === undefined ? result.right : {
+          ...result.right,
+          ...(claims.claims === undefined ? {} : { claims: claims.claims }),
+          ...(claims.releases === undefined ? {} : { releases: claims.releases })
+        }
+      }
+      return Either.right(encoded)
+    }
+
+    /** The state of a stream at `version`, folded from the start (what a replayed command reports). */
+    const stateAt = (sid: string, version: number): Effect.Effect<State, ReadError> => {
+      const page = (state: State, after: number): Effect.Effect<State, ReadError> =>
+        after >= version ? Effect.succeed(state) : Effect.flatMap(
+          store.readPage(sid, { after, limit: Math.min(PAGE, version - after) }),
+          (events) => {
+            let next = state
+            for (const raw of events) {
+              const decoded = registry.decodePayload(raw)
+              if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+              next = decider.evolve(next, decoded.right)
+            }
+            return events.length === 0 ? Effect.succeed(next) : page(next, after + events.length)
+          }
+        )
+      return page(decider.initialState, 0)
+    }
+
+    /** The result of a command whose id was handled already: what that handling appended, and the state after it. */
+    const replayed = (sid: string, result: AppendResult): Effect.Effect<Handled<State, E>, HandleError> => {
+      if (result.streamId !== sid) {
+        return Effect.fail(
+          new InvalidInput({ field: "commandId", reason: `was used for stream ${JSON.stringify(result.streamId)}` })
+        )
+      }
+      const events: Array<Event.RecordedEvent<E>> = []
+      for (const event of result.events) {
+        const decoded = registry.decode(event)
+        if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+        events.push(decoded.right)
+      }
+      return Effect.map(stateAt(sid, result.version), (state): Handled<State, E> => ({
+        state,
+        version: result.version,
+        source: "replay",
+        events,
+        position: result.position,
+        retries: 0,
+        replayed: true
+      }))
+    }
+
     const load: HandlerService<State, Command, E, Err, R>["load"] = (id) =>
       Tracing.withSpan(Effect.map(loadFrom(streamId(id), false), loaded), "Aggregate.load", () => ({
         captureStackTrace: false,
@@ -379,23 +457,28 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     ): Effect.Effect<Handled<State, E>, Err | HandleError, R> => {
       if (run.attempts++ > 0) Telemetry.commandRetries.unsafeUpdate(1, [])
       const retries = run.attempts - 1
-      const appendOptionsAt = (expectedVersion: number) =>
-        handleOptions?.metadata !== undefined
+      const commandId = handleOptions?.commandId
+      const appendOptionsAt = (expectedVersion: number): AppendOptions => {
+        const base: AppendOptions = handleOptions?.metadata !== undefined
           ? { expectedVersion, streamType: name, metadata: handleOptions.metadata }
           : { expectedVersion, streamType: name }
+        if (commandId === undefined) return base
+        return handleOptions?.commandTtl === undefined
+          ? { ...base, commandId }
+          : { ...base, commandId, commandTtl: handleOptions.commandTtl }
+      }
 
       const commit = (
         current: Start<State>,
         decided: ReadonlyArray<E>
       ): Effect.Effect<Handled<State, E>, Err | HandleError> => {
         if (decided.length === 0) return Effect.succeed({ ...loaded(current), events: [], retries })
-        const encoded: Array<Event.NewEvent> = new Array(decided.length)
-        for (let i = 0; i < decided.length; i++) {
-          const result = registry.encode(decided[i]!)
-          if (Either.isLeft(result)) return Effect.fail(result.left)
-          encoded[i] = result.right
-        }
-        return Effect.flatMap(store.append(sid, encoded, appendOptionsAt(current.version)), (appended) => completed(current, decided, appended))
+        const encoded = encodeAll(sid, decided, current.version, commandId)
+        if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+        return Effect.flatMap(
+          store.append(sid, encoded.right, appendOptionsAt(current.version)),
+          (appended) => appended.replayed === true ? replayed(sid, appended) : completed(current, decided, appended)
+        )
       }
 
       /** The command's result once its events are appended: the state after them, and a snapshot if one is due. */
@@ -487,14 +570,10 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
               decided = decision.right
             } else return done({ _tag: "Later", current, decision })
             if (decided.length === 0) return done({ _tag: "Nothing", current })
-            const encoded: Array<Event.NewEvent> = new Array(decided.length)
-            for (let i = 0; i < decided.length; i++) {
-              const result = registry.encode(decided[i]!)
-              if (Either.isLeft(result)) return done({ _tag: "Failed", error: result.left })
-              encoded[i] = result.right
-            }
+            const encoded = encodeAll(sid, decided, version, undefined)
+            if (Either.isLeft(encoded)) return done({ _tag: "Failed", error: encoded.left })
             const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
-            const exit = tx.append(sid, encoded, appendOptionsAt(version), now)
+            const exit = tx.append(sid, encoded.right, appendOptionsAt(version), now)
             return done({ _tag: "Appended", current, decided, exit }, Exit.isSuccess(exit))
           })
         } catch (error) {
@@ -564,7 +643,9 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
               events.length > 0 ? Effect.catchIf(commit(from, events), isConflict, stale) : confirm(from, commit(from, events))
           })
         })
-      const once: Effect.Effect<Handled<State, E>, Err | HandleError, R> = syncCommands === undefined || !replayStarts
+      // a command id takes the usual road: its record is looked for first, and a replay is answered from it
+      const once: Effect.Effect<Handled<State, E>, Err | HandleError, R> =
+        syncCommands === undefined || !replayStarts || commandId !== undefined
         ? usual()
         : Effect.withFiberRuntime<Handled<State, E>, Err | HandleError, R>((fiber) =>
           Tracing.isNative(fiber.currentTracer) ? inOneTransaction(fiber) ?? usual() : usual()
@@ -582,7 +663,14 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     const handle: HandlerService<State, Command, E, Err, R>["handle"] = (id, command, handleOptions) =>
       Effect.suspend(() => {
         const run = { attempts: 0, replay: false }
-        const once = attempt(streamId(id), command, handleOptions, run)
+        const sid = streamId(id)
+        const commandId = handleOptions?.commandId
+        const first = attempt(sid, command, handleOptions, run)
+        // a handled command id is answered from its record, without deciding again
+        const once: typeof first = commandId === undefined ? first : Effect.flatMap(
+          store.command(commandId),
+          Option.match({ onNone: () => first, onSome: (result) => replayed(sid, result) })
+        )
         // The first attempt runs without the retry's machinery (most commands never conflict). On a conflict, the
         // retry starts by failing with that same conflict, so the schedule sees every conflict exactly once.
         const retried = (first: ConcurrencyError) => {

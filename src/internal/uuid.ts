@@ -1,5 +1,5 @@
 /** Time-ordered UUIDs (RFC 9562 version 7) for event ids: they index well and sort roughly by creation. */
-import { randomFillSync } from "node:crypto"
+import { createHash, randomFillSync } from "node:crypto"
 
 // Random bytes are drawn in blocks: one syscall per 512 ids instead of one per id.
 const pool = new Uint8Array(10 * 512)
@@ -42,4 +42,21 @@ export const uuidV7 = (millis: number): string => {
   text[23] = DASH
   for (let i = 0; i < 6; i++) put(24 + 2 * i, pool[r + 4 + i]!)
   return text.toString("latin1", 0, 36)
+}
+
+/** The namespace of the library's name-based ids (a UUID v4 drawn once, fixed forever). */
+const NAMESPACE = Buffer.from("6f1c0d0e4b6a4f0e9d8e2c7a5b3f1e42", "hex")
+
+/**
+ * A name-based UUID (RFC 9562 version 5: SHA-1 over the library's namespace and `name`): the same name always gives
+ * the same id. Event ids derived from a command id and a stream version, and seeded events, use it.
+ *
+ * @internal
+ */
+export const uuidV5 = (name: string): string => {
+  const hash = createHash("sha1").update(NAMESPACE).update(name, "utf8").digest()
+  hash[6] = (hash[6]! & 0x0f) | 0x50
+  hash[8] = (hash[8]! & 0x3f) | 0x80
+  const hex = hash.toString("hex", 0, 16)
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`
 }

@@ -4,11 +4,12 @@
  * and isolate themselves with unique stream types, index names and command ids.
  */
 import { expect, layer } from "@effect/vitest"
-import { EventStore } from "effect-eventstore"
-import type { Event } from "effect-eventstore"
+import { Aggregate, Event, EventStore } from "effect-eventstore"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 
 const uid = () => crypto.randomUUID().replace(/-/g, "").slice(0, 12)
 const streamOf = () => {
@@ -18,6 +19,31 @@ const streamOf = () => {
 const ev = (extra: Partial<Event.NewEvent> = {}): Event.NewEvent => ({ type: "Happened", payload: { n: 1 }, ...extra })
 
 const Store = EventStore.EventStore
+
+// --- an aggregate with a unique value and a decision that depends on the state ---------------------------------------
+const Registered = Schema.TaggedStruct("Registered", { email: Schema.String })
+const Charged = Schema.TaggedStruct("Charged", { amount: Schema.Int })
+class NoCredit extends Schema.TaggedError<NoCredit>()("NoCredit", { left: Schema.Int }) {}
+type UserEvent = typeof Registered.Type | typeof Charged.Type
+type UserCommand = { readonly _tag: "Register"; readonly email: string } | { readonly _tag: "Charge"; readonly amount: number }
+const userAggregate = (name: string) =>
+  Aggregate.make({
+    name,
+    events: Event.registry([Registered, Charged]),
+    decider: {
+      initialState: { email: "", credit: 0 },
+      decide: (command: UserCommand, state: { email: string; credit: number }) =>
+        command._tag === "Register"
+          ? Either.right([Registered.make({ email: command.email })])
+          : command.amount > state.credit
+          ? Either.left(new NoCredit({ left: state.credit }))
+          : Either.right([Charged.make({ amount: command.amount })]),
+      evolve: (state: { email: string; credit: number }, event: UserEvent) =>
+        event._tag === "Registered" ? { email: event.email, credit: 10 } : { ...state, credit: state.credit - event.amount }
+    },
+    claims: (event: UserEvent) =>
+      event._tag === "Registered" ? { claims: [{ index: `${name}-email`, value: event.email }] } : undefined
+  })
 
 export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore.EventStore, unknown>) =>
   layer(storeLayer, { excludeTestServices: true, timeout: "60 seconds" })(`store guarantees: ${name}`, (it) => {
@@ -217,6 +243,44 @@ export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore
         for (const r of results) expect(r.position).toBe(written[0]!.position)
         expect((yield* store.version(stream("a"))) + (yield* store.version(stream("b")))).toBe(1)
       }))
+
+    it.effect("Aggregate: a handled command id is answered from its record without deciding again", () =>
+      Effect.gen(function*() {
+        const Users = userAggregate(`U${uid()}`)
+        const users = yield* Aggregate.handler(Users)
+        yield* users.handle("1", { _tag: "Register", email: "ada@example.com" })
+        const commandId = `charge-${uid()}`
+        const first = yield* users.handle("1", { _tag: "Charge", amount: 8 }, { commandId })
+        expect(first).toMatchObject({ version: 2, state: { credit: 2 } })
+        expect(first.replayed).not.toBe(true)
+        // deciding again would fail (credit 2 < 8): the record answers instead
+        const again = yield* users.handle("1", { _tag: "Charge", amount: 8 }, { commandId })
+        expect(again).toMatchObject({ version: 2, replayed: true, state: { credit: 2 }, position: first.position })
+        expect(again.events.map((e) => [e.eventId, e.payload])).toEqual(first.events.map((e) => [e.eventId, e.payload]))
+        // the store's own record, read with the store: same ids
+        const store = yield* Store
+        expect(yield* store.version(Users.streamId("1"))).toBe(2)
+        const other = yield* Effect.flip(users.handle("2", { _tag: "Charge", amount: 1 }, { commandId }))
+        expect(other).toMatchObject({ _tag: "InvalidInput", field: "commandId" })
+        const failed = yield* Effect.flip(users.handle("1", { _tag: "Charge", amount: 5 }, { commandId: `c-${uid()}` }))
+        expect(failed).toMatchObject({ _tag: "NoCredit", left: 2 })
+      }).pipe(Effect.scoped))
+
+    it.effect("Aggregate: claims from the aggregate's events fail a command that takes a held value", () =>
+      Effect.gen(function*() {
+        const Users = userAggregate(`U${uid()}`)
+        const users = yield* Aggregate.handler(Users)
+        yield* users.handle("1", { _tag: "Register", email: "grace@example.com" })
+        const error = yield* Effect.flip(users.handle("2", { _tag: "Register", email: "grace@example.com" }))
+        expect(error).toMatchObject({
+          _tag: "UniqueConstraintViolation",
+          owner: Users.streamId("1"),
+          value: "grace@example.com"
+        })
+        expect((yield* users.load("2")).version).toBe(0)
+        const store = yield* Store
+        expect(yield* store.claimOwner(`${Users.name}-email`, "grace@example.com")).toEqual(Option.some(Users.streamId("1")))
+      }).pipe(Effect.scoped))
 
     it.effect("bad command ids and ttls are InvalidInput and write nothing", () =>
       Effect.gen(function*() {
