@@ -166,3 +166,19 @@ export class ClaimNotHeld extends Schema.TaggedError<ClaimNotHeld>()("ClaimNotHe
     }, which it does not hold (${this.owner === undefined ? "nobody does" : `stream ${JSON.stringify(this.owner)} does`})`
   }
 }
+
+/**
+ * A seed's stream holds other events where the seed's belong (`version`: the first that differs): it was written by
+ * something else, or by another seed of it. Nothing of the seed was written to the stream.
+ *
+ * @since 0.1.0
+ */
+export class SeedConflict extends Schema.TaggedError<SeedConflict>()("SeedConflict", {
+  streamId: Schema.String,
+  version: Schema.Number,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `stream ${JSON.stringify(this.streamId)} cannot take its seed at version ${this.version}: ${this.reason}`
+  }
+}

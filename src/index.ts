@@ -19,6 +19,8 @@ export * as EventStore from "./EventStore.js"
 /** @since 0.1.0 */
 export * as Projection from "./Projection.js"
 /** @since 0.1.0 */
+export * as Seed from "./Seed.js"
+/** @since 0.1.0 */
 export * as Snapshot from "./Snapshot.js"
 /** @since 0.1.0 */
 export * as StateCache from "./StateCache.js"

@@ -814,3 +814,29 @@ export const readFoldRow = (row: FoldRow, into: FoldEvent, expected: number, wit
 /** Stored events as fold rows (the memory backend's). */
 export const toFoldRows = (rows: ReadonlyArray<StoredEvent>): Array<FoldRow> =>
   rows.map((row) => [row.version, row.type, row.schemaVersion, row.payload, row.recordedAt])
+
+/**
+ * JSON with object keys sorted at every depth: one text for equal JSON values, whatever their key order (what a
+ * derived id hashes). A value JSON cannot hold, or nested deeper than the payload limit, gives `""` (its append
+ * is refused anyway).
+ */
+export const canonicalJson = (value: unknown): string => {
+  const write = (v: unknown, depth: number): string => {
+    if (depth > limits.payloadDepth) throw new RangeError("too deep")
+    if (Array.isArray(v)) return `[${v.map((x) => write(x === undefined ? null : x, depth + 1)).join(",")}]`
+    if (typeof v === "object" && v !== null) {
+      const parts: Array<string> = []
+      for (const key of Object.keys(v).sort()) {
+        const field = (v as Record<string, unknown>)[key]
+        if (field !== undefined) parts.push(`${JSON.stringify(key)}:${write(field, depth + 1)}`)
+      }
+      return `{${parts.join(",")}}`
+    }
+    return JSON.stringify(v) ?? "null"
+  }
+  try {
+    return write(value, 0)
+  } catch {
+    return ""
+  }
+}

@@ -4,7 +4,7 @@
  * and isolate themselves with unique stream types, index names and command ids.
  */
 import { expect, layer } from "@effect/vitest"
-import { Aggregate, Event, EventStore } from "effect-eventstore"
+import { Aggregate, Event, EventStore, Seed } from "effect-eventstore"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import type * as Layer from "effect/Layer"
@@ -281,6 +281,60 @@ export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore
         const store = yield* Store
         expect(yield* store.claimOwner(`${Users.name}-email`, "grace@example.com")).toEqual(Option.some(Users.streamId("1")))
       }).pipe(Effect.scoped))
+
+    // --- seeding ---------------------------------------------------------------------------------------------------
+    it.effect("a seed writes once: derived ids, tags, skipped on every later run; a grown seed writes its new events", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        const seedOf = (n: number) => [
+          { streamId: stream("a"), events: Array.from({ length: n }, (_, i) => ev({ payload: { i, name: `a${i}` } })) },
+          { streamId: stream("b"), events: [ev({ payload: { z: 1, a: [1, { y: 2, x: 1 }] } })], streamType: "Other" }
+        ]
+        const progress: Array<Seed.SeedProgress> = []
+        const options = {
+          tags: { migration: "m1" },
+          onProgress: (p: Seed.SeedProgress) => Effect.sync(() => progress.push(p))
+        }
+        expect(yield* Seed.seed(seedOf(3), options)).toEqual({ streams: 2, saved: 4, skipped: 0 })
+        expect(progress).toEqual([
+          { streams: 1, total: 2, saved: 3, skipped: 0 },
+          { streams: 2, total: 2, saved: 4, skipped: 0 }
+        ])
+        expect(yield* Seed.seed(seedOf(3), options)).toEqual({ streams: 2, saved: 0, skipped: 4 })
+        expect(yield* Seed.seed(seedOf(5))).toEqual({ streams: 2, saved: 2, skipped: 4 })
+        const a = yield* store.readPage(stream("a"))
+        expect(a.map((e) => e.eventId)).toEqual(
+          a.map((e) => Seed.eventIdOf(stream("a"), e.version, { type: "Happened", payload: { i: e.version - 1, name: `a${e.version - 1}` } }))
+        )
+        expect(a[0]!.metadata.tags).toEqual({ migration: "m1", seeded: "true" })
+        expect(a[4]!.metadata.tags).toEqual({ seeded: "true" })
+        const [b] = yield* store.readPage(stream("b"))
+        expect(b!.streamType).toBe("Other")
+        // the id does not depend on key order
+        expect(b!.eventId).toBe(Seed.eventIdOf(stream("b"), 1, { type: "Happened", payload: { a: [1, { x: 1, y: 2 }], z: 1 } }))
+      }))
+
+    it.effect("a seed finding other events in its stream is SeedConflict; a claim held elsewhere writes nothing", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stream = streamOf()
+        yield* store.append(stream("a"), [ev()])
+        const conflict = yield* Effect.flip(Seed.seed([{ streamId: stream("a"), events: [ev(), ev()] }]))
+        expect(conflict).toMatchObject({ _tag: "SeedConflict", streamId: stream("a"), version: 1 })
+        expect(yield* store.version(stream("a"))).toBe(1)
+        const index = `seed-${uid()}`
+        yield* store.append(stream("owner"), [ev({ claims: [{ index, value: "v" }] })])
+        const taken = yield* Effect.flip(Seed.seed([
+          { streamId: stream("b"), events: [ev(), ev({ claims: [{ index, value: "v" }] })] }
+        ]))
+        expect(taken).toMatchObject({ _tag: "UniqueConstraintViolation", owner: stream("owner") })
+        expect(yield* store.version(stream("b"))).toBe(0)
+        const given = yield* Effect.flip(Seed.seed([{ streamId: stream("c"), events: [ev({ eventId: "mine" })] }]))
+        expect(given).toMatchObject({ _tag: "InvalidInput", field: "events[0].eventId" })
+        const empty = yield* Effect.flip(Seed.seed([{ streamId: stream("c"), events: [] }]))
+        expect(empty._tag).toBe("InvalidInput")
+      }))
 
     it.effect("bad command ids and ttls are InvalidInput and write nothing", () =>
       Effect.gen(function*() {
