@@ -134,7 +134,8 @@ export interface RecordedEvent<P = unknown> {
 export type EventSchema = Schema.Schema<any, any, never>
 
 /**
- * An event schema with a version above 1 and the upcaster that lifts payloads written by older versions.
+ * An event schema with a version above 1 and the upcaster that lifts payloads written by older versions. Versions
+ * are whole numbers from 1; `Event.registry` throws a `TypeError` for any other.
  *
  * @since 0.1.0
  */
@@ -142,7 +143,11 @@ export interface Versioned<S extends EventSchema = EventSchema> {
   readonly _tag: "Versioned"
   readonly schema: S
   readonly version: number
-  /** Turns a payload written with `fromVersion` (< `version`) into the current encoded shape. */
+  /**
+   * Turns a payload written with `fromVersion` (< `version`) into the current encoded shape. One function for every
+   * older version: a version it has no answer for should throw (or return a value that does not decode); either way
+   * the event's decode fails with an `EventDecodeError`.
+   */
   readonly upcast: (payload: unknown, fromVersion: number) => unknown
 }
 
@@ -172,7 +177,8 @@ export type DefinitionType<D> = D extends Versioned<infer S> ? Schema.Schema.Typ
   : never
 
 /**
- * Encodes domain events for the store and decodes stored events back, by event type.
+ * Encodes domain events for the store and decodes stored events back, by event type (an old name of a renamed
+ * type included: see {@link RegistryOptions}).
  *
  * @since 0.1.0
  */
@@ -186,10 +192,53 @@ export interface Registry<A extends { readonly _tag: string }> {
     event: A,
     options?: { readonly eventId?: string; readonly metadata?: Metadata }
   ) => Either.Either<NewEvent, InvalidInput>
-  /** Decodes one stored event, upcasting older schema versions; failures are `EventDecodeError`s. */
+  /**
+   * Decodes one stored event, upcasting older schema versions; failures are `EventDecodeError`s (naming the type as
+   * stored). The decoded event's `type` is the current name of its type (an event stored under an old name comes
+   * back under the new one, like its payload's `_tag`); `schemaVersion` stays the version that wrote the payload.
+   */
   readonly decode: (event: RecordedEvent) => Either.Either<RecordedEvent<A>, EventDecodeError>
   /** Like `decode`, for the payload only (what a fold needs). */
   readonly decodePayload: (event: RecordedEvent) => Either.Either<A, EventDecodeError>
+  /**
+   * Every name events of these types may be stored under: for each type its current name, then its old names (see
+   * {@link RegistryOptions}), without repeats. What a store `Filter`'s `eventTypes` needs to select a renamed type's
+   * older events too. An old name counts as its type; a name the registry does not know is returned as it is. An
+   * empty list gives an empty list (which a `Filter` reads as no filter at all).
+   *
+   * @example
+   * ```ts
+   * store.readAll({ filter: { eventTypes: AccountEvents.storedNames(["AccountOpened", "AccountClosed"]) } })
+   * ```
+   */
+  readonly storedNames: (types: A["_tag"] | ReadonlyArray<A["_tag"]>) => ReadonlyArray<string>
+}
+
+/**
+ * Options of {@link registry}.
+ *
+ * `renames` maps an old event type name to the name that replaced it: a current type of the registry, or another
+ * old name (a chain: `{ A: "B", B: "C" }` — A was renamed B, then B renamed C — decodes stored A and B events as C).
+ * Renames are history: keep every entry for as long as the store holds events under the old name.
+ *
+ * - An event stored under an old name decodes as its current type, with `type` and `_tag` the current name.
+ *   `encode` always writes the current name.
+ * - A rename does not restart the schema version: versions count on across names. A payload stored under an old
+ *   name at version `n` is decoded exactly like one stored under the current name at `n` — as it stands when `n` is
+ *   the current version, else through the current type's upcaster from `n`. A rename that also changes the payload's
+ *   shape therefore bumps the version (with `versioned`) in the same change.
+ * - `storedNames` lists a type's old names, for store filters; `Projection.make` and `Projection.sql` route events
+ *   stored under an old name to the handler of the current one.
+ * - A rename to a name that is neither a type of the registry nor another old name, a cycle (`{ A: "B", B: "A" }`,
+ *   `{ A: "A" }`), or an old name that is also a current type throws a `TypeError` when the registry is built.
+ *
+ * One stored event always decodes to one event: splitting an old event into several is not supported (folds,
+ * projections and checkpoints count stored events by their version and position).
+ *
+ * @since 0.1.0
+ */
+export interface RegistryOptions {
+  readonly renames?: Readonly<Record<string, string>>
 }
 
 interface Entry {
@@ -227,7 +276,9 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 
 /**
  * Builds a registry from event schemas (or {@link versioned} ones). Each `_tag` must be unique. The payload is stored
- * without its `_tag` (the event type is its own column) and gets it back when decoded.
+ * without its `_tag` (the event type is its own column) and gets it back when decoded. `options.renames` maps old
+ * type names to the current ones (see {@link RegistryOptions}). A definition that cannot work (a duplicate type, a
+ * bad version, a bad rename) throws a `TypeError`.
  *
  * @example
  * ```ts
@@ -235,12 +286,20 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
  * const Deposited = Schema.TaggedStruct("Deposited", { amount: Schema.Int })
  * const AccountEvents = Event.registry([Opened, Deposited])
  * type AccountEvent = Event.Registry.Type<typeof AccountEvents>
+ *
+ * // "AccountCreated" was renamed "AccountRegistered", later "AccountOpened": events stored under either old name
+ * // decode as AccountOpened (and a projection's AccountOpened handler receives them)
+ * const Renamed = Event.registry([Opened, Deposited], {
+ *   renames: { AccountCreated: "AccountRegistered", AccountRegistered: "AccountOpened" }
+ * })
+ * Renamed.storedNames("AccountOpened") // ["AccountOpened", "AccountCreated", "AccountRegistered"]
  * ```
  *
  * @since 0.1.0
  */
 export const registry = <const Defs extends ReadonlyArray<Definition>>(
-  definitions: Defs
+  definitions: Defs,
+  options?: RegistryOptions
 ): Registry<Extract<DefinitionType<Defs[number]>, { readonly _tag: string }>> => {
   type A = Extract<DefinitionType<Defs[number]>, { readonly _tag: string }>
   const entries = new Map<string, Entry>()
@@ -250,6 +309,12 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
     const type = tagOf(schema)
     if (entries.has(type)) throw new TypeError(`event type ${type} is defined twice`)
     const isVersioned = "_tag" in def && def._tag === "Versioned"
+    if (isVersioned) {
+      const version = (def as Versioned).version
+      if (!Number.isSafeInteger(version) || version < 1) {
+        throw new TypeError(`event type ${type}: a schema version is a whole number from 1, not ${String(version)}`)
+      }
+    }
     entries.set(type, {
       type,
       version: isVersioned ? (def as Versioned).version : 1,
@@ -260,6 +325,20 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
       fastEncode: FastDecode.compileEncode(schema, type)
     })
     schemas.push(schema)
+  }
+  // every name an event may be stored under (current names and old ones) to its type's entry
+  const byStoredName = new Map(entries)
+  const oldNames = resolveRenames(options?.renames ?? {}, entries)
+  for (const [old, current] of oldNames) byStoredName.set(old, entries.get(current)!)
+  const namesOf = new Map<string, Array<string>>([...entries.keys()].map((type) => [type, [type]]))
+  for (const [old, current] of oldNames) namesOf.get(current)!.push(old)
+  const storedNames: Registry<A>["storedNames"] = (types) => {
+    const out = new Set<string>()
+    for (const type of (typeof types === "string" ? [types] : types) as ReadonlyArray<string>) {
+      const entry = byStoredName.get(type)
+      for (const name of entry === undefined ? [type] : namesOf.get(entry.type)!) out.add(name)
+    }
+    return [...out]
   }
   const union = (schemas.length === 1 ? schemas[0] : Schema.Union(...schemas)) as unknown as Schema.Schema<A, unknown>
 
@@ -304,13 +383,18 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
   }
 
   const decodePayload: Registry<A>["decodePayload"] = (event) => {
-    const entry = entries.get(event.type)
+    const entry = byStoredName.get(event.type)
     if (entry === undefined) return Either.left(decodeError(event, "unknown event type"))
     let payload = event.payload
     if (event.schemaVersion !== entry.version) {
       if (event.schemaVersion > entry.version || entry.upcast === undefined) {
         return Either.left(
-          decodeError(event, `stored schema version ${event.schemaVersion}, registry has ${entry.version}`)
+          decodeError(
+            event,
+            `stored schema version ${event.schemaVersion}, registry has ${entry.version}` +
+              (entry.type === event.type ? "" : ` (of ${entry.type}, which ${event.type} was renamed to)`) +
+              (event.schemaVersion < entry.version ? " and no upcaster" : "")
+          )
         )
       }
       try {
@@ -332,14 +416,54 @@ export const registry = <const Defs extends ReadonlyArray<Definition>>(
   }
 
   const decode: Registry<A>["decode"] = (event) =>
-    Either.map(decodePayload(event), (payload) => ({ ...event, payload }))
+    Either.map(decodePayload(event), (payload) => {
+      const current = oldNames.get(event.type)
+      return current === undefined ? { ...event, payload } : { ...event, type: current, payload }
+    })
 
-  const built = { schema: union, types: [...entries.keys()] as Array<A["_tag"]>, encode, decode, decodePayload }
+  const built = {
+    schema: union,
+    types: [...entries.keys()] as Array<A["_tag"]>,
+    encode,
+    decode,
+    decodePayload,
+    storedNames
+  }
   builtHere.set(built, (type, schemaVersion) => {
-    const entry = entries.get(type)
+    const entry = byStoredName.get(type)
     return entry !== undefined && entry.version === schemaVersion ? entry.fast : undefined
   })
   return built
+}
+
+/**
+ * The old names of `renames` to the current type each one ends at (following chains), in the order given. Throws a
+ * `TypeError` for an old name that is a current type, a rename to a name that is neither a type nor an old name,
+ * and a cycle.
+ */
+const resolveRenames = (
+  renames: Readonly<Record<string, string>>,
+  types: ReadonlyMap<string, unknown>
+): ReadonlyMap<string, string> => {
+  const next = new Map<string, string>()
+  for (const [old, to] of Object.entries(renames)) {
+    if (typeof to !== "string") throw new TypeError(`renames: ${old} must be renamed to an event type name`)
+    if (types.has(old)) throw new TypeError(`renames: ${old} is a current event type, not an old name`)
+    next.set(old, to)
+  }
+  const resolved = new Map<string, string>()
+  for (const old of next.keys()) {
+    const path = [old]
+    let name = next.get(old)!
+    while (!types.has(name)) {
+      if (!next.has(name)) throw new TypeError(`renames: ${path.at(-1)} is renamed to ${name}, which is not an event type of the registry`)
+      if (path.includes(name)) throw new TypeError(`renames: a cycle ${[...path, name].join(" → ")}`)
+      path.push(name)
+      name = next.get(name)!
+    }
+    resolved.set(old, name)
+  }
+  return resolved
 }
 
 type FastDecoder = (payload: unknown) => unknown

@@ -113,7 +113,9 @@ export class CheckpointConflict extends Schema.TaggedError<CheckpointConflict>()
 
 /**
  * One handler per event type, typed by the registry's schemas. Each gets the decoded event in its envelope
- * (`event.payload` is the domain value; `event.eventId`, `position`, `streamId` are the stored ones).
+ * (`event.payload` is the domain value; `event.eventId`, `position`, `streamId` are the stored ones). A handler is
+ * keyed by its type's current name and also receives the events stored under the type's old names (see
+ * `Event.RegistryOptions`), decoded as the current type (`event.type` is the current name).
  *
  * @since 0.1.0
  */
@@ -129,11 +131,15 @@ export type Handlers<A extends { readonly _tag: string }, E, R> = {
 export interface Projection<A extends { readonly _tag: string }, E, R> {
   readonly name: string
   readonly events: Event.Registry<A>
+  /** As given, and (made by `make` or `sql`) under the old names of renamed types too: runners look up stored names. */
   readonly handlers: Handlers<A, E, R>
   readonly streamTypes: ReadonlyArray<string> | undefined
   readonly init: ReadonlyArray<Migration<E, R>>
   readonly reset: Effect.Effect<void, E, R> | undefined
-  /** The statement handlers of a projection made by `sql` (`handlers` then runs them through the `SqlClient`). */
+  /**
+   * The statement handlers of a projection made by `sql` (`handlers` then runs them through the `SqlClient`), under
+   * the old names of renamed types too.
+   */
   readonly statements: SqlHandlers<A> | undefined
   /** The read model's tables, named through the projection for blue/green rebuilds (see `sql`). */
   readonly tables: ReadonlyArray<string> | undefined
@@ -221,13 +227,28 @@ export const make = <A extends { readonly _tag: string }, E = never, R = never>(
   return {
     name: options.name,
     events: options.events,
-    handlers: options.handlers,
+    handlers: routed(options.events, options.handlers) as Handlers<A, E, R>,
     streamTypes: options.streamTypes !== undefined && options.streamTypes.length > 0 ? options.streamTypes : undefined,
     init: options.init ?? [],
     reset: options.reset,
     statements: undefined,
     tables: undefined
   }
+}
+
+/**
+ * `handlers` keyed by every name their types are stored under (`Event.Registry.storedNames`): the runners (and
+ * inline projections) look a handler up by the stored event's type, so an event stored under a renamed type's old
+ * name reaches the handler of the current one. Null prototype: a stored type named `constructor` or `toString`
+ * finds no handler.
+ */
+const routed = <H>(events: Event.Registry<any>, handlers: object): Record<string, H | undefined> => {
+  const out: Record<string, H | undefined> = Object.create(null)
+  for (const [type, handler] of Object.entries(handlers as Record<string, H | undefined>)) {
+    if (handler === undefined) continue
+    for (const name of events.storedNames(type)) out[name] = handler
+  }
+  return out
 }
 
 const nameCheck = (name: unknown) => {
@@ -285,9 +306,11 @@ export const sql = <A extends { readonly _tag: string }, E = never, R = never>(o
       throw new TypeError(`a projection's table name must be a plain SQL identifier of at most 51 characters: ${table}`)
     }
   }
-  const handlers: Record<string, (event: Event.RecordedEvent<any>) => Effect.Effect<void, SqlError, SqlClient.SqlClient>> = {}
-  for (const [type, handler] of Object.entries(options.handlers as Record<string, Statements.StatementHandler>)) {
-    handlers[type] = Statements.asEffect(handler, (table) => table)
+  const statements = routed<Statements.StatementHandler>(options.events, options.handlers)
+  const handlers: Record<string, (event: Event.RecordedEvent<any>) => Effect.Effect<void, SqlError, SqlClient.SqlClient>> =
+    Object.create(null)
+  for (const [type, handler] of Object.entries(statements)) {
+    handlers[type] = Statements.asEffect(handler!, (table) => table)
   }
   return {
     name: options.name,
@@ -296,7 +319,7 @@ export const sql = <A extends { readonly _tag: string }, E = never, R = never>(o
     streamTypes: options.streamTypes !== undefined && options.streamTypes.length > 0 ? options.streamTypes : undefined,
     init: options.init ?? [],
     reset: options.reset,
-    statements: options.handlers,
+    statements: statements as SqlHandlers<A>,
     tables: options.tables !== undefined && options.tables.length > 0 ? options.tables : undefined
   }
 }

@@ -22,19 +22,27 @@ import {
   Withdraw
 } from "../examples/bank-account/Account.js"
 
-const opened = AccountOpened.make({ owner: "ada" })
+const opened = AccountOpened.make({ holder: "ada", currency: "EUR" })
 const deposited = (n: number) => MoneyDeposited.make({ amount: cents(n) })
 
 describe("bank account decider", () => {
   const spec = Testing.spec(Account)
   const check = <E>(effect: Effect.Effect<void, E, FraudCheck>) => Effect.provide(effect, FraudCheckNoop)
 
-  it.effect("opens a new account", () => check(spec.given([]).when(OpenAccount.make({ owner: "ada" })).then([opened])))
-
-  it.effect("opening again for the same owner is a no-op; for another owner an error", () =>
+  it.effect("opens a new account (in EUR unless the command names a currency)", () =>
     check(Effect.all([
-      spec.given([opened]).when(OpenAccount.make({ owner: "ada" })).then([]),
-      spec.given([opened]).when(OpenAccount.make({ owner: "bob" })).thenFails(new AccountAlreadyOpened({ owner: "ada" }))
+      spec.given([]).when(OpenAccount.make({ holder: "ada" })).then([opened]),
+      spec.given([]).when(OpenAccount.make({ holder: "ada", currency: "CHF" }))
+        .then([AccountOpened.make({ holder: "ada", currency: "CHF" })])
+    ])))
+
+  it.effect("opening again for the same holder and currency is a no-op; otherwise an error", () =>
+    check(Effect.all([
+      spec.given([opened]).when(OpenAccount.make({ holder: "ada" })).then([]),
+      spec.given([opened]).when(OpenAccount.make({ holder: "bob" }))
+        .thenFails(new AccountAlreadyOpened({ holder: "ada", currency: "EUR" })),
+      spec.given([opened]).when(OpenAccount.make({ holder: "ada", currency: "USD" }))
+        .thenFails(new AccountAlreadyOpened({ holder: "ada", currency: "EUR" }))
     ])))
 
   it.effect("deposits need an open account", () =>
@@ -74,7 +82,7 @@ describe("bank account decider", () => {
   // deposits minus withdrawals.
   it.effect.prop("the balance never goes negative", [Testing.commandSequences(AccountCommand, { maxLength: 60 })], ([commands]) =>
     Effect.gen(function*() {
-      const { events, states } = yield* Testing.replay(Account, [OpenAccount.make({ owner: "ada" }), ...commands])
+      const { events, states } = yield* Testing.replay(Account, [OpenAccount.make({ holder: "ada" }), ...commands])
       for (const state of states) expect(state.balance).toBeGreaterThanOrEqual(0)
       const sum = events.reduce((acc, e) =>
         e._tag === "MoneyDeposited" ? acc + e.amount : e._tag === "MoneyWithdrawn" ? acc - e.amount : acc, 0)
@@ -88,7 +96,7 @@ describe("bank account decider", () => {
     ([commands]) =>
       Effect.gen(function*() {
         const id = crypto.randomUUID()
-        const all = [OpenAccount.make({ owner: "ada" }), ...commands]
+        const all = [OpenAccount.make({ holder: "ada" }), ...commands]
         const replayed = yield* Testing.replay(Account, all)
         for (const command of all) yield* Effect.either(Account.handle(id, command))
         const loaded = yield* Account.load(id)

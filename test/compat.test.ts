@@ -15,7 +15,7 @@ import { copyFileSync, mkdtempSync } from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { Account, AccountEvents, FraudCheckNoop } from "../examples/bank-account/Account.js"
+import { Account, AccountEvents, FraudCheckNoop, OpenAccount } from "../examples/bank-account/Account.js"
 
 const fixture = fileURLToPath(new URL("./fixtures/compat/v1.db", import.meta.url))
 
@@ -43,7 +43,11 @@ describe("the 2026-11-27 SQLite fixture", () => {
         [9, "Account-b", 4, "AccountClosed"]
       ])
       expect(all[0]!.eventId).toBe("00000000-0000-7000-8000-000000000001")
-      expect(all[0]!.payload).toMatchObject({ _tag: "AccountOpened", owner: "Ada" })
+      // written as AccountOpened v1 ({ owner }): read as v2 through its upcaster; the envelope keeps the version
+      // that wrote the payload
+      expect(all[0]!.payload).toEqual({ _tag: "AccountOpened", holder: "Ada", currency: "EUR" })
+      expect(all[0]!.schemaVersion).toBe(1)
+      expect(all[5]!.payload).toEqual({ _tag: "AccountOpened", holder: "Grace", currency: "EUR" })
       expect(all[0]!.metadata).toEqual({
         correlationId: "corr-Account-a",
         principalId: "teller-1",
@@ -55,17 +59,25 @@ describe("the 2026-11-27 SQLite fixture", () => {
       expect(yield* store.head).toBe(9)
     }).pipe(Effect.provide(Sqlite.layer({ filename: copy() }))))
 
-  it.effect("aggregates load (Account-a from its snapshot) and take new commands", () =>
+  it.effect("aggregates load (Account-a from its v1 snapshot, upcast) and take new commands", () =>
     Effect.gen(function*() {
       const a = yield* Account.load("a")
-      expect(a).toMatchObject({ version: 5, source: "snapshot", state: { status: "open", owner: "Ada", balance: 11_500 } })
+      expect(a).toMatchObject({
+        version: 5,
+        source: "snapshot",
+        state: { status: "open", holder: "Ada", currency: "EUR", balance: 11_500 }
+      })
       const b = yield* Account.load("b")
-      expect(b).toMatchObject({ version: 4, state: { status: "closed", owner: "Grace", balance: 0 } })
+      expect(b).toMatchObject({ version: 4, state: { status: "closed", holder: "Grace", currency: "EUR", balance: 0 } })
       const store = yield* EventStore.EventStore
       const appended = yield* store.append("Account-a", [{ type: "MoneyDeposited", payload: { amount: 1 } }], {
         expectedVersion: 5
       })
       expect(appended).toMatchObject({ version: 6, position: 10 })
+      // a new account is opened with AccountOpened v2, beside the v1 rows
+      yield* Account.handle("c", OpenAccount.make({ holder: "Lin", currency: "CHF" }))
+      const [opened] = yield* Stream.runCollect(store.read("Account-c"))
+      expect(opened).toMatchObject({ type: "AccountOpened", schemaVersion: 2, payload: { holder: "Lin", currency: "CHF" } })
     }).pipe(
       Effect.provide(Aggregate.layer(Account).pipe(Layer.provideMerge(Sqlite.layer({ filename: copy() })))),
       Effect.provide(FraudCheckNoop)

@@ -14,35 +14,70 @@ export type Cents = typeof Cents.Type
 export const cents = (n: number): Cents => Cents.make(n)
 export const formatCents = (n: number) => `${n < 0 ? "-" : ""}${Math.floor(Math.abs(n) / 100)}.${String(Math.abs(n) % 100).padStart(2, "0")}`
 
+/** An ISO 4217 currency code. */
+export const Currency = Schema.String.pipe(Schema.pattern(/^[A-Z]{3}$/))
+
+/** What accounts opened before version 2 of `AccountOpened` (and of the state) are held in. */
+const defaultCurrency = "EUR"
+
 // --- events ----------------------------------------------------------------------------------------------------
-export const AccountOpened = Schema.TaggedStruct("AccountOpened", { owner: Schema.NonEmptyTrimmedString })
+/**
+ * Version 2: the account's `owner` is now its `holder`, and the account has a `currency`. Version 1 payloads were
+ * `{ owner }`; the upcaster lifts them (the store keeps them as they were written).
+ */
+export const AccountOpened = Schema.TaggedStruct("AccountOpened", {
+  holder: Schema.NonEmptyTrimmedString,
+  currency: Currency
+})
 export const MoneyDeposited = Schema.TaggedStruct("MoneyDeposited", { amount: Cents })
 export const MoneyWithdrawn = Schema.TaggedStruct("MoneyWithdrawn", { amount: Cents })
 export const AccountClosed = Schema.TaggedStruct("AccountClosed", {})
 
-export const AccountEvents = Event.registry([AccountOpened, MoneyDeposited, MoneyWithdrawn, AccountClosed])
+const upcastAccountOpened = (payload: unknown, fromVersion: number): unknown => {
+  if (fromVersion !== 1) throw new Error(`no upcaster from AccountOpened version ${fromVersion}`)
+  const { owner } = payload as { readonly owner: unknown }
+  return { holder: owner, currency: defaultCurrency }
+}
+
+export const AccountEvents = Event.registry([
+  Event.versioned(AccountOpened, 2, upcastAccountOpened),
+  MoneyDeposited,
+  MoneyWithdrawn,
+  AccountClosed
+])
 export type AccountEvent = Event.Registry.Type<typeof AccountEvents>
 
 // --- state and fold --------------------------------------------------------------------------------------------
 export interface AccountState {
   readonly status: "new" | "open" | "closed"
-  readonly owner: string
+  readonly holder: string
+  readonly currency: string
   readonly balance: number
 }
 
-export const initialState: AccountState = { status: "new", owner: "", balance: 0 }
+export const initialState: AccountState = { status: "new", holder: "", currency: defaultCurrency, balance: 0 }
 
-/** How the state is stored in snapshots. */
+/**
+ * How the state is stored in snapshots: version 2 (with `AccountOpened` version 2). Version 1 snapshots were
+ * `{ status, owner, balance }`; `upcastAccountState` lifts them, so loads keep starting from them.
+ */
 export const AccountStateSchema = Schema.Struct({
   status: Schema.Literal("new", "open", "closed"),
-  owner: Schema.String,
+  holder: Schema.String,
+  currency: Schema.String,
   balance: Schema.Int
 })
+
+const upcastAccountState = (state: unknown, fromVersion: number): unknown => {
+  if (fromVersion !== 1) throw new Error(`no upcaster from account state version ${fromVersion}`)
+  const { owner, ...rest } = state as { readonly owner: unknown }
+  return { ...rest, holder: owner, currency: defaultCurrency }
+}
 
 export const evolve = (state: AccountState, event: AccountEvent): AccountState => {
   switch (event._tag) {
     case "AccountOpened":
-      return { status: "open", owner: event.owner, balance: 0 }
+      return { status: "open", holder: event.holder, currency: event.currency, balance: 0 }
     case "MoneyDeposited":
       return { ...state, balance: state.balance + event.amount }
     case "MoneyWithdrawn":
@@ -53,7 +88,10 @@ export const evolve = (state: AccountState, event: AccountEvent): AccountState =
 }
 
 // --- commands and errors ---------------------------------------------------------------------------------------
-export const OpenAccount = Schema.TaggedStruct("OpenAccount", { owner: Schema.NonEmptyTrimmedString })
+export const OpenAccount = Schema.TaggedStruct("OpenAccount", {
+  holder: Schema.NonEmptyTrimmedString,
+  currency: Schema.optionalWith(Currency, { default: () => defaultCurrency })
+})
 export const Deposit = Schema.TaggedStruct("Deposit", { amount: Cents })
 export const Withdraw = Schema.TaggedStruct("Withdraw", { amount: Cents })
 export const CloseAccount = Schema.TaggedStruct("CloseAccount", {})
@@ -61,7 +99,8 @@ export const AccountCommand = Schema.Union(OpenAccount, Deposit, Withdraw, Close
 export type AccountCommand = typeof AccountCommand.Type
 
 export class AccountAlreadyOpened extends Schema.TaggedError<AccountAlreadyOpened>()("AccountAlreadyOpened", {
-  owner: Schema.String
+  holder: Schema.String,
+  currency: Schema.String
 }) {}
 export class AccountNotOpen extends Schema.TaggedError<AccountNotOpen>()("AccountNotOpen", {
   status: Schema.Literal("new", "closed")
@@ -95,11 +134,13 @@ export const decide = (
 ): Effect.Effect<ReadonlyArray<AccountEvent>, AccountError, FraudCheck> => {
   switch (command._tag) {
     case "OpenAccount":
-      if (state.status === "new") return Effect.succeed([AccountOpened.make({ owner: command.owner })])
-      // Opening again for the same owner is a retry of the same intent: nothing to do.
-      return state.owner === command.owner
+      if (state.status === "new") {
+        return Effect.succeed([AccountOpened.make({ holder: command.holder, currency: command.currency })])
+      }
+      // Opening again for the same holder and currency is a retry of the same intent: nothing to do.
+      return state.holder === command.holder && state.currency === command.currency
         ? Effect.succeed([])
-        : Effect.fail(new AccountAlreadyOpened({ owner: state.owner }))
+        : Effect.fail(new AccountAlreadyOpened({ holder: state.holder, currency: state.currency }))
     case "Deposit":
       return requireOpen(state).pipe(
         Effect.zipRight(Effect.flatMap(FraudCheck, (check) => check.review(command.amount))),
@@ -129,6 +170,6 @@ export const Account = Aggregate.make({
   events: AccountEvents,
   decider: { initialState, decide, evolve },
   // a snapshot every 100 events; loads start from the latest one
-  snapshots: { schema: AccountStateSchema, every: 100 },
+  snapshots: { schema: AccountStateSchema, version: 2, upcast: upcastAccountState, every: 100 },
   analytics: true
 })

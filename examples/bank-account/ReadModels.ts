@@ -12,19 +12,27 @@ import { AccountEvents } from "./Account.js"
 const create = (ddl: (sql: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) => Effect.asVoid(ddl(sql)))
 
-/** One row per account: owner, balance, status. */
+/**
+ * One row per account: holder, currency, balance, status. The migrations are the table's history: the second and
+ * third came with version 2 of `AccountOpened` (owner → holder, a currency) and run once on a database that had the
+ * first; rows from before them hold EUR, as the event's upcaster says.
+ */
 export const AccountBalances = Projection.sql({
   name: "account-balances",
   events: AccountEvents,
-  init: [create((sql) =>
-    sql`CREATE TABLE account_balances (
-      stream_id TEXT PRIMARY KEY, owner TEXT NOT NULL, balance INTEGER NOT NULL, status TEXT NOT NULL)`
-  )],
+  init: [
+    create((sql) =>
+      sql`CREATE TABLE account_balances (
+        stream_id TEXT PRIMARY KEY, owner TEXT NOT NULL, balance INTEGER NOT NULL, status TEXT NOT NULL)`
+    ),
+    create((sql) => sql`ALTER TABLE account_balances RENAME COLUMN owner TO holder`),
+    create((sql) => sql`ALTER TABLE account_balances ADD COLUMN currency TEXT NOT NULL DEFAULT 'EUR'`)
+  ],
   reset: create((sql) => sql`DELETE FROM account_balances`),
   handlers: {
     AccountOpened: (e, sql) =>
-      sql`INSERT INTO account_balances (stream_id, owner, balance, status)
-        VALUES (${e.streamId}, ${e.payload.owner}, 0, 'open') ON CONFLICT (stream_id) DO NOTHING`,
+      sql`INSERT INTO account_balances (stream_id, holder, currency, balance, status)
+        VALUES (${e.streamId}, ${e.payload.holder}, ${e.payload.currency}, 0, 'open') ON CONFLICT (stream_id) DO NOTHING`,
     MoneyDeposited: (e, sql) =>
       sql`UPDATE account_balances SET balance = balance + ${e.payload.amount} WHERE stream_id = ${e.streamId}`,
     MoneyWithdrawn: (e, sql) =>

@@ -46,7 +46,7 @@ const program = Effect.gen(function*() {
   const show = (label: string, r: { version: number; state: { balance: number } }) =>
     Console.log(`${label.padEnd(44)} → v${r.version}, balance ${formatCents(r.state.balance)}`)
 
-  yield* show(`open ${id} for Ada`, yield* Account.handle(id, OpenAccount.make({ owner: "Ada" })))
+  yield* show(`open ${id} for Ada`, yield* Account.handle(id, OpenAccount.make({ holder: "Ada" })))
   yield* show("deposit 100.00", yield* Account.handle(id, Deposit.make({ amount: cents(100_00) })))
 
   // Two tellers deposit at the same moment: both load version 2, one append wins, the other gets a
@@ -78,7 +78,7 @@ const program = Effect.gen(function*() {
 
   // A busy account: 250 small deposits; a snapshot is written after every 100 events.
   const busy = `${id}-busy`
-  yield* Account.handle(busy, OpenAccount.make({ owner: "Grace" }))
+  yield* Account.handle(busy, OpenAccount.make({ holder: "Grace", currency: "CHF" }))
   for (let i = 0; i < 249; i++) {
     yield* Account.handle(busy, i % 10 === 9 ? Withdraw.make({ amount: cents(50) }) : Deposit.make({ amount: cents(100) }))
   }
@@ -120,12 +120,14 @@ const program = Effect.gen(function*() {
   yield* projections.awaitPosition(TransactionsPerDay.name, head, "10 seconds")
   const sql = yield* SqlClient.SqlClient
   yield* Console.log(`\nread model account_balances (projection ${AccountBalances.name}):`)
-  const balances = yield* sql<{ stream_id: string; owner: string; balance: number; status: string }>`
-    SELECT stream_id, owner, balance, status FROM account_balances WHERE stream_id IN (${Account.streamId(id)}, ${
+  const balances = yield* sql<{ stream_id: string; holder: string; currency: string; balance: number; status: string }>`
+    SELECT stream_id, holder, currency, balance, status FROM account_balances WHERE stream_id IN (${Account.streamId(id)}, ${
     Account.streamId(busy)
   }) ORDER BY stream_id`
   for (const row of balances) {
-    yield* Console.log(`  ${row.stream_id.padEnd(30)} ${row.owner.padEnd(6)} ${formatCents(row.balance).padStart(10)}  ${row.status}`)
+    yield* Console.log(
+      `  ${row.stream_id.padEnd(30)} ${row.holder.padEnd(6)} ${row.currency} ${formatCents(row.balance).padStart(10)}  ${row.status}`
+    )
   }
   yield* Console.log(`read model transactions_per_day (projection ${TransactionsPerDay.name}):`)
   const days = yield* sql<{ day: string; deposits: number; withdrawals: number; volume: number }>`

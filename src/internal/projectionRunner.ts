@@ -439,12 +439,16 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
   const handlers: Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined> =
     statementsOf === undefined
       ? projection.handlers as Record<string, ((event: RecordedEvent<any>) => Effect.Effect<void, unknown, unknown>) | undefined>
-      // the statements of the generation being written (`table` changes during a blue/green rebuild)
-      : Object.fromEntries(Object.entries(statementsOf).map(([type, handler]) => [
-        type,
-        handler === undefined ? undefined : (event: RecordedEvent<any>) =>
-          Statements.asEffect(handler as Statements.StatementHandler, table)(event)
-      ]))
+      // the statements of the generation being written (`table` changes during a blue/green rebuild); null
+      // prototype, like `statementsOf`: a stored type named `constructor` finds no handler
+      : Object.assign(
+        Object.create(null),
+        Object.fromEntries(Object.entries(statementsOf).map(([type, handler]) => [
+          type,
+          handler === undefined ? undefined : (event: RecordedEvent<any>) =>
+            Statements.asEffect(handler as Statements.StatementHandler, table)(event)
+        ]))
+      )
   const streamTypes = projection.streamTypes && new Set(projection.streamTypes)
   // tagged once per runner, not per update
   const eventsMetric = Metric.tagged(Telemetry.projectionEvents, "projection", name)
@@ -805,13 +809,17 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       }
       const payload = projection.events.decodePayload(stored.right)
       if (Either.isLeft(payload)) throw new EventFailure(stored.right, payload.left.message, false)
-      // the envelope was made for this event alone: it takes the domain value in place (one object per event)
-      const event = stored.right as { payload: unknown }
+      // the envelope was made for this event alone: it takes the domain value in place (one object per event), and
+      // the current name of a renamed type (what `decode` gives the other roads)
+      const event = stored.right as { payload: unknown; type: string }
       event.payload = payload.right
+      const current = (payload.right as { readonly _tag?: unknown })._tag
+      if (typeof current === "string") event.type = current
       try {
         Statements.runSync(handler(event as RecordedEvent<any>, client, table) as Statements.Statements, tx.run)
       } catch (cause) {
-        throw new EventFailure(stored.right, Statements.thrownReason(cause), true)
+        // a failure names the event as stored
+        throw new EventFailure({ ...stored.right, type: row.type }, Statements.thrownReason(cause), true)
       }
       handledCount++
     }
