@@ -242,7 +242,8 @@ const makeAppend = (
     fiber: Fiber.RuntimeFiber<unknown, unknown>,
     streamId: string,
     events: ReadonlyArray<NewEvent>,
-    appendOptions: AppendOptions | undefined
+    appendOptions: AppendOptions | undefined,
+    tenant: string | undefined
   ): Effect.Effect<AppendResult, AppendError | Replayed> => {
     // Appends are never part of a caller's SqlClient transaction. With one shared connection (SQLite ":memory:"),
     // an append from inside such a transaction would wait for the connection that transaction holds: refuse it.
@@ -258,20 +259,20 @@ const makeAppend = (
       )
     }
     const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
-    const prepared = prepareAppend(streamId, events, appendOptions, now)
+    const prepared = prepareAppend(streamId, events, appendOptions, now, tenant)
     if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
     const exit = writer.trySync(fiber.id().id, prepared.right)
     return exit === undefined ? submit(prepared.right, writer.enqueue(prepared.right)) : settledNow(prepared.right, exit)
   }
 
-  return (streamId, events, appendOptions) =>
+  return (streamId, events, appendOptions, tenant) =>
     Effect.withFiberRuntime((fiber) =>
       Tracing.isNative(fiber.currentTracer)
-        ? appendWith(fiber, streamId, events, appendOptions)
+        ? appendWith(fiber, streamId, events, appendOptions, tenant)
         : Effect.useSpan(
           "EventStore.append",
           appendSpan(streamId, appendOptions?.streamType, events.length),
-          () => Effect.withFiberRuntime((inner) => appendWith(inner, streamId, events, appendOptions))
+          () => Effect.withFiberRuntime((inner) => appendWith(inner, streamId, events, appendOptions, tenant))
         )
     )
 }
@@ -484,8 +485,8 @@ const makeReads = (
     Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
   return {
     streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
-    logRows: (filter, operation) => {
-      const page = statements.log(filter)
+    logRows: (filter, operation, tenant) => {
+      const page = statements.log(filter, tenant)
       return (after, limit) => Effect.mapError(page(after, limit), storeError(operation))
     },
     head: Effect.mapError(statements.head, storeError("head")),
@@ -613,7 +614,7 @@ const makeStatementStore = (
         }
       }
     )
-  const append: Backend["append"] = (streamId, events, appendOptions) =>
+  const append: Backend["append"] = (streamId, events, appendOptions, tenant) =>
     Effect.withFiberRuntime((fiber): Effect.Effect<AppendResult, AppendError | Replayed> => {
       if (backend.refuse !== undefined && Option.isSome(Context.getOption(fiber.currentContext, backend.refuse))) {
         return Effect.fail(
@@ -624,7 +625,7 @@ const makeStatementStore = (
         )
       }
       const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
-      const prepared = prepareAppend(streamId, events, appendOptions, now)
+      const prepared = prepareAppend(streamId, events, appendOptions, now, tenant)
       if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
       return write(prepared.right)
     }).pipe((effect) =>
@@ -721,8 +722,8 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
       reads: {
         streamRows: (streamId, range) => Effect.mapError(statements.stream(streamId, range), storeError("read")),
         // a reader that has caught up measures what the horizon holds back
-        logRows: (filter, operation) => {
-          const page = statements.log(filter)
+        logRows: (filter, operation, tenant) => {
+          const page = statements.log(filter, tenant)
           const read = (after: number, limit: number) => Effect.mapError(page(after, limit), storeError(operation))
           return (after, limit) =>
             Effect.flatMap(read(after, limit), (rows) => {

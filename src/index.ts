@@ -25,6 +25,8 @@ export * as Snapshot from "./Snapshot.js"
 /** @since 0.1.0 */
 export * as StateCache from "./StateCache.js"
 /** @since 0.1.0 */
+export * as Tenancy from "./Tenancy.js"
+/** @since 0.1.0 */
 export * as Telemetry from "./Telemetry.js"
 /** @since 0.1.0 */
 export * as Testing from "./Testing.js"

@@ -12,6 +12,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { eventStoreSuite } from "./conformance/EventStore.js"
 import { guaranteesSuite } from "./conformance/Guarantees.js"
+import { tenancySuite } from "./conformance/Tenancy.js"
 import { projectionSuite } from "./conformance/Projection.js"
 import { snapshotStoreSuite } from "./conformance/SnapshotStore.js"
 import { sqlModel } from "./fixtures/sqlModel.js"
@@ -22,6 +23,7 @@ const dbFile = (name: string) => path.join(dir, `${name}-${crypto.randomUUID().s
 // An hour-long poll interval: the subscription tests pass only if commits wake subscribers directly.
 eventStoreSuite("libsql (local file)", LibSql.layer({ url: `file:${dbFile("conformance")}`, pollInterval: "1 hour" }))
 guaranteesSuite("libsql (local file)", LibSql.layer({ url: `file:${dbFile("guarantees")}` }))
+tenancySuite("libsql (local file)", LibSql.layer({ url: `file:${dbFile("tenancy")}` }))
 snapshotStoreSuite("libsql (local file)", LibSql.layer({ url: dbFile("snapshots") }))
 
 const libsqlEnv = (label: string) => () => ({

@@ -16,6 +16,7 @@ import * as path from "node:path"
 import PgDriver from "pg"
 import { eventStoreSuite } from "./conformance/EventStore.js"
 import { guaranteesSuite } from "./conformance/Guarantees.js"
+import { tenancySuite } from "./conformance/Tenancy.js"
 import { projectionSuite, type ReadModel } from "./conformance/Projection.js"
 import { snapshotStoreSuite } from "./conformance/SnapshotStore.js"
 import * as Pg from "./fixtures/pg.js"
@@ -62,6 +63,7 @@ describe.skipIf(!Pg.available)("PostgreSQL", () => {
   // An hour-long poll interval: the subscription tests pass only if commits wake subscribers directly.
   eventStoreSuite("postgres", Pg.layer("conformance", { pollInterval: "1 hour" }))
   guaranteesSuite("postgres", Pg.layer("guarantees"))
+  tenancySuite("postgres", Pg.layer("tenancy"))
   snapshotStoreSuite("postgres", Pg.layer("snapshots"))
   projectionSuite("postgres", pgEnv("projections"))
   projectionSuite("postgres, statement handlers", () => ({

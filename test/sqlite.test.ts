@@ -13,6 +13,7 @@ import * as path from "node:path"
 import * as SqliteConnection from "../src/internal/sqliteConnection.js"
 import { eventStoreSuite } from "./conformance/EventStore.js"
 import { guaranteesSuite } from "./conformance/Guarantees.js"
+import { tenancySuite } from "./conformance/Tenancy.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-sqlite-"))
 const dbFile = (name: string) => path.join(dir, `${name}-${crypto.randomUUID().slice(0, 8)}.db`)
@@ -24,6 +25,7 @@ eventStoreSuite("sqlite", Sqlite.layer({ filename: dbFile("conformance"), pollIn
 eventStoreSuite("sqlite :memory:", Sqlite.layer({ filename: ":memory:", pollInterval: "1 hour" }))
 guaranteesSuite("sqlite", Sqlite.layer({ filename: dbFile("guarantees") }))
 guaranteesSuite("sqlite :memory:", Sqlite.layer({ filename: ":memory:" }))
+tenancySuite("sqlite", Sqlite.layer({ filename: dbFile("tenancy") }))
 
 const collect = <A, E, R>(s: Stream.Stream<A, E, R>) => Effect.map(Stream.runCollect(s), Chunk.toReadonlyArray)
 
@@ -72,7 +74,7 @@ describe("SQLite specifics", () => {
         sql.unsafe<{ n: number }>("SELECT COUNT(*) AS n FROM eventstore_migrations")).pipe(
           Effect.provide(Sqlite.layerClient({ filename }))
         )
-      expect(migrations[0]!.n).toBe(2)
+      expect(migrations[0]!.n).toBe(3)
     }))
 
   it.live("a row with malformed JSON is an EventDecodeError naming its position, after the events before it", () =>

@@ -32,7 +32,17 @@ import type {
   ReadError,
   ReadOptions
 } from "../EventStore.js"
-import { categoryOf, checkId, type FoldRow, fromStored, limits, outOfSequence, type StoredEvent } from "./codec.js"
+import {
+  categoryOf,
+  checkId,
+  type FoldRow,
+  fromStored,
+  limits,
+  outOfSequence,
+  type StoredEvent,
+  tenantKey,
+  userStreamId
+} from "./codec.js"
 import type { Replayed } from "./guards.js"
 import { catchUp, live, type Signal } from "./paging.js"
 import type { InlineHook } from "./sqlWrite.js"
@@ -118,7 +128,9 @@ export interface Backend {
   readonly append: (
     streamId: string,
     events: ReadonlyArray<NewEvent>,
-    options?: AppendOptions
+    options?: AppendOptions,
+    /** The tenant whose stream it is (see `fromBackend`); `prepareAppend` makes its key. */
+    tenant?: string
   ) => Effect.Effect<AppendResult, AppendError | Replayed>
   /** The live record of a command id at `now`. */
   readonly command: (commandId: string, now: number) => Effect.Effect<Option.Option<CommandRecord>, StoreError>
@@ -144,7 +156,9 @@ export interface Backend {
   /** Rows of the global log after a position, selected by `filter`, at most `limit`, by position. */
   readonly logRows: (
     filter: Filter | undefined,
-    operation: string
+    operation: string,
+    /** Only this tenant's rows; every row when absent. */
+    tenant?: string
   ) => (after: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEvent>, StoreError>
   /** The position of the last event in the log; 0 when empty. */
   readonly head: Effect.Effect<number, StoreError>
@@ -323,6 +337,35 @@ export const foldRowsOf = (store: EventStoreService): FoldRows | undefined =>
 const streamSpan = (streamId: string) =>
   ({ captureStackTrace: false, attributes: { "aggregate.id": streamId } }) as const
 
+const tenantsKey = Symbol.for("effect-eventstore/tenants")
+
+/**
+ * The store of one tenant on the same backend (see `fromBackend`), for a store of the whole database built on the
+ * seam; `undefined` for any other store (a tenant's own, a wrapper, a user's). Marks carried over: the database.
+ */
+export const tenantStoreOf = (store: EventStoreService, tenant: string): EventStoreService | undefined => {
+  const make = (store as { readonly [tenantsKey]?: (tenant: string) => EventStoreService })[tenantsKey]
+  if (make === undefined) return undefined
+  const scoped = make(tenant)
+  const database = databaseOf(store)
+  if (database !== undefined) onDatabase(scoped, database)
+  const headNow = (store as { readonly [headNowKey]?: EventStoreService["head"] })[headNowKey]
+  if (headNow !== undefined) withHeadNow(scoped, headNow)
+  return scoped
+}
+
+/** The stream ids in an append's error as the caller named them (a tenant's store works with keys). */
+const stripKeys = <E>(error: E): E => {
+  if (typeof error !== "object" || error === null || !("streamId" in error)) return error
+  const e = error as E & { readonly streamId: string; readonly owner?: string }
+  const streamId = userStreamId(e.streamId)
+  const owner = e.owner === undefined ? undefined : userStreamId(e.owner)
+  if (streamId === e.streamId && owner === e.owner) return error
+  const Class = (error as { constructor: new(fields: object) => E }).constructor
+  const { _tag: _, ...fields } = e as unknown as Record<string, unknown>
+  return new Class({ ...fields, streamId, ...(owner === undefined ? {} : { owner }) })
+}
+
 /** A command id's record vanished between a `Replayed` and its read, three times over. */
 const lostRecord = (error: Replayed) =>
   new StoreErrorClass({
@@ -330,7 +373,15 @@ const lostRecord = (error: Replayed) =>
     cause: `the record of command ${JSON.stringify(error.commandId)} kept expiring while it was read`
   })
 
-export const fromBackend = (backend: Backend): EventStoreService => {
+/**
+ * Builds the `EventStore` contract on a backend. With `tenant`, the store of one tenant in a shared database: its
+ * streams are stored under `tenantKey(tenant, streamId)` (another tenant's stream has another key, so it is never
+ * read, written or conflicted with), its appends stamp the tenant on every event (and refuse another), and its
+ * global reads deliver only rows of its tenant. Without, the store of the whole database: its streams are those
+ * without a tenant, and its global reads deliver every tenant's events.
+ */
+export const fromBackend = (backend: Backend, tenant?: string): EventStoreService => {
+  const keyOf = tenant === undefined ? (streamId: string) => streamId : (streamId: string) => tenantKey(tenant, streamId)
   const read: EventStoreService["read"] = (streamId, options) =>
     Stream.unwrap(Effect.gen(function*() {
       const { backward, from, to } = yield* checkRange(options)
@@ -340,14 +391,14 @@ export const fromBackend = (backend: Backend): EventStoreService => {
         pageSize,
         cursorOf: versionOf,
         step: backward ? -1 : 1,
-        fetch: (cursor, limit) => backend.streamRows(streamId, { backward, cursor, from, to, limit })
+        fetch: (cursor, limit) => backend.streamRows(keyOf(streamId), { backward, cursor, from, to, limit })
       })
     })).pipe(Stream.withSpan("EventStore.read", streamSpan(streamId)))
 
   const readPage: EventStoreService["readPage"] = (streamId, options) =>
     Effect.flatMap(checkPageOptions(options), ({ after, limit }) =>
       Effect.flatMap(
-        backend.streamRows(streamId, { backward: false, cursor: after, from: 1, to: Number.MAX_SAFE_INTEGER, limit }),
+        backend.streamRows(keyOf(streamId), { backward: false, cursor: after, from: 1, to: Number.MAX_SAFE_INTEGER, limit }),
         (rows) => decodeRows(rows, after)
       )).pipe((effect) => Tracing.withSpan(effect, "EventStore.readPage", () => streamSpan(streamId)))
 
@@ -355,7 +406,7 @@ export const fromBackend = (backend: Backend): EventStoreService => {
     Stream.unwrap(Effect.gen(function*() {
       const start = yield* checkPosition(options?.fromPosition ?? 0)
       const pageSize = yield* checkPage(options?.pageSize)
-      return catchUp({ start, pageSize, fetch: backend.logRows(options?.filter, "readAll"), cursorOf: positionOf })
+      return catchUp({ start, pageSize, fetch: backend.logRows(options?.filter, "readAll", tenant), cursorOf: positionOf })
     })).pipe(Stream.withSpan("EventStore.readAll", { captureStackTrace: false }))
 
   const subscribe: EventStoreService["subscribe"] = (options) =>
@@ -366,14 +417,14 @@ export const fromBackend = (backend: Backend): EventStoreService => {
       return live({
         start,
         pageSize,
-        fetch: backend.logRows(options?.filter, "subscribe"),
+        fetch: backend.logRows(options?.filter, "subscribe", tenant),
         signal: backend.signal,
         pollInterval: backend.pollInterval
       })
     })).pipe(Stream.withSpan("EventStore.subscribe", { captureStackTrace: false }))
 
   const version: EventStoreService["version"] = (streamId) =>
-    Tracing.withSpan(backend.version(streamId), "EventStore.version", () => streamSpan(streamId))
+    Tracing.withSpan(backend.version(keyOf(streamId)), "EventStore.version", () => streamSpan(streamId))
 
   const head = Tracing.withSpan(backend.head, "EventStore.head", () => ({ captureStackTrace: false }))
 
@@ -383,11 +434,11 @@ export const fromBackend = (backend: Backend): EventStoreService => {
       const bad = checkId("commandId", commandId, limits.idLength)
       if (bad) return Effect.fail(bad)
       return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        Effect.flatMap(backend.command(commandId, now), Option.match({
+        Effect.flatMap(backend.command(keyOf(commandId), now), Option.match({
           onNone: () => Effect.succeedNone,
           onSome: (record) => Effect.map(recordedEvents(record), (events) =>
             Option.some<AppendResult>({
-              streamId: record.streamId,
+              streamId: userStreamId(record.streamId),
               version: record.lastVersion,
               position: record.position,
               events,
@@ -423,10 +474,18 @@ export const fromBackend = (backend: Backend): EventStoreService => {
    * attempt elsewhere, or a concurrent one) turns the failure into the recorded result. A `Replayed` whose record
    * has expired since goes again (a few times at most).
    */
+  const plain = tenant === undefined
+    ? (streamId: string, events: ReadonlyArray<NewEvent>, options: AppendOptions | undefined) =>
+      backend.append(streamId, events, options)
+    : (streamId: string, events: ReadonlyArray<NewEvent>, options: AppendOptions | undefined) =>
+      Effect.mapBoth(backend.append(streamId, events, options, tenant), {
+        onFailure: stripKeys,
+        onSuccess: (result) => ({ ...result, streamId: userStreamId(result.streamId) })
+      })
   const append: EventStoreService["append"] = (streamId, events, options) => {
     const commandId = options?.commandId
     const attempt = (n: number): Effect.Effect<AppendResult, AppendError> =>
-      Effect.catchAll(backend.append(streamId, events, options), (error): Effect.Effect<AppendResult, AppendError> => {
+      Effect.catchAll(plain(streamId, events, options), (error): Effect.Effect<AppendResult, AppendError> => {
         if (error._tag === "InvalidInput" || error._tag === "StoreError" || error._tag === "InlineProjectionError") {
           return Effect.fail(error)
         }
@@ -441,7 +500,7 @@ export const fromBackend = (backend: Backend): EventStoreService => {
         }))
       })
     return commandId === undefined
-      ? backend.append(streamId, events, options) as Effect.Effect<AppendResult, AppendError>
+      ? plain(streamId, events, options) as Effect.Effect<AppendResult, AppendError>
       : attempt(1)
   }
 
@@ -451,9 +510,15 @@ export const fromBackend = (backend: Backend): EventStoreService => {
         (typeof value === "string" && value.length > 0 && value.length <= limits.claimValueLength
           ? undefined
           : new InvalidInput({ field: "value", reason: `must be a non-empty string of at most ${limits.claimValueLength} characters` })) ??
-        (options?.tenantId === undefined ? undefined : checkId("tenantId", options.tenantId, limits.idLength))
+        (options?.tenantId === undefined ? undefined : checkId("tenantId", options.tenantId, limits.idLength)) ??
+        (tenant !== undefined && options?.tenantId !== undefined && options.tenantId !== tenant
+          ? new InvalidInput({ field: "tenantId", reason: `is not this store's tenant ${JSON.stringify(tenant)}` })
+          : undefined)
       if (bad) return Effect.fail(bad)
-      return backend.claimOwner(options?.tenantId ?? "", index, value)
+      return Effect.map(
+        backend.claimOwner(tenant ?? options?.tenantId ?? "", index, value),
+        Option.map(userStreamId)
+      )
     })
 
   const service: EventStoreService = {
@@ -468,12 +533,23 @@ export const fromBackend = (backend: Backend): EventStoreService => {
     claimOwner,
     rebuildClaims: backend.rebuildClaims
   }
-  Object.defineProperty(service, foldRowsKey, { value: backend.foldRows, enumerable: false })
+  Object.defineProperty(service, foldRowsKey, {
+    value: tenant === undefined
+      ? backend.foldRows
+      : ((streamId, after, limit, withRecordedAt) => backend.foldRows(keyOf(streamId), after, limit, withRecordedAt)) satisfies FoldRows,
+    enumerable: false
+  })
+  if (tenant === undefined) {
+    // a tenant's store: the same backend, its tenant's keys and rows (no synchronous commands: their reads of the
+    // log are not by tenant)
+    const { syncCommands: _, ...shared } = backend
+    Object.defineProperty(service, tenantsKey, { value: (t: string) => fromBackend(shared, t), enumerable: false })
+  }
   Object.defineProperty(service, commitsKey, {
     value: { signal: backend.signal, pollInterval: backend.pollInterval } satisfies Commits,
     enumerable: false
   })
-  if (backend.syncCommands !== undefined) {
+  if (backend.syncCommands !== undefined && tenant === undefined) {
     Object.defineProperty(service, syncCommandsKey, { value: backend.syncCommands, enumerable: false })
   }
   return service

@@ -27,6 +27,38 @@ export const limits = {
   claims: 1000
 } as const
 
+/**
+ * Between a tenant and a stream id in the key a tenant's stream is stored under (`tenant \u001f streamId`): a control
+ * character, which no stream id, command id or tenant id may contain, so a key names one tenant's stream and no
+ * stream id written through another store can be mistaken for it.
+ */
+export const TENANT_SEPARATOR = "\u001f"
+
+/** The key a tenant's stream (or command id) is stored under. */
+export const tenantKey = (tenant: string, id: string): string => `${tenant}${TENANT_SEPARATOR}${id}`
+
+/** The stream id a stored key stands for (the key itself for a stream without a tenant). */
+export const userStreamId = (key: string): string => {
+  const cut = key.indexOf(TENANT_SEPARATOR)
+  return cut < 0 ? key : key.slice(cut + 1)
+}
+
+/** What a tenant id is (see `Tenancy`). */
+export const TENANT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/
+
+/** Checks a stream id, or a tenant's key of one (see `tenantKey`): what a tenant's snapshot store hands on. */
+export const checkStreamKey = (field: string, key: unknown): InvalidInput | undefined => {
+  if (typeof key !== "string") return checkId(field, key, limits.idLength)
+  const cut = key.indexOf(TENANT_SEPARATOR)
+  if (cut >= 0 && !TENANT_PATTERN.test(key.slice(0, cut))) {
+    return new InvalidInput({ field, reason: "names no tenant before its separator" })
+  }
+  return checkId(field, cut < 0 ? key : key.slice(cut + 1), limits.idLength)
+}
+
+const otherTenant = (field: string, given: string, tenant: string) =>
+  new InvalidInput({ field, reason: `names tenant ${JSON.stringify(given)} in a store of tenant ${JSON.stringify(tenant)}` })
+
 /** How long a command id's record lasts when the append does not say. */
 export const DEFAULT_COMMAND_TTL = 24 * 60 * 60 * 1000
 
@@ -415,10 +447,12 @@ export const prepareAppend = (
   streamId: string,
   events: ReadonlyArray<NewEvent>,
   options: AppendInput | undefined,
-  recordedAt: number
+  recordedAt: number,
+  tenant?: string
 ): Either.Either<PreparedAppend, InvalidInput> => {
   const badStream = checkId("streamId", streamId, limits.idLength)
   if (badStream) return Either.left(badStream)
+  const key = tenant === undefined ? streamId : tenantKey(tenant, streamId)
   if (options !== undefined && (typeof options !== "object" || options === null)) {
     return Either.left(new InvalidInput({ field: "options", reason: `must be an object, not ${describe(options)}` }))
   }
@@ -454,6 +488,16 @@ export const prepareAppend = (
       if (sharedJson.length > limits.metadataBytes) {
         return Either.left(new InvalidInput({ field: "metadata", reason: `larger than ${limits.metadataBytes} bytes` }))
       }
+    }
+  }
+  if (tenant !== undefined) {
+    // a tenant's store stamps its tenant on every event, and takes no other
+    if (shared.tenantId !== undefined && shared.tenantId !== tenant) {
+      return Either.left(otherTenant("metadata.tenantId", shared.tenantId, tenant))
+    }
+    if (shared.tenantId === undefined) {
+      shared = mergeMetadata(shared, { tenantId: tenant })
+      sharedJson = JSON.stringify(shared)
     }
   }
   const prepared: Array<PreparedEvent> = new Array(events.length)
@@ -493,6 +537,9 @@ export const prepareAppend = (
     if (event.metadata !== undefined) {
       const bad = checkMetadata(event.metadata, `${field}.metadata`)
       if (bad) return Either.left(bad)
+      if (tenant !== undefined && event.metadata.tenantId !== undefined && event.metadata.tenantId !== tenant) {
+        return Either.left(otherTenant(`${field}.metadata.tenantId`, event.metadata.tenantId, tenant))
+      }
       metadata = mergeMetadata(shared, event.metadata)
       metadataJson = metadata === EMPTY_METADATA ? null : JSON.stringify(metadata)
       if (metadataJson !== null && metadataJson.length > limits.metadataBytes) {
@@ -504,7 +551,7 @@ export const prepareAppend = (
     let claimsJson: string | null = null
     if (event.claims !== undefined || event.releases !== undefined) {
       if (changes === undefined) changes = new Map()
-      const bad = prepareClaims(event, field, metadata.tenantId ?? "", changes, claimCount)
+      const bad = prepareClaims(event, field, tenant ?? "", changes, claimCount)
       if (typeof bad !== "string") return Either.left(bad)
       claimCount += (event.claims?.length ?? 0) + (event.releases?.length ?? 0)
       claimsJson = bad === "" ? null : bad
@@ -517,7 +564,7 @@ export const prepareAppend = (
       payloadJson,
       metadata,
       metadataJson,
-      tenantId: metadata.tenantId ?? null,
+      tenantId: tenant ?? null,
       claimsJson
     }
   }
@@ -535,9 +582,9 @@ export const prepareAppend = (
       }
       ttl = Math.ceil(millis)
     }
-    command = { id: id!, expiresAt: recordedAt + ttl }
+    command = { id: tenant === undefined ? id! : tenantKey(tenant, id!), expiresAt: recordedAt + ttl }
   }
-  const append: PreparedAppend = { streamId, streamType, expected, recordedAt, events: prepared }
+  const append: PreparedAppend = { streamId: key, streamType, expected, recordedAt, events: prepared }
   return Either.right(
     command === undefined && changes === undefined
       ? append
@@ -610,9 +657,10 @@ export const recorded = (
   firstVersion: number
 ): Array<RecordedEvent> => {
   const recordedAt = dateTimeOf(append.recordedAt)
+  const streamId = userStreamId(append.streamId)
   return append.events.map((event, i) => ({
     eventId: event.eventId,
-    streamId: append.streamId,
+    streamId,
     streamType: append.streamType,
     version: firstVersion + i,
     position: positions[i]!,
@@ -684,7 +732,7 @@ export const fromStored = (row: StoredEvent): Either.Either<RecordedEvent, Event
     if (isPlainObject(payload) && isPlainObject(metadata)) {
       return Either.right({
         eventId: row.eventId,
-        streamId: row.streamId,
+        streamId: userStreamId(row.streamId),
         streamType: row.streamType,
         version,
         position,
@@ -702,7 +750,7 @@ export const fromStored = (row: StoredEvent): Either.Either<RecordedEvent, Event
 const fromStoredChecked = (row: StoredEvent): Either.Either<RecordedEvent, EventDecodeError> => {
   const position = toInteger(row.position)
   const version = toInteger(row.version)
-  const streamId = typeof row.streamId === "string" ? row.streamId : String(row.streamId)
+  const streamId = userStreamId(typeof row.streamId === "string" ? row.streamId : String(row.streamId))
   const type = typeof row.type === "string" ? row.type : String(row.type)
   const fail = (reason: string) =>
     Either.left(

@@ -9,7 +9,7 @@ import { ClaimNotHeld, ConcurrencyError, DuplicateEventError, UniqueConstraintVi
 import type { AppendResult, EventStoreService } from "../EventStore.js"
 import { appendSpan, type Backend, type CommandRecord, fromBackend, nonEmpty } from "./backend.js"
 import { foldClaims, type GuardFailure, Replayed } from "./guards.js"
-import { prepareAppend, recorded, type StoredEvent, toFoldRows } from "./codec.js"
+import { prepareAppend, recorded, type StoredEvent, tenantKey, toFoldRows } from "./codec.js"
 import { Signal } from "./paging.js"
 import * as Tracing from "./tracing.js"
 
@@ -26,10 +26,12 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
   const claimLog: Array<{ readonly streamId: string; readonly tenantId: string; readonly claims: string }> = []
   const keyOf = (tenantId: string, index: string, value: string) => `${tenantId}\u0000${index}\u0000${value}`
 
-  const append: Backend["append"] = (streamId, events, options) =>
+  const append: Backend["append"] = (userStreamId, events, options, tenant) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
-      Effect.flatMap(prepareAppend(streamId, events, options, now), (prepared) =>
+      Effect.flatMap(prepareAppend(userStreamId, events, options, now, tenant), (prepared) =>
         Effect.suspend((): Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError | GuardFailure> => {
+          // the stream's key (see `tenantKey`)
+          const streamId = prepared.streamId
           const guard = prepared.guard
           const command = guard?.command
           if (command !== undefined) {
@@ -125,7 +127,7 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
             events: recorded(prepared, positions, actual + 1)
           })
         })).pipe((effect) =>
-          Tracing.withSpan(effect, "EventStore.append", () => appendSpan(streamId, options?.streamType, events.length))
+          Tracing.withSpan(effect, "EventStore.append", () => appendSpan(userStreamId, options?.streamType, events.length))
         ))
 
   const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
@@ -139,7 +141,8 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
       return rows.slice(cursor, Math.min(cursor + limit, to))
     })
 
-  const logRows: Backend["logRows"] = (filter) => {
+  const logRows: Backend["logRows"] = (filter, _operation, tenant) => {
+    const prefix = tenant === undefined ? undefined : tenantKey(tenant, "")
     const types = nonEmpty(filter?.streamTypes)
     const eventTypes = nonEmpty(filter?.eventTypes)
     const typeSet = types && new Set(types)
@@ -151,6 +154,7 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
           const row = log[i]!
           if (typeSet && !typeSet.has(row.streamType)) continue
           if (eventSet && !eventSet.has(row.type)) continue
+          if (prefix !== undefined && !row.streamId.startsWith(prefix)) continue
           out.push(row)
         }
         return out

@@ -183,7 +183,7 @@ const U = tables.unique
 const C = tables.commands
 
 /**
- * Claims and command ids (store guarantees): the events' `claims` column (what each event claimed and released,
+ * Tenants, claims and command ids (store guarantees): the events' `claims` column (what each event claimed and released,
  * JSON, so the table of unique values can be rebuilt from the log), the table of unique values (one owner per
  * tenant, index and value) and the records of command ids (the result of the append that used each, until it
  * expires). All three are written in the append's own transaction.
@@ -205,7 +205,11 @@ const guards = (sql: SqlClient.SqlClient, integer: string) => [
   position ${integer} NOT NULL,
   expires_at ${integer} NOT NULL
 )`),
-  sql.unsafe(`CREATE INDEX ${C}_expires ON ${C} (expires_at)`)
+  sql.unsafe(`CREATE INDEX ${C}_expires ON ${C} (expires_at)`),
+  // tenant_id names the tenant whose stream a row is in (see `tenantKey`); until now it copied the metadata's
+  // tenantId, which made no stream a tenant's: those rows are streams without a tenant (their metadata keeps it)
+  sql.unsafe(`UPDATE ${E} SET tenant_id = NULL WHERE tenant_id IS NOT NULL`),
+  sql.unsafe(`CREATE INDEX ${E}_tenant ON ${E} (tenant_id, position) WHERE tenant_id IS NOT NULL`)
 ]
 
 migrations["3_create_guards"] = Effect.gen(function*() {

@@ -10,7 +10,7 @@ import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import { InvalidInput } from "../Errors.js"
 import type { NewSnapshot, Snapshot, Stats } from "../Snapshot.js"
-import { checkId, limits } from "./codec.js"
+import { checkId, checkStreamKey, limits } from "./codec.js"
 import { toInteger } from "./codec.js"
 
 /** One snapshot as backends store it. Values read back from a driver are checked by `fromStored`. */
@@ -35,7 +35,7 @@ const stringify = (value: unknown): string | undefined => {
 
 /** Validates and encodes a snapshot; `now` comes from the caller's `Clock`. */
 export const prepare = (snapshot: NewSnapshot, now: number): Either.Either<StoredSnapshot, InvalidInput> => {
-  const bad = checkId("streamId", snapshot.streamId, limits.idLength) ??
+  const bad = checkStreamKey("streamId", snapshot.streamId) ??
     checkId("streamType", snapshot.streamType, limits.idLength)
   if (bad) return Either.left(bad)
   if (!Number.isSafeInteger(snapshot.version) || snapshot.version < 1) {

@@ -73,15 +73,16 @@ export const make = (sql: SqlClient.SqlClient) => {
             AND version <= ${to} ORDER BY version LIMIT ${sql.literal(limitOf(limit))}`.withoutTransform,
 
     /** The log after a position, by position, selected by `filter`. */
-    log: (filter: Filter | undefined) => {
+    log: (filter: Filter | undefined, tenant?: string) => {
       const streamTypes = nonEmpty(filter?.streamTypes)
       const eventTypes = nonEmpty(filter?.eventTypes)
-      if (streamTypes === undefined && eventTypes === undefined) {
+      if (streamTypes === undefined && eventTypes === undefined && tenant === undefined) {
         return (after: number, limit: number) =>
           sql<StoredEvent>`SELECT ${columns} FROM ${table} WHERE position > ${after}
             ORDER BY position LIMIT ${sql.literal(limitOf(limit))}`.withoutTransform
       }
       const where = sql.and([
+        ...(tenant !== undefined ? [sql`tenant_id = ${tenant}`] : []),
         ...(streamTypes ? [sql.in("stream_type", streamTypes)] : []),
         ...(eventTypes ? [sql.in("event_type", eventTypes)] : [])
       ])
@@ -118,10 +119,14 @@ const STREAM_FORWARD_PG = `SELECT ${COLUMNS_PG} FROM ${E} WHERE stream_id = $1 A
   ORDER BY version LIMIT $4`
 const STREAM_BACKWARD_PG = `SELECT ${COLUMNS_PG} FROM ${E} WHERE stream_id = $1 AND version < $2 AND version >= $3
   ORDER BY version DESC LIMIT $4`
-const logPg = (streamTypes: boolean, eventTypes: boolean) =>
-  `SELECT ${COLUMNS_PG} FROM ${E} WHERE position > $1 AND ${SAFE_PG}${
-    streamTypes ? " AND stream_type = ANY($3::text[])" : ""
-  }${eventTypes ? ` AND event_type = ANY($${streamTypes ? 4 : 3}::text[])` : ""} ORDER BY position LIMIT $2`
+const logPg = (streamTypes: boolean, eventTypes: boolean, tenant: boolean) => {
+  let n = 2
+  return `SELECT ${COLUMNS_PG} FROM ${E} WHERE position > $1 AND ${SAFE_PG}${
+    streamTypes ? ` AND stream_type = ANY($${++n}::text[])` : ""
+  }${eventTypes ? ` AND event_type = ANY($${++n}::text[])` : ""}${
+    tenant ? ` AND tenant_id = $${++n}` : ""
+  } ORDER BY position LIMIT $2`
+}
 const FOLD_PG = `SELECT ${FOLD_COLUMNS_PG} FROM ${E} WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`
 const FOLD_AT_PG = `SELECT ${FOLD_COLUMNS_PG}, recorded_at FROM ${E} WHERE stream_id = $1 AND version > $2
   ORDER BY version LIMIT $3`
@@ -145,12 +150,16 @@ export const makePg = (execute: PgExecute) => ({
         SqlError
       >,
 
-  log: (filter: Filter | undefined) => {
+  log: (filter: Filter | undefined, tenant?: string) => {
     const streamTypes = nonEmpty(filter?.streamTypes)
     const eventTypes = nonEmpty(filter?.eventTypes)
-    const name = `es_log${streamTypes ? "_s" : ""}${eventTypes ? "_e" : ""}`
-    const text = logPg(streamTypes !== undefined, eventTypes !== undefined)
-    const extra = [...(streamTypes ? [streamTypes] : []), ...(eventTypes ? [eventTypes] : [])]
+    const name = `es_log${streamTypes ? "_s" : ""}${eventTypes ? "_e" : ""}${tenant !== undefined ? "_t" : ""}`
+    const text = logPg(streamTypes !== undefined, eventTypes !== undefined, tenant !== undefined)
+    const extra = [
+      ...(streamTypes ? [streamTypes] : []),
+      ...(eventTypes ? [eventTypes] : []),
+      ...(tenant !== undefined ? [tenant] : [])
+    ]
     return (after: number, limit: number) =>
       execute(name, text, [after, limit, ...extra]) as Effect.Effect<ReadonlyArray<StoredEvent>, SqlError>
   },

@@ -4,7 +4,7 @@
  * and isolate themselves with unique stream types, index names and command ids.
  */
 import { expect, layer } from "@effect/vitest"
-import { Aggregate, Event, EventStore, Seed } from "effect-eventstore"
+import { Aggregate, Event, EventStore, Seed, Tenancy } from "effect-eventstore"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import type * as Layer from "effect/Layer"
@@ -123,18 +123,24 @@ export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore
         expect(yield* store.claimOwner(index, "mine")).toEqual(Option.none())
       }))
 
-    it.effect("values are held per tenant (the claiming event's tenantId)", () =>
+    it.effect("values are held per tenant: each tenant's store has its own", () =>
       Effect.gen(function*() {
         const store = yield* Store
+        const t1 = yield* Tenancy.eventStore(store, `t1${uid()}`)
+        const t2 = yield* Tenancy.eventStore(store, `t2${uid()}`)
         const stream = streamOf()
         const index = `email-${uid()}`
         const claim = [{ index, value: "ops@example.com" }]
-        yield* store.append(stream("a"), [ev({ claims: claim, metadata: { tenantId: "t1" } })])
-        yield* store.append(stream("b"), [ev({ claims: claim, metadata: { tenantId: "t2" } })])
+        yield* t1.append(stream("a"), [ev({ claims: claim })])
+        yield* t2.append(stream("b"), [ev({ claims: claim })])
         yield* store.append(stream("c"), [ev({ claims: claim })])
-        expect(yield* store.claimOwner(index, "ops@example.com", { tenantId: "t1" })).toEqual(Option.some(stream("a")))
-        expect(yield* store.claimOwner(index, "ops@example.com", { tenantId: "t2" })).toEqual(Option.some(stream("b")))
+        const taken = yield* Effect.flip(t1.append(stream("d"), [ev({ claims: claim })]))
+        // the owner as the tenant names it
+        expect(taken).toMatchObject({ _tag: "UniqueConstraintViolation", streamId: stream("d"), owner: stream("a") })
+        expect(yield* t1.claimOwner(index, "ops@example.com")).toEqual(Option.some(stream("a")))
+        expect(yield* t2.claimOwner(index, "ops@example.com")).toEqual(Option.some(stream("b")))
         expect(yield* store.claimOwner(index, "ops@example.com")).toEqual(Option.some(stream("c")))
+        expect(yield* store.claimOwner(index, "ops@example.com", { tenantId: "nobody" })).toEqual(Option.none())
       }))
 
     it.effect("bad claims are InvalidInput and write nothing", () =>
