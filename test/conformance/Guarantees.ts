@@ -7,6 +7,7 @@ import { expect, layer } from "@effect/vitest"
 import { Aggregate, Event, EventStore, Seed, Tenancy } from "effect-eventstore"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as FastCheck from "effect/FastCheck"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
@@ -340,6 +341,60 @@ export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore
         expect(given).toMatchObject({ _tag: "InvalidInput", field: "events[0].eventId" })
         const empty = yield* Effect.flip(Seed.seed([{ streamId: stream("c"), events: [] }]))
         expect(empty._tag).toBe("InvalidInput")
+      }))
+
+    it.effect("property: whatever the order and concurrency of repeats, each command id writes once", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const scenarios = FastCheck.sample(
+          FastCheck.array(
+            FastCheck.record({
+              command: FastCheck.integer({ min: 0, max: 5 }),
+              stream: FastCheck.constantFrom("a", "b"),
+              events: FastCheck.integer({ min: 1, max: 3 }),
+              stale: FastCheck.boolean()
+            }),
+            { minLength: 1, maxLength: 20 }
+          ),
+          { numRuns: 6, seed: 7 }
+        )
+        for (const steps of scenarios) {
+          const stream = streamOf()
+          const prefix = `p-${uid()}`
+          // half of the steps run concurrently, the rest one after another
+          const run = (step: (typeof steps)[number]) =>
+            store.append(
+              stream(step.stream),
+              Array.from({ length: step.events }, (_, i) => ev({ payload: { i } })),
+              { commandId: `${prefix}-${step.command}`, ...(step.stale ? { expectedVersion: "no-stream" as const } : {}) }
+            ).pipe(Effect.either)
+          const half = Math.ceil(steps.length / 2)
+          const concurrent = yield* Effect.all(steps.slice(0, half).map(run), { concurrency: "unbounded" })
+          const sequential = yield* Effect.forEach(steps.slice(half), run)
+          const outcomes = [...concurrent, ...sequential]
+          const firstOf = new Map<number, { position: number; version: number }>()
+          let written = 0
+          for (let i = 0; i < steps.length; i++) {
+            const outcome = outcomes[i]!
+            if (Either.isLeft(outcome)) {
+              // only a stale expectation can fail, and then nothing of the command was recorded by it
+              expect(outcome.left._tag).toBe("ConcurrencyError")
+              continue
+            }
+            const result = outcome.right
+            const seen = firstOf.get(steps[i]!.command)
+            if (seen === undefined) firstOf.set(steps[i]!.command, { position: result.position, version: result.version })
+            else expect({ position: result.position, version: result.version }).toEqual(seen)
+            if (result.replayed !== true) written += result.events.length
+          }
+          // every written event belongs to exactly one command's first result
+          const total = (yield* store.version(stream("a"))) + (yield* store.version(stream("b")))
+          expect(total).toBe(written)
+          for (const [command, first] of firstOf) {
+            const recorded = yield* store.command(`${prefix}-${command}`)
+            expect(Option.map(recorded, (r) => r.position)).toEqual(Option.some(first.position))
+          }
+        }
       }))
 
     it.effect("bad command ids and ttls are InvalidInput and write nothing", () =>
