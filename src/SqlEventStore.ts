@@ -46,7 +46,14 @@ import {
   withInline
 } from "./internal/backend.js"
 import { type FoldRow, type PreparedAppend, prepareAppend, recorded, type StoredEvent } from "./internal/codec.js"
-import { executeOf, isSync, listenOf, type PgExecute, type SyncConnection } from "./internal/connection.js"
+import {
+  executeOf,
+  isSync,
+  listenOf,
+  outsideTransactions,
+  type PgExecute,
+  type SyncConnection
+} from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Guards from "./internal/guards.js"
 import type { Replayed } from "./internal/guards.js"
@@ -427,12 +434,12 @@ const makeGuards = (
       return n
     })
   const rebuildClaims: Effect.Effect<number, StoreError> = held === undefined
-    ? sql.withTransaction(
+    ? outsideTransactions(sql.withTransaction(
       Effect.zipRight(
         pg ? query(`LOCK TABLE ${Migrations.tables.unique} IN EXCLUSIVE MODE`, []) : Effect.void,
         rebuildWith(query)
       )
-    ).pipe(Effect.mapError((e) => e._tag === "SqlError" ? storeError("rebuildClaims")(e) : e))
+    )).pipe(Effect.mapError((e) => e._tag === "SqlError" ? storeError("rebuildClaims")(e) : e))
     : Effect.suspend(() => {
       // one synchronous call: nothing else of this process can write in between
       try {

@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
@@ -364,6 +365,25 @@ describe.skipIf(!Pg.available)("PostgreSQL specifics", () => {
         expect(yield* store.version("Fresh-1")).toBe(0)
       }).pipe(Effect.scoped, Effect.provide(Postgres.layer({ url: Redacted.make(Pg.url), schema })))
     }))
+
+  it.live("appends with a command id or claims inside a transaction of yours are not part of it (acknowledged is written)", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const sql = yield* SqlClient.SqlClient
+      const exit = yield* sql.withTransaction(Effect.gen(function*() {
+        yield* sql`SELECT 1`
+        yield* store.append("Ambient-1", [added(1)], { commandId: "ambient-1" })
+        yield* store.append("Ambient-2", [{ ...added(2), claims: [{ index: "ambient", value: "v" }] }])
+        return yield* Effect.fail("your transaction fails")
+      })).pipe(Effect.exit)
+      expect(exit._tag).toBe("Failure")
+      expect(yield* store.version("Ambient-1")).toBe(1)
+      expect(yield* store.version("Ambient-2")).toBe(1)
+      expect(Option.isSome(yield* store.command("ambient-1"))).toBe(true)
+      expect(yield* store.claimOwner("ambient", "v")).toEqual(Option.some("Ambient-2"))
+      expect(yield* store.rebuildClaims.pipe(sql.withTransaction, Effect.zipRight(Effect.fail("again")), Effect.flip)).toBe("again")
+      expect(yield* store.claimOwner("ambient", "v")).toEqual(Option.some("Ambient-2"))
+    }).pipe(Effect.provide(Pg.layer("ambient"))))
 
   it.live("an aborted transaction leaves a hole, which readers pass", () =>
     Effect.gen(function*() {

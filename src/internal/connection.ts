@@ -49,6 +49,18 @@ const withoutTransaction = Effect.mapInputContext((context: Context.Context<neve
   Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<never>
 )
 
+// A LibSQL client's transactions (the tag's key is the client's).
+const LibsqlTransaction = Context.GenericTag<unknown>("@effect/sql-libsql/LibsqlClient/LibsqlTransaction")
+
+/**
+ * Runs `effect` (a transaction of the store's own, say) outside any transaction of the caller's on the same client:
+ * the client then opens a transaction of its own instead of a savepoint in the caller's, whose commit would decide
+ * the fate of an append already acknowledged.
+ */
+export const outsideTransactions = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.mapInputContext(effect, (context: Context.Context<R>) =>
+    Context.omit(SqlClient.TransactionConnection, LibsqlTransaction)(context) as Context.Context<R>)
+
 /** The store's statements on any PostgreSQL `SqlClient`, outside any transaction of the caller's. */
 export const executeOf = (sql: SqlClient.SqlClient): PgExecute =>
   (sql as { readonly [preparedKey]?: PgExecute })[preparedKey] ??

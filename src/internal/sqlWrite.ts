@@ -17,7 +17,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProjectionError } from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
-import type { PgExecute, SyncConnection } from "./connection.js"
+import { outsideTransactions, type PgExecute, type SyncConnection } from "./connection.js"
 import * as Guards from "./guards.js"
 import { tables } from "./migrations.js"
 import { VERSION_PG } from "./sqlRead.js"
@@ -521,7 +521,7 @@ const guardedInsert = (
       ReadonlyArray<any>,
       SqlError
     >
-  return sql.withTransaction(Effect.gen(function*() {
+  return outsideTransactions(sql.withTransaction(Effect.gen(function*() {
     const replay = yield* Guards.runEffect(Guards.before(append), steps)
     if (replay !== undefined) return yield* Effect.fail(replay)
     const out = yield* insert
@@ -533,7 +533,7 @@ const guardedInsert = (
     )
     if (failed !== undefined) return yield* Effect.fail(failed)
     return out
-  }))
+  })))
 }
 
 /**
