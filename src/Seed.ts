@@ -22,6 +22,7 @@ import * as Effect from "effect/Effect"
 import type { NewEvent } from "./Event.js"
 import { type AppendError, EventStore, type ReadError } from "./EventStore.js"
 import { InvalidInput, SeedConflict } from "./Errors.js"
+import { tenantOf } from "./internal/backend.js"
 import { canonicalJson } from "./internal/codec.js"
 import { uuidV5 } from "./internal/uuid.js"
 
@@ -69,13 +70,23 @@ export interface SeedResult {
 export type SeedError = AppendError | ReadError | SeedConflict
 
 /**
- * The id of the event a seed writes at `version` of `streamId`: the same for the same stream, version, type and
- * payload (its JSON with keys sorted), whoever computes it.
+ * The id of the event a seed writes at `version` of `streamId` (of tenant `tenantId`, when the seed runs on a
+ * tenant's store): the same for the same tenant, stream, version, type and payload (its JSON with keys sorted),
+ * whoever computes it.
  *
  * @since 0.1.0
  */
-export const eventIdOf = (streamId: string, version: number, event: Pick<NewEvent, "type" | "payload">): string =>
-  uuidV5(`effect-eventstore/seed\u0000${streamId}\u0000${version}\u0000${event.type}\u0000${canonicalJson(event.payload)}`)
+export const eventIdOf = (
+  streamId: string,
+  version: number,
+  event: Pick<NewEvent, "type" | "payload">,
+  tenantId?: string
+): string =>
+  uuidV5(
+    `effect-eventstore/seed\u0000${tenantId === undefined ? "" : `${tenantId}\u0000`}${streamId}\u0000${version}\u0000${event.type}\u0000${
+      canonicalJson(event.payload)
+    }`
+  )
 
 const seedOne = (
   stream: SeedStream,
@@ -92,7 +103,9 @@ const seedOne = (
         return yield* new InvalidInput({ field: `events[${i}].eventId`, reason: "a seed's event ids are derived" })
       }
     }
-    const ids = events.map((event, i) => eventIdOf(streamId, i + 1, event))
+    // a tenant's seed has ids of its own (event ids are unique across the database)
+    const tenant = tenantOf(store)
+    const ids = events.map((event, i) => eventIdOf(streamId, i + 1, event, tenant))
     const tags = { ...options?.tags, seeded: "true" }
     for (let attempt = 1;; attempt++) {
       // what the stream already holds of the seed: a prefix of it, or a conflict

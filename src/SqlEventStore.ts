@@ -463,7 +463,7 @@ const makeGuards = (
   return {
     command: (commandId, now) =>
       Effect.map(
-        Effect.mapError(query(Guards.RECORD_OF, [commandId, now]), storeError("command")),
+        Effect.mapError(outsideTransactions(query(Guards.RECORD_OF, [commandId, now])), storeError("command")),
         (rows) =>
           rows.length === 0 ? Option.none() : Option.some({
             streamId: String(rows[0].stream_id),
@@ -474,7 +474,7 @@ const makeGuards = (
       ),
     claimOwner: (tenantId, index, value) =>
       Effect.map(
-        Effect.mapError(query(Guards.OWNER_OF, [tenantId, index, value]), storeError("claimOwner")),
+        Effect.mapError(outsideTransactions(query(Guards.OWNER_OF, [tenantId, index, value])), storeError("claimOwner")),
         (rows) => rows.length === 0 ? Option.none() : Option.some(String(rows[0].stream_id))
       ),
     rebuildClaims

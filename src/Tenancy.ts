@@ -10,8 +10,10 @@
  * `InvalidInput`. The store the database layer provides is the whole database: its streams are those without a
  * tenant, and its `readAll`/`subscribe` deliver every tenant's events (for cross-tenant read models and operators;
  * `metadata.tenantId` tells them apart). Snapshots and projection checkpoints are kept apart the same way by
- * `snapshotStore` / `checkpointStore` (or `layerSnapshots` / `layerCheckpoints`); a projection's read-model tables
- * are the projection's own to keep apart (a tenant column, or tables per tenant).
+ * `snapshotStore` / `checkpointStore` (or `layerSnapshots` / `layerCheckpoints`); an aggregate's handler and the
+ * projection runners on a tenant's store do it by themselves with a snapshot or checkpoint store of the whole
+ * database. A projection's read-model tables are the projection's own to keep apart (a tenant column, or tables per
+ * tenant). Positions are global (a tenant's `head` is the log's), event ids unique across the database.
  *
  * **Database per tenant.** `databasePerTenant(open)` opens a tenant's database (an SQLite file, a PostgreSQL schema)
  * with `open(tenantId)` the first time the tenant is used, shares it while it is used, and closes it with the scope
@@ -26,14 +28,14 @@ import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as RcMap from "effect/RcMap"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import { InvalidInput } from "./Errors.js"
 import { EventStore, type EventStoreService } from "./EventStore.js"
-import { databaseOf, onDatabase, tenantStoreOf } from "./internal/backend.js"
-import { TENANT_PATTERN, tenantKey, userStreamId } from "./internal/codec.js"
+import { tenantStoreOf } from "./internal/backend.js"
+import { TENANT_PATTERN } from "./internal/codec.js"
+import { scopeCheckpoints, scopeSnapshots, tenantOf } from "./internal/tenants.js"
 import { CheckpointStore, type CheckpointStoreService } from "./Projection.js"
 import { SnapshotStore, type SnapshotStoreService } from "./Snapshot.js"
 
@@ -105,19 +107,7 @@ export const snapshotStore = (
   store: SnapshotStoreService,
   tenantId: string
 ): Effect.Effect<SnapshotStoreService, InvalidInput> =>
-  Effect.map(validate(tenantId), (tenant) => {
-    const key = (streamId: string) => tenantKey(tenant, streamId)
-    const back = Option.map(<S extends { readonly streamId: string }>(s: S): S => ({ ...s, streamId: userStreamId(s.streamId) }))
-    const scoped: SnapshotStoreService = {
-      save: (snapshot) => store.save({ ...snapshot, streamId: key(snapshot.streamId) }),
-      latest: (streamId) => Effect.map(store.latest(key(streamId)), back),
-      atOrBefore: (streamId, version) => Effect.map(store.atOrBefore(key(streamId), version), back),
-      deleteOlderThan: (streamId, version) => store.deleteOlderThan(key(streamId), version),
-      stats: store.stats
-    }
-    const database = databaseOf(store)
-    return database === undefined ? scoped : onDatabase(scoped, database)
-  })
+  Effect.flatMap(validate(tenantId), (tenant) => scoped(store, tenant, scopeSnapshots, "snapshots"))
 
 /**
  * The projection checkpoints (leases, migrations, parked events, generations) of one tenant's projections: a
@@ -130,27 +120,18 @@ export const checkpointStore = (
   store: CheckpointStoreService,
   tenantId: string
 ): Effect.Effect<CheckpointStoreService, InvalidInput> =>
-  Effect.map(validate(tenantId), (tenant) => {
-    const key = (projection: string) => tenantKey(tenant, projection)
-    const scoped: CheckpointStoreService = {
-      exactlyOnce: store.exactlyOnce,
-      acquire: (projection, owner, ttl, renew) => store.acquire(key(projection), owner, ttl, renew),
-      release: (projection, owner) => store.release(key(projection), owner),
-      load: (projection) => store.load(key(projection)),
-      commit: (projection, owner, from, to, work, park) =>
-        store.commit(key(projection), owner, from, to, work, park === undefined ? undefined : { ...park, projection: key(park.projection) }),
-      migrate: (projection, id, migration) => store.migrate(key(projection), id, migration),
-      reset: (projection, owner, work) => store.reset(key(projection), owner, work),
-      parked: (projection) =>
-        Effect.map(store.parked(key(projection)), (rows) => rows.map((row) => ({ ...row, projection }))),
-      generation: (projection) => store.generation(key(projection)),
-      promote: (projection, owner, shadow, generation, work) =>
-        store.promote(key(projection), owner, key(shadow), generation, work),
-      discard: (projection) => store.discard(key(projection))
-    }
-    const database = databaseOf(store)
-    return database === undefined ? scoped : onDatabase(scoped, database)
-  })
+  Effect.flatMap(validate(tenantId), (tenant) => scoped(store, tenant, scopeCheckpoints, "checkpoints"))
+
+/** A tenant's view of a store of the whole database; a store already a tenant's is `InvalidInput`. */
+const scoped = <A extends object>(
+  store: A,
+  tenant: string,
+  scope: (store: A, tenant: string) => A,
+  what: string
+): Effect.Effect<A, InvalidInput> =>
+  tenantOf(store) === undefined
+    ? Effect.succeed(scope(store, tenant))
+    : Effect.fail(new InvalidInput({ field: what, reason: "is a tenant's already" }))
 
 /**
  * The `EventStore` of the `Tenant` in context, in place of the store of the whole database: provide it per request

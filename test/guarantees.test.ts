@@ -35,3 +35,19 @@ describe("command ids in the aggregate handler", () => {
       expect(yield* handled(undefined)).not.toEqual(yield* handled(undefined))
     }))
 })
+
+describe("rebuilding unique values from the log", () => {
+  it("a release by a stream that no longer holds the value does not free it (PostgreSQL's log order)", async () => {
+    const { foldClaims } = await import("../src/internal/guards.js")
+    const held = new Map<string, { tenantId: string; index: string; value: string; streamId: string }>()
+    // S1 held v; S2's claim took a lower position than S1's release, which committed first
+    foldClaims(held, "S1", "", JSON.stringify({ claim: [["email", "v"]] }))
+    foldClaims(held, "S2", "", JSON.stringify({ claim: [["email", "v"]] }))
+    foldClaims(held, "S1", "", JSON.stringify({ release: [["email", "v"]] }))
+    expect([...held.values()].map((h) => h.streamId)).toEqual(["S2"])
+    foldClaims(held, "S2", "", JSON.stringify({ release: [["email", "v"]] }))
+    expect(held.size).toBe(0)
+    expect(foldClaims(held, "S3", "", "not json")).toBe(false)
+    expect(foldClaims(held, "S3", "", JSON.stringify({ claim: [["only-index"]] }))).toBe(false)
+  })
+})

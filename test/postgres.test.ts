@@ -385,6 +385,23 @@ describe.skipIf(!Pg.available)("PostgreSQL specifics", () => {
       expect(yield* store.claimOwner("ambient", "v")).toEqual(Option.some("Ambient-2"))
     }).pipe(Effect.provide(Pg.layer("ambient"))))
 
+  it.live("concurrent appends claiming the same values in opposite orders never deadlock", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      for (let round = 0; round < 5; round++) {
+        const [x, y] = [`x${round}`, `y${round}`]
+        const started = Date.now()
+        const outcomes = yield* Effect.all([
+          store.append(`Lock-a${round}`, [{ ...added(1), claims: [{ index: "lock", value: x }, { index: "lock", value: y }] }]),
+          store.append(`Lock-b${round}`, [{ ...added(2), claims: [{ index: "lock", value: y }, { index: "lock", value: x }] }])
+        ], { concurrency: "unbounded", mode: "either" })
+        // one takes both values, the other is told who holds them: no deadlock (40P01), no StoreError, no wait
+        const tags = outcomes.map((o) => o._tag === "Right" ? "ok" : o.left._tag).sort()
+        expect(tags).toEqual(["UniqueConstraintViolation", "ok"])
+        expect(Date.now() - started).toBeLessThan(900)
+      }
+    }).pipe(Effect.provide(Pg.layer("deadlock", { busyTimeout: 0 }))))
+
   it.live("an aborted transaction leaves a hole, which readers pass", () =>
     Effect.gen(function*() {
       const schema = Pg.freshSchema("hole")

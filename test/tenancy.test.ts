@@ -6,6 +6,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -85,6 +87,74 @@ describe("Tenancy on a shared database", () => {
       expect(Option.map(yield* acme.latest("Counter-1"), (s) => [s.streamId, s.version])).toEqual(Option.some(["Counter-1", 2]))
       expect(yield* snapshots.latest("Counter-1")).toEqual(Option.none())
     }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
+})
+
+describe("Tenancy.layer alone", () => {
+  it.effect("a tenant's aggregate sees the tenant's snapshots, not another's, with the whole database's snapshot store", () =>
+    Effect.gen(function*() {
+      const handle = (tenant: string, n: number) =>
+        Effect.scoped(Effect.flatMap(Aggregate.handler(Counter), (h) => h.handle("1", n))).pipe(
+          Effect.provide(Tenancy.layer),
+          Effect.provide(forTenant(tenant))
+        )
+      yield* handle("acme", 100)
+      yield* handle("acme", 100) // acme's snapshot at version 2, state 200
+      yield* handle("globex", 1)
+      yield* handle("globex", 1)
+      yield* handle("globex", 1)
+      const fourth = yield* handle("globex", 1)
+      expect(fourth).toMatchObject({ version: 4, state: 4 })
+      expect(yield* Effect.flatMap(Snapshot.SnapshotStore, (s) => s.latest("Counter-1"))).toEqual(Option.none())
+    }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
+
+  it.effect("a tenant's projections keep the tenant's checkpoints with the whole database's checkpoint store", () =>
+    Effect.gen(function*() {
+      const seen: Array<string> = []
+      const Totals = Projection.make({
+        name: "totals",
+        events: Events,
+        handlers: { Added: (e) => Effect.sync(() => seen.push(`${e.metadata.tenantId}:${e.payload.n}`)) }
+      })
+      const run = (tenant: string, n: number) =>
+        Effect.gen(function*() {
+          const store = yield* EventStore.EventStore
+          yield* store.append("Counter-1", [{ type: "Added", payload: { n } }])
+          const projections = yield* Projection.Projections
+          yield* projections.awaitPosition("totals", yield* store.head, "10 seconds")
+        }).pipe(Effect.provide(Projection.layer([Totals]).pipe(Layer.provideMerge(Tenancy.layer))), Effect.provide(forTenant(tenant)))
+      yield* run("acme", 1)
+      yield* run("globex", 2)
+      yield* run("acme", 3)
+      expect(seen).toEqual(["acme:1", "globex:2", "acme:3"])
+      const checkpoints = yield* Projection.CheckpointStore
+      expect(yield* checkpoints.load("totals")).toBe(0)
+    }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Projection.layerMemory))))
+
+  it.effect("a snapshot store of another tenant beside a tenant's event store is refused (a defect)", () =>
+    Effect.gen(function*() {
+      const snapshots = yield* Snapshot.SnapshotStore
+      const globex = yield* Tenancy.snapshotStore(snapshots, "globex")
+      const exit = yield* Effect.scoped(Aggregate.handler(Counter)).pipe(
+        Effect.provide(Tenancy.layer),
+        Effect.provide(forTenant("acme")),
+        Effect.provideService(Snapshot.SnapshotStore, globex),
+        Effect.exit
+      )
+      expect(exit._tag).toBe("Failure")
+      expect(String(exit)).toContain("SnapshotStore")
+    }).pipe(Effect.provide(Layer.merge(EventStore.layerMemory, Snapshot.layerMemory))))
+
+  it.effect("a row marked with a tenant but not stored under its key (an older writer) is not that tenant's", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const sql = yield* SqlClient.SqlClient
+      const acme = yield* Tenancy.eventStore(store, "acme")
+      yield* acme.append("Own-1", [{ type: "Added", payload: { n: 1 } }])
+      yield* store.append("Root-1", [{ type: "Added", payload: { n: 2 } }], { metadata: { tenantId: "acme" } })
+      yield* sql`UPDATE eventstore_events SET tenant_id = 'acme' WHERE stream_id = 'Root-1'`
+      const seen = yield* Stream.runCollect(acme.readAll())
+      expect([...seen].map((e) => e.streamId)).toEqual(["Own-1"])
+    }).pipe(Effect.provide(Sqlite.layer({ filename: path.join(dir, "older-writer.db") }))))
 })
 
 describe("Tenancy: a database per tenant", () => {

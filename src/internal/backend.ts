@@ -40,6 +40,7 @@ import {
   limits,
   outOfSequence,
   type StoredEvent,
+  TENANT_PATTERN,
   tenantKey,
   userStreamId
 } from "./codec.js"
@@ -338,6 +339,17 @@ const streamSpan = (streamId: string) =>
   ({ captureStackTrace: false, attributes: { "aggregate.id": streamId } }) as const
 
 const tenantsKey = Symbol.for("effect-eventstore/tenants")
+const tenantMark = Symbol.for("effect-eventstore/tenant")
+
+/** Marks a service (a store, a snapshot or checkpoint store) as one tenant's. Not enumerable: a copy does not carry it. */
+export const markTenant = <A extends object>(service: A, tenant: string): A => {
+  Object.defineProperty(service, tenantMark, { value: tenant, enumerable: false })
+  return service
+}
+
+/** The tenant a service is marked with; `undefined` for a service of the whole database (or any other). */
+export const tenantOf = (service: object): string | undefined =>
+  (service as { readonly [tenantMark]?: string })[tenantMark]
 
 /**
  * The store of one tenant on the same backend (see `fromBackend`), for a store of the whole database built on the
@@ -510,7 +522,9 @@ export const fromBackend = (backend: Backend, tenant?: string): EventStoreServic
         (typeof value === "string" && value.length > 0 && value.length <= limits.claimValueLength
           ? undefined
           : new InvalidInput({ field: "value", reason: `must be a non-empty string of at most ${limits.claimValueLength} characters` })) ??
-        (options?.tenantId === undefined ? undefined : checkId("tenantId", options.tenantId, limits.idLength)) ??
+        (options?.tenantId === undefined || (typeof options.tenantId === "string" && TENANT_PATTERN.test(options.tenantId))
+          ? undefined
+          : new InvalidInput({ field: "tenantId", reason: "is not a tenant id (see Tenancy)" })) ??
         (tenant !== undefined && options?.tenantId !== undefined && options.tenantId !== tenant
           ? new InvalidInput({ field: "tenantId", reason: `is not this store's tenant ${JSON.stringify(tenant)}` })
           : undefined)
@@ -539,6 +553,7 @@ export const fromBackend = (backend: Backend, tenant?: string): EventStoreServic
       : ((streamId, after, limit, withRecordedAt) => backend.foldRows(keyOf(streamId), after, limit, withRecordedAt)) satisfies FoldRows,
     enumerable: false
   })
+  if (tenant !== undefined) markTenant(service, tenant)
   if (tenant === undefined) {
     // a tenant's store: the same backend, its tenant's keys and rows (no synchronous commands: their reads of the
     // log are not by tenant)

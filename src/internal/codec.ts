@@ -62,6 +62,9 @@ const otherTenant = (field: string, given: string, tenant: string) =>
 /** How long a command id's record lasts when the append does not say. */
 export const DEFAULT_COMMAND_TTL = 24 * 60 * 60 * 1000
 
+/** The longest a command id's record may last: 100 years (its expiry stays an exact integer of milliseconds). */
+const MAX_COMMAND_TTL = 100 * 365.25 * 24 * 60 * 60 * 1000
+
 /**
  * One event as every backend stores it: the payload and metadata as JSON text. What a driver hands back is checked
  * by `fromStored` before anything trusts it (a `bigint` column arrives from `pg` as a string).
@@ -137,9 +140,19 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f]/
 export const checkId = (field: string, value: unknown, max: number): InvalidInput | undefined => {
   if (typeof value !== "string" || value.length === 0) return new InvalidInput({ field, reason: "must be a non-empty string" })
   if (value.length > max) return new InvalidInput({ field, reason: `longer than ${max} characters` })
-  if (CONTROL.test(value)) return new InvalidInput({ field, reason: "contains control characters" })
+  if (UNSAFE.test(value)) {
+    return new InvalidInput({
+      field,
+      reason: CONTROL.test(value) ? "contains control characters" : "contains a lone surrogate (not valid Unicode text)"
+    })
+  }
   return undefined
 }
+
+// Control characters, or a UTF-16 surrogate without its pair: drivers store such a string as U+FFFD, so two ids
+// would become one.
+const UNSAFE =
+  /[\u0000-\u001f\u007f-\u009f]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
 /**
  * The stream type of a stream id without an explicit one: the part before the first `-` (the category, as in
@@ -577,20 +590,26 @@ export const prepareAppend = (
     if (options.commandTtl !== undefined) {
       const decoded = Option.getOrUndefined(Duration.decodeUnknown(options.commandTtl))
       const millis = decoded === undefined ? NaN : Duration.toMillis(decoded)
-      if (!(millis > 0) || !Number.isFinite(millis)) {
-        return Either.left(new InvalidInput({ field: "commandTtl", reason: "must be a positive, finite duration" }))
+      if (!(millis > 0) || !Number.isFinite(millis) || millis > MAX_COMMAND_TTL) {
+        return Either.left(new InvalidInput({ field: "commandTtl", reason: "must be a positive duration of at most 100 years" }))
       }
       ttl = Math.ceil(millis)
     }
     command = { id: tenant === undefined ? id! : tenantKey(tenant, id!), expiresAt: recordedAt + ttl }
   }
   const append: PreparedAppend = { streamId: key, streamType, expected, recordedAt, events: prepared }
-  return Either.right(
-    command === undefined && changes === undefined
-      ? append
-      : { ...append, guard: { command, claims: changes === undefined ? [] : [...changes.values()] } }
-  )
+  const claims = changes === undefined || changes.size === 0 ? [] : [...changes.values()].sort(byValue)
+  return Either.right(command === undefined && claims.length === 0 ? append : { ...append, guard: { command, claims } })
 }
+
+/**
+ * The order a guarded append takes its values in: one order for every append, so that two appends taking the same
+ * values never wait for each other in a cycle (PostgreSQL locks each value's row as it takes it).
+ */
+const byValue = (a: ClaimChange, b: ClaimChange): number =>
+  a.tenantId < b.tenantId ? -1 : a.tenantId > b.tenantId ? 1 :
+  a.index < b.index ? -1 : a.index > b.index ? 1 :
+  a.value < b.value ? -1 : a.value > b.value ? 1 : 0
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
@@ -632,6 +651,7 @@ const prepareClaims = (
         })
       }
       if (LONE_SURROGATE.test(value)) return new InvalidInput({ field: `${at}.value`, reason: "has a lone surrogate" })
+      if (value.includes("\u0000")) return new InvalidInput({ field: `${at}.value`, reason: "contains a NUL character" })
       const index = claim.index as string
       const key = JSON.stringify([index, value])
       const seen = changes.get(key)

@@ -178,7 +178,9 @@ export const COUNT_UNIQUE = `SELECT COUNT(*) AS n FROM ${U}`
 
 /**
  * Folds the claims stored with events (in log order) into the table a rebuild writes: `tenant\u0000index\u0000value` →
- * owner. A release removes whatever holds the value (the log was valid when written).
+ * owner. A claim takes the value; a release gives it up only if the releasing stream holds it. On PostgreSQL an
+ * append's position is taken before its values are, so the log may show a value's new owner claiming it before its
+ * old owner's release: that release must not free it.
  */
 export const foldClaims = (
   held: Map<string, { tenantId: string; index: string; value: string; streamId: string }>,
@@ -199,6 +201,9 @@ export const foldClaims = (
   for (const [index, value] of parsed.claim ?? []) {
     held.set(`${tenantId}\u0000${index}\u0000${value}`, { tenantId, index, value, streamId })
   }
-  for (const [index, value] of parsed.release ?? []) held.delete(`${tenantId}\u0000${index}\u0000${value}`)
+  for (const [index, value] of parsed.release ?? []) {
+    const key = `${tenantId}\u0000${index}\u0000${value}`
+    if (held.get(key)?.streamId === streamId) held.delete(key)
+  }
   return true
 }

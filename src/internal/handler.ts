@@ -30,7 +30,8 @@ import * as Telemetry from "../Telemetry.js"
 import * as Background from "./background.js"
 import * as EventLoop from "./eventLoop.js"
 import * as Tracing from "./tracing.js"
-import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, syncCommandsOf } from "./backend.js"
+import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, syncCommandsOf, tenantOf } from "./backend.js"
+import { alongside, scopeSnapshots } from "./tenants.js"
 import * as GroupCommit from "./groupCommit.js"
 import { FoldEvent, type FoldRow, readFoldRow, toInteger } from "./codec.js"
 import { uuidV5 } from "./uuid.js"
@@ -301,7 +302,12 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     const store = yield* EventStore
     const policy = options.snapshots
     // With a policy the SnapshotStore is required (the layer's type says so): never silently without snapshots.
-    const snapshotStore = policy === undefined ? undefined : yield* Snapshot.SnapshotStore
+    // A tenant's store keeps the tenant's snapshots: a snapshot store of the whole database is seen through the
+    // tenant's keys (another tenant's is refused).
+    const tenant = tenantOf(store)
+    const snapshotStore = policy === undefined
+      ? undefined
+      : yield* Effect.flatMap(Snapshot.SnapshotStore, (snapshots) => alongside(snapshots, tenant, scopeSnapshots, "SnapshotStore"))
     const snapshotWrite = layerOptions.snapshotWrites ?? policy?.write ?? "background"
     const background = yield* Background.make(layerOptions.shutdownGrace ?? "5 seconds")
     const withAnalytics = options.analytics === true
@@ -371,7 +377,11 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         const event = decided[i]!
         const result = registry.encode(
           event,
-          commandId === undefined ? undefined : { eventId: uuidV5(`${commandId}\u0000${sid}\u0000${version + i + 1}`) }
+          commandId === undefined ? undefined : {
+            eventId: uuidV5(
+              `${tenant === undefined ? "" : `${tenant}\u0000`}${commandId}\u0000${sid}\u0000${version + i + 1}`
+            )
+          }
         )
         if (Either.isLeft(result)) return Either.left(result.left)
         const claims = claimsOf?.(event)

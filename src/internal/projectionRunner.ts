@@ -54,8 +54,10 @@ import {
   DriverFailure,
   inlineOf,
   type SyncCommands,
-  syncCommandsOf
+  syncCommandsOf,
+  tenantOf
 } from "./backend.js"
+import { alongside, scopeCheckpoints } from "./tenants.js"
 import { makeHook } from "./inlineProjection.js"
 import * as Statements from "./statements.js"
 import { fromStored } from "./codec.js"
@@ -257,7 +259,8 @@ export const make = (
     }
     const retry = options.retry ?? defaultRetry
     const store = yield* EventStore
-    const checkpoints = yield* CheckpointStore
+    // a tenant's store keeps the tenant's checkpoints (see `alongside`)
+    const checkpoints = yield* Effect.flatMap(CheckpointStore, (c) => alongside(c, tenantOf(store), scopeCheckpoints, "CheckpointStore"))
     const context = yield* Effect.context<never>()
     const owner = crypto.randomUUID()
 
@@ -1213,7 +1216,8 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
 export const makeInline = (projections: ReadonlyArray<Projection<any, any, any>>) =>
   Effect.gen(function*() {
     const store = yield* EventStore
-    const checkpoints = yield* CheckpointStore
+    // a tenant's store keeps the tenant's checkpoints (see `alongside`)
+    const checkpoints = yield* Effect.flatMap(CheckpointStore, (c) => alongside(c, tenantOf(store), scopeCheckpoints, "CheckpointStore"))
     const context = yield* Effect.context<never>()
     const inline = inlineOf(store)
     if (inline === undefined) {

@@ -8,7 +8,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import type { Filter } from "../EventStore.js"
 import { nonEmpty } from "./backend.js"
-import { type StoredEvent, toInteger } from "./codec.js"
+import { type StoredEvent, tenantKey, toInteger } from "./codec.js"
 import type { PgExecute } from "./connection.js"
 import { SAFE_PG, tables } from "./migrations.js"
 
@@ -82,7 +82,10 @@ export const make = (sql: SqlClient.SqlClient) => {
             ORDER BY position LIMIT ${sql.literal(limitOf(limit))}`.withoutTransform
       }
       const where = sql.and([
-        ...(tenant !== undefined ? [sql`tenant_id = ${tenant}`] : []),
+        // the column, and the key's prefix: a row of another tenant's (or of no tenant's) never matches both
+        ...(tenant !== undefined
+          ? [sql`tenant_id = ${tenant} AND substr(stream_id, 1, ${tenant.length + 1}) = ${tenantKey(tenant, "")}`]
+          : []),
         ...(streamTypes ? [sql.in("stream_type", streamTypes)] : []),
         ...(eventTypes ? [sql.in("event_type", eventTypes)] : [])
       ])
@@ -124,7 +127,7 @@ const logPg = (streamTypes: boolean, eventTypes: boolean, tenant: boolean) => {
   return `SELECT ${COLUMNS_PG} FROM ${E} WHERE position > $1 AND ${SAFE_PG}${
     streamTypes ? ` AND stream_type = ANY($${++n}::text[])` : ""
   }${eventTypes ? ` AND event_type = ANY($${++n}::text[])` : ""}${
-    tenant ? ` AND tenant_id = $${++n}` : ""
+    tenant ? ` AND tenant_id = $${++n} AND starts_with(stream_id, $${n} || chr(31))` : ""
   } ORDER BY position LIMIT $2`
 }
 const FOLD_PG = `SELECT ${FOLD_COLUMNS_PG} FROM ${E} WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`

@@ -154,6 +154,9 @@ export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore
           ["events[0].claims[0].value", [{ index: "i", value: "" }]],
           ["events[0].claims[0].value", [{ index: "i", value: 42 }]],
           ["events[0].claims[0].index", [{ index: "a\u0000b", value: "x" }]],
+          ["events[0].claims[0].index", [{ index: "a\uD800", value: "x" }]],
+          ["events[0].claims[0].value", [{ index: "i", value: "a\u0000b" }]],
+          ["events[0].claims[0].value", [{ index: "i", value: "\uDC00a" }]],
           ["events[0].claims[0]", [{ index: "i", value: "x", extra: 1 }]],
           ["events[0].claims[0]", ["i"]],
           ["events[0].claims", "i"]
@@ -164,6 +167,10 @@ export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore
         }
         expect(yield* store.version(stream())).toBe(0)
         expect((yield* Effect.flip(store.claimOwner("i", "x".repeat(1025))))._tag).toBe("InvalidInput")
+        expect((yield* Effect.flip(store.claimOwner("i", "x", { tenantId: "../x" })))._tag).toBe("InvalidInput")
+        // an empty list of claims is no claim
+        const plain = yield* store.append(stream("e"), [ev({ claims: [], releases: [] })])
+        expect(plain.version).toBe(1)
       }))
 
     it.effect("rebuildClaims rebuilds the table from the claims stored with the events", () =>
@@ -407,7 +414,9 @@ export const guaranteesSuite = (name: string, storeLayer: Layer.Layer<EventStore
           ["commandId", { commandId: "a\nb" }],
           ["commandTtl", { commandId: "ok", commandTtl: "0 millis" }],
           ["commandTtl", { commandId: "ok", commandTtl: "soon" }],
-          ["commandTtl", { commandId: "ok", commandTtl: -5 }]
+          ["commandTtl", { commandId: "ok", commandTtl: -5 }],
+          ["commandTtl", { commandId: "ok", commandTtl: 1e300 }],
+          ["commandId", { commandId: "c\uD800" }]
         ] as const) {
           const error = yield* Effect.flip(store.append(stream(), [ev()], options as any))
           expect(error).toMatchObject({ _tag: "InvalidInput", field })

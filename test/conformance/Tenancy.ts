@@ -3,7 +3,7 @@
  * and a tenant's store never delivers another tenant's event (a property over random appends).
  */
 import { expect, layer } from "@effect/vitest"
-import { Aggregate, Event, EventStore, Tenancy } from "effect-eventstore"
+import { Aggregate, Event, EventStore, Seed, Tenancy } from "effect-eventstore"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
@@ -86,6 +86,34 @@ export const tenancySuite = (name: string, storeLayer: Layer.Layer<EventStore.Ev
         expect(again).toMatchObject({ replayed: true, streamId: stream, position: first.position })
         expect(Option.map(yield* b.command(commandId), (r) => r.position)).toEqual(Option.some(other.position))
         expect(yield* store.command(commandId)).toEqual(Option.none())
+      }))
+
+    it.effect("the same seed and the same command id in two tenants: each writes its own events", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const [a, b] = yield* Effect.all([Tenancy.eventStore(store, `a${uid()}`), Tenancy.eventStore(store, `b${uid()}`)])
+        const seed = [{ streamId: "Currency-EUR", events: [ev({ code: "EUR" })] }]
+        const run = (s: EventStore.EventStoreService) => Seed.seed(seed).pipe(Effect.provideService(Store, s))
+        expect(yield* run(a)).toMatchObject({ saved: 1 })
+        expect(yield* run(b)).toMatchObject({ saved: 1 })
+        expect(yield* run(a)).toMatchObject({ saved: 0, skipped: 1 })
+        const [ea] = yield* a.readPage("Currency-EUR")
+        const [eb] = yield* b.readPage("Currency-EUR")
+        expect(ea!.eventId).not.toBe(eb!.eventId)
+        const Counted = Schema.TaggedStruct("Counted", { by: Schema.Int })
+        const Counter = Aggregate.make({
+          name: `C${uid()}`,
+          events: Event.registry([Counted]),
+          decider: { initialState: 0, decide: (by: number) => [Counted.make({ by })], evolve: (n: number) => n + 1 }
+        })
+        const handle = (s: EventStore.EventStoreService) =>
+          Effect.scoped(Effect.flatMap(Aggregate.handler(Counter), (h) => h.handle("1", 1, { commandId: "req-1" })))
+            .pipe(Effect.provideService(Store, s))
+        const ha = yield* handle(a)
+        const hb = yield* handle(b)
+        expect([ha.replayed, hb.replayed]).toEqual([undefined, undefined])
+        expect(ha.events[0]!.eventId).not.toBe(hb.events[0]!.eventId)
+        expect((yield* handle(a)).replayed).toBe(true)
       }))
 
     it.effect("bad tenant ids are InvalidInput", () =>
