@@ -718,7 +718,7 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
       Effect.tap((n) => n > 0 ? Effect.sync(lookAgain) : Effect.void)
     )
     const store = makeStatementStore(options, {
-      write: (append) => writePg(execute, append, sql),
+      write: (append) => writePg(execute, append),
       guards: makeGuards(sql, true),
       committed: (written) => {
         const last = written[written.length - 1]!.position

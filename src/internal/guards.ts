@@ -2,12 +2,10 @@
  * What a guarded append (one with a command id or claims, see `Guard`) does in its transaction besides writing its
  * events: before them, look for a live record of its command id; after them, take and give up its unique values,
  * store each event's claims with it, and record the command. Written once as steps (a generator of statements), run
- * by each driver's runner: synchronously on SQLite's writer connection, as Effects on the others.
- *
- * The statements hold on any backend where the transaction sees its own writes and concurrent writers of one row
- * wait for each other (SQLite has one writer at a time; PostgreSQL's `ON CONFLICT` waits for a concurrent insert
- * of the same key and then decides on the committed row), so a value is never held by two streams and a command id
- * is recorded once.
+ * by each driver's runner: synchronously on SQLite's writer connection, as Effects on LibSQL. PostgreSQL runs the
+ * same steps in one call of `eventstore_append_guarded` (see the migrations), one round trip in autocommit; its
+ * `ON CONFLICT` waits for a concurrent insert of the same key and then decides on the committed row. SQLite and
+ * LibSQL have one writer at a time. So a value is never held by two streams and a command id is recorded once.
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -58,11 +56,11 @@ ON CONFLICT (command_id) DO UPDATE SET stream_id = excluded.stream_id, first_ver
 WHERE ${C}.expires_at <= ?
 RETURNING command_id`
 
-/** Removes a few expired records (each recording append does, so they never pile up). */
-const purge = (pg: boolean) =>
-  `DELETE FROM ${C} WHERE command_id IN (SELECT command_id FROM ${C} WHERE expires_at <= ? LIMIT 16${
-    pg ? " FOR UPDATE SKIP LOCKED" : ""
-  })`
+/**
+ * Removes a few expired records (each recording append does, so they never pile up). SQLite and LibSQL: one writer
+ * at a time (PostgreSQL's `eventstore_append_guarded` skips rows another append is removing).
+ */
+const PURGE = `DELETE FROM ${C} WHERE command_id IN (SELECT command_id FROM ${C} WHERE expires_at <= ? LIMIT 16)`
 
 /** Before the events: a live record of the command id means the append is a replay. */
 export function* before(append: PreparedAppend): Steps<Replayed | undefined> {
@@ -79,8 +77,7 @@ export function* before(append: PreparedAppend): Steps<Replayed | undefined> {
 export function* after(
   append: PreparedAppend,
   firstVersion: number,
-  positions: ReadonlyArray<number>,
-  pg: boolean
+  positions: ReadonlyArray<number>
 ): Steps<GuardFailure | undefined> {
   const guard = append.guard
   if (guard === undefined) return undefined
@@ -125,7 +122,7 @@ export function* after(
       ]
     }
     if (recorded.length === 0) return new Replayed({ commandId: command.id })
-    yield { text: purge(pg), params: [append.recordedAt] }
+    yield { text: PURGE, params: [append.recordedAt] }
   }
   return undefined
 }

@@ -212,11 +212,98 @@ const guards = (sql: SqlClient.SqlClient, integer: string) => [
   sql.unsafe(`CREATE INDEX ${E}_tenant ON ${E} (tenant_id, position) WHERE tenant_id IS NOT NULL`)
 ]
 
+/**
+ * PostgreSQL: a guarded append (a command id, unique values) in one call, so in one round trip and in autocommit,
+ * as a plain one. In order: a live record of the command id raises `ES001` (nothing written); `eventstore_append`
+ * (its rows are returned; a failed expectation returns its one row and ends the call); each value, in the order
+ * given (sorted by the caller): a claim held by another stream raises `ES002`, a release of a value the stream does
+ * not hold `ES003`, their message the JSON `[index, value, owner]`; the events' stored claims; the command's record
+ * (a live one recorded meanwhile raises `ES001`) and the removal of a few expired ones. An exception undoes the
+ * whole call. Claim arrays: tenants, indexes, values, first and last step (1 claim, 0 release).
+ */
+const APPEND_GUARDED_PG = `CREATE FUNCTION eventstore_append_guarded(
+  p_stream TEXT, p_stream_type TEXT, p_recorded_at BIGINT, p_ids TEXT[], p_types TEXT[], p_schema_versions INT[],
+  p_payloads TEXT[], p_metadata TEXT[], p_tenants TEXT[], p_mode INT, p_expected BIGINT,
+  p_command TEXT, p_expires_at BIGINT, p_claim_tenants TEXT[], p_claim_indexes TEXT[], p_claim_values TEXT[],
+  p_claim_first INT[], p_claim_last INT[], p_event_claims TEXT[]
+) RETURNS TABLE (v BIGINT, p BIGINT) LANGUAGE plpgsql AS $fn$
+DECLARE
+  r RECORD;
+  vs BIGINT[] := '{}';
+  ps BIGINT[] := '{}';
+  k INT;
+  owner TEXT;
+  done TEXT;
+BEGIN
+  IF p_command IS NOT NULL
+    AND EXISTS (SELECT 1 FROM ${C} c WHERE c.command_id = p_command AND c.expires_at > p_recorded_at) THEN
+    RAISE EXCEPTION USING ERRCODE = 'ES001', MESSAGE = 'replayed';
+  END IF;
+  FOR r IN SELECT a.v, a.p FROM eventstore_append(p_stream, p_stream_type, p_recorded_at, p_ids, p_types,
+    p_schema_versions, p_payloads, p_metadata, p_tenants, p_mode, p_expected) a LOOP
+    IF r.p IS NULL THEN
+      v := r.v; p := NULL; RETURN NEXT; RETURN;
+    END IF;
+    vs := vs || r.v;
+    ps := ps || r.p;
+  END LOOP;
+  FOR k IN 1 .. coalesce(cardinality(p_claim_values), 0) LOOP
+    IF p_claim_first[k] = 1 THEN
+      INSERT INTO ${U} AS u (tenant_id, index_name, value, stream_id)
+        VALUES (p_claim_tenants[k], p_claim_indexes[k], p_claim_values[k], p_stream)
+        ON CONFLICT (tenant_id, index_name, value) DO UPDATE SET stream_id = excluded.stream_id
+        WHERE u.stream_id = excluded.stream_id
+        RETURNING u.stream_id INTO done;
+    ELSE
+      DELETE FROM ${U} u WHERE u.tenant_id = p_claim_tenants[k] AND u.index_name = p_claim_indexes[k]
+        AND u.value = p_claim_values[k] AND u.stream_id = p_stream
+        RETURNING u.stream_id INTO done;
+    END IF;
+    IF done IS NULL THEN
+      SELECT u.stream_id INTO owner FROM ${U} u WHERE u.tenant_id = p_claim_tenants[k]
+        AND u.index_name = p_claim_indexes[k] AND u.value = p_claim_values[k];
+      RAISE EXCEPTION USING ERRCODE = CASE WHEN p_claim_first[k] = 1 THEN 'ES002' ELSE 'ES003' END,
+        MESSAGE = json_build_array(p_claim_indexes[k], p_claim_values[k], owner)::text;
+    END IF;
+    done := NULL;
+    IF p_claim_last[k] <> p_claim_first[k] THEN
+      IF p_claim_last[k] = 1 THEN
+        INSERT INTO ${U} (tenant_id, index_name, value, stream_id)
+          VALUES (p_claim_tenants[k], p_claim_indexes[k], p_claim_values[k], p_stream);
+      ELSE
+        DELETE FROM ${U} u WHERE u.tenant_id = p_claim_tenants[k] AND u.index_name = p_claim_indexes[k]
+          AND u.value = p_claim_values[k] AND u.stream_id = p_stream;
+      END IF;
+    END IF;
+  END LOOP;
+  IF p_event_claims IS NOT NULL THEN
+    UPDATE ${E} e SET claims = x.claims
+      FROM unnest(ps, p_event_claims) AS x(position, claims)
+      WHERE e.position = x.position AND x.claims IS NOT NULL;
+  END IF;
+  IF p_command IS NOT NULL THEN
+    INSERT INTO ${C} AS c (command_id, stream_id, first_version, last_version, position, expires_at)
+      VALUES (p_command, p_stream, vs[1], vs[cardinality(vs)], ps[cardinality(ps)], p_expires_at)
+      ON CONFLICT (command_id) DO UPDATE SET stream_id = excluded.stream_id, first_version = excluded.first_version,
+        last_version = excluded.last_version, position = excluded.position, expires_at = excluded.expires_at
+      WHERE c.expires_at <= p_recorded_at
+      RETURNING c.command_id INTO done;
+    IF done IS NULL THEN
+      RAISE EXCEPTION USING ERRCODE = 'ES001', MESSAGE = 'replayed';
+    END IF;
+    DELETE FROM ${C} WHERE command_id IN (SELECT c.command_id FROM ${C} c WHERE c.expires_at <= p_recorded_at
+      LIMIT 16 FOR UPDATE SKIP LOCKED);
+  END IF;
+  FOR k IN 1 .. cardinality(vs) LOOP
+    v := vs[k]; p := ps[k]; RETURN NEXT;
+  END LOOP;
+END $fn$`
+
 migrations["3_create_guards"] = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql.onDialectOrElse({
     sqlite: () => Effect.all(guards(sql, "INTEGER"), { discard: true }),
-    pg: () => Effect.all(guards(sql, "BIGINT"), { discard: true }),
+    pg: () => Effect.all([...guards(sql, "BIGINT"), sql.unsafe(APPEND_GUARDED_PG)], { discard: true }),
     orElse: () => unsupported
   })
 })

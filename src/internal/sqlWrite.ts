@@ -15,7 +15,14 @@ import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import { ConcurrencyError, DuplicateEventError, type ExpectedVersion, InlineProjectionError } from "../Errors.js"
+import {
+  ClaimNotHeld,
+  ConcurrencyError,
+  DuplicateEventError,
+  type ExpectedVersion,
+  InlineProjectionError,
+  UniqueConstraintViolation
+} from "../Errors.js"
 import type { PreparedAppend } from "./codec.js"
 import { outsideTransactions, type PgExecute, type SyncConnection } from "./connection.js"
 import * as Guards from "./guards.js"
@@ -209,7 +216,7 @@ const writeOne = (
     : Effect.flatMap(Guards.runEffect(Guards.before(append), steps), (replay) =>
       replay !== undefined ? Effect.fail(replay) : Effect.flatMap(chunks, (written) =>
         Effect.flatMap(
-          Guards.runEffect(Guards.after(append, written[0]!.version, written.map((w) => w.position), false), steps),
+          Guards.runEffect(Guards.after(append, written[0]!.version, written.map((w) => w.position)), steps),
           (failed) => failed === undefined ? Effect.succeed(written) : Effect.fail(failed)
         )))
   const savepoint = Effect.zipRight(
@@ -357,7 +364,7 @@ const writeGuardedSync = (conn: SyncConnection, append: PreparedAppend): Outcome
     outcome = replay !== undefined ? Exit.fail(replay) : writeUnguardedSync(conn, append)
     if (Exit.isSuccess(outcome)) {
       const written = outcome.value
-      const failed = Guards.runSync(Guards.after(append, written[0]!.version, written.map((w) => w.position), false), steps)
+      const failed = Guards.runSync(Guards.after(append, written[0]!.version, written.map((w) => w.position)), steps)
       if (failed !== undefined) outcome = Exit.fail(failed)
     }
   } catch (error) {
@@ -506,18 +513,17 @@ const pgOutcome = (rows: ReadonlyArray<any>): InsertOutcome =>
   rows.length === 0 || rows[0].p === null ? { actual: rows[0]?.v } : { written: toWritten(rows) }
 
 /**
- * A guarded append (see `Guards`) on a client without a connection of ours (PostgreSQL, LibSQL): one transaction of
- * the client's — the command's record looked for, the insert, the unique values and the record — rolled back on any
+ * A guarded append (see `Guards`) on LibSQL, whose client holds no connection of ours: one transaction of the
+ * client's — the command's record looked for, the insert, the unique values and the record — rolled back on any
  * failure.
  */
 const guardedInsert = (
   sql: SqlClient.SqlClient,
   append: PreparedAppend,
-  pg: boolean,
   insert: Effect.Effect<InsertOutcome, SqlError>
 ): Effect.Effect<InsertOutcome, SqlError | Guards.GuardFailure> => {
   const steps = (text: string, params: ReadonlyArray<unknown>) =>
-    sql.unsafe(pg ? Guards.pgText(text) : text, params as Array<any>).withoutTransform as Effect.Effect<
+    sql.unsafe(text, params as Array<any>).withoutTransform as Effect.Effect<
       ReadonlyArray<any>,
       SqlError
     >
@@ -528,7 +534,7 @@ const guardedInsert = (
     if (!("written" in out)) return out
     const written = out.written
     const failed = yield* Guards.runEffect(
-      Guards.after(append, written[0]!.version, written.map((w) => w.position), pg),
+      Guards.after(append, written[0]!.version, written.map((w) => w.position)),
       steps
     )
     if (failed !== undefined) return yield* Effect.fail(failed)
@@ -542,18 +548,14 @@ const guardedInsert = (
  * after it; a stored event id a `DuplicateEventError`. A guarded append (command id, claims) runs in a transaction
  * of `sql`'s with its checks.
  */
-export const writePg = (execute: PgExecute, append: PreparedAppend, sql: SqlClient.SqlClient) =>
+export const writePg = (execute: PgExecute, append: PreparedAppend) =>
   writeOneStatement(append, {
     insert: append.guard === undefined
       ? Effect.map(execute("eventstore_append", APPEND_PG, pgParams(append)), pgOutcome)
-      : guardedInsert(
-        sql,
-        append,
-        true,
-        Effect.map(
-          sql.unsafe(APPEND_PG, pgParams(append) as Array<any>).withoutTransform as Effect.Effect<ReadonlyArray<any>, SqlError>,
-          pgOutcome
-        )
+      : Effect.catchIf(
+        Effect.map(execute("eventstore_append_guarded", APPEND_GUARDED_PG, guardedPgParams(append)), pgOutcome),
+        (e) => guardFailureOf(append, e) !== undefined,
+        (e) => Effect.fail(guardFailureOf(append, e)!)
       ),
     version: execute("es_version", VERSION_PG, [append.streamId]),
     storedId: execute("", `SELECT event_id FROM ${E} WHERE event_id = ANY($1::text[]) LIMIT 1`, [
@@ -565,6 +567,54 @@ export const writePg = (execute: PgExecute, append: PreparedAppend, sql: SqlClie
       return constraint === `${E}_event_id` ? "id" : constraint === `${E}_stream` ? "stream" : "other"
     }
   })
+
+/**
+ * A guarded append on PostgreSQL: one call of `eventstore_append_guarded` (see the migration), in autocommit.
+ * Parameters: those of `APPEND_PG`, then the command id and its expiry (or nulls), the values' tenants, indexes,
+ * values, first and last steps, and the events' stored claims (or null).
+ */
+const APPEND_GUARDED_PG = `SELECT v, p FROM eventstore_append_guarded($1, $2, $3, $4::text[], $5::text[], $6::int[],
+  $7::text[], $8::text[], $9::text[], $10, $11, $12, $13, $14::text[], $15::text[], $16::text[], $17::int[], $18::int[],
+  $19::text[])`
+
+const guardedPgParams = (append: PreparedAppend) => {
+  const guard = append.guard!
+  const claims = guard.claims
+  const eventClaims = append.events.some((e) => e.claimsJson !== null) ? append.events.map((e) => e.claimsJson) : null
+  return [
+    ...pgParams(append),
+    guard.command?.id ?? null,
+    guard.command?.expiresAt ?? null,
+    claims.map((c) => c.tenantId),
+    claims.map((c) => c.index),
+    claims.map((c) => c.value),
+    claims.map((c) => c.first === "claim" ? 1 : 0),
+    claims.map((c) => c.last === "claim" ? 1 : 0),
+    eventClaims
+  ]
+}
+
+/** What `eventstore_append_guarded` raised, as the append's failure: a replay, a value held, a value not held. */
+const guardFailureOf = (append: PreparedAppend, e: SqlError): Guards.GuardFailure | undefined => {
+  const code = codeOf(e.cause)
+  if (code === "ES001") return new Guards.Replayed({ commandId: append.guard?.command?.id ?? "" })
+  if (code !== "ES002" && code !== "ES003") return undefined
+  let index = ""
+  let value = ""
+  let owner: string | undefined
+  try {
+    const parsed = JSON.parse((e.cause as { readonly message?: string }).message ?? "")
+    index = String(parsed[0])
+    value = String(parsed[1])
+    owner = parsed[2] === null || parsed[2] === undefined ? undefined : String(parsed[2])
+  } catch {
+    return undefined
+  }
+  const streamId = append.streamId
+  return code === "ES002"
+    ? new UniqueConstraintViolation({ streamId, index, value, owner: owner ?? "" })
+    : new ClaimNotHeld({ streamId, index, value, ...(owner === undefined ? {} : { owner }) })
+}
 
 /** How one dialect writes an append in one statement (see `writeOneStatement`). */
 interface OneStatement {
@@ -657,7 +707,6 @@ export const writeLibsql = (execute: PgExecute, append: PreparedAppend, sql: Sql
       : guardedInsert(
         sql,
         append,
-        false,
         Effect.map(
           sql.unsafe(insertLibsql(append.expected), params as Array<any>).withoutTransform as Effect.Effect<
             ReadonlyArray<any>,
