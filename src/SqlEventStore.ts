@@ -405,55 +405,41 @@ const makeGuards = (
       ReadonlyArray<any>,
       SqlError
     >
-  const held_ = new Map<string, { tenantId: string; index: string; value: string; streamId: string }>()
-  const rebuildWith = <E>(
-    run: (text: string, params: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<any>, E>
-  ): Effect.Effect<number, E | StoreError> =>
-    Effect.gen(function*() {
-      held_.clear()
-      let after = 0
-      for (;;) {
-        const rows = yield* run(Guards.CLAIMS_LOG, [after])
-        for (const row of rows) {
-          if (!Guards.foldClaims(held_, String(row.stream_id), String(row.tenant_id ?? ""), String(row.claims))) {
-            return yield* new StoreError({
-              operation: "rebuildClaims",
-              cause: `the claims stored with the event at position ${row.position} are not readable`
-            })
-          }
-        }
-        if (rows.length < 1000) break
-        after = Number(rows[rows.length - 1]!.position)
-      }
-      yield* run(Guards.CLEAR_UNIQUE, [])
-      for (const entry of held_.values()) {
-        yield* run(Guards.INSERT_UNIQUE, [entry.tenantId, entry.index, entry.value, entry.streamId])
-      }
-      const n = held_.size
-      held_.clear()
-      return n
-    })
+  // a failure undoes the rebuild: unreadable claims roll the transaction back like a driver error
+  const rebuilt = (outcome: number | { readonly unreadable: unknown }): Effect.Effect<number, StoreError> =>
+    typeof outcome === "number" ? Effect.succeed(outcome) : Effect.fail(
+      new StoreError({
+        operation: "rebuildClaims",
+        cause: `the claims stored with the event at position ${String(outcome.unreadable)} are not readable`
+      })
+    )
   const rebuildClaims: Effect.Effect<number, StoreError> = held === undefined
     ? outsideTransactions(sql.withTransaction(
       Effect.zipRight(
         pg ? query(`LOCK TABLE ${Migrations.tables.unique} IN EXCLUSIVE MODE`, []) : Effect.void,
-        rebuildWith(query)
+        Effect.flatMap(Guards.runEffect(Guards.rebuild(), query), rebuilt)
       )
     )).pipe(Effect.mapError((e) => e._tag === "SqlError" ? storeError("rebuildClaims")(e) : e))
     : Effect.suspend(() => {
       // one synchronous call: nothing else of this process can write in between
+      let outcome: number | { readonly unreadable: unknown }
       try {
         held.executeSync("BEGIN IMMEDIATE", [])
       } catch (cause) {
         return Effect.fail(storeError("rebuildClaims")(sqlError(cause)))
       }
-      const exit = Effect.runSyncExit(rebuildWith((text, params) => Effect.sync(() => held.executeSync(text, params))))
       try {
-        held.executeSync(Exit.isSuccess(exit) ? "COMMIT" : "ROLLBACK", [])
+        outcome = Guards.runSync(Guards.rebuild(), (text, params) => held.executeSync(text, params))
+        held.executeSync(typeof outcome === "number" ? "COMMIT" : "ROLLBACK", [])
       } catch (cause) {
+        try {
+          held.executeSync("ROLLBACK", [])
+        } catch {
+          // already rolled back (SQLite does on some errors); the first error is the one to report
+        }
         return Effect.fail(storeError("rebuildClaims")(sqlError(cause)))
       }
-      return exit
+      return rebuilt(outcome)
     }).pipe(
       Effect.retry({
         schedule: busyRetry ?? defaultBusyRetry("5 seconds"),

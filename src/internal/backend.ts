@@ -487,22 +487,25 @@ export const fromBackend = (backend: Backend, tenant?: string): EventStoreServic
    * has expired since goes again (a few times at most).
    */
   const plain = tenant === undefined
-    ? (streamId: string, events: ReadonlyArray<NewEvent>, options: AppendOptions | undefined) =>
-      backend.append(streamId, events, options)
+    ? backend.append
     : (streamId: string, events: ReadonlyArray<NewEvent>, options: AppendOptions | undefined) =>
       Effect.mapBoth(backend.append(streamId, events, options, tenant), {
         onFailure: stripKeys,
         onSuccess: (result) => ({ ...result, streamId: userStreamId(result.streamId) })
       })
-  const append: EventStoreService["append"] = (streamId, events, options) => {
-    const commandId = options?.commandId
+  const withCommand = (
+    streamId: string,
+    events: ReadonlyArray<NewEvent>,
+    options: AppendOptions,
+    commandId: string
+  ) => {
     const attempt = (n: number): Effect.Effect<AppendResult, AppendError> =>
       Effect.catchAll(plain(streamId, events, options), (error): Effect.Effect<AppendResult, AppendError> => {
         if (error._tag === "InvalidInput" || error._tag === "StoreError" || error._tag === "InlineProjectionError") {
           return Effect.fail(error)
         }
         const recorded = Effect.catchTag(
-          command(commandId!),
+          command(commandId),
           "EventDecodeError",
           (cause) => Effect.fail(new StoreErrorClass({ operation: "append", cause }))
         )
@@ -511,10 +514,13 @@ export const fromBackend = (backend: Backend, tenant?: string): EventStoreServic
           onNone: () => error._tag === "Replayed" ? (n < 3 ? attempt(n + 1) : Effect.fail(lostRecord(error))) : Effect.fail(error)
         }))
       })
-    return commandId === undefined
-      ? plain(streamId, events, options) as Effect.Effect<AppendResult, AppendError>
-      : attempt(1)
+    return attempt(1)
   }
+  // the plain road allocates nothing for command ids
+  const append: EventStoreService["append"] = (streamId, events, options) =>
+    options?.commandId === undefined
+      ? plain(streamId, events, options) as Effect.Effect<AppendResult, AppendError>
+      : withCommand(streamId, events, options, options.commandId)
 
   const claimOwner: EventStoreService["claimOwner"] = (index, value, options) =>
     Effect.suspend((): Effect.Effect<Option.Option<string>, InvalidInput | StoreError> => {

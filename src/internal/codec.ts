@@ -598,8 +598,9 @@ export const prepareAppend = (
     command = { id: tenant === undefined ? id! : tenantKey(tenant, id!), expiresAt: recordedAt + ttl }
   }
   const append: PreparedAppend = { streamId: key, streamType, expected, recordedAt, events: prepared }
-  const claims = changes === undefined || changes.size === 0 ? [] : [...changes.values()].sort(byValue)
-  return Either.right(command === undefined && claims.length === 0 ? append : { ...append, guard: { command, claims } })
+  if (command === undefined && (changes === undefined || changes.size === 0)) return Either.right(append)
+  const claims = changes === undefined ? [] : [...changes.values()].sort(byValue)
+  return Either.right({ ...append, guard: { command, claims } })
 }
 
 /**

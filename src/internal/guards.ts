@@ -166,12 +166,35 @@ WHERE command_id = ? AND expires_at > ?`
 export const OWNER_OF = OWNER
 
 /** The events that claim or release anything, in log order (for a rebuild). */
-export const CLAIMS_LOG = `SELECT position, stream_id, tenant_id, claims FROM ${E}
+const CLAIMS_LOG = `SELECT position, stream_id, tenant_id, claims FROM ${E}
 WHERE claims IS NOT NULL AND position > ? ORDER BY position LIMIT 1000`
 
-export const CLEAR_UNIQUE = `DELETE FROM ${U}`
-export const INSERT_UNIQUE = `INSERT INTO ${U} (tenant_id, index_name, value, stream_id) VALUES (?, ?, ?, ?)`
-export const COUNT_UNIQUE = `SELECT COUNT(*) AS n FROM ${U}`
+const CLEAR_UNIQUE = `DELETE FROM ${U}`
+const INSERT_UNIQUE = `INSERT INTO ${U} (tenant_id, index_name, value, stream_id) VALUES (?, ?, ?, ?)`
+
+/**
+ * Rebuilds the table of unique values from the claims stored with the events, in log order (run it in a
+ * transaction): how many values are held afterwards, or the position of an event whose stored claims do not read.
+ */
+export function* rebuild(): Steps<number | { readonly unreadable: unknown }> {
+  const held = new Map<string, { tenantId: string; index: string; value: string; streamId: string }>()
+  let after = 0
+  for (;;) {
+    const rows = yield { text: CLAIMS_LOG, params: [after] }
+    for (const row of rows) {
+      if (!foldClaims(held, String(row.stream_id), String(row.tenant_id ?? ""), String(row.claims))) {
+        return { unreadable: row.position }
+      }
+    }
+    if (rows.length < 1000) break
+    after = Number(rows[rows.length - 1]!.position)
+  }
+  yield { text: CLEAR_UNIQUE, params: [] }
+  for (const entry of held.values()) {
+    yield { text: INSERT_UNIQUE, params: [entry.tenantId, entry.index, entry.value, entry.streamId] }
+  }
+  return held.size
+}
 
 /**
  * Folds the claims stored with events (in log order) into the table a rebuild writes: `tenant\u0000index\u0000value` →
