@@ -139,3 +139,43 @@ export const projectionFailures = Metric.counter("eventstore_projection_failures
 export const heldBack = Metric.gauge("eventstore_held_back_events", {
   description: "Committed events held back behind a running transaction"
 })
+
+/**
+ * 1 while the NATS connection is up, 0 while it is disconnected (reconnecting) or closed.
+ *
+ * @since 0.1.0
+ */
+export const natsConnected = Metric.gauge("eventstore_nats_connected", {
+  description: "Whether the NATS connection is up (1) or not (0)"
+})
+
+/**
+ * Reconnects of the NATS connection.
+ *
+ * @since 0.1.0
+ */
+export const natsReconnects = Metric.counter("eventstore_nats_reconnects_total", {
+  description: "Reconnects of the NATS connection",
+  incremental: true
+})
+
+/**
+ * Events published to the bus (acknowledged), tagged by `bus` (the stream name, or `memory`).
+ *
+ * @since 0.1.0
+ */
+export const busPublished = Metric.counter("eventstore_bus_published_total", {
+  description: "Events published to the event bus and acknowledged",
+  incremental: true
+})
+
+/**
+ * Deliveries a bus consumer handled, tagged by `consumer` and `outcome` (`ack`, `skip`, `duplicate`, `nak`,
+ * `dead-letter`).
+ *
+ * @since 0.1.0
+ */
+export const busDeliveries = Metric.counter("eventstore_bus_deliveries_total", {
+  description: "Deliveries handled by event bus consumers, by outcome",
+  incremental: true
+})
