@@ -24,7 +24,7 @@ import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type { InlineProjectionError, InvalidInput, StoreError } from "./Errors.js"
-import type * as Event from "./Event.js"
+import * as Event from "./Event.js"
 import type { EventStore } from "./EventStore.js"
 import * as Runner from "./internal/projectionRunner.js"
 import * as Statements from "./internal/statements.js"
@@ -143,6 +143,8 @@ export interface Projection<A extends { readonly _tag: string }, E, R> {
   readonly statements: SqlHandlers<A> | undefined
   /** The read model's tables, named through the projection for blue/green rebuilds (see `sql`). */
   readonly tables: ReadonlyArray<string> | undefined
+  /** The handler of a projection made by `batch`: every event of each batch, undecoded. */
+  readonly batch: ((events: ReadonlyArray<Event.RecordedEvent>) => Effect.Effect<void, E, R>) | undefined
 }
 
 /**
@@ -232,7 +234,41 @@ export const make = <A extends { readonly _tag: string }, E = never, R = never>(
     init: options.init ?? [],
     reset: options.reset,
     statements: undefined,
-    tables: undefined
+    tables: undefined,
+    batch: undefined
+  }
+}
+
+/**
+ * Defines a projection with one handler for each batch of the log: it gets every event of the batch (of
+ * `streamTypes` when given), in log order and undecoded (`payload` as stored), and the checkpoint moves past the
+ * batch after the handler succeeds. For work outside the checkpoint store's database — shipping events to a broker
+ * (the bus forwarder is one), a search index, another service — where a batch is cheaper than its events one by
+ * one. At least once with every checkpoint store: a batch cut short is handed over again, whole.
+ *
+ * A failing handler is retried under the runner's `retry` like any projection's, then the projection stops
+ * (`failed`) at the batch's first event until it is resumed.
+ *
+ * @since 0.1.0
+ */
+export const batch = <E = never, R = never>(options: {
+  readonly name: string
+  readonly handler: (events: ReadonlyArray<Event.RecordedEvent>) => Effect.Effect<void, E, R>
+  readonly streamTypes?: ReadonlyArray<string>
+  readonly init?: ReadonlyArray<Effect.Effect<void, E, R>>
+  readonly reset?: Effect.Effect<void, E, R>
+}): Projection<any, E, R> => {
+  nameCheck(options.name)
+  return {
+    name: options.name,
+    events: Event.registry([]) as unknown as Event.Registry<any>,
+    handlers: Object.create(null) as Handlers<any, E, R>,
+    streamTypes: options.streamTypes !== undefined && options.streamTypes.length > 0 ? options.streamTypes : undefined,
+    init: options.init ?? [],
+    reset: options.reset,
+    statements: undefined,
+    tables: undefined,
+    batch: options.handler
   }
 }
 
@@ -320,7 +356,8 @@ export const sql = <A extends { readonly _tag: string }, E = never, R = never>(o
     init: options.init ?? [],
     reset: options.reset,
     statements: statements as SqlHandlers<A>,
-    tables: options.tables !== undefined && options.tables.length > 0 ? options.tables : undefined
+    tables: options.tables !== undefined && options.tables.length > 0 ? options.tables : undefined,
+    batch: undefined
   }
 }
 

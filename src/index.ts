@@ -11,6 +11,8 @@ export * as Aggregate from "./Aggregate.js"
 /** @since 0.1.0 */
 export * as Analytics from "./Analytics.js"
 /** @since 0.1.0 */
+export * as Bus from "./Bus.js"
+/** @since 0.1.0 */
 export * as Errors from "./Errors.js"
 /** @since 0.1.0 */
 export * as Event from "./Event.js"

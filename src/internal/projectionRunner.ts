@@ -615,8 +615,26 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
       )
     })
 
+  const batchHandler = projection.batch as
+    | ((events: ReadonlyArray<RecordedEvent>) => Effect.Effect<void, unknown, unknown>)
+    | undefined
   const relevant = (event: RecordedEvent) =>
-    handlers[event.type] !== undefined && (streamTypes === undefined || streamTypes.has(event.streamType))
+    (batchHandler !== undefined || handlers[event.type] !== undefined) &&
+    (streamTypes === undefined || streamTypes.has(event.streamType))
+
+  /**
+   * A batch handler (`Projection.batch`) works outside the checkpoint store's database: it runs first, and the
+   * checkpoint moves after it (at least once). Its work stays interruptible (a publish waiting on a broker must not
+   * hold a closing scope); only the move and this runner's note of it go together.
+   */
+  const batchWork = (events: ReadonlyArray<RecordedEvent>): Effect.Effect<void, EventFailure, unknown> =>
+    Effect.suspend(() => batchHandler!(events)).pipe(
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.failCause(cause as Cause.Cause<never>)
+          : Effect.fail(new EventFailure(events[0]!, reasonOf(cause), true))
+      )
+    )
 
   /** Commits `events` (consecutive in the log) as one batch; fails with the reason to stop. */
   const batch = (all: ReadonlyArray<RecordedEvent>): Effect.Effect<void, Stop | CheckpointConflict> => {
@@ -632,9 +650,13 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
     })
     if (handled.length === 0) return done
     const perEvent = Effect.forEach(handled, handleOne, { discard: true })
-    const work = combined === undefined ? perEvent : Effect.suspend(() => oneByOne ? perEvent : combined(handled))
+    const work = batchHandler !== undefined
+      ? Effect.void
+      : combined === undefined
+      ? perEvent
+      : Effect.suspend(() => oneByOne ? perEvent : combined(handled))
     // the commit and this runner's note of it go together
-    const commit = Effect.suspend(() =>
+    const move = Effect.suspend(() =>
       Effect.uninterruptible(
         Effect.tap(provide(checkpoints.commit(target.row, owner, saved, to, work)), () =>
           Effect.sync(() => {
@@ -643,6 +665,7 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
           }))
       )
     )
+    const commit = batchHandler === undefined ? move : Effect.zipRight(provide(batchWork(handled)), move)
     return commit.pipe(
       Effect.retry({
         schedule: retry,

@@ -1,0 +1,4 @@
+import { Bus } from "effect-eventstore"
+import { busSuite } from "./conformance/Bus.js"
+
+busSuite("memory", () => Bus.layerMemory)
