@@ -21,7 +21,10 @@ import * as Metric from "effect/Metric"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
+import * as Bus from "./Bus.js"
+import { iterate } from "./internal/asyncIterate.js"
+import type { InvalidInput } from "./Errors.js"
+import * as JetStreamBus from "./internal/jetstreamBus.js"
 import * as Telemetry from "./Telemetry.js"
 
 /**
@@ -105,15 +108,15 @@ export const make = (options: Options = {}): Effect.Effect<NatsClientService, Na
         catch: (cause) => new NatsError({ operation: "connect", reason: reasonOf(cause) })
       }),
       (nc) =>
-        Effect.promise(() => nc.drain().catch(() => undefined)).pipe(
+        // (finalizers are uninterruptible: the drain must be made interruptible for the timeout to end it)
+        Effect.interruptible(Effect.promise(() => nc.drain().catch(() => undefined))).pipe(
           Effect.timeout(options.drainTimeout ?? "10 seconds"),
           Effect.catchAll(() => Effect.promise(() => nc.close().catch(() => undefined)))
         )
     )
     yield* Metric.set(Telemetry.natsConnected, 1)
     // Reports connection changes until the connection closes (the status iterator ends then).
-    yield* Stream.fromAsyncIterable(connection.status(), (e) => e).pipe(
-      Stream.runForEach((status) => {
+    yield* iterate(connection.status(), (e) => e, (status) => {
         switch (status.type) {
           case "disconnect":
             return Effect.zipRight(
@@ -134,10 +137,7 @@ export const make = (options: Options = {}): Effect.Effect<NatsClientService, Na
           default:
             return Effect.void
         }
-      }),
-      Effect.ignore,
-      Effect.forkScoped
-    )
+      }).pipe(Effect.ignore, Effect.forkScoped)
     return {
       connection,
       jetstream: JetStream.jetstream(connection),
@@ -168,3 +168,48 @@ export const layer = (options: Options = {}): Layer.Layer<NatsClient, NatsError>
  */
 export const layerConfig = (config: Config.Config.Wrap<Options>): Layer.Layer<NatsClient, NatsError | ConfigError.ConfigError> =>
   Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
+
+// --- the JetStream event bus ---------------------------------------------------------------------------------------
+
+/** @since 0.1.0 */
+export interface BusOptions {
+  /** The JetStream stream of the events; default `EVENTS`. Its dead letters go to `<stream>_DLQ`. */
+  readonly stream?: string
+  /**
+   * The subject prefix: events go to `<prefix>.<tenant>.<streamType>.<eventType>`, dead letters to
+   * `<prefix>.dlq.<consumer>`; default `events`. Give the command/query transport (`Cqrs`) another prefix.
+   */
+  readonly prefix?: string
+  /** How long the bus remembers an event id to drop a republished event; default 2 minutes. */
+  readonly duplicateWindow?: Duration.DurationInput
+  /** Replicas of the streams in a JetStream cluster; default 1. */
+  readonly replicas?: number
+  /** How long the bus keeps events; default for ever (the stream's limits retention). */
+  readonly maxAge?: Duration.DurationInput
+  /** How long a publish waits for its acknowledgement; default 5 seconds. */
+  readonly publishTimeout?: Duration.DurationInput
+  /**
+   * How long a consumer's pull request lives; default 5 seconds. After a cluster failover a consumer pulls again
+   * within about this long.
+   */
+  readonly pullExpiry?: Duration.DurationInput
+}
+
+/**
+ * The `EventBus` on JetStream (contract and wire format: `effect-eventstore/Bus`). Creates the stream and its
+ * dead-letter stream when they do not exist (and updates their settings when they do). Fails with `BusError` when
+ * JetStream is not reachable and `InvalidInput` for a bad stream name or prefix.
+ *
+ * @example
+ * ```ts
+ * const BusLive = Nats.layerBus({ stream: "BANK", prefix: "bank" }).pipe(Layer.provide(Nats.layer()))
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const makeBus = (options: BusOptions = {}): Effect.Effect<Bus.EventBusService, Bus.BusError | InvalidInput, NatsClient> =>
+  Effect.flatMap(NatsClient, (client) => JetStreamBus.make(client, options))
+
+/** @since 0.1.0 */
+export const layerBus = (options: BusOptions = {}): Layer.Layer<Bus.EventBus, Bus.BusError | InvalidInput, NatsClient> =>
+  Layer.effect(Bus.EventBus, makeBus(options))

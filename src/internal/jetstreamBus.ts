@@ -1,0 +1,382 @@
+/**
+ * The event bus on JetStream (see `Bus.ts` for the contract and the wire format, `Nats.layerBus` for the options).
+ *
+ * - One stream holds the events: subjects `<prefix>.*.*.*` (tenant, stream type, event type), file storage, limits
+ *   retention (late consumers replay), a duplicate window that drops a republished event id. A second stream,
+ *   `<stream>_DLQ`, holds the dead letters on `<prefix>.dlq.<consumer>` (three tokens: never in the first stream).
+ * - Publishing: each stream's events in a chain (the next once the previous is acknowledged), the chains side by
+ *   side. A failed chain stops; the call waits for every chain to settle before it fails, so a retry never races a
+ *   chain of the attempt before it.
+ * - Consumers are durable pull consumers with explicit acks and no server-side delivery limit: the library counts
+ *   attempts itself (`max_deliver` on the server would drop the event unseen if the process died during the last
+ *   attempt), naks with the backoff's delay, and after `maxDeliver` attempts publishes a dead letter and terminates
+ *   the message. nats-server 2.9 takes one filter subject per consumer: a filter with one value per field becomes
+ *   the server's filter subject; a field with several values is filtered here (the skipped deliveries are acked).
+ *   One consumer per subject would have split a stream's events of different types over several consumers, out of
+ *   order with each other.
+ * - Pulls expire after 5 seconds with heartbeats, so a consumer whose server-side leader moved (a cluster
+ *   failover) pulls again within seconds instead of waiting out the default 30 s.
+ */
+import * as JetStream from "@nats-io/jetstream"
+import * as Transport from "@nats-io/transport-node"
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import * as Bus from "../Bus.js"
+import { iterate } from "./asyncIterate.js"
+import { InvalidInput } from "../Errors.js"
+import * as Telemetry from "../Telemetry.js"
+
+export interface BusOptions {
+  readonly stream?: string
+  readonly prefix?: string
+  readonly duplicateWindow?: Duration.DurationInput
+  readonly replicas?: number
+  readonly maxAge?: Duration.DurationInput
+  readonly publishTimeout?: Duration.DurationInput
+  readonly pullExpiry?: Duration.DurationInput
+}
+
+const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
+const busError = (operation: string) => (cause: unknown) => new Bus.BusError({ operation, reason: reasonOf(cause) })
+
+const STREAM_NAME = /^[A-Za-z0-9_-]{1,200}$/
+const PREFIX = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/
+
+interface DeadLetterWire {
+  readonly consumer: string
+  readonly error: string
+  readonly deliveries: number
+  readonly sequence: number
+  readonly failedAt: number
+  readonly envelope?: unknown
+  readonly raw?: string
+}
+
+export const make = (
+  client: { readonly connection: Transport.NatsConnection; readonly jetstream: JetStream.JetStreamClient; readonly manager: JetStream.JetStreamManager },
+  options: BusOptions
+): Effect.Effect<Bus.EventBusService, Bus.BusError | InvalidInput> =>
+  Effect.gen(function*() {
+    const stream = options.stream ?? "EVENTS"
+    const prefix = options.prefix ?? "events"
+    if (!STREAM_NAME.test(stream)) {
+      return yield* new InvalidInput({ field: "stream", reason: "must be 1 to 200 letters, digits, - or _" })
+    }
+    if (!PREFIX.test(prefix)) {
+      return yield* new InvalidInput({ field: "prefix", reason: "must be subject tokens of letters, digits, - or _" })
+    }
+    const dlqStream = `${stream}_DLQ`
+    const replicas = options.replicas ?? 1
+    const duplicateWindow = Duration.toMillis(options.duplicateWindow ?? "2 minutes")
+    const maxAge = options.maxAge === undefined ? 0 : Duration.toMillis(options.maxAge)
+    const publishTimeout = Duration.toMillis(options.publishTimeout ?? "5 seconds")
+    const pullExpiry = Duration.toMillis(options.pullExpiry ?? "5 seconds")
+    const { jetstream: js, manager } = client
+
+    const ensureStream = (config: Partial<JetStream.StreamConfig> & { name: string }) =>
+      Effect.tryPromise({
+        try: async () => {
+          try {
+            await manager.streams.info(config.name)
+          } catch (e) {
+            if (e instanceof JetStream.JetStreamApiError && e.code === JetStream.JetStreamApiCodes.StreamNotFound) {
+              await manager.streams.add(config)
+              return
+            }
+            throw e
+          }
+          await manager.streams.update(config.name, config)
+        },
+        catch: busError(`create stream ${config.name}`)
+      })
+    yield* ensureStream({
+      name: stream,
+      subjects: [`${prefix}.*.*.*`],
+      storage: JetStream.StorageType.File,
+      retention: JetStream.RetentionPolicy.Limits,
+      num_replicas: replicas,
+      duplicate_window: Transport.nanos(duplicateWindow),
+      max_age: Transport.nanos(maxAge)
+    })
+    yield* ensureStream({
+      name: dlqStream,
+      subjects: [`${prefix}.dlq.*`],
+      storage: JetStream.StorageType.File,
+      retention: JetStream.RetentionPolicy.Limits,
+      num_replicas: replicas
+    })
+
+    const subjectOf = (e: Bus.Envelope) =>
+      `${prefix}.${e.metadata.tenantId !== undefined ? Bus.subjectToken(e.metadata.tenantId) : Bus.noTenant}.${
+        Bus.subjectToken(e.streamType)
+      }.${Bus.subjectToken(e.type)}`
+    const encoder = new TextEncoder()
+    const publishedMetric = Metric.tagged(Telemetry.busPublished, "bus", stream)
+
+    const publishOne = (e: Bus.Envelope) => {
+      const tenant = e.metadata.tenantId
+      let headers: Transport.MsgHdrs | undefined
+      if (tenant !== undefined) {
+        headers = Transport.headers()
+        headers.set("es-tenant-id", tenant)
+      }
+      return js.publish(subjectOf(e), encoder.encode(Bus.encode(e)), {
+        msgID: e.eventId,
+        timeout: publishTimeout,
+        ...(headers !== undefined ? { headers } : {})
+      })
+    }
+
+    const publishAll = async (envelopes: ReadonlyArray<Bus.Envelope>): Promise<void> => {
+      const chains = new Map<string, Array<Bus.Envelope>>()
+      for (const e of envelopes) {
+        const chain = chains.get(e.streamId)
+        if (chain === undefined) chains.set(e.streamId, [e])
+        else chain.push(e)
+      }
+      const settled = await Promise.allSettled(Array.from(chains.values(), async (chain) => {
+        for (const e of chain) await publishOne(e)
+      }))
+      for (const s of settled) if (s.status === "rejected") throw s.reason
+    }
+
+    const filterSubject = (filter: Bus.Filter | undefined) => {
+      const one = (values: ReadonlyArray<string> | undefined) =>
+        values !== undefined && values.length === 1 ? Bus.subjectToken(values[0]!) : "*"
+      return `${prefix}.${one(filter?.tenants)}.${one(filter?.streamTypes)}.${one(filter?.eventTypes)}`
+    }
+
+    const deliverPolicy = (from: Bus.From | undefined): Partial<JetStream.ConsumerConfig> => {
+      if (from === undefined || from === "all") return { deliver_policy: JetStream.DeliverPolicy.All }
+      if (from === "new") return { deliver_policy: JetStream.DeliverPolicy.New }
+      if ("sequence" in from) return { deliver_policy: JetStream.DeliverPolicy.StartSequence, opt_start_seq: from.sequence }
+      return { deliver_policy: JetStream.DeliverPolicy.StartTime, opt_start_time: from.time.toISOString() }
+    }
+
+    const decodeMessage = (m: JetStream.JsMsg): Either.Either<Bus.Envelope, string> => Bus.decode(m.string())
+
+    const deadLetter = (letter: DeadLetterWire) =>
+      Effect.tryPromise({
+        try: () => js.publish(`${prefix}.dlq.${letter.consumer}`, encoder.encode(JSON.stringify(letter)), { timeout: publishTimeout }),
+        catch: busError("dead letter")
+      })
+
+    /** Reads `stream` from `from` to the last message present now, through an ephemeral consumer. */
+    const readStream = (
+      name: string,
+      filter: string,
+      from: Bus.From | undefined
+    ): Stream.Stream<JetStream.JsMsg, Bus.BusError> =>
+      Stream.unwrapScoped(Effect.gen(function*() {
+        const info = yield* Effect.acquireRelease(
+          Effect.tryPromise({
+            try: () =>
+              manager.consumers.add(name, {
+                ack_policy: JetStream.AckPolicy.None,
+                filter_subject: filter,
+                mem_storage: true,
+                inactive_threshold: Transport.nanos(60_000),
+                ...deliverPolicy(from)
+              }),
+            catch: busError("replay")
+          }),
+          (ci) => Effect.ignore(Effect.timeout(Effect.interruptible(Effect.promise(() => manager.consumers.delete(name, ci.name).catch(() => false))), "2 seconds"))
+        )
+        const consumer = yield* Effect.tryPromise({ try: () => js.consumers.get(name, info.name), catch: busError("replay") })
+        let left = info.num_pending
+        const page = Effect.tryPromise({
+          try: async () => {
+            const out: Array<JetStream.JsMsg> = []
+            const want = Math.min(left, 256)
+            const batch = await consumer.fetch({ max_messages: want, expires: 5000 })
+            for await (const m of batch) {
+              out.push(m)
+              left = m.info.pending
+              if (left === 0) break
+            }
+            return out
+          },
+          catch: busError("replay")
+        })
+        return Stream.repeatEffectChunkOption(Effect.suspend(() =>
+          left === 0 ? Effect.fail(Option.none()) : page.pipe(
+            Effect.mapError(Option.some),
+            Effect.flatMap((ms) => ms.length === 0 ? Effect.fail(Option.none()) : Effect.succeed(Chunk.unsafeFromArray(ms)))
+          )
+        ))
+      }))
+
+    const checkConsumer = (consumer: string) =>
+      Bus.CONSUMER_NAME.test(consumer)
+        ? Effect.void
+        : Effect.fail(new InvalidInput({ field: "consumer", reason: "must be 1 to 64 letters, digits, - or _" }))
+
+    const lettersOf = (consumer: string) =>
+      readStream(dlqStream, `${prefix}.dlq.${consumer}`, "all").pipe(
+        Stream.map((m): Bus.DeadLetter => {
+          const wire = m.json<DeadLetterWire>()
+          const envelope = wire.envelope === undefined ? undefined : Bus.decode(JSON.stringify(wire.envelope))
+          return {
+            id: m.seq,
+            consumer: wire.consumer,
+            envelope: envelope !== undefined && Either.isRight(envelope) ? envelope.right : undefined,
+            raw: wire.raw,
+            error: wire.error,
+            deliveries: wire.deliveries,
+            sequence: wire.sequence,
+            failedAt: wire.failedAt
+          }
+        })
+      )
+
+    const service: Bus.EventBusService = {
+      publish: (envelopes) =>
+        envelopes.length === 0 ? Effect.void : Effect.tryPromise({
+          try: () => publishAll(envelopes),
+          catch: busError("publish")
+        }).pipe(Effect.zipRight(Metric.incrementBy(publishedMetric, envelopes.length))),
+
+      consume: (options, handler) =>
+        Effect.gen(function*() {
+          const settings = yield* Bus.settingsOf(options)
+          const name = settings.name
+          const filter = filterSubject(options.filter)
+          const config: Partial<JetStream.ConsumerConfig> = {
+            durable_name: name,
+            ack_policy: JetStream.AckPolicy.Explicit,
+            ack_wait: Transport.nanos(settings.ackWaitMillis),
+            max_deliver: -1,
+            max_ack_pending: 1000,
+            filter_subject: filter,
+            ...deliverPolicy(options.from)
+          }
+          const existing = yield* Effect.tryPromise({
+            try: () => manager.consumers.info(stream, name).catch((e) => {
+              if (e instanceof JetStream.JetStreamApiError && e.code === JetStream.JetStreamApiCodes.ConsumerNotFound) {
+                return undefined
+              }
+              throw e
+            }),
+            catch: busError(`consumer ${name}`)
+          })
+          if (existing === undefined) {
+            yield* Effect.tryPromise({
+              try: () => manager.consumers.add(stream, config),
+              catch: busError(`create consumer ${name}`)
+            })
+          } else if ((existing.config.filter_subject ?? `${prefix}.*.*.*`) !== filter) {
+            return yield* new InvalidInput({ field: "filter", reason: `consumer ${name} exists with another filter` })
+          }
+          const recent = new Bus.Recent(settings.dedupeWindow)
+          const consumer = yield* Effect.tryPromise({
+            try: () => js.consumers.get(stream, name),
+            catch: busError(`consumer ${name}`)
+          })
+
+          const settle = (m: JetStream.JsMsg, envelope: Bus.Envelope | undefined, raw: string | undefined, outcome: Bus.Outcome) => {
+            switch (outcome._tag) {
+              case "ack":
+                return Effect.sync(() => m.ack())
+              case "retry":
+                return Effect.sync(() => m.nak(outcome.delayMillis))
+              case "interrupted":
+                return Effect.sync(() => m.nak())
+              case "dead":
+                // the letter first: if it cannot be written, the message comes back (nothing is dropped)
+                return deadLetter({
+                  consumer: name,
+                  error: outcome.error,
+                  deliveries: m.info.deliveryCount,
+                  sequence: m.seq,
+                  failedAt: Date.now(),
+                  ...(envelope !== undefined ? { envelope: JSON.parse(Bus.encode(envelope)) } : { raw: raw ?? "" })
+                }).pipe(
+                  Effect.retry(Schedule.recurs(3).pipe(Schedule.addDelay(() => "200 millis"))),
+                  Effect.matchEffect({
+                    onSuccess: () => Effect.sync(() => m.term(outcome.error.slice(0, 200))),
+                    onFailure: (e) =>
+                      Effect.zipRight(
+                        Effect.logError(`bus consumer ${name}: could not write a dead letter (${e.reason}); it comes back`),
+                        Effect.sync(() => m.nak(settings.delay(settings.maxDeliver)))
+                      )
+                  })
+                )
+            }
+          }
+
+          const handle = (m: JetStream.JsMsg): Effect.Effect<void, never, any> => {
+            const decoded = decodeMessage(m)
+            const attempt = m.info.deliveryCount
+            if (Either.isLeft(decoded)) {
+              // not an envelope: no handler can take it
+              return settle(m, undefined, m.string(), { _tag: "dead", error: `not an event envelope: ${decoded.left}` })
+            }
+            const delivery: Bus.Delivery = { consumer: name, sequence: m.seq, attempt }
+            return Bus.deliver(settings, recent, handler, decoded.right, delivery).pipe(
+              Effect.flatMap((outcome) => settle(m, decoded.right, undefined, outcome)),
+              // the delivery in hand finishes (and is settled) before the scope's close stops the loop
+              Effect.uninterruptible
+            )
+          }
+
+          const loop = Effect.acquireRelease(
+            Effect.tryPromise({
+              try: () => consumer.consume({ max_messages: 256, expires: pullExpiry }),
+              catch: busError(`consume ${name}`)
+            }),
+            (messages) =>
+              Effect.ignore(Effect.timeout(Effect.interruptible(Effect.promise(() => messages.close().catch(() => undefined))), "2 seconds"))
+          ).pipe(
+            Effect.flatMap((messages) => iterate(messages, busError(`consume ${name}`), handle)),
+            Effect.scoped,
+            Effect.zipRight(Effect.fail(new Bus.BusError({ operation: `consume ${name}`, reason: "the consumer stopped" }))),
+            Effect.tapError((e) => Effect.logWarning(`bus consumer ${name}: ${e.reason}; pulling again`)),
+            // a closed connection ends the consumer (its layer is closing); anything else is pulled again
+            Effect.retry({ schedule: Schedule.spaced("1 second"), while: () => !client.connection.isClosed() }),
+            Effect.ignore
+          )
+          yield* Effect.forkScoped(loop)
+        }),
+
+      replay: (opts) => {
+        const match = Bus.matches(opts?.filter)
+        return readStream(stream, filterSubject(opts?.filter), opts?.from ?? "all").pipe(
+          Stream.filterMap((m) => {
+            const decoded = decodeMessage(m)
+            return Either.isRight(decoded) && match(decoded.right)
+              ? Option.some([m.seq, decoded.right] as const)
+              : Option.none()
+          })
+        )
+      },
+
+      deadLetters: (consumer) =>
+        Effect.zipRight(checkConsumer(consumer), Effect.map(Stream.runCollect(lettersOf(consumer)), (c) => Array.from(c))),
+
+      replayDeadLetters: (consumer, handler) =>
+        Effect.zipRight(
+          checkConsumer(consumer),
+          Effect.gen(function*() {
+            const letters = yield* Stream.runCollect(lettersOf(consumer))
+            let handled = 0
+            for (const letter of letters) {
+              if (letter.envelope === undefined) continue
+              yield* handler(letter.envelope)
+              yield* Effect.tryPromise({
+                try: () => manager.streams.deleteMessage(dlqStream, letter.id),
+                catch: busError("remove dead letter")
+              })
+              handled++
+            }
+            return handled
+          })
+        )
+    }
+    return service
+  })
