@@ -1,8 +1,8 @@
 /**
  * NATS: the connection (`NatsClient`, scoped: drained when its scope closes; reconnects reported as log lines and
- * metrics), the JetStream event bus (`layerBus`, see `effect-eventstore/Bus` for the contract) and a local
- * `nats-server` for development and tests (`localServer`). Commands and queries over NATS request/reply are in
- * `effect-eventstore/Cqrs`.
+ * metrics) and the JetStream event bus (`layerBus`, see `effect-eventstore/Bus` for the contract). Commands and
+ * queries over NATS request/reply are in `effect-eventstore/Cqrs`; a local `nats-server` for development and tests
+ * (started as a child process on a free port) is `effect-eventstore/NatsServer`.
  *
  * Needs the optional peers `@nats-io/transport-node` and `@nats-io/jetstream` (3.x); only this subpath (and `Cqrs`)
  * load them.
