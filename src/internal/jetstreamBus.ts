@@ -333,6 +333,14 @@ export const make = (
             (messages) =>
               Effect.ignore(Effect.timeout(Effect.interruptible(Effect.promise(() => messages.close().catch(() => undefined))), "2 seconds"))
           ).pipe(
+            Effect.tap((messages) =>
+              // what the client does about a lost pull (missed heartbeats, a consumer leader moving) is worth a line
+              iterate(messages.status(), (e) => e, (n) =>
+                n.type === "heartbeats_missed" || n.type === "no_responders" || n.type === "consumer_not_found" ||
+                  n.type === "stream_not_found"
+                  ? Effect.logWarning(`bus consumer ${name}: ${n.type}`)
+                  : Effect.void).pipe(Effect.ignore, Effect.forkScoped)
+            ),
             Effect.flatMap((messages) => iterate(messages, busError(`consume ${name}`), handle)),
             Effect.scoped,
             Effect.zipRight(Effect.fail(new Bus.BusError({ operation: `consume ${name}`, reason: "the consumer stopped" }))),
