@@ -703,6 +703,30 @@ export const republish = (options: {
 // --- typed handlers ------------------------------------------------------------------------------------------------
 
 /**
+ * One optional handler per event type of a registry (see `handlers`).
+ *
+ * @since 0.1.0
+ */
+export type HandlerTable<A extends { readonly _tag: string }> = {
+  readonly [K in A["_tag"]]?: (
+    event: Event.RecordedEvent<Extract<A, { readonly _tag: K }>>,
+    delivery: Delivery
+  ) => Effect.Effect<void, any, any>
+}
+
+/** @since 0.1.0 */
+export declare namespace HandlerTable {
+  /** The errors of a table's handlers. */
+  export type Error<H> = {
+    [K in keyof H]-?: NonNullable<H[K]> extends (...args: any) => Effect.Effect<any, infer E, any> ? E : never
+  }[keyof H]
+  /** The services a table's handlers need. */
+  export type Context<H> = {
+    [K in keyof H]-?: NonNullable<H[K]> extends (...args: any) => Effect.Effect<any, any, infer R> ? R : never
+  }[keyof H]
+}
+
+/**
  * A consumer's handler from one handler per event type of a registry: each gets the decoded event. Events of other
  * types are acknowledged without a handler; an event that does not decode fails its delivery (and so, after
  * `maxDeliver` attempts, goes to the dead letters) with its `EventDecodeError`.
@@ -716,15 +740,15 @@ export const republish = (options: {
  *
  * @since 0.1.0
  */
-export const handlers = <A extends { readonly _tag: string }, E, R>(
+export const handlers = <A extends { readonly _tag: string }, const H extends HandlerTable<A>>(
   registry: Event.Registry<A>,
-  table: {
-    readonly [K in A["_tag"]]?: (
-      event: Event.RecordedEvent<Extract<A, { readonly _tag: K }>>,
-      delivery: Delivery
-    ) => Effect.Effect<void, E, R>
-  }
-): (envelope: Envelope, delivery: Delivery) => Effect.Effect<void, E | EventDecodeError, R> => {
+  table: H
+): (
+  envelope: Envelope,
+  delivery: Delivery
+) => Effect.Effect<void, HandlerTable.Error<H> | EventDecodeError, HandlerTable.Context<H>> => {
+  type E = HandlerTable.Error<H>
+  type R = HandlerTable.Context<H>
   const byStored: Record<string, ((event: any, delivery: Delivery) => Effect.Effect<void, E, R>) | undefined> =
     Object.create(null)
   for (const [type, handler] of Object.entries(table as Record<string, any>)) {
