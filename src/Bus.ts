@@ -200,7 +200,11 @@ export interface ConsumeOptions {
    * 1 second, at most 1 minute.
    */
   readonly backoff?: Schedule.Schedule<unknown, unknown>
-  /** How long a handler may run before the broker delivers its event again (to any process); default 30 seconds. */
+  /**
+   * How long a delivery may go unacknowledged before the broker delivers it again (to any process); default 30
+   * seconds. On JetStream the clock starts when the message reaches the process, which holds up to 256 of them
+   * while it handles them one at a time: with slow handlers, give `ackWait` room for the queue as well.
+   */
   readonly ackWait?: Duration.DurationInput
   /** How many handled event ids the consumer remembers to skip their redeliveries; default 10000. */
   readonly dedupeWindow?: number
@@ -448,7 +452,8 @@ interface MemoryConsumer {
   readonly dead: Array<DeadLetter>
 }
 
-const filterKey = (filter: Filter | undefined) =>
+/** @internal A filter as a canonical string: two filters with the same sets have the same key. */
+export const filterKey = (filter: Filter | undefined) =>
   JSON.stringify([
     [...(filter?.streamTypes ?? [])].sort(),
     [...(filter?.eventTypes ?? [])].sort(),

@@ -254,6 +254,9 @@ export const make = (
             max_deliver: -1,
             max_ack_pending: 1000,
             filter_subject: filter,
+            // the whole filter (the server filters on one subject; several values are filtered here): a later
+            // consume under this name with another filter is refused, as on every backend
+            description: `effect-eventstore filter ${Bus.filterKey(options.filter)}`,
             ...deliverPolicy(options.from)
           }
           const existing = yield* Effect.tryPromise({
@@ -270,7 +273,11 @@ export const make = (
               try: () => manager.consumers.add(stream, config),
               catch: busError(`create consumer ${name}`)
             })
-          } else if ((existing.config.filter_subject ?? `${prefix}.*.*.*`) !== filter) {
+          } else if (
+            (existing.config.filter_subject ?? `${prefix}.*.*.*`) !== filter ||
+            (existing.config.description?.startsWith("effect-eventstore filter ") === true &&
+              existing.config.description !== config.description)
+          ) {
             return yield* new InvalidInput({ field: "filter", reason: `consumer ${name} exists with another filter` })
           }
           const recent = new Bus.Recent(settings.dedupeWindow)

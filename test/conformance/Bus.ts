@@ -293,5 +293,10 @@ export const busSuite = (name: string, make: () => Layer.Layer<Bus.EventBus, unk
         yield* bus.consume({ name: "fixed", filter: { streamTypes: ["A"] } }, () => Effect.void)
         const other = yield* Effect.exit(bus.consume({ name: "fixed", filter: { streamTypes: ["B"] } }, () => Effect.void))
         expect(Exit.isFailure(other) && other.cause._tag === "Fail" && other.cause.error._tag).toBe("InvalidInput")
+        // several values (filtered in the consumer on JetStream) are part of the filter too
+        yield* bus.consume({ name: "sets", filter: { eventTypes: ["X", "Y"] } }, () => Effect.void)
+        yield* bus.consume({ name: "sets", filter: { eventTypes: ["Y", "X"] } }, () => Effect.void)
+        const changed = yield* Effect.exit(bus.consume({ name: "sets", filter: { eventTypes: ["X", "Z"] } }, () => Effect.void))
+        expect(Exit.isFailure(changed) && changed.cause._tag === "Fail" && changed.cause.error._tag).toBe("InvalidInput")
       })))
   })
