@@ -281,6 +281,14 @@ export const busSuite = (name: string, make: () => Layer.Layer<Bus.EventBus, unk
         expect(fromThird.map(([, e]) => e.eventId)).toEqual(events.slice(2).map((e) => e.eventId))
         const loans = Array.from(yield* Stream.runCollect(bus.replay({ filter: { streamTypes: ["Loan"] } })))
         expect(loans.map(([, e]) => e.streamId)).toEqual(["q", "q", "q", "q"])
+        // from a time: what was published at or after it
+        yield* Effect.sleep("100 millis")
+        const time = new Date()
+        yield* Effect.sleep("100 millis")
+        const later = envelopes("w", 2)
+        yield* bus.publish(later)
+        const fromTime = Array.from(yield* Stream.runCollect(bus.replay({ from: { time } })))
+        expect(fromTime.map(([, e]) => e.eventId)).toEqual(later.map((e) => e.eventId))
       })))
 
     it.effect("refuses bad consumer names and options with InvalidInput", () =>
