@@ -11,6 +11,7 @@ import Database from "better-sqlite3"
 import { Aggregate, Event, EventStore, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import { INSERT, median, percentile, STREAMS, WARMUP } from "./common.js"
+import { busBenches } from "./bus.js"
 import { cqrsBenches } from "./cqrs.js"
 import { postgresBenches } from "./postgres.js"
 import { catchupBench, inlineBench, lagBench } from "./projection.js"
@@ -762,6 +763,7 @@ async function main() {
   if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
   if (want("sqlite.append.inline")) await inlineBench(emit, freshFile, quick ? 3 : 11, quick ? 300 : 1_000)
   if (only === undefined || only.startsWith("pg")) await postgresBenches(emit, quick, want)
+  if (only === undefined || only.startsWith("bus")) await busBenches(emit, quick, want)
   if (want("cqrs")) await cqrsBenches(emit, quick)
   fs.rmSync(dir, { recursive: true, force: true })
 }
