@@ -232,14 +232,21 @@ const rawConsume = (raw: Raw, stream: string, prefix: string, n: number) => asyn
     deliver_policy: JetStream.DeliverPolicy.All
   })
   const consumer = await raw.js.consumers.get(stream, name)
-  const messages = await consumer.consume({ max_messages: 256 })
-  const stuck = setTimeout(() => void messages.close(), 120_000)
+  // the callback form: each message handled as it arrives, no promise per message (faster than the async iterator)
   let seen = 0
-  for await (const m of messages) {
-    JSON.parse(m.string())
-    m.ack()
-    if (++seen === n) break
-  }
+  let done!: () => void
+  const finished = new Promise<void>((resolve) => (done = resolve))
+  const messages = await consumer.consume({
+    max_messages: 256,
+    callback: (m) => {
+      if (seen >= n) return
+      JSON.parse(m.string())
+      m.ack()
+      if (++seen === n) done()
+    }
+  })
+  const stuck = setTimeout(done, 120_000)
+  await finished
   const rate = n / seconds(start)
   clearTimeout(stuck)
   if (seen < n) throw new Error(`raw durable consumer: ${seen} of ${n} events in 2 minutes`)

@@ -121,7 +121,49 @@ export const decode = (text: string): Either.Either<Envelope, string> => {
   } catch (e) {
     return Either.left(`not JSON: ${e instanceof Error ? e.message : String(e)}`)
   }
+  return decodeJson(json)
+}
+
+/** @internal The envelope from parsed JSON (`decode` after `JSON.parse`). */
+export const decodeJson = (json: unknown): Either.Either<Envelope, string> => {
+  const fast = fastWire(json)
+  if (fast !== undefined) return Either.right(fast)
   return Either.mapLeft(decodeWire(json) as Either.Either<Envelope, { readonly message: string }>, (e) => e.message)
+}
+
+const isInt = (u: unknown): u is number => typeof u === "number" && Number.isSafeInteger(u)
+const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * @internal What `Wire`'s decode gives for a well-formed envelope, without Schema: every consumer delivery decodes
+ * one, and Schema's decode cost 1.7 µs of the 2.3 µs it took (`tmpexp`-measured: 2.27 µs against 0.54 µs for the
+ * `JSON.parse` alone), a sixth of a delivery. `undefined` for anything it does not accept outright: `decode` then
+ * asks Schema, so errors and edge cases keep Schema's answers (a property test holds the two equal).
+ */
+export const fastWire = (u: unknown): Envelope | undefined => {
+  if (!isObject(u)) return undefined
+  const { eventId, metadata, position, recordedAt, schemaVersion, streamId, streamType, type, version } = u
+  if (
+    typeof eventId !== "string" || typeof streamId !== "string" || typeof streamType !== "string" || !isInt(version) ||
+    !isInt(position) || typeof type !== "string" || !isInt(schemaVersion) || typeof recordedAt !== "string" ||
+    !isObject(metadata)
+  ) return undefined
+  const millis = Date.parse(recordedAt)
+  if (Number.isNaN(millis)) return undefined
+  // (a `__proto__` key: Schema's record decode assigns it; leave that case to Schema)
+  if (Object.hasOwn(metadata, "__proto__")) return undefined
+  return {
+    eventId,
+    streamId,
+    streamType,
+    version,
+    position,
+    type,
+    schemaVersion,
+    recordedAt: DateTime.unsafeMake(millis),
+    metadata: { ...metadata },
+    payload: u.payload
+  }
 }
 
 /**

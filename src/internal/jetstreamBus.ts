@@ -20,9 +20,12 @@
 import * as JetStream from "@nats-io/jetstream"
 import * as Transport from "@nats-io/transport-node"
 import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
@@ -56,6 +59,20 @@ interface DeadLetterWire {
   readonly failedAt: number
   readonly envelope?: unknown
   readonly raw?: string
+}
+
+/**
+ * A delivery whose sequence and attempt are read from the message's reply subject only when asked for (by a handler,
+ * or when it fails): parsing it for every delivery cost as much as the rest of a successful one.
+ */
+class Delivered implements Bus.Delivery {
+  constructor(readonly consumer: string, private readonly m: JetStream.JsMsg) {}
+  get sequence(): number {
+    return this.m.seq
+  }
+  get attempt(): number {
+    return this.m.info.deliveryCount
+  }
 }
 
 export const make = (
@@ -319,12 +336,11 @@ export const make = (
 
           const handle = (m: JetStream.JsMsg): Effect.Effect<void, never, any> => {
             const decoded = decodeMessage(m)
-            const attempt = m.info.deliveryCount
             if (Either.isLeft(decoded)) {
               // not an envelope: no handler can take it
               return settle(m, undefined, m.string(), { _tag: "dead", error: `not an event envelope: ${decoded.left}` })
             }
-            const delivery: Bus.Delivery = { consumer: name, sequence: m.seq, attempt }
+            const delivery: Bus.Delivery = new Delivered(name, m)
             return Bus.deliver(settings, recent, handler, decoded.right, delivery).pipe(
               Effect.flatMap((outcome) => settle(m, decoded.right, undefined, outcome)),
               // the delivery in hand finishes (and is settled) before the scope's close stops the loop
@@ -332,23 +348,56 @@ export const make = (
             )
           }
 
-          const loop = Effect.acquireRelease(
-            Effect.tryPromise({
-              try: () => consumer.consume({ max_messages: 256, expires: pullExpiry }),
-              catch: busError(`consume ${name}`)
-            }),
-            (messages) =>
-              Effect.ignore(Effect.timeout(Effect.interruptible(Effect.promise(() => messages.close().catch(() => undefined))), "2 seconds"))
-          ).pipe(
-            Effect.tap((messages) =>
-              // what the client does about a lost pull (missed heartbeats, a consumer leader moving) is worth a line
-              iterate(messages.status(), (e) => e, (n) =>
-                n.type === "heartbeats_missed" || n.type === "no_responders" || n.type === "consumer_not_found" ||
-                  n.type === "stream_not_found"
-                  ? Effect.logWarning(`bus consumer ${name}: ${n.type}`)
-                  : Effect.void).pipe(Effect.ignore, Effect.forkScoped)
-            ),
-            Effect.flatMap((messages) => iterate(messages, busError(`consume ${name}`), handle)),
+          // Deliveries arrive through the client's callback into a buffer that the loop drains a chunk at a time:
+          // a promise per message through the client's async iterator cost more than the rest of a delivery.
+          // (The client pulls ahead either way, up to the consumer's max_ack_pending.)
+          const loop = Effect.gen(function*() {
+            const buffer: Array<JetStream.JsMsg> = []
+            let waiting: Deferred.Deferred<void> | undefined
+            const wake = () => {
+              const d = waiting
+              waiting = undefined
+              if (d !== undefined) Deferred.unsafeDone(d, Exit.void)
+            }
+            const messages = yield* Effect.acquireRelease(
+              Effect.tryPromise({
+                try: () =>
+                  consumer.consume({
+                    max_messages: 256,
+                    expires: pullExpiry,
+                    callback: (m) => {
+                      buffer.push(m)
+                      wake()
+                    }
+                  }),
+                catch: busError(`consume ${name}`)
+              }),
+              (messages) =>
+                Effect.ignore(Effect.timeout(Effect.interruptible(Effect.promise(() => messages.close().catch(() => undefined))), "2 seconds"))
+            )
+            // what the client does about a lost pull (missed heartbeats, a consumer leader moving) is worth a line
+            yield* iterate(messages.status(), (e) => e, (n) =>
+              n.type === "heartbeats_missed" || n.type === "no_responders" || n.type === "consumer_not_found" ||
+                n.type === "stream_not_found"
+                ? Effect.logWarning(`bus consumer ${name}: ${n.type}`)
+                : Effect.void).pipe(Effect.ignore, Effect.forkScoped)
+            let closed = false
+            messages.closed().then(() => {
+              closed = true
+              wake()
+            }, () => {
+              closed = true
+              wake()
+            })
+            const drain: Effect.Effect<void, never, any> = Effect.suspend(() => {
+              if (buffer.length > 0) return Effect.zipRight(Effect.forEach(buffer.splice(0), handle, { discard: true }), drain)
+              if (closed) return Effect.void
+              const d = Deferred.unsafeMake<void>(FiberId.none)
+              waiting = d
+              return Effect.zipRight(Deferred.await(d), drain)
+            })
+            yield* drain
+          }).pipe(
             Effect.scoped,
             Effect.zipRight(Effect.fail(new Bus.BusError({ operation: `consume ${name}`, reason: "the consumer stopped" }))),
             Effect.tapError((e) => Effect.logWarning(`bus consumer ${name}: ${e.reason}; pulling again`)),
