@@ -351,9 +351,13 @@ export interface Settings {
   readonly delay: (attempt: number) => number
   readonly ackWaitMillis: number
   readonly dedupeWindow: number
-  /** One increment per outcome, made once (a metric tagged at each update would look its series up every time). */
-  readonly counted: Record<"ack" | "skip" | "duplicate" | "nak" | "dead-letter", Effect.Effect<void>>
+  /** Deliveries by outcome since the last `flush` (counted in plain numbers: a metric update per delivery showed). */
+  readonly tally: Record<Outcomes, number>
+  /** Adds the tally to `Telemetry.busDeliveries` (after each chunk of deliveries) and zeroes it. */
+  readonly flush: Effect.Effect<void>
 }
+
+type Outcomes = "ack" | "skip" | "duplicate" | "nak" | "dead-letter"
 
 const defaultBackoff = Schedule.exponential("1 second").pipe(Schedule.union(Schedule.spaced("1 minute")))
 
@@ -396,7 +400,7 @@ export const settingsOf = (options: ConsumeOptions): Either.Either<Settings, Inv
     delay: (attempt) => delays[Math.min(attempt, delays.length) - 1] ?? delays[delays.length - 1] ?? 1000,
     ackWaitMillis: Duration.toMillis(ackWait),
     dedupeWindow,
-    counted: counters(options.name)
+    ...counters(options.name)
   })
 }
 
@@ -457,51 +461,74 @@ export const deliver = <E, R>(
   envelope: Envelope,
   delivery: Delivery
 ): Effect.Effect<Outcome, never, R> => {
-  if (!settings.match(envelope)) return Effect.as(settings.counted.skip, ack)
-  if (recent.has(envelope.eventId)) return Effect.as(settings.counted.duplicate, ack)
+  const tally = settings.tally
+  if (!settings.match(envelope)) {
+    tally.skip++
+    return acked
+  }
+  if (recent.has(envelope.eventId)) {
+    tally.duplicate++
+    return acked
+  }
   return Effect.suspend(() => handler(envelope, delivery)).pipe(
     Effect.matchCauseEffect({
       onSuccess: () => {
         recent.add(envelope.eventId)
-        return Effect.as(settings.counted.ack, ack)
+        tally.ack++
+        return acked
       },
       onFailure: (cause): Effect.Effect<Outcome> => {
         if (Cause.isInterruptedOnly(cause)) return Effect.succeed(interrupted)
         const error = reasonOf(cause)
         if (delivery.attempt >= settings.maxDeliver) {
+          tally["dead-letter"]++
           return Effect.as(
-            Effect.zipRight(
-              settings.counted["dead-letter"],
-              Effect.logWarning(
-                `bus consumer ${settings.name}: ${envelope.type} ${envelope.eventId} failed ${delivery.attempt} times, moved to the dead letters: ${error}`
-              )
+            Effect.logWarning(
+              `bus consumer ${settings.name}: ${envelope.type} ${envelope.eventId} failed ${delivery.attempt} times, moved to the dead letters: ${error}`
             ),
             { _tag: "dead", error } as const
           )
         }
-        return Effect.as(settings.counted.nak, {
-          _tag: "retry",
-          delayMillis: settings.delay(delivery.attempt)
-        } as const)
+        tally.nak++
+        return Effect.succeed({ _tag: "retry", delayMillis: settings.delay(delivery.attempt) } as const)
       }
     })
   )
 }
 
-const ack: Outcome = { _tag: "ack" }
+const acked: Effect.Effect<Outcome> = Effect.succeed({ _tag: "ack" })
 const interrupted: Outcome = { _tag: "interrupted" }
 const deliveriesKey = MetricKey.counter("eventstore_bus_deliveries_total", {
   description: "Deliveries handled by event bus consumers, by outcome",
   incremental: true
 })
-/** `Telemetry.busDeliveries` tagged with the consumer and each outcome: the same series, built once. */
-const counters = (consumer: string): Settings["counted"] => {
-  const make = (outcome: string) =>
-    Metric.increment(Metric.fromMetricKey(MetricKey.taggedWithLabels(deliveriesKey, [
-      MetricLabel.make("consumer", consumer),
-      MetricLabel.make("outcome", outcome)
-    ])))
-  return { ack: make("ack"), skip: make("skip"), duplicate: make("duplicate"), nak: make("nak"), "dead-letter": make("dead-letter") }
+/** `Telemetry.busDeliveries` tagged with the consumer and each outcome (the same series), and its tally. */
+const counters = (consumer: string): Pick<Settings, "tally" | "flush"> => {
+  const outcomes: ReadonlyArray<Outcomes> = ["ack", "skip", "duplicate", "nak", "dead-letter"]
+  const metrics = outcomes.map((outcome) =>
+    [
+      outcome,
+      Metric.fromMetricKey(MetricKey.taggedWithLabels(deliveriesKey, [
+        MetricLabel.make("consumer", consumer),
+        MetricLabel.make("outcome", outcome)
+      ]))
+    ] as const
+  )
+  const tally: Record<Outcomes, number> = { ack: 0, skip: 0, duplicate: 0, nak: 0, "dead-letter": 0 }
+  return {
+    tally,
+    flush: Effect.suspend(() => {
+      const updates: Array<Effect.Effect<void>> = []
+      for (const [outcome, metric] of metrics) {
+        const n = tally[outcome]
+        if (n > 0) {
+          tally[outcome] = 0
+          updates.push(Metric.incrementBy(metric, n))
+        }
+      }
+      return updates.length === 0 ? Effect.void : Effect.all(updates, { discard: true })
+    })
+  }
 }
 
 // --- memory --------------------------------------------------------------------------------------------------------
@@ -639,6 +666,7 @@ export const makeMemory: Effect.Effect<EventBusService> = Effect.sync(() => {
                 }
               })
             ),
+            Effect.zipRight(settings.flush),
             // the in-hand delivery finishes before the scope's close interrupts the loop
             Effect.uninterruptible
           )

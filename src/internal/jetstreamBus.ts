@@ -390,7 +390,12 @@ export const make = (
               wake()
             })
             const drain: Effect.Effect<void, never, any> = Effect.suspend(() => {
-              if (buffer.length > 0) return Effect.zipRight(Effect.forEach(buffer.splice(0), handle, { discard: true }), drain)
+              if (buffer.length > 0) {
+                return Effect.forEach(buffer.splice(0), handle, { discard: true }).pipe(
+                  Effect.zipRight(settings.flush),
+                  Effect.zipRight(drain)
+                )
+              }
               if (closed) return Effect.void
               const d = Deferred.unsafeMake<void>(FiberId.none)
               waiting = d
