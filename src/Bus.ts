@@ -60,7 +60,13 @@ import * as Telemetry from "./Telemetry.js"
  */
 export class BusError extends Schema.TaggedError<BusError>()("BusError", {
   operation: Schema.String,
-  reason: Schema.String
+  reason: Schema.String,
+  /**
+   * `false` when trying again cannot help: the broker refused the message itself (larger than its maximum payload,
+   * a subject or header it cannot take, no permission). Absent or `true`: the broker was unreachable, timed out,
+   * or is failing over — the same call may succeed later.
+   */
+  retryable: Schema.optional(Schema.Boolean)
 }) {
   override get message(): string {
     return `event bus ${this.operation} failed: ${this.reason}`
@@ -459,7 +465,9 @@ export const deliver = <E, R>(
   recent: Recent,
   handler: (envelope: Envelope, delivery: Delivery) => Effect.Effect<void, E, R>,
   envelope: Envelope,
-  delivery: Delivery
+  delivery: Delivery,
+  /** Runs the handler interruptibly (the caller's `uninterruptibleMask`): the rest of a delivery is not. */
+  restore: <A, E2, R2>(effect: Effect.Effect<A, E2, R2>) => Effect.Effect<A, E2, R2>
 ): Effect.Effect<Outcome, never, R> => {
   const tally = settings.tally
   if (!settings.match(envelope)) {
@@ -470,7 +478,7 @@ export const deliver = <E, R>(
     tally.duplicate++
     return acked
   }
-  return Effect.suspend(() => handler(envelope, delivery)).pipe(
+  return restore(Effect.suspend(() => handler(envelope, delivery))).pipe(
     Effect.matchCauseEffect({
       onSuccess: () => {
         recent.add(envelope.eventId)
@@ -640,8 +648,9 @@ export const makeMemory: Effect.Effect<EventBusService> = Effect.sync(() => {
           }
           const { attempt, held } = next
           const delivery: Delivery = { consumer: settings.name, sequence: held.sequence, attempt }
-          return deliver(settings, recent, handler, held.envelope, delivery).pipe(
-            Effect.onInterrupt(() => Effect.sync(() => consumer.again.unshift({ held, attempt, at: 0 }))),
+          // The handler is interruptible (its own timeouts work; the scope's close cuts it short, and its event is
+          // delivered again); what becomes of the delivery is settled whatever happens.
+          return Effect.uninterruptibleMask((restore) => deliver(settings, recent, handler, held.envelope, delivery, restore).pipe(
             Effect.flatMap((outcome) =>
               Effect.sync(() => {
                 switch (outcome._tag) {
@@ -666,10 +675,8 @@ export const makeMemory: Effect.Effect<EventBusService> = Effect.sync(() => {
                 }
               })
             ),
-            Effect.zipRight(settings.flush),
-            // the in-hand delivery finishes before the scope's close interrupts the loop
-            Effect.uninterruptible
-          )
+            Effect.zipRight(settings.flush)
+          ))
         })
         yield* Effect.forkScoped(Effect.forever(step))
       }),
@@ -717,7 +724,10 @@ export interface ForwarderOptions {
   readonly streamTypes?: ReadonlyArray<string>
   /**
    * How a batch whose publish failed is tried again; default: from 100 ms, doubling, at most every 5 seconds, for
-   * ever (a broker outage holds the forwarder back; it catches up when the broker is back).
+   * ever (a broker outage holds the forwarder back; it catches up when the broker is back). A publish the broker
+   * refuses for good (`BusError.retryable` false: an event over its maximum payload, say) is not retried here: the
+   * projection runner retries the batch under its own `retry`, then stops the forwarder (`failed`) until an
+   * operator resumes it or parks the event.
    */
   readonly retry?: Schedule.Schedule<unknown, BusError>
 }
@@ -739,7 +749,9 @@ const forwardRetry: Schedule.Schedule<unknown, BusError> = Schedule.exponential(
  *
  * @since 0.1.0
  */
-export const forwarder = (options: ForwarderOptions = {}): Projection.Projection<any, never, EventBus> => {
+export const forwarder = (
+  options: ForwarderOptions = {}
+): Projection.Projection<any, Projection.BatchEventFailed, EventBus> => {
   const retry = options.retry ?? forwardRetry
   return Projection.batch({
     name: options.name ?? "bus-forwarder",
@@ -748,9 +760,21 @@ export const forwarder = (options: ForwarderOptions = {}): Projection.Projection
     handler: (events) =>
       Effect.flatMap(EventBus, (bus) =>
         bus.publish(events).pipe(
-          Effect.tapError((e) => Effect.logWarning(`bus forwarder: ${e.message}; trying the batch again`)),
-          Effect.retry(retry),
-          Effect.orDie
+          Effect.tapError((e) =>
+            e.retryable === false ? Effect.void : Effect.logWarning(`bus forwarder: ${e.message}; trying the batch again`)
+          ),
+          Effect.retry({ schedule: retry, while: (e) => e.retryable !== false }),
+          // refused for good: find the event the broker refuses (one at a time, in log order; those before it go
+          // out, as duplicates where they were out already) and stop there
+          Effect.catchAll((e) =>
+            e.retryable === false
+              ? Effect.forEach(events, (event) =>
+                bus.publish([event]).pipe(
+                  Effect.retry({ schedule: retry, while: (e) => e.retryable !== false }),
+                  Effect.mapError((e) => new Projection.BatchEventFailed({ position: event.position, reason: e.message }))
+                ), { discard: true })
+              : Effect.die(e)
+          )
         ))
   })
 }

@@ -240,6 +240,21 @@ export const make = <A extends { readonly _tag: string }, E = never, R = never>(
 }
 
 /**
+ * What a `batch` handler fails with to name the event of its batch it cannot get past: the projection then stops
+ * at that event (not the batch's first), so that `Projections.park` skips that one event.
+ *
+ * @since 0.1.0
+ */
+export class BatchEventFailed extends Schema.TaggedError<BatchEventFailed>()("BatchEventFailed", {
+  position: Schema.Number,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `the event at position ${this.position} failed: ${this.reason}`
+  }
+}
+
+/**
  * Defines a projection with one handler for each batch of the log: it gets every event of the batch (of
  * `streamTypes` when given), in log order and undecoded (`payload` as stored), and the checkpoint moves past the
  * batch after the handler succeeds. For work outside the checkpoint store's database — shipping events to a broker
@@ -247,7 +262,8 @@ export const make = <A extends { readonly _tag: string }, E = never, R = never>(
  * one. At least once with every checkpoint store: a batch cut short is handed over again, whole.
  *
  * A failing handler is retried under the runner's `retry` like any projection's, then the projection stops
- * (`failed`) at the batch's first event until it is resumed.
+ * (`failed`) at the batch's first event — or at the event a `BatchEventFailed` names — until it is resumed or the
+ * event is parked.
  *
  * @since 0.1.0
  */

@@ -95,6 +95,46 @@ describe("forwarder on the memory bus", () => {
     ))
 })
 
+describe.skipIf(!Fixture.available)("forwarder on JetStream: an event the broker refuses", () => {
+  it.live("stops the forwarder at that event (named, parkable); the rest flows once it is parked", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const bus = yield* Bus.EventBus
+      const a1 = yield* store.append("a", [{ type: "Small", payload: { n: 1 } }])
+      // within the store's 1 MiB, over NATS's default max_payload once wrapped in its envelope
+      const huge = yield* store.append("b", [{ type: "Huge", payload: { blob: "x".repeat(1_048_500) } }])
+      const a2 = yield* store.append("a", [{ type: "Small", payload: { n: 2 } }])
+      const seen: Array<number> = []
+      yield* bus.consume({ name: "after-park" }, (e) => Effect.sync(() => seen.push(e.position)))
+      const projections = yield* Projection.start([Bus.forwarder()], { retry: Schedule.recurs(1) })
+      yield* eventually(() => seen.length >= 1, 10_000, "the first event")
+      const failed = yield* Effect.gen(function*() {
+        for (let i = 0; i < 200; i++) {
+          const s = yield* projections.status("bus-forwarder")
+          if (s.state === "failed") return s
+          yield* Effect.sleep("50 millis")
+        }
+        return yield* Effect.die(new Error("the forwarder did not stop"))
+      })
+      expect(failed.failure?.position).toBe(huge.position)
+      expect(failed.failure?.streamId).toBe("b")
+      const parked = yield* projections.park("bus-forwarder")
+      expect(parked.position).toBe(huge.position)
+      yield* eventually(() => seen.length >= 2, 10_000, "the event after the parked one")
+      yield* Effect.sleep("200 millis")
+      expect(seen).toEqual([a1.position, a2.position])
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Layer.mergeAll(
+        EventStore.layerMemory,
+        Projection.layerMemory,
+        Nats.layerBus({ stream: Fixture.unique("BIG"), prefix: Fixture.unique("big") }).pipe(
+          Layer.provide(Nats.layer({ servers: Fixture.url }))
+        )
+      ))
+    ))
+})
+
 /** The JetStream stream of the bus, and how many messages it holds. */
 const messagesIn = (url: string, stream: string) =>
   Effect.promise(async () => {

@@ -191,6 +191,8 @@ export const make = (
       from: Bus.From | undefined
     ): Stream.Stream<JetStream.JsMsg, Bus.BusError> =>
       Stream.unwrapScoped(Effect.gen(function*() {
+        // the end: the last message in the stream now (later ones are not part of this read)
+        const last = (yield* Effect.tryPromise({ try: () => manager.streams.info(name), catch: busError("replay") })).state.last_seq
         const info = yield* Effect.acquireRelease(
           Effect.tryPromise({
             try: () =>
@@ -206,25 +208,35 @@ export const make = (
           (ci) => Effect.ignore(Effect.timeout(Effect.interruptible(Effect.promise(() => manager.consumers.delete(name, ci.name).catch(() => false))), "2 seconds"))
         )
         const consumer = yield* Effect.tryPromise({ try: () => js.consumers.get(name, info.name), catch: busError("replay") })
-        let left = info.num_pending
+        let done = info.num_pending === 0 || last === 0
         const page = Effect.tryPromise({
           try: async () => {
             const out: Array<JetStream.JsMsg> = []
-            const want = Math.min(left, 256)
-            const batch = await consumer.fetch({ max_messages: want, expires: 5000 })
+            const batch = await consumer.fetch({ max_messages: 256, expires: 5000 })
             for await (const m of batch) {
+              if (m.seq > last) {
+                done = true
+                break
+              }
               out.push(m)
-              left = m.info.pending
-              if (left === 0) break
+              if (m.seq === last || m.info.pending === 0) {
+                done = true
+                break
+              }
             }
             return out
           },
           catch: busError("replay")
         })
         return Stream.repeatEffectChunkOption(Effect.suspend(() =>
-          left === 0 ? Effect.fail(Option.none()) : page.pipe(
+          done ? Effect.fail(Option.none()) : page.pipe(
             Effect.mapError(Option.some),
-            Effect.flatMap((ms) => ms.length === 0 ? Effect.fail(Option.none()) : Effect.succeed(Chunk.unsafeFromArray(ms)))
+            Effect.flatMap((ms) =>
+              ms.length === 0 && !done
+                // messages are pending and none came: not the end of the stream
+                ? Effect.fail(Option.some(new Bus.BusError({ operation: "replay", reason: "no messages came within 5 seconds" })))
+                : Effect.succeed(Chunk.unsafeFromArray(ms))
+            )
           )
         ))
       }))
@@ -256,7 +268,15 @@ export const make = (
       publish: (envelopes) =>
         envelopes.length === 0 ? Effect.void : Effect.tryPromise({
           try: () => publishAll(envelopes),
-          catch: busError("publish")
+          catch: (cause) =>
+            new Bus.BusError({
+              operation: "publish",
+              reason: reasonOf(cause),
+              // the message itself was refused: the same message will be refused again
+              retryable: !(cause instanceof Transport.errors.InvalidArgumentError ||
+                cause instanceof Transport.errors.InvalidSubjectError ||
+                cause instanceof Transport.errors.PermissionViolationError)
+            })
         }).pipe(Effect.zipRight(Metric.incrementBy(publishedMetric, envelopes.length))),
 
       consume: (options, handler) =>
@@ -323,7 +343,8 @@ export const make = (
                 }).pipe(
                   Effect.retry(Schedule.recurs(3).pipe(Schedule.addDelay(() => "200 millis"))),
                   Effect.matchEffect({
-                    onSuccess: () => Effect.sync(() => m.term(outcome.error.slice(0, 200))),
+                    // a bare +TERM: servers before 2.10.4 ignore a +TERM with a reason, and the message would come back
+                    onSuccess: () => Effect.sync(() => m.term()),
                     onFailure: (e) =>
                       Effect.zipRight(
                         Effect.logError(`bus consumer ${name}: could not write a dead letter (${e.reason}); it comes back`),
@@ -341,10 +362,12 @@ export const make = (
               return settle(m, undefined, m.string(), { _tag: "dead", error: `not an event envelope: ${decoded.left}` })
             }
             const delivery: Bus.Delivery = new Delivered(name, m)
-            return Bus.deliver(settings, recent, handler, decoded.right, delivery).pipe(
-              Effect.flatMap((outcome) => settle(m, decoded.right, undefined, outcome)),
-              // the delivery in hand finishes (and is settled) before the scope's close stops the loop
-              Effect.uninterruptible
+            // the handler is interruptible (its own timeouts work; the scope's close cuts it short and the event is
+            // nak'd for another delivery); the delivery is settled whatever happens
+            return Effect.uninterruptibleMask((restore) =>
+              Bus.deliver(settings, recent, handler, decoded.right, delivery, restore).pipe(
+                Effect.flatMap((outcome) => settle(m, decoded.right, undefined, outcome))
+              )
             )
           }
 
@@ -353,6 +376,9 @@ export const make = (
           // (The client pulls ahead either way, up to the consumer's max_ack_pending.)
           const loop = Effect.gen(function*() {
             const buffer: Array<JetStream.JsMsg> = []
+            // the chunk being handled, and where in it
+            let chunk: Array<JetStream.JsMsg> = []
+            let at = 0
             let waiting: Deferred.Deferred<void> | undefined
             const wake = () => {
               const d = waiting
@@ -373,7 +399,16 @@ export const make = (
                 catch: busError(`consume ${name}`)
               }),
               (messages) =>
-                Effect.ignore(Effect.timeout(Effect.interruptible(Effect.promise(() => messages.close().catch(() => undefined))), "2 seconds"))
+                // what was pulled and not handled goes back at once (other processes need not wait out ackWait)
+                Effect.sync(() => {
+                  for (const m of chunk.slice(at + 1)) m.nak()
+                  for (const m of buffer.splice(0)) m.nak()
+                }).pipe(
+                  Effect.zipRight(Effect.ignore(Effect.timeout(
+                    Effect.interruptible(Effect.promise(() => messages.close().catch(() => undefined))),
+                    "2 seconds"
+                  )))
+                )
             )
             // what the client does about a lost pull (missed heartbeats, a consumer leader moving) is worth a line
             yield* iterate(messages.status(), (e) => e, (n) =>
@@ -391,7 +426,11 @@ export const make = (
             })
             const drain: Effect.Effect<void, never, any> = Effect.suspend(() => {
               if (buffer.length > 0) {
-                return Effect.forEach(buffer.splice(0), handle, { discard: true }).pipe(
+                chunk = buffer.splice(0)
+                return Effect.forEach(chunk, (m, i) => {
+                  at = i
+                  return handle(m)
+                }, { discard: true }).pipe(
                   Effect.zipRight(settings.flush),
                   Effect.zipRight(drain)
                 )

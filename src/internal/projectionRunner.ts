@@ -37,6 +37,7 @@ import type {
   TableName
 } from "../Projection.js"
 import {
+  BatchEventFailed,
   CheckpointConflict,
   CheckpointStore,
   generationTable,
@@ -629,11 +630,16 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
    */
   const batchWork = (events: ReadonlyArray<RecordedEvent>): Effect.Effect<void, EventFailure, unknown> =>
     Effect.suspend(() => batchHandler!(events)).pipe(
-      Effect.catchAllCause((cause) =>
-        Cause.isInterruptedOnly(cause)
-          ? Effect.failCause(cause as Cause.Cause<never>)
+      Effect.catchAllCause((cause) => {
+        if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause as Cause.Cause<never>)
+        const failure = Cause.failureOption(cause)
+        const named = Option.isSome(failure) && failure.value instanceof BatchEventFailed
+          ? events.find((e) => e.position === (failure.value as BatchEventFailed).position)
+          : undefined
+        return named !== undefined
+          ? Effect.fail(new EventFailure(named, (failure as Option.Some<BatchEventFailed>).value.reason, true))
           : Effect.fail(new EventFailure(events[0]!, reasonOf(cause), true))
-      )
+      })
     )
 
   /** Commits `events` (consecutive in the log) as one batch; fails with the reason to stop. */

@@ -236,6 +236,46 @@ export const busSuite = (name: string, make: () => Layer.Layer<Bus.EventBus, unk
         expect(yield* bus.deadLetters("poisoned")).toEqual([])
       })))
 
+    it.live("a dead letter stays dead: the event never comes back, even after the ack wait", () =>
+      run(Effect.gen(function*() {
+        const bus = yield* Bus.EventBus
+        const [event] = envelopes("z", 1)
+        let attempts = 0
+        yield* bus.consume({ name: "terminal", maxDeliver: 1, ackWait: "1 second" }, () =>
+          Effect.suspend(() => {
+            attempts++
+            return Effect.fail("no")
+          }))
+        yield* bus.publish([event!])
+        yield* eventually(() => attempts >= 1, 10_000, "the attempt")
+        yield* Effect.sleep("2500 millis")
+        expect(attempts).toBe(1)
+        expect((yield* bus.deadLetters("terminal")).length).toBe(1)
+      })))
+
+    it.live("a handler's own timeout works, and a handler still running when the consumer stops is cut short and delivered again", () =>
+      run(Effect.gen(function*() {
+        const bus = yield* Bus.EventBus
+        const [event] = envelopes("slow", 1)
+        const attempts: Array<number> = []
+        const one = yield* inScope(bus.consume({ name: "slow", backoff: fastRetry, ackWait: "1 second" }, (_, d) =>
+          Effect.suspend(() => {
+            attempts.push(d.attempt)
+            // the first attempt times out by itself; the second hangs until the consumer stops
+            return d.attempt === 1
+              ? Effect.timeoutFail(Effect.never, { duration: "100 millis", onTimeout: () => "timed out" })
+              : Effect.never
+          })))
+        yield* bus.publish([event!])
+        yield* eventually(() => attempts.length >= 2, 10_000, "two attempts")
+        // closing the consumer does not wait for the hanging handler
+        yield* Effect.timeoutFail(one.close, { duration: "5 seconds", onTimeout: () => "the consumer did not stop" })
+        const again: Array<string> = []
+        yield* bus.consume({ name: "slow" }, (e) => Effect.sync(() => again.push(e.eventId)))
+        yield* eventually(() => again.length >= 1, 10_000, "the event again")
+        expect(again).toEqual([event!.eventId])
+      })))
+
     it.live("a handler that dies is retried like one that fails", () =>
       run(Effect.gen(function*() {
         const bus = yield* Bus.EventBus
