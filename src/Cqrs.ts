@@ -39,6 +39,7 @@ import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Dispatch from "./internal/cqrsDispatch.js"
 import * as CqrsNats from "./internal/cqrsNats.js"
+import type { InvalidInput } from "./Errors.js"
 import type { NatsClient, NatsError } from "./Nats.js"
 
 // --- errors ---------------------------------------------------------------------------------------------------------
@@ -517,6 +518,9 @@ export interface ServeOptions<RM = never> extends DispatchOptions<RM> {
  *
  * No retry here: a command that meets a concurrent write is retried by its aggregate's own schedule.
  *
+ * Fails with `InvalidInput` when `prefix` or `queue` is not made of NATS subject tokens (letters, digits, `_`, `-`),
+ * and with `NatsError` when NATS refuses the subscriptions.
+ *
  * @example
  * ```ts
  * const Server = Layer.scopedDiscard(Cqrs.serve(BankHandlers, { trustPrincipal: true })).pipe(
@@ -529,7 +533,7 @@ export interface ServeOptions<RM = never> extends DispatchOptions<RM> {
 export const serve = <Defs extends Definition.Any, R, RM = never>(
   handlers: Handlers<Defs, R>,
   options: ServeOptions<RM> = {}
-): Effect.Effect<void, NatsError, Scope.Scope | NatsClient | R | RM> => CqrsNats.serve(handlers, options)
+): Effect.Effect<void, NatsError | InvalidInput, Scope.Scope | NatsClient | R | RM> => CqrsNats.serve(handlers, options)
 
 /**
  * Options of `client`.
@@ -553,7 +557,8 @@ export interface ClientOptions {
  * enclosing request's; without one the server makes it), tenant, principal and the current span's `traceparent` (in a
  * span `Cqrs.request <name>` when a tracer is installed), and decodes the reply: the success, a declared failure as an
  * instance of its class, or one of this module's errors. No reply within the timeout is a `TimeoutError`; no server
- * on the subject, or a closed connection, is `Unavailable`.
+ * on the subject, or a closed connection, is `Unavailable`. Making the client fails with `InvalidInput` for a
+ * `prefix` that is not made of NATS subject tokens.
  *
  * @example
  * ```ts
@@ -568,4 +573,4 @@ export interface ClientOptions {
 export const client = <Defs extends Definition.Any>(
   group: Group<string, Defs>,
   options: ClientOptions = {}
-): Effect.Effect<Client<Defs>, never, NatsClient> => CqrsNats.client(group, options)
+): Effect.Effect<Client<Defs>, InvalidInput, NatsClient> => CqrsNats.client(group, options)

@@ -81,7 +81,7 @@ const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.mess
 /**
  * Connects, and drains the connection when the scope closes (in-flight requests and acks finish, subscriptions stop;
  * after `drainTimeout` it is closed). Reconnects are automatic: each disconnect, reconnect and server error is a
- * log line, `nats_connected` is 1 while connected, and `nats_reconnects_total` counts reconnects.
+ * log line, `eventstore_nats_connected` is 1 while connected, and `eventstore_nats_reconnects_total` counts reconnects.
  *
  * @since 0.1.0
  */
@@ -153,7 +153,7 @@ export const make = (options: Options = {}): Effect.Effect<NatsClientService, Na
  *
  * @example
  * ```ts
- * const Live = Bus.layerNats({ stream: "BANK" }).pipe(Layer.provide(Nats.layer({ servers: "nats://127.0.0.1:4222" })))
+ * const Live = Nats.layerBus({ stream: "BANK" }).pipe(Layer.provide(Nats.layer({ servers: "nats://127.0.0.1:4222" })))
  * ```
  *
  * @since 0.1.0

@@ -490,7 +490,8 @@ const prepare = (options: Prepared): Effect.Effect<NatsServerService, never, Sco
       if (!alive(current)) return Effect.void
       const running = current
       running.child.kill("SIGTERM")
-      return Deferred.await(running.exited).pipe(
+      // interruptible: this also runs as the scope's finalizer, where the time limit could not otherwise end the wait
+      return Effect.interruptible(Deferred.await(running.exited)).pipe(
         Effect.timeout(stopTimeout),
         Effect.catchAll(() => Effect.zipRight(Effect.sync(() => running.child.kill("SIGKILL")), awaitExit(running)))
       )

@@ -36,6 +36,7 @@ import type {
   ServeOptions
 } from "../Cqrs.js"
 import { InternalError, Principal, RequestContext, TimeoutError, Unavailable, ValidationError } from "../Cqrs.js"
+import { InvalidInput } from "../Errors.js"
 import { NatsClient, NatsError } from "../Nats.js"
 import {
   checkToken,
@@ -123,9 +124,15 @@ export const parseTraceparent = (value: string): Tracer.ExternalSpan | undefined
 const subjectOf = (prefix: string, group: string, definition: Definition.Any) =>
   `${prefix}.${definition.kind === "command" ? "cmd" : "qry"}.${group}.${definition.name}`
 
-const checkPrefix = (prefix: string) => {
-  for (const token of prefix.split(".")) checkToken("subject prefix token", token)
-}
+/** The options that become subject tokens or the queue group, checked before anything reaches NATS. */
+const checkOptions = (prefix: string, queue?: string): Effect.Effect<void, InvalidInput> =>
+  Effect.try({
+    try: () => {
+      for (const token of prefix.split(".")) checkToken("subject prefix token", token)
+      if (queue !== undefined) checkToken("queue group", queue)
+    },
+    catch: (e) => new InvalidInput({ field: "options", reason: reasonOf(e) })
+  })
 
 const decoder = new TextDecoder()
 
@@ -175,12 +182,12 @@ const reply = (
 export const serve = <Defs extends Definition.Any, R, RM>(
   handlers: Handlers<Defs, R>,
   options: ServeOptions<RM>
-): Effect.Effect<void, NatsError, Scope.Scope | NatsClient | R | RM> =>
+): Effect.Effect<void, NatsError | InvalidInput, Scope.Scope | NatsClient | R | RM> =>
   Effect.gen(function*() {
     const { connection } = yield* NatsClient
     const prefix = options.prefix ?? "svc"
-    checkPrefix(prefix)
     const queue = options.queue ?? handlers.group.name
+    yield* checkOptions(prefix, queue)
     const trustPrincipal = options.trustPrincipal === true
     const decodePrincipal = Schema.decodeUnknownEither(Principal)
     const runtime = yield* Effect.runtime<R | RM>()
@@ -277,7 +284,8 @@ export const serve = <Defs extends Definition.Any, R, RM>(
           Effect.interruptible,
           Effect.timeout(options.drainTimeout ?? "10 seconds"),
           Effect.ignore,
-          Effect.zipRight(Effect.suspend(() => Fiber.interruptAll(inFlight)))
+          // interrupted without waiting for them: a handler in an uninterruptible region must not hold the close
+          Effect.zipRight(Effect.suspend(() => Effect.forEach(Array.from(inFlight), Fiber.interruptFork, { discard: true })))
         )
     )
     // the server has the subscriptions once it answers a ping sent after them
@@ -327,10 +335,9 @@ const decodeReply = (entry: Entry, msg: Transport.Msg): Effect.Effect<unknown, u
 export const client = <Defs extends Definition.Any>(
   group: Group<string, Defs>,
   options: ClientOptions
-): Effect.Effect<Client<Defs>, never, NatsClient> =>
-  Effect.map(NatsClient, ({ connection }) => {
+): Effect.Effect<Client<Defs>, InvalidInput, NatsClient> =>
+  Effect.zipRight(checkOptions(options.prefix ?? "svc"), NatsClient).pipe(Effect.map(({ connection }) => {
     const prefix = options.prefix ?? "svc"
-    checkPrefix(prefix)
     const defaultTimeout = Duration.toMillis(options.timeout ?? "5 seconds")
     const defaultPrincipal = options.principal === undefined ? undefined : JSON.stringify(options.principal)
     return makeClient(group, (entry) => {
@@ -397,4 +404,4 @@ export const client = <Defs extends Definition.Any>(
             send(spanCorrelationId, tenantId, principal, body, timeout, span))
         })
     })
-  })
+  }))
