@@ -252,8 +252,10 @@ export interface ConsumeOptions {
   readonly backoff?: Schedule.Schedule<unknown, unknown>
   /**
    * How long a delivery may go unacknowledged before the broker delivers it again (to any process); default 30
-   * seconds. On JetStream the clock starts when the message reaches the process, which holds up to 256 of them
-   * while it handles them one at a time: with slow handlers, give `ackWait` room for the queue as well.
+   * seconds; the latest `consume` under a name sets it. On JetStream the clock starts when the message reaches the
+   * process, which pulls ahead — up to 1000 unacknowledged deliveries per consumer — and handles them one at a time:
+   * with slow handlers, give `ackWait` room for that queue as well. A delivery that waited past it comes again, and
+   * that counts as an attempt (towards `maxDeliver`).
    */
   readonly ackWait?: Duration.DurationInput
   /** How many handled event ids the consumer remembers to skip their redeliveries; default 10000. */
@@ -304,8 +306,9 @@ export interface EventBusService {
    * Publishes the events, in order per stream: an event goes out once the previous event of its stream in this
    * call is acknowledged; events of different streams are in flight together. Succeeds when all are acknowledged.
    * On a failure the rest of that stream's events in this call are not sent (the other streams' may have been) and
-   * the call fails with `BusError`: publishing the same events again is safe, an event id the bus holds already
-   * (within its duplicate window) is acknowledged without a second copy.
+   * the call fails with `BusError`. Publishing the same events again within the bus's duplicate window is safe: an
+   * event id it has seen within the window is acknowledged without a second copy (the memory bus remembers every
+   * id; JetStream, `duplicateWindow`). After the window, a republished event is a second message.
    */
   readonly publish: (envelopes: ReadonlyArray<Envelope>) => Effect.Effect<void, BusError>
   /**
@@ -327,7 +330,7 @@ export interface EventBusService {
   readonly replay: (options?: {
     readonly filter?: Filter
     readonly from?: From
-  }) => Stream.Stream<readonly [sequence: number, envelope: Envelope], BusError>
+  }) => Stream.Stream<readonly [sequence: number, envelope: Envelope], BusError | InvalidInput>
   /** The consumer's dead letters, oldest first. */
   readonly deadLetters: (consumer: string) => Effect.Effect<ReadonlyArray<DeadLetter>, BusError | InvalidInput>
   /**
@@ -367,6 +370,33 @@ type Outcomes = "ack" | "skip" | "duplicate" | "nak" | "dead-letter"
 
 const defaultBackoff = Schedule.exponential("1 second").pipe(Schedule.union(Schedule.spaced("1 minute")))
 
+/** @internal A duration from its input; `undefined` for one `Duration.decode` cannot read. */
+export const durationOf = (input: Duration.DurationInput): Duration.Duration | undefined => {
+  try {
+    return Duration.decode(input)
+  } catch {
+    return undefined
+  }
+}
+
+/** @internal What is wrong with a `From`, if anything. */
+export const checkFrom = (from: From | undefined): InvalidInput | undefined => {
+  if (from === undefined || from === "all" || from === "new") return undefined
+  if (typeof from === "object" && from !== null) {
+    if ("sequence" in from) {
+      return Number.isSafeInteger(from.sequence) && from.sequence >= 1
+        ? undefined
+        : new InvalidInput({ field: "from", reason: "a sequence is an integer from 1" })
+    }
+    if ("time" in from) {
+      return from.time instanceof Date && Number.isFinite(from.time.getTime())
+        ? undefined
+        : new InvalidInput({ field: "from", reason: "a time is a valid Date" })
+    }
+  }
+  return new InvalidInput({ field: "from", reason: "must be \"all\", \"new\", { sequence } or { time }" })
+}
+
 /** @internal */
 export const settingsOf = (options: ConsumeOptions): Either.Either<Settings, InvalidInput> => {
   if (typeof options.name !== "string" || !CONSUMER_NAME.test(options.name)) {
@@ -377,22 +407,15 @@ export const settingsOf = (options: ConsumeOptions): Either.Either<Settings, Inv
     return Either.left(new InvalidInput({ field: "maxDeliver", reason: "must be an integer from 1 to 1000" }))
   }
   const dedupeWindow = options.dedupeWindow ?? 10_000
-  if (!Number.isInteger(dedupeWindow) || dedupeWindow < 0) {
-    return Either.left(new InvalidInput({ field: "dedupeWindow", reason: "must be a non-negative integer" }))
+  if (!Number.isInteger(dedupeWindow) || dedupeWindow < 0 || dedupeWindow > 1_000_000) {
+    return Either.left(new InvalidInput({ field: "dedupeWindow", reason: "must be an integer from 0 to 1000000" }))
   }
-  const ackWait = Duration.decode(options.ackWait ?? "30 seconds")
-  if (!Duration.isFinite(ackWait) || Duration.toMillis(ackWait) < 1000) {
+  const ackWait = durationOf(options.ackWait ?? "30 seconds")
+  if (ackWait === undefined || !Duration.isFinite(ackWait) || Duration.toMillis(ackWait) < 1000) {
     return Either.left(new InvalidInput({ field: "ackWait", reason: "must be a finite duration of at least 1 second" }))
   }
-  const from = options.from
-  if (from !== undefined && typeof from === "object") {
-    if ("sequence" in from && (!Number.isInteger(from.sequence) || from.sequence < 1)) {
-      return Either.left(new InvalidInput({ field: "from", reason: "a sequence is an integer from 1" }))
-    }
-    if ("time" in from && !(from.time instanceof Date && Number.isFinite(from.time.getTime()))) {
-      return Either.left(new InvalidInput({ field: "from", reason: "must be a valid Date" }))
-    }
-  }
+  const from = checkFrom(options.from)
+  if (from !== undefined) return Either.left(from)
   // the delays of attempts 1..maxDeliver-1, computed once
   const delays = Array.from(
     Schedule.run(Schedule.delays(options.backoff ?? defaultBackoff), 0, Array.from({ length: maxDeliver }, (_, i) => i))
@@ -559,9 +582,9 @@ interface MemoryConsumer {
 /** @internal A filter as a canonical string: two filters with the same sets have the same key. */
 export const filterKey = (filter: Filter | undefined) =>
   JSON.stringify([
-    [...(filter?.streamTypes ?? [])].sort(),
-    [...(filter?.eventTypes ?? [])].sort(),
-    [...(filter?.tenants ?? [])].sort()
+    [...new Set(filter?.streamTypes ?? [])].sort(),
+    [...new Set(filter?.eventTypes ?? [])].sort(),
+    [...new Set(filter?.tenants ?? [])].sort()
   ])
 
 /**
@@ -682,6 +705,8 @@ export const makeMemory: Effect.Effect<EventBusService> = Effect.sync(() => {
       }),
     replay: (options) =>
       Stream.suspend(() => {
+        const bad = checkFrom(options?.from)
+        if (bad !== undefined) return Stream.fail(bad)
         const match = matches(options?.filter)
         const end = log.length
         return Stream.fromIterable(log.slice(startOf(options?.from), end)).pipe(

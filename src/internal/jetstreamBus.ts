@@ -90,10 +90,21 @@ export const make = (
     }
     const dlqStream = `${stream}_DLQ`
     const replicas = options.replicas ?? 1
-    const duplicateWindow = Duration.toMillis(options.duplicateWindow ?? "2 minutes")
-    const maxAge = options.maxAge === undefined ? 0 : Duration.toMillis(options.maxAge)
-    const publishTimeout = Duration.toMillis(options.publishTimeout ?? "5 seconds")
-    const pullExpiry = Duration.toMillis(options.pullExpiry ?? "5 seconds")
+    const millis = (field: string, input: Duration.DurationInput, min: number, max = 2 ** 31 - 1) => {
+      const d = Bus.durationOf(input)
+      const ms = d === undefined || !Duration.isFinite(d) ? NaN : Duration.toMillis(d)
+      return ms >= min && ms <= max
+        ? Effect.succeed(ms)
+        : Effect.fail(new InvalidInput({ field, reason: `must be a finite duration from ${min} ms to ${max} ms` }))
+    }
+    const duplicateWindow = yield* millis("duplicateWindow", options.duplicateWindow ?? "2 minutes", 100, 2 ** 52)
+    const maxAge = options.maxAge === undefined ? 0 : yield* millis("maxAge", options.maxAge, duplicateWindow, 2 ** 52)
+    const publishTimeout = yield* millis("publishTimeout", options.publishTimeout ?? "5 seconds", 1)
+    // the client refuses pulls that expire in under a second
+    const pullExpiry = yield* millis("pullExpiry", options.pullExpiry ?? "5 seconds", 1000)
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > 5) {
+      return yield* new InvalidInput({ field: "replicas", reason: "must be an integer from 1 to 5" })
+    }
     const { jetstream: js, manager } = client
 
     const ensureStream = (config: Partial<JetStream.StreamConfig> & { name: string }) =>
@@ -180,7 +191,12 @@ export const make = (
 
     const deadLetter = (letter: DeadLetterWire) =>
       Effect.tryPromise({
-        try: () => js.publish(`${prefix}.dlq.${letter.consumer}`, encoder.encode(JSON.stringify(letter)), { timeout: publishTimeout }),
+        try: () =>
+          js.publish(`${prefix}.dlq.${letter.consumer}`, encoder.encode(JSON.stringify(letter)), {
+            timeout: publishTimeout,
+            // one letter per message's death, even when writing it is tried again
+            msgID: `${letter.consumer}.${letter.sequence}`
+          }),
         catch: busError("dead letter")
       })
 
@@ -249,17 +265,24 @@ export const make = (
     const lettersOf = (consumer: string) =>
       readStream(dlqStream, `${prefix}.dlq.${consumer}`, "all").pipe(
         Stream.map((m): Bus.DeadLetter => {
-          const wire = m.json<DeadLetterWire>()
-          const envelope = wire.envelope === undefined ? undefined : Bus.decode(JSON.stringify(wire.envelope))
+          let wire: Partial<DeadLetterWire> = {}
+          try {
+            const json = m.json<unknown>()
+            if (typeof json === "object" && json !== null) wire = json as Partial<DeadLetterWire>
+          } catch {
+            // not a dead letter of ours: shown as it is
+          }
+          const envelope = wire.envelope === undefined ? undefined : Bus.decodeJson(wire.envelope)
+          const num = (u: unknown) => typeof u === "number" ? u : 0
           return {
             id: m.seq,
-            consumer: wire.consumer,
+            consumer,
             envelope: envelope !== undefined && Either.isRight(envelope) ? envelope.right : undefined,
-            raw: wire.raw,
-            error: wire.error,
-            deliveries: wire.deliveries,
-            sequence: wire.sequence,
-            failedAt: wire.failedAt
+            raw: typeof wire.raw === "string" ? wire.raw : wire.envelope === undefined ? m.string() : undefined,
+            error: typeof wire.error === "string" ? wire.error : "not a dead letter written by this library",
+            deliveries: num(wire.deliveries),
+            sequence: num(wire.sequence),
+            failedAt: num(wire.failedAt)
           }
         })
       )
@@ -310,6 +333,14 @@ export const make = (
               try: () => manager.consumers.add(stream, config),
               catch: busError(`create consumer ${name}`)
             })
+          } else if (existing.config.ack_wait !== config.ack_wait &&
+            (existing.config.filter_subject ?? `${prefix}.*.*.*`) === filter &&
+            (existing.config.description ?? config.description) === config.description) {
+            // the same consumer with another ackWait: the latest consume sets it
+            yield* Effect.tryPromise({
+              try: () => manager.consumers.update(stream, name, { ack_wait: config.ack_wait! }),
+              catch: busError(`update consumer ${name}`)
+            })
           } else if (
             (existing.config.filter_subject ?? `${prefix}.*.*.*`) !== filter ||
             (existing.config.description?.startsWith("effect-eventstore filter ") === true &&
@@ -323,6 +354,7 @@ export const make = (
             catch: busError(`consumer ${name}`)
           })
 
+          const handBack: Array<JetStream.JsMsg> = []
           const settle = (m: JetStream.JsMsg, envelope: Bus.Envelope | undefined, raw: string | undefined, outcome: Bus.Outcome) => {
             switch (outcome._tag) {
               case "ack":
@@ -330,7 +362,9 @@ export const make = (
               case "retry":
                 return Effect.sync(() => m.nak(outcome.delayMillis))
               case "interrupted":
-                return Effect.sync(() => m.nak())
+                // the consumer is stopping: handed back once its pull is closed (a nak now could be delivered
+                // straight back to the pull being closed, and then wait out ackWait)
+                return Effect.sync(() => handBack.push(m))
               case "dead":
                 // the letter first: if it cannot be written, the message comes back (nothing is dropped)
                 return deadLetter({
@@ -379,6 +413,7 @@ export const make = (
             // the chunk being handled, and where in it
             let chunk: Array<JetStream.JsMsg> = []
             let at = 0
+            let closing = false
             let waiting: Deferred.Deferred<void> | undefined
             const wake = () => {
               const d = waiting
@@ -392,6 +427,8 @@ export const make = (
                     max_messages: 256,
                     expires: pullExpiry,
                     callback: (m) => {
+                      // (while closing, what still arrives goes straight back)
+                      if (closing) return m.nak()
                       buffer.push(m)
                       wake()
                     }
@@ -401,13 +438,17 @@ export const make = (
               (messages) =>
                 // what was pulled and not handled goes back at once (other processes need not wait out ackWait)
                 Effect.sync(() => {
-                  for (const m of chunk.slice(at + 1)) m.nak()
-                  for (const m of buffer.splice(0)) m.nak()
+                  closing = true
                 }).pipe(
                   Effect.zipRight(Effect.ignore(Effect.timeout(
                     Effect.interruptible(Effect.promise(() => messages.close().catch(() => undefined))),
                     "2 seconds"
-                  )))
+                  ))),
+                  Effect.zipRight(Effect.sync(() => {
+                    for (const m of handBack.splice(0)) m.nak()
+                    for (const m of chunk.slice(at + 1)) m.nak()
+                    for (const m of buffer.splice(0)) m.nak()
+                  }))
                 )
             )
             // what the client does about a lost pull (missed heartbeats, a consumer leader moving) is worth a line
@@ -453,6 +494,8 @@ export const make = (
         }),
 
       replay: (opts) => {
+        const bad = Bus.checkFrom(opts?.from)
+        if (bad !== undefined) return Stream.fail(bad)
         const match = Bus.matches(opts?.filter)
         return readStream(stream, filterSubject(opts?.filter), opts?.from ?? "all").pipe(
           Stream.filterMap((m) => {
