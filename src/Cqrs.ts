@@ -17,7 +17,8 @@
  *   payload).
  * - Request headers, all optional, names case-insensitive:
  *   - `es-correlation-id`: the request's correlation id (the server makes one when it is absent);
- *   - `es-tenant-id`: the tenant the request is for;
+ *   - `es-tenant-id`: the tenant the request is for (a tenant id as `Tenancy.pattern` has it; another is answered
+ *     with a `ValidationError`);
  *   - `es-principal`: who sends it, `{"id":"alice","roles":["teller"]}`; read only by a server started with
  *     `trustPrincipal: true`;
  *   - `traceparent`: W3C trace context; the server's span is a child of it.
@@ -427,8 +428,10 @@ export interface DispatchOptions<RM = never> {
  * @since 0.1.0
  */
 export interface CallOptions {
+  /** From 1 ms to 2^31 - 1 ms (about 24 days); another is a `ValidationError`, and nothing is sent. */
   readonly timeout?: Duration.DurationInput
   readonly correlationId?: string
+  /** A tenant id (`Tenancy.pattern`); another is a `ValidationError`, and nothing is sent. */
   readonly tenantId?: string
   readonly principal?: Principal
 }

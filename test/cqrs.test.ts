@@ -175,6 +175,30 @@ describe.skipIf(!Fixture.available)("Cqrs over NATS", () => {
         .toEqual({ _tag: "Success", value: { balance: 5 } })
     }).pipe(Effect.provide(NatsLive)))
 
+  it.scopedLive("a tenant that is not a tenant id, or a timeout Node cannot keep, is a ValidationError", () =>
+    Effect.gen(function*() {
+      const { bank, prefix } = yield* setup()
+      const badTenant = yield* Effect.flip(bank.Balance({ accountId: "a1" }, { tenantId: "two words" }))
+      expect(badTenant._tag).toBe("ValidationError")
+      const tooLong = yield* Effect.flip(bank.Balance({ accountId: "a1" }, { timeout: "30 days" }))
+      expect(tooLong._tag).toBe("ValidationError")
+      const zero = yield* Effect.flip(bank.Balance({ accountId: "a1" }, { timeout: 0 }))
+      expect(zero._tag).toBe("ValidationError")
+      // a raw client's header is checked by the server
+      expect(yield* raw(`${prefix}.qry.bank.Balance`, `{"accountId":"a1"}`, { "es-tenant-id": "-nope" }))
+        .toMatchObject({ _tag: "Failure", error: { _tag: "ValidationError" } })
+    }).pipe(Effect.provide(NatsLive)))
+
+  it.scopedLive("a prefix or queue group that is not subject tokens is InvalidInput, before anything reaches NATS", () =>
+    Effect.gen(function*() {
+      const serve = yield* Effect.flip(Cqrs.serve(makeHandlers("q"), { prefix: "a b" }))
+      expect(serve._tag).toBe("InvalidInput")
+      const queue = yield* Effect.flip(Cqrs.serve(makeHandlers("q"), { prefix: Fixture.unique("q"), queue: "x\r\nPUB" }))
+      expect(queue._tag).toBe("InvalidInput")
+      const client = yield* Effect.flip(Cqrs.client(Bank, { prefix: "svc.>" }))
+      expect(client._tag).toBe("InvalidInput")
+    }).pipe(Effect.provide(NatsLive)))
+
   it.scopedLive("a payload failing its schema is a ValidationError, on the server and before sending", () =>
     Effect.gen(function*() {
       const { prefix, bank } = yield* setup()

@@ -37,6 +37,7 @@ import type {
 } from "../Cqrs.js"
 import { InternalError, Principal, RequestContext, TimeoutError, Unavailable, ValidationError } from "../Cqrs.js"
 import { InvalidInput } from "../Errors.js"
+import { TENANT_PATTERN } from "./codec.js"
 import { NatsClient, NatsError } from "../Nats.js"
 import {
   checkToken,
@@ -57,6 +58,8 @@ import * as Tracing from "./tracing.js"
 
 const CORRELATION_ID = "es-correlation-id"
 const TENANT_ID = "es-tenant-id"
+/** Node's timers take at most 2^31 - 1 ms (a longer one fires at once). */
+const MAX_TIMEOUT = 2 ** 31 - 1
 const PRINCIPAL = "es-principal"
 const TRACEPARENT = "traceparent"
 
@@ -212,6 +215,9 @@ export const serve = <Defs extends Definition.Any, R, RM>(
           problem = `${PRINCIPAL} header is not JSON: ${reasonOf(cause)}`
         }
       }
+      if (problem === undefined && headers.tenantId !== undefined && !TENANT_PATTERN.test(headers.tenantId)) {
+        problem = `${TENANT_ID} header: not a tenant id (${TENANT_PATTERN})`
+      }
       let input: unknown = undefined
       if (problem === undefined && msg.data.length > 0) {
         try {
@@ -358,6 +364,14 @@ export const client = <Defs extends Definition.Any>(
         if ((correlationId !== undefined && CRLF.test(correlationId)) || (tenantId !== undefined && CRLF.test(tenantId))) {
           return Effect.fail(
             new ValidationError({ request: definition.name, reason: "headers: values cannot contain CR or LF" })
+          )
+        }
+        if (tenantId !== undefined && !TENANT_PATTERN.test(tenantId)) {
+          return Effect.fail(new ValidationError({ request: definition.name, reason: `tenantId: not a tenant id (${TENANT_PATTERN})` }))
+        }
+        if (!(timeout >= 1 && timeout <= MAX_TIMEOUT)) {
+          return Effect.fail(
+            new ValidationError({ request: definition.name, reason: `timeout: must be from 1 ms to ${MAX_TIMEOUT} ms` })
           )
         }
         const headers = new MsgHdrsImpl()

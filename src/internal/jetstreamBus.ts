@@ -30,6 +30,7 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
+import { createHash } from "node:crypto"
 import * as Bus from "../Bus.js"
 import { iterate } from "./asyncIterate.js"
 import { InvalidInput } from "../Errors.js"
@@ -316,7 +317,8 @@ export const make = (
             filter_subject: filter,
             // the whole filter (the server filters on one subject; several values are filtered here): a later
             // consume under this name with another filter is refused, as on every backend
-            description: `effect-eventstore filter ${Bus.filterKey(options.filter)}`,
+            // (a digest: the server takes descriptions up to 4 KiB, a filter can be longer)
+            description: `effect-eventstore filter ${createHash("sha256").update(Bus.filterKey(options.filter)).digest("hex")}`,
             ...deliverPolicy(options.from)
           }
           const existing = yield* Effect.tryPromise({
@@ -454,7 +456,7 @@ export const make = (
             // what the client does about a lost pull (missed heartbeats, a consumer leader moving) is worth a line
             yield* iterate(messages.status(), (e) => e, (n) =>
               n.type === "heartbeats_missed" || n.type === "no_responders" || n.type === "consumer_not_found" ||
-                n.type === "stream_not_found"
+                n.type === "stream_not_found" || n.type === "consumer_deleted"
                 ? Effect.logWarning(`bus consumer ${name}: ${n.type}`)
                 : Effect.void).pipe(Effect.ignore, Effect.forkScoped)
             let closed = false
@@ -486,9 +488,10 @@ export const make = (
             Effect.scoped,
             Effect.zipRight(Effect.fail(new Bus.BusError({ operation: `consume ${name}`, reason: "the consumer stopped" }))),
             Effect.tapError((e) => Effect.logWarning(`bus consumer ${name}: ${e.reason}; pulling again`)),
-            // a closed connection ends the consumer (its layer is closing); anything else is pulled again
+            // a closed connection ends the consumer (its layer is closing, or it gave up reconnecting); anything else
+            // is pulled again
             Effect.retry({ schedule: Schedule.spaced("1 second"), while: () => !client.connection.isClosed() }),
-            Effect.ignore
+            Effect.catchAll(() => Effect.logError(`bus consumer ${name}: the NATS connection is closed; the consumer stopped`))
           )
           yield* Effect.forkScoped(loop)
         }),
