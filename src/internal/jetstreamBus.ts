@@ -32,19 +32,11 @@ import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import { createHash } from "node:crypto"
 import * as Bus from "../Bus.js"
+import type { BusOptions } from "../Nats.js"
 import { iterate } from "./asyncIterate.js"
 import { InvalidInput } from "../Errors.js"
 import * as Telemetry from "../Telemetry.js"
 
-export interface BusOptions {
-  readonly stream?: string
-  readonly prefix?: string
-  readonly duplicateWindow?: Duration.DurationInput
-  readonly replicas?: number
-  readonly maxAge?: Duration.DurationInput
-  readonly publishTimeout?: Duration.DurationInput
-  readonly pullExpiry?: Duration.DurationInput
-}
 
 const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 const busError = (operation: string) => (cause: unknown) => new Bus.BusError({ operation, reason: reasonOf(cause) })
