@@ -27,6 +27,7 @@
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
 import * as Deferred from "effect/Deferred"
@@ -357,7 +358,8 @@ export interface Settings {
   readonly name: string
   readonly match: (envelope: Envelope) => boolean
   readonly maxDeliver: number
-  readonly delay: (attempt: number) => number
+  /** The backoff's delay after attempt n failed, in ms (run only on a failure: not on the path of a success). */
+  readonly delay: (attempt: number) => Effect.Effect<number>
   readonly ackWaitMillis: number
   readonly dedupeWindow: number
   /** Deliveries by outcome since the last `flush` (counted in plain numbers: a metric update per delivery showed). */
@@ -416,17 +418,17 @@ export const settingsOf = (options: ConsumeOptions): Either.Either<Settings, Inv
   }
   const from = checkFrom(options.from)
   if (from !== undefined) return Either.left(from)
-  // the delays of attempts 1..maxDeliver-1, computed once
-  const delays = Array.from(
-    Schedule.run(Schedule.delays(options.backoff ?? defaultBackoff), 0, Array.from({ length: maxDeliver }, (_, i) => i))
-      .pipe(Effect.runSync),
-    (d) => Duration.toMillis(d)
-  )
+  const backoff = options.backoff ?? defaultBackoff
   return Either.right({
     name: options.name,
     match: matches(options.filter),
     maxDeliver,
-    delay: (attempt) => delays[Math.min(attempt, delays.length) - 1] ?? delays[delays.length - 1] ?? 1000,
+    // the schedule's first `attempt` delays (fewer if it ends sooner); the last of them
+    delay: (attempt) =>
+      Effect.map(
+        Schedule.run(Schedule.delays(backoff), 0, Array.from({ length: attempt }, (_, i) => i)),
+        (delays) => Option.match(Chunk.last(delays), { onNone: () => 1000, onSome: Duration.toMillis })
+      ),
     ackWaitMillis: Duration.toMillis(ackWait),
     dedupeWindow,
     ...counters(options.name)
@@ -521,7 +523,7 @@ export const deliver = <E, R>(
           )
         }
         tally.nak++
-        return Effect.succeed({ _tag: "retry", delayMillis: settings.delay(delivery.attempt) } as const)
+        return Effect.map(settings.delay(delivery.attempt), (delayMillis) => ({ _tag: "retry", delayMillis } as const))
       }
     })
   )

@@ -376,7 +376,7 @@ export const make = (
                     onFailure: (e) =>
                       Effect.zipRight(
                         Effect.logError(`bus consumer ${name}: could not write a dead letter (${e.reason}); it comes back`),
-                        Effect.sync(() => m.nak(settings.delay(settings.maxDeliver)))
+                        Effect.flatMap(settings.delay(settings.maxDeliver), (ms) => Effect.sync(() => m.nak(ms)))
                       )
                   })
                 )
