@@ -19,6 +19,8 @@ export * as Event from "./Event.js"
 /** @since 0.1.0 */
 export * as EventStore from "./EventStore.js"
 /** @since 0.1.0 */
+export * as Health from "./Health.js"
+/** @since 0.1.0 */
 export * as Projection from "./Projection.js"
 /** @since 0.1.0 */
 export * as Seed from "./Seed.js"
