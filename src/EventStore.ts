@@ -7,7 +7,7 @@
  */
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
-import type * as Effect from "effect/Effect"
+import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Option from "effect/Option"
 import type * as Stream from "effect/Stream"
@@ -23,6 +23,7 @@ import {
   UniqueConstraintViolation
 } from "./Errors.js"
 import type { Metadata, NewEvent, RecordedEvent } from "./Event.js"
+import * as Health from "./Health.js"
 import * as Memory from "./internal/memory.js"
 
 export {
@@ -219,8 +220,12 @@ export class EventStore extends Context.Tag("effect-eventstore/EventStore")<Even
 export const makeMemory: Effect.Effect<EventStoreService> = Memory.make
 
 /**
- * The in-memory store as a layer; each build is a fresh, empty store.
+ * The in-memory store as a layer; each build is a fresh, empty store. Registers the `eventstore` health check
+ * (always healthy) when a `Health` service is in context.
  *
  * @since 0.1.0
  */
-export const layerMemory: Layer.Layer<EventStore> = Layer.effect(EventStore, makeMemory)
+export const layerMemory: Layer.Layer<EventStore> = Layer.scoped(
+  EventStore,
+  Effect.tap(makeMemory, () => Health.register("eventstore", Effect.succeed(Health.healthy({ backend: "memory" }))))
+)

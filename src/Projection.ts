@@ -616,11 +616,17 @@ export interface Options {
    * standby in another process takes over at most this long after the active runner died.
    */
   readonly leaseTtl?: Duration.DurationInput
+  /**
+   * Health: a projection more than this many events behind the head reports `degraded` (with its lag) to the
+   * `Health` service, when one is in context; default 1000. A failed one reports `unhealthy`.
+   */
+  readonly lagThreshold?: number
 }
 
 /**
  * Runs `projections` in the background until the scope closes (each stops after its in-flight batch). Each
- * projection runs in only one process at a time per checkpoint store: the others wait as standbys.
+ * projection runs in only one process at a time per checkpoint store: the others wait as standbys. With a `Health`
+ * service in context, registers one check, `projections`, reported per projection as `projections/<name>`.
  *
  * @since 0.1.0
  */

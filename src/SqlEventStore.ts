@@ -56,6 +56,7 @@ import {
 } from "./internal/connection.js"
 import * as GroupCommit from "./internal/groupCommit.js"
 import * as Guards from "./internal/guards.js"
+import * as Health from "./Health.js"
 import type { Replayed } from "./internal/guards.js"
 import * as Migrations from "./internal/migrations.js"
 import { Signal } from "./internal/paging.js"
@@ -536,7 +537,11 @@ export const make = (
     const sql = yield* SqlClient.SqlClient
     yield* migrate
     if (sql.onDialectOrElse({ pg: () => true, orElse: () => false })) return yield* makePg(sql, options)
-    if (isLibsql(sql)) return yield* makeLibsql(sql, options)
+    if (isLibsql(sql)) {
+      const store = yield* makeLibsql(sql, options)
+      yield* Health.register("eventstore", probe("libsql", store.head, Effect.succeed(undefined)))
+      return store
+    }
     const signal = new Signal()
     const background = yield* Background.make(options.shutdownGrace ?? "5 seconds")
     const inline: Inline = { hooks: [] }
@@ -557,8 +562,92 @@ export const make = (
       pollInterval: Duration.decode(options.pollInterval ?? "500 millis")
     })
     if (held !== undefined && isSync(held)) withInline(store, makeInline(held, writer, inline))
+    yield* Health.register(
+      "eventstore",
+      probe(
+        "sqlite",
+        store.head,
+        // the writer's transactions run synchronously from BEGIN to COMMIT: between them the probe cannot interleave
+        held !== undefined && isSync(held)
+          ? Effect.sync(() => writer.free() ? sqliteNotWritable(held) : undefined)
+          : Effect.succeed(undefined)
+      )
+    )
     return onDatabase(store, sql)
   })
+
+// --- health --------------------------------------------------------------------------------------------------------
+
+const messageOf = (cause: unknown): string => {
+  const inner = cause instanceof StoreError ? cause.cause : cause
+  const driver = inner instanceof SqlError ? inner.cause : inner
+  const message = driver instanceof Error ? driver.message : String(driver)
+  const code = codeOf(driver)
+  return code === undefined || message.includes(code) ? message : `${message} (${code})`
+}
+
+/**
+ * The store's health check (`Health.register("eventstore", …)`): reachable — a read of the head — and writable, as
+ * `notWritable` tells (the reason it is not, `undefined` when it is). Writes nothing to the log.
+ */
+const probe = (
+  backend: string,
+  head: Effect.Effect<number, StoreError>,
+  notWritable: Effect.Effect<string | undefined>
+): Health.Check =>
+  Effect.gen(function*() {
+    const started = yield* Clock.currentTimeMillis
+    const read = yield* Effect.either(head)
+    if (Either.isLeft(read)) return Health.unhealthy(`unreachable: ${messageOf(read.left)}`, { backend })
+    const refused = yield* notWritable
+    const latencyMs = (yield* Clock.currentTimeMillis) - started
+    return refused === undefined
+      ? Health.healthy({ backend, head: read.right, latencyMs })
+      : Health.unhealthy(`not writable: ${refused}`, { backend, head: read.right })
+  })
+
+/**
+ * SQLite: takes the write lock and changes the header's `user_version` to its own value, then rolls back, on the
+ * writer connection (as the store's opening checks it; `BEGIN IMMEDIATE` alone succeeds on a read-only file). A lock
+ * held by another process means writable (SQLite refuses a read-only file before it looks at locks).
+ */
+const sqliteNotWritable = (held: SyncConnection): string | undefined => {
+  try {
+    const version = Number((held.executeSync("PRAGMA user_version", [])[0] as { user_version: number }).user_version)
+    try {
+      held.executeSync("BEGIN IMMEDIATE", [])
+    } catch (cause) {
+      if (isBusy(cause)) return undefined
+      throw cause
+    }
+    let refused: unknown = undefined
+    try {
+      held.executeSync(`PRAGMA user_version = ${version}`, [])
+    } catch (cause) {
+      refused = cause
+    }
+    try {
+      held.executeSync("ROLLBACK", [])
+    } catch (cause) {
+      if (refused === undefined) throw cause
+    }
+    return refused === undefined ? undefined : messageOf(refused)
+  } catch (cause) {
+    return messageOf(cause)
+  }
+}
+
+/** PostgreSQL: a standby in recovery, or a session whose transactions are read-only, cannot append. */
+const pgNotWritable = (execute: PgExecute): Effect.Effect<string | undefined> =>
+  execute("", "SELECT pg_is_in_recovery() AS recovery, current_setting('transaction_read_only') AS read_only", []).pipe(
+    Effect.map((rows) => {
+      const row = rows[0] as { readonly recovery?: boolean; readonly read_only?: string } | undefined
+      if (row?.recovery === true) return "the server is a standby in recovery"
+      if (row?.read_only === "on") return "transactions are read-only (default_transaction_read_only)"
+      return undefined
+    }),
+    Effect.catchAll((e) => Effect.succeed(messageOf(e)))
+  )
 
 // --- PostgreSQL ----------------------------------------------------------------------------------------------------
 
@@ -737,7 +826,9 @@ const makePg = (sql: SqlClient.SqlClient, options: Options) =>
           Effect.mapError(statements.fold(streamId, after, limit, withRecordedAt), storeError("read"))
       }
     })
-    return onDatabase(withHeadNow(store, Effect.mapError(statements.head, storeError("head"))), sql)
+    const headNow = Effect.mapError(statements.head, storeError("head"))
+    yield* Health.register("eventstore", probe("postgresql", headNow, pgNotWritable(execute)))
+    return onDatabase(withHeadNow(store, headNow), sql)
   })
 
 // A LibSQL client's transactions: statements made inside one run on its connection (the tag's key is the client's).

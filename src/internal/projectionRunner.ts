@@ -46,6 +46,7 @@ import {
   ProjectionStateError,
   ProjectionTimeout
 } from "../Projection.js"
+import * as Health from "../Health.js"
 import * as Telemetry from "../Telemetry.js"
 import {
   type CommandTransaction,
@@ -259,6 +260,10 @@ export const make = (
       return yield* new InvalidInput({ field: "leaseTtl", reason: "must be a finite duration of at least 10 ms" })
     }
     const retry = options.retry ?? defaultRetry
+    const lagThreshold = options.lagThreshold ?? 1000
+    if (!Number.isSafeInteger(lagThreshold) || lagThreshold < 0) {
+      return yield* new InvalidInput({ field: "lagThreshold", reason: "must be a non-negative integer" })
+    }
     const store = yield* EventStore
     // a tenant's store keeps the tenant's checkpoints (see `alongside`)
     const checkpoints = yield* Effect.flatMap(CheckpointStore, (c) => alongside(c, tenantOf(store), scopeCheckpoints, "CheckpointStore"))
@@ -409,8 +414,37 @@ export const make = (
           )
         }))
     }
+    // one check for all of them: `projections/<name>` in the report, removed when the layer's scope closes (before
+    // the runners stop: the scope's finalizers run in reverse order)
+    yield* Health.register(
+      "projections",
+      Effect.sync(() => new Map(Array.from(runners, ([name, runner]) => [name, healthOf(runner.latest, lagThreshold)])))
+    )
     return service
   })
+
+/**
+ * A projection's health: `failed` is unhealthy (with its failure), more than `lagThreshold` events behind is degraded,
+ * anything else (standby included: another process runs it) healthy; the numbers in `details`.
+ */
+const healthOf = (status: Status, lagThreshold: number): Health.Result => {
+  const details = {
+    state: status.state,
+    checkpoint: status.checkpoint,
+    head: status.head,
+    lag: status.lag,
+    lagMillis: status.lagMillis,
+    eventsPerSecond: Math.round(status.eventsPerSecond * 10) / 10
+  }
+  if (status.state === "failed") {
+    return Health.unhealthy(status.failure !== undefined ? status.failure.message : "failed", details)
+  }
+  if (status.state === "stopped") return Health.unhealthy("stopped", details)
+  if (status.state !== "standby" && status.lag > lagThreshold) {
+    return Health.degraded(`${status.lag} events behind the head (more than ${lagThreshold})`, details)
+  }
+  return Health.healthy(details)
+}
 
 interface Env {
   readonly batchSize: number
