@@ -4,6 +4,11 @@
  * queries over NATS request/reply are in `effect-eventstore/Cqrs`; a local `nats-server` for development and tests
  * (started as a child process on a free port) is `effect-eventstore/NatsServer`.
  *
+ * Authentication: a token or user/password in `Options`, or a credential from `effect-eventstore/Credentials`
+ * (`credentials: "<name>"`), followed through its rotations on every reconnect. With a `Health` service in context,
+ * the connection reports itself as `nats`: connected → healthy, disconnected or reconnecting → degraded, closed →
+ * unhealthy.
+ *
  * Needs the optional peers `@nats-io/transport-node` and `@nats-io/jetstream` (3.x); only this subpath (and `Cqrs`)
  * load them.
  *
@@ -21,7 +26,10 @@ import * as Metric from "effect/Metric"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as Bus from "./Bus.js"
+import * as Credentials from "./Credentials.js"
+import * as Health from "./Health.js"
 import { iterate } from "./internal/asyncIterate.js"
 import type { InvalidInput } from "./Errors.js"
 import * as JetStreamBus from "./internal/jetstreamBus.js"
@@ -76,6 +84,19 @@ export interface Options {
   readonly drainTimeout?: Duration.DurationInput
 }
 
+/**
+ * `Options` whose authentication comes from the `Credentials` service: `credentials` names a `Token`, a
+ * `UserPassword` or a `NatsCreds` (a `.creds` body, a user JWT with its nkey seed, or an nkey seed alone). The
+ * connection follows the credential's `changes`: every connect and reconnect authenticates with the latest value,
+ * so after a rotation the next reconnect (a server restart, a config reload that drops the old credential) uses
+ * the new one; the open connection is not dropped for it. `token`, `user` and `password` are ignored.
+ *
+ * @since 0.1.0
+ */
+export interface CredentialsOptions extends Options {
+  readonly credentials: string
+}
+
 const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
 /**
@@ -85,8 +106,16 @@ const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.mess
  *
  * @since 0.1.0
  */
-export const make = (options: Options = {}): Effect.Effect<NatsClientService, NatsError, Scope.Scope> =>
+export const make: {
+  (options: CredentialsOptions): Effect.Effect<
+    NatsClientService,
+    NatsError | Credentials.CredentialsError,
+    Scope.Scope | Credentials.Credentials
+  >
+  (options?: Options): Effect.Effect<NatsClientService, NatsError, Scope.Scope>
+} = ((options: Options | CredentialsOptions = {}) =>
   Effect.gen(function*() {
+    const authenticator = "credentials" in options ? yield* authenticatorFrom(options.credentials) : undefined
     const servers = options.servers === undefined
       ? ["nats://127.0.0.1:4222"]
       : typeof options.servers === "string"
@@ -98,9 +127,13 @@ export const make = (options: Options = {}): Effect.Effect<NatsClientService, Na
           Transport.connect({
             servers,
             ...(options.name !== undefined ? { name: options.name } : {}),
-            ...(options.token !== undefined ? { token: Redacted.value(options.token) } : {}),
-            ...(options.user !== undefined ? { user: options.user } : {}),
-            ...(options.password !== undefined ? { pass: Redacted.value(options.password) } : {}),
+            ...(authenticator !== undefined
+              ? { authenticator }
+              : {
+                ...(options.token !== undefined ? { token: Redacted.value(options.token) } : {}),
+                ...(options.user !== undefined ? { user: options.user } : {}),
+                ...(options.password !== undefined ? { pass: Redacted.value(options.password) } : {})
+              }),
             timeout: Duration.toMillis(options.connectTimeout ?? "10 seconds"),
             maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
             reconnectTimeWait: Duration.toMillis(options.reconnectTimeWait ?? "1 second")
@@ -115,15 +148,40 @@ export const make = (options: Options = {}): Effect.Effect<NatsClientService, Na
         )
     )
     yield* Metric.set(Telemetry.natsConnected, 1)
+    // what the health check reports: the last connection event
+    let state: { readonly status: "connected" | "disconnected" | "reconnecting"; readonly server: string } = {
+      status: "connected",
+      server: connection.getServer()
+    }
+    yield* Health.register(
+      "nats",
+      Effect.sync(() =>
+        connection.isClosed()
+          ? Health.unhealthy("the connection is closed")
+          : state.status === "connected"
+          ? Health.healthy({ server: connection.getServer() })
+          : Health.degraded(
+            state.status === "reconnecting"
+              ? `reconnecting (last server ${state.server})`
+              : `disconnected from ${state.server}`
+          )
+      )
+    )
     // Reports connection changes until the connection closes (the status iterator ends then).
     yield* iterate(connection.status(), (e) => e, (status) => {
         switch (status.type) {
+          case "reconnecting":
+            return Effect.sync(() => {
+              state = { status: "reconnecting", server: state.server }
+            })
           case "disconnect":
+            state = { status: "disconnected", server: status.server }
             return Effect.zipRight(
               Metric.set(Telemetry.natsConnected, 0),
               Effect.logWarning(`NATS: disconnected from ${status.server}`)
             )
           case "reconnect":
+            state = { status: "connected", server: status.server }
             return Effect.zipRight(
               Effect.zipRight(Metric.set(Telemetry.natsConnected, 1), Metric.increment(Telemetry.natsReconnects)),
               Effect.logInfo(`NATS: reconnected to ${status.server}`)
@@ -146,6 +204,73 @@ export const make = (options: Options = {}): Effect.Effect<NatsClientService, Na
         catch: (cause) => new NatsError({ operation: "jetstream", reason: reasonOf(cause) })
       })
     }
+  })) as {
+    (options: CredentialsOptions): Effect.Effect<
+      NatsClientService,
+      NatsError | Credentials.CredentialsError,
+      Scope.Scope | Credentials.Credentials
+    >
+    (options?: Options): Effect.Effect<NatsClientService, NatsError, Scope.Scope>
+  }
+
+const encoder = new TextEncoder()
+
+/**
+ * An authenticator fed by the credential's `changes`: the client calls it on every connect and reconnect, and it
+ * answers with the latest value. Reads the credential first, so a missing or unusable one fails the connect.
+ */
+const authenticatorFrom = (
+  name: string
+): Effect.Effect<Transport.Authenticator, Credentials.CredentialsError, Credentials.Credentials | Scope.Scope> =>
+  Effect.gen(function*() {
+    const credentials = yield* Credentials.Credentials
+    type Usable = Exclude<Credentials.Credential, { readonly _tag: "Tls" }>
+    const usable = (credential: Credentials.Credential): Effect.Effect<Usable, Credentials.CredentialInvalid> =>
+      credential._tag === "Tls"
+        ? Effect.fail(
+          new Credentials.CredentialInvalid({
+            name,
+            provider: credential.provider,
+            reason: "NATS authenticates with a Token, UserPassword or NatsCreds credential, not Tls"
+          })
+        )
+        : Effect.succeed(credential)
+    let latest = yield* Effect.flatMap(credentials.get(name), usable)
+    yield* credentials.changes(name).pipe(
+      Stream.runForEach((credential) =>
+        usable(credential).pipe(
+          Effect.tap((ok) =>
+            Effect.sync(() => {
+              latest = ok
+            })
+          ),
+          Effect.catchAll((error) => Effect.logWarning(`NATS: ignoring the rotated credential: ${error.message}`))
+        )
+      ),
+      Effect.catchAll((error) => Effect.logWarning(`NATS: following credential "${name}" stopped: ${error.message}`)),
+      Effect.interruptible,
+      Effect.forkScoped
+    )
+    return (nonce?: string): Transport.Auth => {
+      const credential = latest
+      switch (credential._tag) {
+        case "Token":
+          return Transport.tokenAuthenticator(Redacted.value(credential.token))(nonce)
+        case "UserPassword":
+          return Transport.usernamePasswordAuthenticator(credential.username, Redacted.value(credential.password))(nonce)
+        case "NatsCreds":
+          if (credential.creds !== undefined) {
+            return Transport.credsAuthenticator(encoder.encode(Redacted.value(credential.creds)))(nonce)
+          }
+          if (credential.jwt !== undefined) {
+            return Transport.jwtAuthenticator(
+              Redacted.value(credential.jwt),
+              credential.seed !== undefined ? encoder.encode(Redacted.value(credential.seed)) : undefined
+            )(nonce)
+          }
+          return Transport.nkeyAuthenticator(encoder.encode(Redacted.value(credential.seed!)))(nonce)
+      }
+    }
   })
 
 /**
@@ -158,16 +283,42 @@ export const make = (options: Options = {}): Effect.Effect<NatsClientService, Na
  *
  * @since 0.1.0
  */
-export const layer = (options: Options = {}): Layer.Layer<NatsClient, NatsError> =>
-  Layer.scoped(NatsClient, make(options))
+export const layer: {
+  (options: CredentialsOptions): Layer.Layer<NatsClient, NatsError | Credentials.CredentialsError, Credentials.Credentials>
+  (options?: Options): Layer.Layer<NatsClient, NatsError>
+} = ((options: Options | CredentialsOptions = {}) =>
+  Layer.scoped(NatsClient, make(options as CredentialsOptions))) as {
+    (options: CredentialsOptions): Layer.Layer<NatsClient, NatsError | Credentials.CredentialsError, Credentials.Credentials>
+    (options?: Options): Layer.Layer<NatsClient, NatsError>
+  }
 
 /**
- * `layer` from configuration, e.g. `Nats.layerConfig({ servers: Config.string("NATS_URL") })`.
+ * `layer` from configuration, e.g. `Nats.layerConfig({ servers: Config.string("NATS_URL") })`. `credentials` (a
+ * plain string, not a `Config`) names the credential to authenticate with, as in `CredentialsOptions`.
  *
  * @since 0.1.0
  */
-export const layerConfig = (config: Config.Config.Wrap<Options>): Layer.Layer<NatsClient, NatsError | ConfigError.ConfigError> =>
-  Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
+export const layerConfig: {
+  (config: Config.Config.Wrap<Options> & { readonly credentials: string }): Layer.Layer<
+    NatsClient,
+    NatsError | ConfigError.ConfigError | Credentials.CredentialsError,
+    Credentials.Credentials
+  >
+  (config: Config.Config.Wrap<Options>): Layer.Layer<NatsClient, NatsError | ConfigError.ConfigError>
+} = ((config: Config.Config.Wrap<Options> & { readonly credentials?: string }) => {
+  const { credentials, ...rest } = config as Config.Config.Wrap<Options> & { readonly credentials?: string }
+  return Layer.unwrapEffect(Effect.map(
+    Config.unwrap(rest as Config.Config.Wrap<Options>),
+    (options) => credentials === undefined ? layer(options) : layer({ ...options, credentials })
+  ))
+}) as {
+  (config: Config.Config.Wrap<Options> & { readonly credentials: string }): Layer.Layer<
+    NatsClient,
+    NatsError | ConfigError.ConfigError | Credentials.CredentialsError,
+    Credentials.Credentials
+  >
+  (config: Config.Config.Wrap<Options>): Layer.Layer<NatsClient, NatsError | ConfigError.ConfigError>
+}
 
 // --- the JetStream event bus ---------------------------------------------------------------------------------------
 

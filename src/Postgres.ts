@@ -23,6 +23,9 @@
  * - **Durability** is the server's: with its default `synchronous_commit = on`, an acknowledged append is on disk.
  * - Behind a transaction-mode pooler (PgBouncer), `search_path` set at connection start is not kept: use `public`
  *   or connect directly. `LISTEN` needs a session too (without it, subscribers rely on polling).
+ * - **Credentials**: with `credentials: "<name>"` (`CredentialsOptions`) the user name and password come from the
+ *   `Credentials` service (`effect-eventstore/Credentials`), and the password is read again for every new
+ *   connection, so a rotated password is used without rebuilding the layer.
  * - A dump restored into another cluster brings transaction ids that cluster may not have reached (readers would
  *   hold those events back): when a store opens and finds the last event's transaction id in the cluster's future,
  *   it marks every stored event as old, once.
@@ -40,8 +43,10 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
 import type { ConnectionOptions } from "node:tls"
 import Pg from "pg"
+import * as Credentials from "./Credentials.js"
 import { InvalidInput, StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import { SCHEMA_LOCK } from "./internal/migrations.js"
@@ -81,6 +86,23 @@ export interface Options {
   readonly busyTimeout?: Duration.DurationInput
 }
 
+/** What the layer provides. @since 0.1.0 */
+export type Services = EventStore | SnapshotStore | PgClient.PgClient | SqlClient.SqlClient
+
+/**
+ * `Options` whose password comes from the `Credentials` service: `credentials` names the credential, a
+ * `UserPassword` (its user name is the connection's, read once when the layer starts) or a `Token` (taken as the
+ * password; the user name comes from `username` or `url`). The password is read for every new connection the pool
+ * opens (`Credentials.get`, so from its cache), so after a rotation (`Credentials.rotate`, a refresh, or a watched
+ * file changing) new connections use the new password; open ones keep theirs, as PostgreSQL does after
+ * `ALTER ROLE … PASSWORD`. A password in `url` or `password` is ignored.
+ *
+ * @since 0.1.0
+ */
+export interface CredentialsOptions extends Options {
+  readonly credentials: string
+}
+
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 
 const quote = (identifier: string) => `"${identifier}"`
@@ -88,30 +110,114 @@ const quote = (identifier: string) => `"${identifier}"`
 const openError = (cause: unknown) =>
   new StoreError({ operation: "open", cause })
 
+/** How the password reaches the driver when it comes from `Credentials`. */
+interface Auth {
+  readonly username: string | undefined
+  readonly password: () => Promise<string>
+}
+
+/**
+ * `url` with its user name and password replaced (`null`: removed). pg lets the parts of a connection string
+ * override the separate settings (an absent password even clears a given one), so the URL itself carries them.
+ */
+const withUserInfo = (url: string, username: string | undefined, password: string | null | undefined): string => {
+  if (username === undefined && password === undefined) return url
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return url
+  }
+  if (username !== undefined) parsed.username = encodeURIComponent(username)
+  if (password === null) parsed.password = ""
+  else if (password !== undefined) parsed.password = encodeURIComponent(password)
+  return parsed.toString()
+}
+
 /** How every connection of the store is opened: `search_path` set to the store's schema. */
-const connectionConfig = (options: Options, schema: string): Pg.ClientConfig => ({
-  ...(options.url !== undefined ? { connectionString: Redacted.value(options.url) } : {}),
-  ...(options.host !== undefined ? { host: options.host } : {}),
-  ...(options.port !== undefined ? { port: options.port } : {}),
-  ...(options.database !== undefined ? { database: options.database } : {}),
-  ...(options.username !== undefined ? { user: options.username } : {}),
-  ...(options.password !== undefined ? { password: Redacted.value(options.password) } : {}),
-  ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
-  connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? "10 seconds"),
-  application_name: options.applicationName ?? "effect-eventstore",
-  options: `-c search_path=${quote(schema)}`
-})
+const connectionConfig = (options: Options, schema: string, auth: Auth | undefined): Pg.ClientConfig => {
+  const username = auth?.username ?? options.username
+  const password = auth !== undefined
+    ? null
+    : options.password !== undefined
+    ? Redacted.value(options.password)
+    : undefined
+  return {
+    ...(options.url !== undefined ? { connectionString: withUserInfo(Redacted.value(options.url), username, password) } : {}),
+    ...(options.host !== undefined ? { host: options.host } : {}),
+    ...(options.port !== undefined ? { port: options.port } : {}),
+    ...(options.database !== undefined ? { database: options.database } : {}),
+    ...(username !== undefined ? { user: username } : {}),
+    ...(auth !== undefined ? { password: auth.password } : typeof password === "string" ? { password } : {}),
+    ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
+    connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? "10 seconds"),
+    application_name: options.applicationName ?? "effect-eventstore",
+    options: `-c search_path=${quote(schema)}`
+  }
+}
+
+/**
+ * The driver's client, with the password function installed after construction: pg replaces a configured password
+ * with the connection string's (empty) one, and only asks a function when the server requests a password, once per
+ * new connection.
+ */
+const clientClass = (auth: Auth | undefined): typeof Pg.Client =>
+  auth === undefined ? Pg.Client : withPassword(auth.password)
+
+const withPassword = (password: Auth["password"]): typeof Pg.Client =>
+  class extends Pg.Client {
+    constructor(config?: string | Pg.ClientConfig) {
+      super(config)
+      Object.defineProperty(this, "password", { configurable: true, enumerable: false, writable: true, value: password })
+    }
+  }
+
+/** The password of a credential PostgreSQL can use. */
+const passwordOf = (credential: Credentials.Credential): Effect.Effect<Redacted.Redacted<string>, Credentials.CredentialInvalid> =>
+  credential._tag === "UserPassword"
+    ? Effect.succeed(credential.password)
+    : credential._tag === "Token"
+    ? Effect.succeed(credential.token)
+    : Effect.fail(
+      new Credentials.CredentialInvalid({
+        name: credential.name,
+        provider: credential.provider,
+        reason: `PostgreSQL needs a UserPassword or Token credential, not ${credential._tag}`
+      })
+    )
+
+/**
+ * Reads the credential once (so a missing or unusable one fails the layer at start), and answers pg's password
+ * requests from `Credentials` from then on.
+ */
+const authFrom = (name: string): Effect.Effect<Auth, Credentials.CredentialsError, Credentials.Credentials> =>
+  Effect.gen(function*() {
+    const credentials = yield* Credentials.Credentials
+    const first = yield* credentials.get(name)
+    yield* passwordOf(first)
+    const runtime = yield* Effect.runtime<never>()
+    const current = credentials.get(name).pipe(Effect.flatMap(passwordOf), Effect.either)
+    return {
+      username: first._tag === "UserPassword" ? first.username : undefined,
+      password: () =>
+        Runtime.runPromise(runtime)(current).then((result) => {
+          // the typed error itself (its message names the credential, never a value) becomes the connect error
+          if (result._tag === "Left") throw result.left
+          return Redacted.value(result.right)
+        })
+    }
+  })
 
 /**
  * `LISTEN` on a connection of its own (not the pool's), closed whenever this ends: when its scope closes, even in
  * the middle of connecting, and when the connection is lost (the caller opens a new one).
  */
-const listenWith = (config: Pg.ClientConfig): PgListen => (channel, wake) =>
+const listenWith = (config: Pg.ClientConfig, Client: typeof Pg.Client): PgListen => (channel, wake) =>
   Effect.scoped(Effect.gen(function*() {
     const client = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: async () => {
-          const client = new Pg.Client(config)
+          const client = new Client(config)
           client.on("error", () => {})
           try {
             await client.connect()
@@ -137,12 +243,13 @@ const listenWith = (config: Pg.ClientConfig): PgListen => (channel, wake) =>
   }))
 
 /** The pool, ended when the layer's scope closes. */
-const makePool = (options: Options, config: Pg.ClientConfig) =>
+const makePool = (options: Options, config: Pg.ClientConfig, Client: typeof Pg.Client) =>
   Effect.acquireRelease(
     Effect.sync(() => {
       const pool = new Pg.Pool({
         ...config,
-        max: options.maxConnections ?? 10
+        max: options.maxConnections ?? 10,
+        Client
       })
       // an idle connection that dies (a server restart, pg_terminate_backend) is dropped by the pool; without a
       // listener its error would crash the process
@@ -181,13 +288,17 @@ const preparedOn = (pool: Pg.Pool): PgExecute => (name, text, values, arrays) =>
  *   url: Redacted.make("postgres://app@db.internal:5432/app"),
  *   schema: "billing"
  * })
+ * // the user name and password from a credential, re-read for every new connection
+ * const RotatingLive = Postgres.layer({ url: Redacted.make("postgres://db.internal:5432/app"), credentials: "db" })
+ *   .pipe(Layer.provide(Credentials.layerDirectory({ path: "/run/secrets" })))
  * ```
  *
  * @since 0.1.0
  */
-export const layer = (
-  options: Options
-): Layer.Layer<EventStore | SnapshotStore | PgClient.PgClient | SqlClient.SqlClient, StoreError> =>
+export const layer: {
+  (options: CredentialsOptions): Layer.Layer<Services, StoreError | Credentials.CredentialsError, Credentials.Credentials>
+  (options: Options): Layer.Layer<Services, StoreError>
+} = (options: Options | CredentialsOptions) =>
   Layer.scopedContext(Effect.gen(function*() {
     const schema = options.schema ?? "public"
     if (!IDENTIFIER.test(schema)) {
@@ -202,12 +313,14 @@ export const layer = (
     if (!Number.isSafeInteger(maxConnections) || maxConnections < 1) {
       return yield* openError(new InvalidInput({ field: "maxConnections", reason: "must be a positive integer" }))
     }
-    const config = connectionConfig(options, schema)
-    const pool = yield* makePool(options, config)
+    const auth = "credentials" in options ? yield* authFrom(options.credentials) : undefined
+    const config = connectionConfig(options, schema, auth)
+    const Client = clientClass(auth)
+    const pool = yield* makePool(options, config, Client)
     const reactivity = yield* Layer.build(Reactivity.layer)
     const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool), applicationName: options.applicationName ?? "effect-eventstore" })
       .pipe(Effect.provide(reactivity), Effect.mapError(openError))
-    withListen(withPrepared(client, preparedOn(pool)), listenWith(config))
+    withListen(withPrepared(client, preparedOn(pool)), listenWith(config, Client))
     const context = Context.make(PgClient.PgClient, client).pipe(Context.add(SqlClient.SqlClient, client))
     // reachable, and the schema there (one process at a time creates it)
     yield* client.withTransaction(Effect.zipRight(
@@ -232,10 +345,11 @@ export const layer = (
       Context.add(EventStore, EventStore.of(eventStore)),
       Context.add(SnapshotStore, snapshotStore)
     )
-  }))
+  })) as Layer.Layer<Services, StoreError>
 
 /**
- * `layer`, with its options read from `Config`.
+ * `layer`, with its options read from `Config`. `credentials` (a plain string, not a `Config`) names the credential
+ * that gives the user name and password, as in `CredentialsOptions`.
  *
  * @example
  * ```ts
@@ -247,9 +361,17 @@ export const layer = (
  *
  * @since 0.1.0
  */
-export const layerConfig = (
-  config: Config.Config.Wrap<Options>
-): Layer.Layer<
-  EventStore | SnapshotStore | PgClient.PgClient | SqlClient.SqlClient,
-  StoreError | ConfigError.ConfigError
-> => Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
+export const layerConfig: {
+  (config: Config.Config.Wrap<Options> & { readonly credentials: string }): Layer.Layer<
+    Services,
+    StoreError | ConfigError.ConfigError | Credentials.CredentialsError,
+    Credentials.Credentials
+  >
+  (config: Config.Config.Wrap<Options>): Layer.Layer<Services, StoreError | ConfigError.ConfigError>
+} = ((config: Config.Config.Wrap<Options> & { readonly credentials?: string }) => {
+  const { credentials, ...rest } = config as Config.Config.Wrap<Options> & { readonly credentials?: string }
+  return Layer.unwrapEffect(Effect.map(
+    Config.unwrap(rest as Config.Config.Wrap<Options>),
+    (options) => credentials === undefined ? layer(options) : layer({ ...options, credentials })
+  ))
+}) as typeof layerConfig

@@ -159,15 +159,16 @@ describe.skipIf(registry !== undefined && !inCI)("the packed package in an app",
         .join("")
     )
 
-    const natsPeers = Object.entries(pkg.peerDependencies ?? {})
-      .filter(([name]) => name.startsWith("@nats-io/"))
+    // Optional peers in plain JavaScript (the NATS client, @effect/platform, OpenTelemetry): installed here so the
+    // subpaths that need them (Nats, Cqrs, NatsServer, Runtime, Vault, OpenTelemetry, TelemetryStore) are checked.
+    const plainPeers = Object.entries(pkg.peerDependencies ?? {})
+      .filter(([name]) => /^@nats-io\/|^@opentelemetry\/|^@effect\/(platform|platform-node|opentelemetry)$/.test(name))
       .map(([name, range]) => `${name}@${range}`)
     const peers = Object.entries(pkg.peerDependencies ?? {})
       .filter(([name]) => name !== "effect" && pkg.peerDependenciesMeta?.[name]?.optional !== true)
       .map(([name, range]) => `${name}@${range}`)
     await npm(
-      // the NATS client: optional peers too, but plain JavaScript, so `Nats`, `Cqrs` and `NatsServer` are checked here
-      ["install", "--ignore-scripts", "--prefer-offline", tarball, `effect@${appEffect}`, ...peers, ...natsPeers, "@types/node@^20"],
+      ["install", "--ignore-scripts", "--prefer-offline", tarball, `effect@${appEffect}`, ...peers, ...plainPeers, "@types/node@^20"],
       app
     )
 
