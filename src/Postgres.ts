@@ -117,20 +117,33 @@ interface Auth {
 }
 
 /**
- * `url` with its user name and password replaced (`null`: removed). pg lets the parts of a connection string
- * override the separate settings (an absent password even clears a given one), so the URL itself carries them.
+ * `url` with the parts given separately written into it (user name and password: `null` removes the password). pg
+ * lets the parts of a connection string override the separate settings (an absent password even clears a given
+ * one), so the URL itself carries them.
  */
-const withUserInfo = (url: string, username: string | undefined, password: string | null | undefined): string => {
-  if (username === undefined && password === undefined) return url
+const withParts = (
+  url: string,
+  parts: {
+    readonly username: string | undefined
+    readonly password: string | null | undefined
+    readonly host: string | undefined
+    readonly port: number | undefined
+    readonly database: string | undefined
+  }
+): string => {
+  if (Object.values(parts).every((part) => part === undefined)) return url
   let parsed: URL
   try {
     parsed = new URL(url)
   } catch {
     return url
   }
-  if (username !== undefined) parsed.username = encodeURIComponent(username)
-  if (password === null) parsed.password = ""
-  else if (password !== undefined) parsed.password = encodeURIComponent(password)
+  if (parts.username !== undefined) parsed.username = encodeURIComponent(parts.username)
+  if (parts.password === null) parsed.password = ""
+  else if (parts.password !== undefined) parsed.password = encodeURIComponent(parts.password)
+  if (parts.host !== undefined) parsed.hostname = parts.host
+  if (parts.port !== undefined) parsed.port = String(parts.port)
+  if (parts.database !== undefined) parsed.pathname = `/${encodeURIComponent(parts.database)}`
   return parsed.toString()
 }
 
@@ -143,7 +156,17 @@ const connectionConfig = (options: Options, schema: string, auth: Auth | undefin
     ? Redacted.value(options.password)
     : undefined
   return {
-    ...(options.url !== undefined ? { connectionString: withUserInfo(Redacted.value(options.url), username, password) } : {}),
+    ...(options.url !== undefined
+      ? {
+        connectionString: withParts(Redacted.value(options.url), {
+          username,
+          password,
+          host: options.host,
+          port: options.port,
+          database: options.database
+        })
+      }
+      : {}),
     ...(options.host !== undefined ? { host: options.host } : {}),
     ...(options.port !== undefined ? { port: options.port } : {}),
     ...(options.database !== undefined ? { database: options.database } : {}),

@@ -548,6 +548,29 @@ describe.skipIf(!Pg.available)("PostgreSQL specifics", () => {
       }).pipe(Effect.scoped, Effect.provide(Postgres.layer({ url: Redacted.make(Pg.url), schema })))
     }))
 
+  it.live("host, port and database given beside url override the url's own", () =>
+    Effect.gen(function*() {
+      const schema = Pg.freshSchema("parts")
+      const real = new URL(Pg.url)
+      // the url names a server and database that do not exist; the parts name the real ones
+      const wrong = new URL(Pg.url)
+      wrong.hostname = "127.0.0.2"
+      wrong.port = "1"
+      wrong.pathname = "/no_such_database"
+      const head = yield* Effect.flatMap(EventStore.EventStore, (store) => store.head).pipe(
+        Effect.provide(Postgres.layer({
+          url: Redacted.make(wrong.toString()),
+          host: real.hostname,
+          port: Number(real.port || 5432),
+          database: real.pathname.slice(1),
+          schema,
+          connectTimeout: "3 seconds"
+        })),
+        Effect.scoped
+      )
+      expect(head).toBe(0)
+    }))
+
   it.live("an unreachable server fails the layer with a StoreError that does not show the password", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(Effect.scoped(Layer.build(Postgres.layer({
