@@ -22,7 +22,9 @@
  * with `recordedAt` an ISO-8601 UTC string, `metadata` the event's metadata (`tenantId`, `correlationId`, …) and
  * `payload` the payload as stored (its schema's encoded form, of `schemaVersion`). Its subject is
  * `<prefix>.<tenant>.<streamType>.<eventType>` (`subjectToken` encodes each name; `_` stands for "no tenant"), its
- * `Nats-Msg-Id` header is the event id, and an event of a tenant carries the header `es-tenant-id`.
+ * `Nats-Msg-Id` header is the event id, and an event of a tenant carries the header `es-tenant-id`. Published with
+ * a tracer installed, a message carries the W3C `traceparent` (and `tracestate`) of its `Bus.publish` span; the
+ * consumer's span for the delivery (`Bus.handle <consumer>`) continues that trace.
  *
  * @since 0.1.0
  */
@@ -45,11 +47,13 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import type * as Tracer from "effect/Tracer"
 import { type EventDecodeError, InvalidInput } from "./Errors.js"
 import type * as Event from "./Event.js"
 import { EventStore, type ReadError } from "./EventStore.js"
+import * as Instruments from "./internal/instruments.js"
+import * as Tracing from "./internal/tracing.js"
 import * as Projection from "./Projection.js"
-import * as Telemetry from "./Telemetry.js"
 
 // --- errors --------------------------------------------------------------------------------------------------------
 
@@ -483,7 +487,91 @@ export const reasonOf = (cause: Cause.Cause<unknown>): string => {
 }
 
 /**
+ * @internal A bus as its spans and metrics name it: the messaging system, the bus (JetStream stream name, or
+ * `memory`), and its series by stream type and event type.
+ */
+export interface Channel {
+  readonly system: string
+  readonly bus: string
+  readonly published: Instruments.SeriesCache
+  readonly consumed: Instruments.SeriesCache
+  readonly latency: Instruments.SeriesCache
+  /** `Telemetry.busPublished` of this bus. */
+  readonly publishedTotal: Instruments.Series
+}
+
+/** @internal */
+export const channelOf = (system: string, bus: string): Channel => ({
+  system,
+  bus,
+  published: new Instruments.SeriesCache(Instruments.keys.busMessages, ["stream_type", "event_type"], [
+    ["bus", bus],
+    ["direction", "publish"]
+  ]),
+  consumed: new Instruments.SeriesCache(Instruments.keys.busMessages, ["stream_type", "event_type"], [
+    ["bus", bus],
+    ["direction", "consume"]
+  ]),
+  latency: new Instruments.SeriesCache(Instruments.keys.busPublishLatency, ["stream_type", "event_type"], [["bus", bus]]),
+  publishedTotal: Instruments.series(Instruments.keys.busPublished, [["bus", bus]])
+})
+
+/** @internal The distinct event types of envelopes, comma-separated. */
+export const typesOf = (envelopes: ReadonlyArray<Envelope>): string => {
+  const seen: Array<string> = []
+  for (const e of envelopes) if (!seen.includes(e.type)) seen.push(e.type)
+  return seen.join(",")
+}
+
+/** @internal The options of a publish's span (a producer span; its `traceparent` goes out with the messages). */
+export const publishSpan = (channel: Channel, envelopes: ReadonlyArray<Envelope>) => (): Tracer.SpanOptions => ({
+  kind: "producer",
+  captureStackTrace: false,
+  attributes: {
+    "messaging.system": channel.system,
+    "messaging.operation": "publish",
+    "messaging.destination.name": channel.bus,
+    "event.count": envelopes.length,
+    "event.types": typesOf(envelopes)
+  }
+})
+
+const deliverySpan = (
+  channel: Channel,
+  consumer: string,
+  envelope: Envelope,
+  delivery: Delivery,
+  parent: Tracer.AnySpan | undefined
+) =>
+(): Tracer.SpanOptions => {
+  const attributes: Record<string, unknown> = {
+    "messaging.system": channel.system,
+    "messaging.operation": "process",
+    "messaging.destination.name": channel.bus,
+    "messaging.consumer.group.name": consumer,
+    "event.id": envelope.eventId,
+    "event.type": envelope.type,
+    "aggregate.id": envelope.streamId,
+    "aggregate.type": envelope.streamType,
+    "aggregate.version": envelope.version,
+    "delivery.attempt": delivery.attempt
+  }
+  const tenant = envelope.metadata.tenantId
+  if (typeof tenant === "string") attributes["tenant.id"] = tenant
+  // without the publisher's context a delivery starts its own trace (not the consumer's start-up span's)
+  return parent === undefined
+    ? { kind: "consumer", captureStackTrace: false, attributes, root: true }
+    : { kind: "consumer", captureStackTrace: false, attributes, parent }
+}
+
+const errorType = (span: Tracer.Span, exit: Exit.Exit<unknown, unknown>) => {
+  if (Exit.isFailure(exit)) span.attribute("error.type", Instruments.errorTypeOf(exit))
+}
+
+/**
  * @internal Runs the handler for one delivery (the filter and the dedupe window first) and says what to do with it.
+ * With a tracer installed the handler runs in a consumer span, child of `parent` (the publisher's span, from the
+ * message's trace context) or the root of a trace of its own.
  */
 export const deliver = <E, R>(
   settings: Settings,
@@ -492,7 +580,9 @@ export const deliver = <E, R>(
   envelope: Envelope,
   delivery: Delivery,
   /** Runs the handler interruptibly (the caller's `uninterruptibleMask`): the rest of a delivery is not. */
-  restore: <A, E2, R2>(effect: Effect.Effect<A, E2, R2>) => Effect.Effect<A, E2, R2>
+  restore: <A, E2, R2>(effect: Effect.Effect<A, E2, R2>) => Effect.Effect<A, E2, R2>,
+  channel: Channel,
+  parent: Tracer.AnySpan | undefined
 ): Effect.Effect<Outcome, never, R> => {
   const tally = settings.tally
   if (!settings.match(envelope)) {
@@ -503,7 +593,11 @@ export const deliver = <E, R>(
     tally.duplicate++
     return acked
   }
-  return restore(Effect.suspend(() => handler(envelope, delivery))).pipe(
+  Instruments.add(channel.consumed.get(envelope.streamType, envelope.type), 1)
+  const run = Effect.suspend(() => handler(envelope, delivery))
+  return restore(
+    Tracing.withSpanExit(run, `Bus.handle ${settings.name}`, deliverySpan(channel, settings.name, envelope, delivery, parent), errorType)
+  ).pipe(
     Effect.matchCauseEffect({
       onSuccess: () => {
         recent.add(envelope.eventId)
@@ -570,6 +664,8 @@ interface Held {
   readonly sequence: number
   readonly envelope: Envelope
   readonly publishedAt: number
+  /** The publish's span, when a tracer was installed: the parent of the deliveries' spans. */
+  readonly span: Tracer.AnySpan | undefined
 }
 
 interface MemoryConsumer {
@@ -622,20 +718,28 @@ export const makeMemory: Effect.Effect<EventBusService> = Effect.sync(() => {
       ? Effect.void
       : Effect.fail(new InvalidInput({ field: "consumer", reason: "must be 1 to 64 letters, digits, - or _" }))
 
+  const channel = channelOf("memory", "memory")
+  const put = (envelopes: ReadonlyArray<Envelope>, span: Tracer.AnySpan | undefined) => {
+    const now = Date.now()
+    let added = 0
+    for (const envelope of envelopes) {
+      Instruments.add(channel.published.get(envelope.streamType, envelope.type), 1)
+      if (ids.has(envelope.eventId)) continue
+      ids.add(envelope.eventId)
+      log.push({ sequence: log.length + 1, envelope, publishedAt: now, span })
+      added++
+    }
+    if (added > 0) wake()
+    Instruments.add(channel.publishedTotal, envelopes.length)
+  }
+
   const service: EventBusService = {
     publish: (envelopes) =>
-      Effect.suspend(() => {
-        const now = Date.now()
-        let added = 0
-        for (const envelope of envelopes) {
-          if (ids.has(envelope.eventId)) continue
-          ids.add(envelope.eventId)
-          log.push({ sequence: log.length + 1, envelope, publishedAt: now })
-          added++
-        }
-        if (added > 0) wake()
-        return Metric.incrementBy(Metric.tagged(Telemetry.busPublished, "bus", "memory"), envelopes.length)
-      }),
+      envelopes.length === 0 ? Effect.void : Effect.withFiberRuntime<void>((fiber) =>
+        Tracing.isNative(fiber.currentTracer)
+          ? Effect.sync(() => put(envelopes, undefined))
+          : Effect.useSpan("Bus.publish", publishSpan(channel, envelopes)(), (span) => Effect.sync(() => put(envelopes, span)))
+      ),
     consume: (options, handler) =>
       Effect.gen(function*() {
         const settings = yield* settingsOf(options)
@@ -675,7 +779,8 @@ export const makeMemory: Effect.Effect<EventBusService> = Effect.sync(() => {
           const delivery: Delivery = { consumer: settings.name, sequence: held.sequence, attempt }
           // The handler is interruptible (its own timeouts work; the scope's close cuts it short, and its event is
           // delivered again); what becomes of the delivery is settled whatever happens.
-          return Effect.uninterruptibleMask((restore) => deliver(settings, recent, handler, held.envelope, delivery, restore).pipe(
+          return Effect.uninterruptibleMask((restore) =>
+            deliver(settings, recent, handler, held.envelope, delivery, restore, channel, held.span).pipe(
             Effect.flatMap((outcome) =>
               Effect.sync(() => {
                 switch (outcome._tag) {

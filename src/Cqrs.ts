@@ -21,7 +21,8 @@
  *     with a `ValidationError`);
  *   - `es-principal`: who sends it, `{"id":"alice","roles":["teller"]}`; read only by a server started with
  *     `trustPrincipal: true`;
- *   - `traceparent`: W3C trace context; the server's span is a child of it.
+ *   - `traceparent` (and `tracestate`): W3C trace context; the server's span is a child of it (a malformed
+ *     `traceparent` is ignored: the request starts a trace of its own).
  * - Reply body, UTF-8 JSON: `{"_tag":"Success","value":<the success encoded by its schema>}` or
  *   `{"_tag":"Failure","error":<the error encoded by its schema, with its "_tag">}`. The error is one of the
  *   definition's failure schema or `Unauthorized`, `ValidationError`, `InternalError` (a handler may also pass on the
@@ -557,11 +558,11 @@ export interface ClientOptions {
 /**
  * A client of a group over NATS request/reply, on the connection of `NatsClient`. A call encodes the payload (one
  * its schema refuses is a `ValidationError`, and is not sent), sends it with the correlation id (the call's or the
- * enclosing request's; without one the server makes it), tenant, principal and the current span's `traceparent` (in a
- * span `Cqrs.request <name>` when a tracer is installed), and decodes the reply: the success, a declared failure as an
- * instance of its class, or one of this module's errors. No reply within the timeout is a `TimeoutError`; no server
- * on the subject, or a closed connection, is `Unavailable`. Making the client fails with `InvalidInput` for a
- * `prefix` that is not made of NATS subject tokens.
+ * enclosing request's; without one the server makes it), tenant, principal and the current span's `traceparent` and
+ * `tracestate` (in a span `Cqrs.request <name>` when a tracer is installed), and decodes the reply: the success, a
+ * declared failure as an instance of its class, or one of this module's errors. No reply within the timeout is a
+ * `TimeoutError`; no server on the subject, or a closed connection, is `Unavailable`. Making the client fails with
+ * `InvalidInput` for a `prefix` that is not made of NATS subject tokens.
  *
  * @example
  * ```ts

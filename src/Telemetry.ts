@@ -1,13 +1,21 @@
 /**
  * The names of what the library reports: span names and attributes (see each operation) and metrics. Metrics are
- * Effect `Metric`s, so any metrics layer (OpenTelemetry, Prometheus) exports them. Spans are created when a tracer
- * is installed (an OpenTelemetry layer, DevTools, `Layer.setTracer`); with Effect's built-in tracer, which exports
- * nothing, the library creates none (they cost more than the work they would describe).
+ * Effect `Metric`s, so any metrics layer (OpenTelemetry, Prometheus) exports them; their Effect tags become
+ * OpenTelemetry attributes. Tagged instruments carry bounded values only (aggregate, stream, event and command types,
+ * operations, outcomes, bus and consumer names), never ids: read one series with `Metric.tagged`, e.g.
+ * `Metric.value(Telemetry.commands.pipe(Metric.tagged("aggregate_type", "Account"), ...))`. Spans are created when a
+ * tracer is installed (an OpenTelemetry layer, DevTools, `Layer.setTracer`); with Effect's built-in tracer, which
+ * exports nothing, the library creates none (they cost more than the work they would describe).
+ *
+ * Trace context crosses processes in W3C `traceparent` / `tracestate` headers: the JetStream bus writes them on every
+ * message from its `Bus.publish` span and a consumer's `Bus.handle <consumer>` span continues that trace; `Cqrs` over
+ * NATS does the same for requests (`Cqrs.request …` → `Cqrs.command …`).
  *
  * @since 0.1.0
  */
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import { keys } from "./internal/instruments.js"
 
 /**
  * Commits made by the SQL store's writer (one per group of appends).
@@ -164,10 +172,7 @@ export const natsReconnects = Metric.counter("eventstore_nats_reconnects_total",
  *
  * @since 0.1.0
  */
-export const busPublished = Metric.counter("eventstore_bus_published_total", {
-  description: "Events published to the event bus and acknowledged",
-  incremental: true
-})
+export const busPublished = Metric.fromMetricKey(keys.busPublished)
 
 /**
  * Deliveries a bus consumer handled, tagged by `consumer` and `outcome` (`ack`, `skip`, `duplicate`, `nak`,
@@ -179,3 +184,85 @@ export const busDeliveries = Metric.counter("eventstore_bus_deliveries_total", {
   description: "Deliveries handled by event bus consumers, by outcome",
   incremental: true
 })
+
+// --- tagged instruments ----------------------------------------------------------------------------------------------
+// Each series below carries its attributes as Effect metric tags (OpenTelemetry attributes once exported). Values are
+// bounded: aggregate, stream, event and command types, operations and outcomes; never an id.
+
+/**
+ * How long each aggregate command took (`Aggregate.handle`: load, decide, append, the retries after conflicts), in
+ * seconds, tagged `aggregate_type`, `command_type` (the command's `_tag`, else its `typeof`) and `outcome`:
+ * `success`; `rejected` (the decider's own error, or `UniqueConstraintViolation`: a unique value another stream
+ * holds); `conflict` (`ConcurrencyError` after the retries); `error` (any other library error, a defect, an
+ * interruption).
+ *
+ * @since 0.1.0
+ */
+export const commandDuration = Metric.fromMetricKey(keys.commandDuration)
+
+/**
+ * Aggregate commands handled, tagged like {@link commandDuration}.
+ *
+ * @since 0.1.0
+ */
+export const commands = Metric.fromMetricKey(keys.commands)
+
+/**
+ * Events appended, tagged `aggregate_type` (the stream type of the append). Counted by the store for every append
+ * (commands and direct `EventStore.append` calls) on stores that report it (see the README); a command id's replay
+ * appends nothing and counts nothing.
+ *
+ * @since 0.1.0
+ */
+export const eventsAppended = Metric.fromMetricKey(keys.eventsAppended)
+
+/**
+ * How long each call of the event store took, in seconds, tagged `operation`: `append`, `read` (a page of one
+ * stream, for `read` and `readPage`), `readAll` and `subscribe` (a page of the log), `fold` (a page of the lean
+ * read of an aggregate load), `version`, `head`, `command` (the look-up of a command id's record). Reported by the
+ * stores that report it (see the README).
+ *
+ * @since 0.1.0
+ */
+export const storeLatency = Metric.fromMetricKey(keys.storeLatency)
+
+/**
+ * Loads of an aggregate's state (each command's load, again after a stale cached state; `Aggregate.load`;
+ * `Aggregate.snapshot`), tagged `aggregate_type` and `source`: where the load started (`replay`: from the first
+ * event; `snapshot`; `cache`: the state cache).
+ *
+ * @since 0.1.0
+ */
+export const aggregateLoads = Metric.fromMetricKey(keys.aggregateLoads)
+
+/**
+ * Loads of an aggregate with a snapshot policy that started from its latest snapshot, tagged `aggregate_type`.
+ *
+ * @since 0.1.0
+ */
+export const snapshotHits = Metric.fromMetricKey(keys.snapshotHits)
+
+/**
+ * Loads of an aggregate with a snapshot policy that found no snapshot, or one it could not use (then
+ * {@link snapshotsIgnored} counts it too), tagged `aggregate_type`. A load that starts from the state cache
+ * looks for no snapshot and counts in neither.
+ *
+ * @since 0.1.0
+ */
+export const snapshotMisses = Metric.fromMetricKey(keys.snapshotMisses)
+
+/**
+ * How long the bus took to acknowledge each published event, in seconds, tagged `bus` (the stream name, or
+ * `memory`), `stream_type` and `event_type`.
+ *
+ * @since 0.1.0
+ */
+export const busPublishLatency = Metric.fromMetricKey(keys.busPublishLatency)
+
+/**
+ * Events through the bus, tagged `bus`, `direction` (`publish`: acknowledged by the bus; `consume`: handed to a
+ * consumer's handler), `stream_type` and `event_type`.
+ *
+ * @since 0.1.0
+ */
+export const busMessages = Metric.fromMetricKey(keys.busMessages)

@@ -43,6 +43,7 @@ import {
   Unavailable,
   ValidationError
 } from "../Cqrs.js"
+import { errorTypeOf } from "./instruments.js"
 import * as Tracing from "./tracing.js"
 
 type Codec = (u: unknown) => Either.Either<unknown, ParseResult.ParseError>
@@ -229,6 +230,9 @@ export const pipeline = <R, RM>(
       ? timed(entry, effect)
       : effect
 
+  const errorType = (span: Tracer.Span, exit: Exit.Exit<unknown, unknown>) => {
+    if (Exit.isFailure(exit)) span.attribute("error.type", errorTypeOf(exit))
+  }
   const spanOptions = (context: RequestContextService, parent: SpanParent) => (): Tracer.SpanOptions => {
     const attributes: Record<string, unknown> = {
       "command.type": context.name,
@@ -249,9 +253,9 @@ export const pipeline = <R, RM>(
     effect: Effect.Effect<unknown, unknown, R | RM>
   ) =>
     environment.spans === undefined
-      ? Tracing.withSpan(effect, entry.spanName, spanOptions(context, parent))
+      ? Tracing.withSpanExit(effect, entry.spanName, spanOptions(context, parent), errorType)
       : environment.spans
-      ? Effect.withSpan(effect, entry.spanName, spanOptions(context, parent)())
+      ? Tracing.spanExit(effect, entry.spanName, spanOptions(context, parent)(), errorType)
       : effect
 
   return (entry, parse, context, parent, encode) =>

@@ -61,18 +61,20 @@ const TENANT_ID = "es-tenant-id"
 /** Node's timers take at most 2^31 - 1 ms (a longer one fires at once). */
 const MAX_TIMEOUT = 2 ** 31 - 1
 const PRINCIPAL = "es-principal"
-const TRACEPARENT = "traceparent"
+const TRACEPARENT = Tracing.TRACEPARENT
+const TRACESTATE = Tracing.TRACESTATE
 
 interface RequestHeaders {
   correlationId: string | undefined
   tenantId: string | undefined
   principal: string | undefined
   traceparent: string | undefined
+  tracestate: string | undefined
 }
 
 /** The request headers by case-insensitive name (a non-Effect client may canonicalize them), in one pass. */
 const readHeaders = (headers: Transport.MsgHdrs | undefined): RequestHeaders => {
-  const out: RequestHeaders = { correlationId: undefined, tenantId: undefined, principal: undefined, traceparent: undefined }
+  const out: RequestHeaders = { correlationId: undefined, tenantId: undefined, principal: undefined, traceparent: undefined, tracestate: undefined }
   if (headers === undefined) return out
   for (const [key, values] of headers) {
     const value = values[0]
@@ -90,37 +92,20 @@ const readHeaders = (headers: Transport.MsgHdrs | undefined): RequestHeaders => 
       case TRACEPARENT:
         out.traceparent = value
         break
+      case TRACESTATE:
+        out.tracestate = value
+        break
     }
   }
   return out
 }
 
 const CRLF = /[\r\n]/
-const HEX32 = /^[0-9a-f]{32}$/
-const HEX16 = /^[0-9a-f]{16}$/
-const TRACEPARENT_00 = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
-const TRACEPARENT_LATER = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?$/
-const ZEROS = /^0+$/
 
-/** The W3C `traceparent` of a span whose ids have the W3C shape (Effect's and OpenTelemetry's do). */
-export const formatTraceparent = (span: Tracer.AnySpan): string | undefined =>
-  HEX32.test(span.traceId) && HEX16.test(span.spanId)
-    ? `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
-    : undefined
-
-/**
- * The remote parent of a W3C `traceparent`; `undefined` for a malformed one (version `ff`, all-zero ids), which the
- * spec says to ignore: the request starts a new trace. Versions after 00 may append fields.
- */
-export const parseTraceparent = (value: string): Tracer.ExternalSpan | undefined => {
-  const m = TRACEPARENT_00.exec(value) ?? TRACEPARENT_LATER.exec(value)
-  if (m === null) return undefined
-  const [traceId, spanId, flags] = m.length === 4 ? [m[1]!, m[2]!, m[3]!] : [m[2]!, m[3]!, m[4]!]
-  // version ff is invalid, and version 00 has exactly four fields
-  if (m.length === 5 && (m[1] === "ff" || m[1] === "00")) return undefined
-  if (ZEROS.test(traceId) || ZEROS.test(spanId)) return undefined
-  return Tracer.externalSpan({ traceId, spanId, sampled: (parseInt(flags, 16) & 1) === 1 })
-}
+/** @internal The W3C trace context (see `tracing.ts`). */
+export const formatTraceparent = Tracing.formatTraceparent
+/** @internal */
+export const parseTraceparent = Tracing.parseTraceparent
 
 // --- server ---------------------------------------------------------------------------------------------------------
 
@@ -238,7 +223,7 @@ export const serve = <Defs extends Definition.Any, R, RM>(
         : () => Either.left(new ValidationError({ request: definition.name, reason: problem }))
       const parent: SpanParent = {
         _tag: "Remote",
-        span: headers.traceparent === undefined ? undefined : parseTraceparent(headers.traceparent)
+        span: headers.traceparent === undefined ? undefined : parseTraceparent(headers.traceparent, headers.tracestate)
       }
       let logAnnotations = HashMap.set(annotated, "correlation.id", context.correlationId)
       if (context.tenantId !== undefined) logAnnotations = HashMap.set(logAnnotations, "tenant.id", context.tenantId)
@@ -378,8 +363,11 @@ export const client = <Defs extends Definition.Any>(
         if (correlationId !== undefined) headers.headers.set(CORRELATION_ID, [correlationId])
         if (tenantId !== undefined) headers.headers.set(TENANT_ID, [tenantId])
         if (principal !== undefined) headers.headers.set(PRINCIPAL, [principal])
-        const traceparent = span === undefined ? undefined : formatTraceparent(span)
-        if (traceparent !== undefined) headers.headers.set(TRACEPARENT, [traceparent])
+        const trace = span === undefined ? undefined : Tracing.headersOf(span)
+        if (trace !== undefined) {
+          headers.headers.set(TRACEPARENT, [trace.traceparent])
+          if (trace.tracestate !== undefined) headers.headers.set(TRACESTATE, [trace.tracestate])
+        }
         return Effect.async<unknown, unknown>((resume) => {
           try {
             connection.request(subject, body, headers.headers.size > 0 ? { timeout, headers } : { timeout }).then(

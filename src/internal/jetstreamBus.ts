@@ -26,7 +26,6 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
-import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
@@ -35,8 +34,8 @@ import * as Bus from "../Bus.js"
 import type { BusOptions } from "../Nats.js"
 import { iterate } from "./asyncIterate.js"
 import { InvalidInput } from "../Errors.js"
-import * as Telemetry from "../Telemetry.js"
-
+import * as Instruments from "./instruments.js"
+import * as Tracing from "./tracing.js"
 
 const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 const busError = (operation: string) => (cause: unknown) => new Bus.BusError({ operation, reason: reasonOf(cause) })
@@ -138,23 +137,43 @@ export const make = (
         Bus.subjectToken(e.streamType)
       }.${Bus.subjectToken(e.type)}`
     const encoder = new TextEncoder()
-    const publishedMetric = Metric.tagged(Telemetry.busPublished, "bus", stream)
+    const channel = Bus.channelOf("nats", stream)
 
-    const publishOne = (e: Bus.Envelope) => {
+    type Trace = ReturnType<typeof Tracing.headersOf>
+
+    const publishOne = (e: Bus.Envelope, trace: Trace) => {
       const tenant = e.metadata.tenantId
       let headers: Transport.MsgHdrs | undefined
-      if (tenant !== undefined) {
+      if (tenant !== undefined || trace !== undefined) {
         headers = Transport.headers()
-        headers.set("es-tenant-id", tenant)
+        if (tenant !== undefined) headers.set("es-tenant-id", tenant)
+        if (trace !== undefined) {
+          headers.set(Tracing.TRACEPARENT, trace.traceparent)
+          if (trace.tracestate !== undefined) headers.set(Tracing.TRACESTATE, trace.tracestate)
+        }
       }
+      const start = performance.now()
       return js.publish(subjectOf(e), encoder.encode(Bus.encode(e)), {
         msgID: e.eventId,
         timeout: publishTimeout,
         ...(headers !== undefined ? { headers } : {})
+      }).then((ack) => {
+        Instruments.add(channel.latency.get(e.streamType, e.type), (performance.now() - start) / 1000)
+        Instruments.add(channel.published.get(e.streamType, e.type), 1)
+        return ack
       })
     }
 
-    const publishAll = async (envelopes: ReadonlyArray<Bus.Envelope>): Promise<void> => {
+    /** The remote parent of a delivery: the publisher's span, from the message's trace context headers. */
+    const parentOf = (m: JetStream.JsMsg) => {
+      const headers = m.headers
+      const traceparent = headers?.get(Tracing.TRACEPARENT)
+      if (headers === undefined || traceparent === undefined || traceparent === "") return undefined
+      const tracestate = headers.get(Tracing.TRACESTATE)
+      return Tracing.parseTraceparent(traceparent, tracestate === "" ? undefined : tracestate)
+    }
+
+    const publishAll = async (envelopes: ReadonlyArray<Bus.Envelope>, trace: Trace): Promise<void> => {
       const chains = new Map<string, Array<Bus.Envelope>>()
       for (const e of envelopes) {
         const chain = chains.get(e.streamId)
@@ -162,7 +181,7 @@ export const make = (
         else chain.push(e)
       }
       const settled = await Promise.allSettled(Array.from(chains.values(), async (chain) => {
-        for (const e of chain) await publishOne(e)
+        for (const e of chain) await publishOne(e, trace)
       }))
       for (const s of settled) if (s.status === "rejected") throw s.reason
     }
@@ -280,10 +299,9 @@ export const make = (
         })
       )
 
-    const service: Bus.EventBusService = {
-      publish: (envelopes) =>
-        envelopes.length === 0 ? Effect.void : Effect.tryPromise({
-          try: () => publishAll(envelopes),
+    const send = (envelopes: ReadonlyArray<Bus.Envelope>, trace: Trace) =>
+      Effect.tryPromise({
+        try: () => publishAll(envelopes, trace),
           catch: (cause) =>
             new Bus.BusError({
               operation: "publish",
@@ -293,7 +311,22 @@ export const make = (
                 cause instanceof Transport.errors.InvalidSubjectError ||
                 cause instanceof Transport.errors.PermissionViolationError)
             })
-        }).pipe(Effect.zipRight(Metric.incrementBy(publishedMetric, envelopes.length))),
+        }).pipe(Effect.zipRight(Effect.sync(() => Instruments.add(channel.publishedTotal, envelopes.length))))
+
+    const service: Bus.EventBusService = {
+      // with a tracer installed, in a producer span whose trace context every message carries
+      publish: (envelopes) =>
+        envelopes.length === 0 ? Effect.void : Effect.withFiberRuntime<void, Bus.BusError>((fiber) =>
+          Tracing.isNative(fiber.currentTracer) ? send(envelopes, undefined) : Effect.useSpan(
+            "Bus.publish",
+            Bus.publishSpan(channel, envelopes)(),
+            (span) =>
+              Effect.onExit(send(envelopes, Tracing.headersOf(span)), (exit) => {
+                if (exit._tag === "Failure") span.attribute("error.type", Instruments.errorTypeOf(exit))
+                return Effect.void
+              })
+          )
+        ),
 
       consume: (options, handler) =>
         Effect.gen(function*() {
@@ -343,6 +376,8 @@ export const make = (
             return yield* new InvalidInput({ field: "filter", reason: `consumer ${name} exists with another filter` })
           }
           const recent = new Bus.Recent(settings.dedupeWindow)
+          // trace context is read from the messages only when someone traces
+          const traced = !Tracing.isNative(yield* Effect.tracer)
           const consumer = yield* Effect.tryPromise({
             try: () => js.consumers.get(stream, name),
             catch: busError(`consumer ${name}`)
@@ -393,7 +428,7 @@ export const make = (
             // the handler is interruptible (its own timeouts work; the scope's close cuts it short and the event is
             // nak'd for another delivery); the delivery is settled whatever happens
             return Effect.uninterruptibleMask((restore) =>
-              Bus.deliver(settings, recent, handler, decoded.right, delivery, restore).pipe(
+              Bus.deliver(settings, recent, handler, decoded.right, delivery, restore, channel, traced ? parentOf(m) : undefined).pipe(
                 Effect.flatMap((outcome) => settle(m, decoded.right, undefined, outcome))
               )
             )

@@ -11,6 +11,7 @@ import { appendSpan, type Backend, type CommandRecord, fromBackend, nonEmpty } f
 import { foldClaims, type GuardFailure, Replayed } from "./guards.js"
 import { prepareAppend, recorded, type StoredEvent, tenantKey, toFoldRows } from "./codec.js"
 import { Signal } from "./paging.js"
+import { errorTypeOf, instrumentBackend } from "./instruments.js"
 import * as Tracing from "./tracing.js"
 
 export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
@@ -127,7 +128,16 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
             events: recorded(prepared, positions, actual + 1)
           })
         })).pipe((effect) =>
-          Tracing.withSpan(effect, "EventStore.append", () => appendSpan(userStreamId, options?.streamType, events.length))
+          Tracing.withSpanExit(
+            effect,
+            "EventStore.append",
+            () => appendSpan(userStreamId, options?.streamType, events.length),
+            (span, exit) => {
+              if (exit._tag === "Failure") return span.attribute("error.type", errorTypeOf(exit))
+              span.attribute("aggregate.version", exit.value.version)
+              if (tenant !== undefined) span.attribute("tenant.id", tenant)
+            }
+          )
         ))
 
   const streamRows: Backend["streamRows"] = (streamId, { backward, cursor, from, limit, to }) =>
@@ -161,7 +171,7 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
       })
   }
 
-  return fromBackend({
+  return fromBackend(instrumentBackend({
     append,
     version: (streamId) => Effect.sync(() => streams.get(streamId)?.length ?? 0),
     streamRows,
@@ -183,6 +193,6 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
       for (const entry of claimLog) foldClaims(unique, entry.streamId, entry.tenantId, entry.claims)
       return unique.size
     })
-  })
+  }))
 })
 
