@@ -28,6 +28,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import type * as Tracer from "effect/Tracer"
 import { ConcurrencyError, InlineProjectionError, StoreError } from "./Errors.js"
 import type { NewEvent } from "./Event.js"
 import { type AppendError, type AppendOptions, type AppendResult, EventStore, type EventStoreService } from "./EventStore.js"
@@ -76,6 +77,7 @@ import {
   writeLibsql,
   writePg
 } from "./internal/sqlWrite.js"
+import { errorTypeOf } from "./internal/instruments.js"
 import * as Tracing from "./internal/tracing.js"
 import * as Telemetry from "./Telemetry.js"
 
@@ -277,12 +279,24 @@ const makeAppend = (
     Effect.withFiberRuntime((fiber) =>
       Tracing.isNative(fiber.currentTracer)
         ? appendWith(fiber, streamId, events, appendOptions, tenant)
-        : Effect.useSpan(
+        : Tracing.spanExit(
+          Effect.withFiberRuntime((inner) => appendWith(inner, streamId, events, appendOptions, tenant)),
           "EventStore.append",
           appendSpan(streamId, appendOptions?.streamType, events.length),
-          () => Effect.withFiberRuntime((inner) => appendWith(inner, streamId, events, appendOptions, tenant))
+          (span, exit) => appendExit(span, exit, tenant)
         )
     )
+}
+
+/** What an append's span learns when it ends: the stream's new version and tenant, or the error's type. */
+const appendExit = (span: Tracer.Span, exit: Exit.Exit<AppendResult, unknown>, tenant: string | undefined): void => {
+  if (Exit.isFailure(exit)) {
+    const type = errorTypeOf(exit)
+    if (type !== undefined) span.attribute("error.type", type)
+    return
+  }
+  span.attribute("aggregate.version", exit.value.version)
+  if (tenant !== undefined) span.attribute("tenant.id", tenant)
 }
 
 // --- step 2b: whole commands in one transaction ----------------------------------------------------------------------
@@ -711,7 +725,12 @@ const makeStatementStore = (
       if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
       return write(prepared.right)
     }).pipe((effect) =>
-      Tracing.withSpan(effect, "EventStore.append", () => appendSpan(streamId, appendOptions?.streamType, events.length))
+      Tracing.withSpanExit(
+        effect,
+        "EventStore.append",
+        () => appendSpan(streamId, appendOptions?.streamType, events.length),
+        (span, exit) => appendExit(span, exit, tenant)
+      )
     )
   return fromBackend({
     ...reads,

@@ -4,6 +4,7 @@ import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
@@ -253,16 +254,20 @@ describe("Aggregate definitions and handlers", () => {
       expect(saved).toEqual([1])
       // a write that never ends is interrupted after the grace period
       hang = true
+      const logs: Array<string> = []
+      const capture = Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => void logs.push(String(message))))
       const started = Date.now()
       yield* Effect.scoped(Effect.gen(function*() {
         const context = yield* Layer.build(
           Aggregate.layer(Snapped, { shutdownGrace: "200 millis" }).pipe(Layer.provide(stores))
         )
         yield* Effect.provide(Snapped.handle("b", { form: "array", n: 1 }), context)
-      }))
+      })).pipe(Effect.provide(capture))
       const took = Date.now() - started
       expect(took).toBeGreaterThanOrEqual(150)
       expect(took).toBeLessThan(2_000)
+      // and says so
+      expect(logs).toContain("snapshot write abandoned: the aggregate layer closed before it finished")
     }))
 })
 

@@ -11,6 +11,7 @@ import type * as Exit from "effect/Exit"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
+import { instrumentBackend } from "./instruments.js"
 import type {
   ClaimNotHeld,
   ConcurrencyError,
@@ -392,7 +393,8 @@ const lostRecord = (error: Replayed) =>
  * global reads deliver only rows of its tenant. Without, the store of the whole database: its streams are those
  * without a tenant, and its global reads deliver every tenant's events.
  */
-export const fromBackend = (backend: Backend, tenant?: string): EventStoreService => {
+export const fromBackend = (uninstrumented: Backend, tenant?: string): EventStoreService => {
+  const backend = instrumentBackend(uninstrumented)
   const keyOf = tenant === undefined ? (streamId: string) => streamId : (streamId: string) => tenantKey(tenant, streamId)
   const read: EventStoreService["read"] = (streamId, options) =>
     Stream.unwrap(Effect.gen(function*() {

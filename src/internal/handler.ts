@@ -28,6 +28,7 @@ import * as Snapshot from "../Snapshot.js"
 import * as StateCache from "../StateCache.js"
 import * as Telemetry from "../Telemetry.js"
 import * as Background from "./background.js"
+import * as Instruments from "./instruments.js"
 import * as EventLoop from "./eventLoop.js"
 import * as Tracing from "./tracing.js"
 import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, syncCommandsOf, tenantOf } from "./backend.js"
@@ -217,16 +218,20 @@ const makeStarts = <State>(
   const noop = () => {}
   if (snapshots === undefined) return { start: () => Effect.succeed(initial), seen: noop, forget: noop, ignored }
   const { policy, store } = snapshots
+  const hits = Instruments.series(Instruments.keys.snapshotHits, [["aggregate_type", name]])
+  const misses = Instruments.series(Instruments.keys.snapshotMisses, [["aggregate_type", name]])
+  const miss = Effect.sync(() => Instruments.add(misses, 1))
   const start = (sid: string): Effect.Effect<Start<State>> =>
     store.latest(sid).pipe(
       Effect.flatMap(Option.match({
-        onNone: () => Effect.succeed(initial),
+        onNone: () => Effect.as(miss, initial),
         onSome: (snapshot) => {
           const decoded = Snapshot.decode(policy, snapshot)
-          if (Either.isLeft(decoded)) return Effect.as(ignored(sid, snapshot.version, decoded.left), initial)
+          if (Either.isLeft(decoded)) return Effect.as(Effect.zipRight(miss, ignored(sid, snapshot.version, decoded.left)), initial)
           if (withAnalytics && decoded.right.analytics === undefined) {
-            return Effect.as(ignored(sid, snapshot.version, "the snapshot has no analytics"), initial)
+            return Effect.as(Effect.zipRight(miss, ignored(sid, snapshot.version, "the snapshot has no analytics")), initial)
           }
+          Instruments.add(hits, 1)
           return Effect.succeed<Start<State>>({
             state: decoded.right.state,
             version: snapshot.version,
@@ -235,7 +240,7 @@ const makeStarts = <State>(
           })
         }
       })),
-      Effect.catchAll((error) => Effect.as(ignored(sid, 0, error.message), initial))
+      Effect.catchAll((error) => Effect.as(Effect.zipRight(miss, ignored(sid, 0, error.message)), initial))
     )
   return { start, seen: noop, forget: noop, ignored }
 }
@@ -280,7 +285,24 @@ const makeSnapshotWriter = <State>(
         )
       )
     )
-    return mode === "inline" ? write : Effect.asVoid(background.run(write))
+    if (mode === "inline") return write
+    const annotations = { "aggregate.id": sid, "snapshot.version": after.version }
+    // A background write still running when the layer's grace ends is interrupted: say so (the snapshot is written
+    // at a later command; loads replay the events meanwhile).
+    const abandonable = Effect.onInterrupt(
+      write,
+      () =>
+        Effect.logWarning("snapshot write abandoned: the aggregate layer closed before it finished").pipe(
+          Effect.annotateLogs(annotations)
+        )
+    )
+    return background.run(abandonable).pipe(
+      Effect.flatMap((ran) =>
+        ran ? Effect.void : Effect.logWarning("snapshot write skipped: the aggregate layer is closing").pipe(
+          Effect.annotateLogs(annotations)
+        )
+      )
+    )
   }
   return { writeSnapshot, afterAppend }
 }
@@ -289,6 +311,14 @@ const commandType = (command: unknown): string =>
   typeof command === "object" && command !== null && typeof (command as { _tag?: unknown })._tag === "string"
     ? (command as { _tag: string })._tag
     : typeof command
+
+/** The distinct event types of a command's events, comma-separated, in order of first appearance. */
+const eventTypes = (events: ReadonlyArray<{ readonly type: string }>): string => {
+  if (events.length === 1) return events[0]!.type
+  const seen: Array<string> = []
+  for (const e of events) if (!seen.includes(e.type)) seen.push(e.type)
+  return seen.join(",")
+}
 
 const isConflict = (error: unknown): error is ConcurrencyError => error instanceof ConcurrencyError
 
@@ -313,6 +343,15 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     const withAnalytics = options.analytics === true
     const retry = layerOptions.retry ?? options.retry ?? defaultRetry
     const streamId = aggregate.streamId
+    // this aggregate's series (see `instruments.ts`): made once, looked up by their other labels' values
+    const aggregateType: readonly [string, string] = ["aggregate_type", name]
+    const commandCounts = new Instruments.SeriesCache(Instruments.keys.commands, ["command_type", "outcome"], [aggregateType])
+    const commandDurations = new Instruments.SeriesCache(Instruments.keys.commandDuration, ["command_type", "outcome"], [
+      aggregateType
+    ])
+    const loads = new Instruments.SeriesCache(Instruments.keys.aggregateLoads, ["source"], [aggregateType])
+    const loadedFrom = (source: StateCache.Source) => Instruments.add(loads.get(source), 1)
+    const appendedEvents = Instruments.series(Instruments.keys.eventsAppended, [aggregateType])
 
     const initial: Start<State> = {
       state: decider.initialState,
@@ -351,6 +390,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           )
         }
         starts.seen(sid, loaded)
+        loadedFrom(loaded.source)
         return Effect.succeed(loaded)
       })
 
@@ -437,10 +477,15 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
     }
 
     const load: HandlerService<State, Command, E, Err, R>["load"] = (id) =>
-      Tracing.withSpan(Effect.map(loadFrom(streamId(id), false), loaded), "Aggregate.load", () => ({
+      Tracing.withSpanExit(Effect.map(loadFrom(streamId(id), false), loaded), "Aggregate.load", () => ({
         captureStackTrace: false,
-        attributes: { "aggregate.id": id, "aggregate.type": name }
-      }))
+        attributes: spanStart(id)
+      }), (span, exit) => {
+        if (Exit.isSuccess(exit)) {
+          span.attribute("aggregate.version", exit.value.version)
+          span.attribute("aggregate.source", exit.value.source)
+        } else span.attribute("error.type", Instruments.errorTypeOf(exit))
+      })
 
     /**
      * One attempt of a command: load, decide, encode, append, then the state after it.
@@ -571,6 +616,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
             const folder = rowFolder(sid, initial, registry, decider.evolve, withAnalytics)
             for (const row of page) if (!folder.add(row)) return done({ _tag: "Usual" })
             const current = folder.reached()
+            loadedFrom("replay")
             const version = current.version
             const decision = decider.decide(command, current.state)
             let decided: ReadonlyArray<E>
@@ -602,9 +648,10 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
             return Effect.flatMap(outcome.decision, (events) => commit(outcome.current, events))
           case "Appended": {
             const { current, decided, exit } = outcome
-            return Exit.isSuccess(exit)
-              ? Effect.zipRight(GroupCommit.afterCommit(), completed(current, decided, exit.value))
-              : exit as Exit.Exit<never, HandleError>
+            if (Exit.isFailure(exit)) return exit as Exit.Exit<never, HandleError>
+            // written in the command's own transaction, past the store's counting
+            Instruments.add(appendedEvents, decided.length)
+            return Effect.zipRight(GroupCommit.afterCommit(), completed(current, decided, exit.value))
           }
         }
       }
@@ -645,6 +692,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           ? Effect.flatMap(loadFrom(sid, true), decideOn)
           : Effect.flatMap(starts.start(sid), (from) => {
           if (from.source !== "cache") return Effect.flatMap(continueFrom(sid, from), decideOn)
+          loadedFrom("cache")
           const decision = decider.decide(command, from.state)
           const decided = isEvents(decision) ? Effect.succeed(decision) : decision
           return Effect.matchEffect(decided, {
@@ -670,7 +718,41 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         }))
     }
 
-    const handle: HandlerService<State, Command, E, Err, R>["handle"] = (id, command, handleOptions) =>
+    const handle: HandlerService<State, Command, E, Err, R>["handle"] = (id, command, handleOptions) => {
+      const type = commandType(command)
+      const measured = Instruments.timed(handleNow(id, command, handleOptions), (seconds, exit) => {
+        const outcome = Instruments.outcomeOf(exit)
+        Instruments.add(commandDurations.get(type, outcome), seconds)
+        Instruments.add(commandCounts.get(type, outcome), 1)
+      })
+      return Tracing.withSpanExit(measured, "Aggregate.handle", () => {
+        const attributes = spanStart(id)
+        attributes["command.type"] = type
+        if (handleOptions?.commandId !== undefined) attributes["command.id"] = handleOptions.commandId
+        return { captureStackTrace: false, attributes }
+      }, (span, exit) => {
+        if (Exit.isFailure(exit)) return span.attribute("error.type", Instruments.errorTypeOf(exit))
+        const handled = exit.value
+        span.attribute("aggregate.version", handled.version)
+        span.attribute("aggregate.source", handled.source)
+        span.attribute("event.count", handled.events.length)
+        if (handled.events.length > 0) span.attribute("event.types", eventTypes(handled.events))
+        if (handled.retries > 0) span.attribute("command.retries", handled.retries)
+        if (handled.replayed === true) span.attribute("command.replayed", true)
+      })
+    }
+
+    /** The attributes every span of this handler starts with. */
+    const spanStart = (id: string): Record<string, unknown> =>
+      tenant === undefined
+        ? { "aggregate.id": id, "aggregate.type": name }
+        : { "aggregate.id": id, "aggregate.type": name, "tenant.id": tenant }
+
+    const handleNow = (
+      id: string,
+      command: Command,
+      handleOptions: HandleOptions | undefined
+    ): Effect.Effect<Handled<State, E>, Err | HandleError, R> =>
       Effect.suspend(() => {
         const run = { attempts: 0, replay: false }
         const sid = streamId(id)
@@ -702,12 +784,7 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
           )
         }
         return Effect.catchAll(once, (error) => isConflict(error) ? retried(error) : Effect.fail(error))
-      }).pipe((effect) =>
-        Tracing.withSpan(effect, "Aggregate.handle", () => ({
-          captureStackTrace: false,
-          attributes: { "aggregate.id": id, "aggregate.type": name, "command.type": commandType(command) }
-        }))
-      )
+      })
 
     const snapshot: HandlerService<State, Command, E, Err, R>["snapshot"] = (id) =>
       Effect.gen(function*() {
@@ -722,10 +799,13 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
         yield* writeSnapshot(sid, current)
         return current.version
       }).pipe((effect) =>
-        Tracing.withSpan(effect, "Aggregate.snapshot", () => ({
+        Tracing.withSpanExit(effect, "Aggregate.snapshot", () => ({
           captureStackTrace: false,
-          attributes: { "aggregate.id": id, "aggregate.type": name }
-        }))
+          attributes: spanStart(id)
+        }), (span, exit) => {
+          if (Exit.isSuccess(exit)) span.attribute("aggregate.version", exit.value)
+          else span.attribute("error.type", Instruments.errorTypeOf(exit))
+        })
       )
 
     return { load, handle, snapshot }
