@@ -249,6 +249,42 @@ describe("OpenTelemetry", () => {
     )
   })
 
+  it.live("a tenant's store counts its appends and store calls once, on the memory and SQLite stores", () => {
+    const appendedOf = (type: string) =>
+      Effect.map(Metric.value(Telemetry.eventsAppended.pipe(Metric.tagged("aggregate_type", type))), (s) => s.count)
+    const appendsTimed = Effect.map(
+      Metric.value(Telemetry.storeLatency.pipe(Metric.tagged("operation", "append"))),
+      (s) => s.count
+    )
+    const run = (type: string, layer: Layer.Layer<EventStore.EventStore, unknown>) =>
+      Effect.gen(function*() {
+        const root = yield* EventStore.EventStore
+        const tenant = yield* Tenancy.eventStore(root, "acme")
+        const event = yield* Event.registry([Added]).encode(Added.make({ n: 1 }))
+        const timedBefore = yield* appendsTimed
+        yield* tenant.append(`${type}-1`, [event, { ...event, eventId: crypto.randomUUID() }], { streamType: type })
+        expect(yield* appendedOf(type)).toBe(2)
+        expect((yield* appendsTimed) - timedBefore).toBe(1)
+      }).pipe(Effect.provide(layer))
+    return Effect.gen(function*() {
+      yield* run("TenantMemory", EventStore.layerMemory)
+      const Sqlite = yield* Effect.promise(() => import("effect-eventstore/Sqlite"))
+      yield* run("TenantSqlite", Sqlite.layer({ filename: ":memory:" }))
+    })
+  })
+
+  it.live("the stream types a metric keeps series for are bounded: past the limit they are counted as other", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      const event = yield* Event.registry([Added]).encode(Added.make({ n: 1 }))
+      // ids without a dash: each its own stream type
+      for (let i = 0; i < 300; i++) yield* store.append(`bounded${i}x${crypto.randomUUID().slice(0, 8)}`, [{ ...event, eventId: crypto.randomUUID() }])
+      const series = (yield* Metric.snapshot).filter((pair) => pair.metricKey.name === "eventstore_events_appended_total")
+      expect(series.length).toBeLessThanOrEqual(257)
+      const other = series.find((pair) => pair.metricKey.tags.some((t) => t.key === "aggregate_type" && t.value === "other"))
+      expect(other).toBeDefined()
+    }).pipe(Effect.provide(EventStore.layerMemory)))
+
   it.live("without a tracer installed the library makes no spans (a decider and a bus handler run outside any)", () => {
     const Probe = Aggregate.make({
       name: "TallyUntraced",

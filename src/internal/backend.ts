@@ -565,7 +565,8 @@ export const fromBackend = (uninstrumented: Backend, tenant?: string): EventStor
   if (tenant === undefined) {
     // a tenant's store: the same backend, its tenant's keys and rows (no synchronous commands: their reads of the
     // log are not by tenant)
-    const { syncCommands: _, ...shared } = backend
+    // (from the uninstrumented backend: the tenant's store instruments its own copy once)
+    const { syncCommands: _, ...shared } = uninstrumented
     Object.defineProperty(service, tenantsKey, { value: (t: string) => fromBackend(shared, t), enumerable: false })
   }
   Object.defineProperty(service, commitsKey, {

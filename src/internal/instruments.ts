@@ -111,6 +111,9 @@ export class SeriesCache {
     const k = values.length === 1 ? values[0]! : values.join("\u0000")
     let s = this.byValues.get(k)
     if (s === undefined) {
+      // Stream types come from stream ids when none is given: an id without a dash is a type of its own. Past
+      // `seriesLimit` values, new ones share one series labelled `other`, so a metric's series stay bounded.
+      if (this.byValues.size >= seriesLimit) return this.overflow()
       const labels: Array<readonly [string, string]> = [...this.fixed]
       for (let i = 0; i < this.names.length; i++) labels.push([this.names[i]!, values[i] ?? ""])
       s = series(this.key, labels)
@@ -118,7 +121,21 @@ export class SeriesCache {
     }
     return s
   }
+
+  private other: Series | undefined
+
+  private overflow(): Series {
+    if (this.other === undefined) {
+      const labels: Array<readonly [string, string]> = [...this.fixed]
+      for (const name of this.names) labels.push([name, "other"])
+      this.other = series(this.key, labels)
+    }
+    return this.other
+  }
 }
+
+/** How many label values one cached metric keeps series for; later values are counted under `other`. */
+export const seriesLimit = 256
 
 const none: ReadonlyArray<MetricLabel.MetricLabel> = []
 

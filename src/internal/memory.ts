@@ -11,7 +11,7 @@ import { appendSpan, type Backend, type CommandRecord, fromBackend, nonEmpty } f
 import { foldClaims, type GuardFailure, Replayed } from "./guards.js"
 import { prepareAppend, recorded, type StoredEvent, tenantKey, toFoldRows } from "./codec.js"
 import { Signal } from "./paging.js"
-import { errorTypeOf, instrumentBackend } from "./instruments.js"
+import { errorTypeOf } from "./instruments.js"
 import * as Tracing from "./tracing.js"
 
 export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
@@ -171,7 +171,7 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
       })
   }
 
-  return fromBackend(instrumentBackend({
+  return fromBackend({
     append,
     version: (streamId) => Effect.sync(() => streams.get(streamId)?.length ?? 0),
     streamRows,
@@ -193,6 +193,6 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
       for (const entry of claimLog) foldClaims(unique, entry.streamId, entry.tenantId, entry.claims)
       return unique.size
     })
-  }))
+  })
 })
 
