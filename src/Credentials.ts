@@ -217,9 +217,9 @@ export class CredentialExpired extends Schema.TaggedError<CredentialExpired>()("
 }
 
 /**
- * The provider has the credential, but it is not usable: a missing or unknown field, unreadable JSON, or a kind
- * the consumer cannot use (a TLS credential given to PostgreSQL as its password). `reason` names fields, never
- * values.
+ * The provider has the credential, but it is not usable: a missing field, a field of the wrong type, an unknown
+ * `type`, or a kind the consumer cannot use (a TLS credential given to PostgreSQL as its password). `reason` names
+ * fields, never values.
  *
  * @since 0.1.0
  */
@@ -286,8 +286,9 @@ const textOf = (value: unknown): string | undefined =>
   typeof value === "string" ? value : Redacted.isRedacted(value) ? String(Redacted.value(value)) : undefined
 
 /**
- * Reads a credential from its stored fields (`Document`). Values may be strings or `Redacted` strings; any other
- * field type is invalid. For providers you write: `decode(name, "my-store", fields)`.
+ * Reads a credential from its stored fields (`Document`). The values of the `Document` fields may be strings or
+ * `Redacted` strings (`null` counts as absent); any other type there is invalid. Fields that are not `Document`
+ * fields are ignored, whatever their type. For providers you write: `decode(name, "my-store", fields)`.
  *
  * @since 0.1.0
  */
@@ -301,10 +302,11 @@ export const decode = (
     const known = ["type", "token", "username", "password", "creds", "jwt", "seed", "cert", "key", "ca", "expires_at"]
     const strings: Record<string, string> = {}
     for (const [field, value] of Object.entries(fields)) {
-      if (value === undefined || value === null) continue
+      // unknown fields (whatever their type: a Vault secret's `"port": 5432`) are ignored
+      if (!known.includes(field) || value === undefined || value === null) continue
       const text = textOf(value)
       if (text === undefined) return invalid(`field "${field}" must be a string`)
-      if (known.includes(field)) strings[field] = text
+      strings[field] = text
     }
     const secret = (field: string) => strings[field] !== undefined ? Redacted.make(strings[field]!) : undefined
     const meta: { expiresAt?: Date } = {}
@@ -489,20 +491,22 @@ export const envProvider = (options: EnvOptions = {}): Effect.Effect<Provider> =
 
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/
 
-/** A file's text as a credential: a JSON `Document`, a NATS `.creds` body, or else a token (trimmed). */
+/**
+ * A file's text as a credential: a JSON object (a `Document`), a NATS `.creds` body, or else a token (trimmed).
+ * Text that starts with `{` but is not a JSON object is a token too (a generated password may start with `{`).
+ */
 const parseText = (name: string, provider: string, text: string): Effect.Effect<Credential, CredentialInvalid> => {
   const trimmed = text.trim()
   if (trimmed.startsWith("{")) {
-    let fields: unknown
+    let fields: unknown = undefined
     try {
       fields = JSON.parse(trimmed)
     } catch {
-      // the parser's message quotes the text: never pass it on
-      return Effect.fail(new CredentialInvalid({ name, provider, reason: "the file starts with { but is not valid JSON" }))
+      // not JSON: a token (the parser's message quotes the text, and is dropped)
     }
-    return typeof fields === "object" && fields !== null && !Array.isArray(fields)
-      ? decode(name, provider, fields as Record<string, unknown>)
-      : Effect.fail(new CredentialInvalid({ name, provider, reason: "the JSON is not an object" }))
+    if (typeof fields === "object" && fields !== null && !Array.isArray(fields)) {
+      return decode(name, provider, fields as Record<string, unknown>)
+    }
   }
   if (trimmed === "") return Effect.fail(new CredentialInvalid({ name, provider, reason: "the file is empty" }))
   if (trimmed.includes("-----BEGIN NATS USER JWT-----")) {
@@ -522,8 +526,10 @@ export interface DirectoryOptions {
 /**
  * One file per credential in a directory (Docker and Kubernetes secrets): the credential `db` is the file `db`.
  * A file holding a JSON object is read as a `Document`; one holding a NATS `.creds` body is a `NatsCreds`; any
- * other text is a `Token` (surrounding whitespace removed), which PostgreSQL takes as its password. Names must be
- * letters, digits, `_`, `.` and `-` (no path separators).
+ * other text is a `Token` (surrounding whitespace removed; also text that starts with `{` but is not a JSON object),
+ * which PostgreSQL takes as its password. A file name is letters, digits, `_`, `.` and `-`, not starting with `.`
+ * or `-`; any other name (`apps/db`, `../x`) is `CredentialNotFound` without touching the file system, so a `chain`
+ * asks its next member.
  *
  * With `watch`, a changed file (including Kubernetes' atomic swap of `..data`) is re-read at once and a changed
  * credential emitted on `changes`; without it, changes show at the next refresh.
@@ -549,8 +555,10 @@ export const directoryProvider = (options: DirectoryOptions): Provider => {
   return {
     name: provider,
     get: (name) =>
+      // a name that cannot be a file name is not in the directory (and no path is ever built from it): a chain
+      // goes on to its next member
       !SAFE_NAME.test(name)
-        ? Effect.fail(new CredentialInvalid({ name, provider, reason: "names in a directory are letters, digits, _ . -" }))
+        ? Effect.fail(new CredentialNotFound({ name, provider }))
         : Effect.tryPromise({
           try: () => Fs.promises.readFile(Path.join(options.path, name), "utf8"),
           catch: (cause) => {
@@ -606,14 +614,32 @@ export const chain = (...providers: ReadonlyArray<Provider>): Provider => {
 const MAGIC = Buffer.from("EECRED", "ascii")
 const FORMAT_VERSION = 1
 
-/** @since 0.1.0 */
+/**
+ * scrypt's cost for a passphrase. The bounds, checked when a file is written and again, before any derivation,
+ * when it is read (so a file with an altered or hostile header costs nothing to refuse): integers with
+ * `log2N ≥ 1`, `r ≥ 1`, `1 ≤ p ≤ 4`, and scrypt's memory `128 · r · 2^log2N` at most 256 MiB (e.g. `log2N` 18 with
+ * `r` 8). The salt, written as 16 random bytes, must be 16 to 64 bytes long.
+ *
+ * @since 0.1.0
+ */
 export interface ScryptCost {
   /** log2 of scrypt's N; default 17 (N = 131072, 128 MiB with r = 8). */
   readonly log2N?: number
   /** Default 8. */
   readonly r?: number
-  /** Default 1. */
+  /** Default 1; at most 4. */
   readonly p?: number
+}
+
+const MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
+
+/** Why a scrypt cost (and salt length) is refused, or `undefined` when it is within the bounds of `ScryptCost`. */
+const checkCost = (log2N: number, r: number, p: number, saltLength: number): string | undefined => {
+  if (![log2N, r, p, saltLength].every(Number.isInteger)) return "scrypt cost: integers only"
+  if (log2N < 1 || r < 1 || p < 1 || p > 4) return "scrypt cost: log2N ≥ 1, r ≥ 1, p 1..4"
+  if (128 * r * 2 ** log2N > MAX_SCRYPT_MEMORY) return "scrypt cost: 128 · r · 2^log2N is above 256 MiB"
+  if (saltLength < 16 || saltLength > 64) return "scrypt salt: 16..64 bytes"
+  return undefined
 }
 
 /**
@@ -636,18 +662,24 @@ const rawKey = (key: Redacted.Redacted<string>): Buffer | undefined => {
   return undefined
 }
 
+/** Only after `checkCost` accepted the cost. Never throws: node's synchronous parameter errors reject. */
 const scrypt = (passphrase: Redacted.Redacted<string>, salt: Buffer, log2N: number, r: number, p: number) =>
-  Effect.async<Buffer, Error>((resume) => {
+  new Promise<Buffer>((resolve, reject) => {
     const N = 2 ** log2N
-    // off the main thread (libuv's pool): a 128 MiB derivation takes a good fraction of a second
-    Crypto.scrypt(Redacted.value(passphrase), salt, 32, { N, r, p, maxmem: 256 * N * r + 32 * 1024 * 1024 }, (e, key) =>
-      resume(e ? Effect.fail(e) : Effect.succeed(key)))
+    try {
+      // off the main thread (libuv's pool): a 128 MiB derivation takes a good fraction of a second
+      Crypto.scrypt(Redacted.value(passphrase), salt, 32, { N, r, p, maxmem: 256 * N * r + 32 * 1024 * 1024 }, (e, key) =>
+        e ? reject(e) : resolve(key))
+    } catch (e) {
+      reject(e)
+    }
   })
 
 /**
  * Writes an encrypted credentials file (AES-256-GCM with a fresh random IV; with a passphrase, a fresh random salt),
- * atomically (a temporary file renamed over the old one), readable by its owner only (mode 0600). Use it to create
- * the file `encryptedFileProvider` reads, and again to rotate a value in it.
+ * atomically (a new temporary file, synced to disk, renamed over the old one), readable by its owner only (mode
+ * 0600). A passphrase's `cost` must be within the bounds of `ScryptCost`. Use it to create the file
+ * `encryptedFileProvider` reads, and again to rotate a value in it.
  *
  * @example
  * ```ts
@@ -676,11 +708,13 @@ export const writeEncryptedFile = (
       const log2N = key.cost?.log2N ?? 17
       const r = key.cost?.r ?? 8
       const p = key.cost?.p ?? 1
-      if (![log2N, r, p].every((n) => Number.isInteger(n) && n >= 1 && n <= 255) || log2N > 24) {
-        return yield* fail("scrypt cost: log2N 1..24, r and p 1..255")
-      }
+      const refused = checkCost(log2N, r, p, 16)
+      if (refused !== undefined) return yield* fail(refused)
       const salt = Crypto.randomBytes(16)
-      aesKey = yield* Effect.mapError(scrypt(key.passphrase, salt, log2N, r, p), () => fail("scrypt failed"))
+      aesKey = yield* Effect.tryPromise({
+        try: () => scrypt(key.passphrase, salt, log2N, r, p),
+        catch: () => fail("scrypt failed")
+      })
       header = Buffer.concat([MAGIC, Buffer.from([FORMAT_VERSION, 1, log2N, r, p, salt.length]), salt])
     }
     const iv = Crypto.randomBytes(12)
@@ -694,12 +728,25 @@ export const writeEncryptedFile = (
     yield* Effect.tryPromise({
       try: async () => {
         try {
-          await Fs.promises.writeFile(temp, file, { mode: 0o600 })
+          // "wx": never through a file (or symlink) already at the temporary path; synced before the rename, so a
+          // crash leaves the old file or the new one, never an empty one
+          const handle = await Fs.promises.open(temp, "wx", 0o600)
+          try {
+            await handle.writeFile(file)
+            await handle.sync()
+          } finally {
+            await handle.close()
+          }
           await Fs.promises.rename(temp, path)
         } catch (error) {
           await Fs.promises.rm(temp, { force: true }).catch(() => undefined)
           throw error
         }
+        // the rename itself, durable (best effort: some platforms and file systems cannot sync a directory)
+        await Fs.promises.open(Path.dirname(Path.resolve(path)), "r").then(
+          (dir) => dir.sync().finally(() => dir.close()),
+          () => undefined
+        ).catch(() => undefined)
       },
       catch: (cause) => fail(`cannot write (${(cause as NodeJS.ErrnoException).code ?? "error"})`)
     })
@@ -721,8 +768,9 @@ export type EncryptedFileOptions = FileKey & {
  */
 export const encryptedFileProvider = (options: EncryptedFileOptions): Provider => {
   const provider = `encrypted-file ${options.path}`
-  // scrypt is slow on purpose: derive once per salt and cost, not on every read
-  const derived = new Map<string, Buffer>()
+  // scrypt is slow on purpose: derive once per salt and cost, not on every read; concurrent first reads share one
+  // derivation (the promise is kept), and a failed one is forgotten
+  const derived = new Map<string, Promise<Buffer>>()
   const failed = (name: string, reason: string, retryable = false) =>
     new CredentialProviderError({ name, provider, reason, retryable })
   const open = (name: string, file: Buffer): Effect.Effect<unknown, CredentialProviderError> =>
@@ -743,16 +791,24 @@ export const encryptedFileProvider = (options: EncryptedFileOptions): Provider =
         if (file.length < 12) return yield* failed(name, "the header is truncated")
         const [log2N, r, p, saltLength] = [file[8]!, file[9]!, file[10]!, file[11]!]
         offset = 12 + saltLength
-        if (log2N > 24 || file.length < offset) return yield* failed(name, "the header is corrupt")
-        const salt = file.subarray(12, offset)
-        const id = `${salt.toString("hex")}:${log2N}:${r}:${p}`
-        const cached = derived.get(id)
-        if (cached !== undefined) key = cached
-        else {
-          key = yield* Effect.mapError(scrypt(options.passphrase, salt, log2N, r, p), () => failed(name, "scrypt failed"))
-          derived.clear()
-          derived.set(id, key)
+        // before any derivation: an altered or hostile cost is refused, never run
+        if (checkCost(log2N, r, p, saltLength) !== undefined || file.length < offset) {
+          return yield* failed(name, "the header is corrupt")
         }
+        const salt = Buffer.from(file.subarray(12, offset))
+        const id = `${salt.toString("hex")}:${log2N}:${r}:${p}`
+        let pending = derived.get(id)
+        if (pending === undefined) {
+          const started = scrypt(options.passphrase, salt, log2N, r, p)
+          pending = started
+          derived.clear()
+          derived.set(id, started)
+          started.catch(() => {
+            if (derived.get(id) === started) derived.delete(id)
+          })
+        }
+        const derivation = pending
+        key = yield* Effect.tryPromise({ try: () => derivation, catch: () => failed(name, "scrypt failed") })
       } else return yield* failed(name, `unknown key derivation ${file[7]}`)
       if (file.length < offset + 28) return yield* failed(name, "the file is truncated")
       const iv = file.subarray(offset, offset + 12)
@@ -767,7 +823,7 @@ export const encryptedFileProvider = (options: EncryptedFileOptions): Provider =
         return yield* failed(name, "decryption failed: wrong key or passphrase, or the file was altered")
       }
     })
-  const watch: Stream.Stream<string | undefined> = Stream.asyncScoped<string | undefined>((emit) =>
+  const watch: Stream.Stream<string | undefined> = Stream.asyncScoped<string | undefined, Error>((emit) =>
     Effect.acquireRelease(
       // the directory, not the file: an atomic rewrite replaces the file, which would end a watch on it
       Effect.try(() =>
@@ -776,7 +832,24 @@ export const encryptedFileProvider = (options: EncryptedFileOptions): Provider =
         })
       ),
       (watcher) => Effect.sync(() => watcher.close())
-    ).pipe(Effect.catchAll(() => Effect.logWarning(`Credentials: cannot watch ${options.path}`)))
+    ).pipe(
+      // an FSWatcher error (the directory removed or unmounted) with no listener would be an uncaught exception
+      Effect.tap((watcher) =>
+        Effect.sync(() =>
+          watcher.on("error", (error) => {
+            void emit.fail(error)
+          })
+        )
+      ),
+      Effect.catchAll(() => Effect.logWarning(`Credentials: cannot watch ${options.path}`))
+    )
+  ).pipe(
+    Stream.catchAll((error) => {
+      const code = (error as NodeJS.ErrnoException).code ?? "error"
+      return Stream.drain(Stream.fromEffect(
+        Effect.logWarning(`Credentials: watching ${options.path} stopped (${code}); changes show at the next refresh`)
+      ))
+    })
   )
   return {
     name: provider,
@@ -788,6 +861,9 @@ export const encryptedFileProvider = (options: EncryptedFileOptions): Provider =
       }).pipe(
         Effect.flatMap((file) => open(name, file)),
         Effect.flatMap((content): Effect.Effect<Credential, CredentialsError> => {
+          if (typeof content !== "object" || content === null) {
+            return Effect.fail(failed(name, "the content is not a credentials map"))
+          }
           const all = (content as { credentials?: unknown }).credentials
           if (typeof all !== "object" || all === null) return Effect.fail(failed(name, "the content is not a credentials map"))
           const entry = Object.prototype.hasOwnProperty.call(all, name) ? (all as Record<string, unknown>)[name] : undefined

@@ -7,10 +7,16 @@
  *
  * How Vault's answers map:
  * - 200 with `data.data`: the credential; `data.metadata.version` is its `version`, `created_time` its `createdAt`.
- * - 404, or a version that is deleted (`deletion_time` set) or destroyed: `CredentialNotFound` (a `chain` goes on).
+ * - 404 with `{"errors": []}` (no such secret), or a version that is deleted (`deletion_time` set) or destroyed:
+ *   `CredentialNotFound` (a `chain` goes on).
+ * - Any other 404 (`"no handler for route"`: a wrong mount; a body that is not Vault's: a wrong address or a proxy):
+ *   `CredentialProviderError`, not retryable.
  * - 403 (bad or expired token, no policy): `CredentialProviderError`, not retryable.
- * - 429, 5xx (sealed, standby, overloaded), timeouts and connection failures: `CredentialProviderError`, retryable
- *   (`Credentials` retries them under its `retry` schedule).
+ * - 429, 5xx (sealed, standby, overloaded), timeouts (the time limit covers the response's headers and body) and
+ *   connection failures: `CredentialProviderError`, retryable (`Credentials` retries them under its `retry`
+ *   schedule).
+ * - The token cannot be read (`tokenFrom`: its credential is missing, invalid or its provider failed):
+ *   `CredentialProviderError` of this provider, retryable when the token's provider error was.
  *
  * The Vault token is `Redacted`: from configuration, or from another credential (`tokenFrom("vault-token")`, e.g.
  * a file a Vault agent keeps fresh). It is sent as `X-Vault-Token`, which is added to the header names
@@ -43,7 +49,7 @@ export interface Options<R = never> {
   readonly path?: (name: string) => string
   /** Vault Enterprise namespace, sent as `X-Vault-Namespace`. */
   readonly namespace?: string
-  /** How long one request may take; default 10 seconds. */
+  /** How long one request may take, its response's body included; default 10 seconds. */
   readonly timeout?: Duration.DurationInput
   /** The provider's name in errors and on credentials; default `vault`. */
   readonly name?: string
@@ -70,6 +76,23 @@ export const tokenFrom = (
       ))
 
 const segments = (path: string) => path.split("/").filter((s) => s !== "")
+
+/** Vault's KV v2 "no such secret": `{"errors": []}`, or the metadata of a deleted or destroyed version. */
+const isKvNotFound = (body: unknown): boolean => {
+  if (typeof body !== "object" || body === null) return false
+  const { data, errors } = body as { errors?: unknown; data?: unknown }
+  if (Array.isArray(errors) && errors.length === 0) return true
+  return typeof data === "object" && data !== null && typeof (data as { metadata?: unknown }).metadata === "object" &&
+    (data as { metadata?: unknown }).metadata !== null
+}
+
+const parseJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text) as unknown
+  } catch {
+    return undefined
+  }
+}
 
 const errorsOf = (body: unknown): string | undefined => {
   const errors = (body as { errors?: unknown } | null)?.errors
@@ -125,7 +148,13 @@ export const provider = <R = never>(
           return yield* new Credentials.CredentialInvalid({ name, provider: providerName, reason: "not a valid Vault path" })
         }
         const url = `${address}/v1/${mount}/data/${path.map(encodeURIComponent).join("/")}`
-        const secret = yield* token
+        // the token's own errors (a missing `vault-token` credential) are this provider failing, never "no `name`
+        // in Vault": a chain must not fall through to its next member
+        const secret = yield* Effect.mapError(token, (error) =>
+          failed(
+            `cannot read the Vault token (${error._tag})`,
+            error._tag === "CredentialProviderError" && error.retryable
+          ))
         const request = HttpClientRequest.get(url).pipe(
           HttpClientRequest.acceptJson,
           HttpClientRequest.setHeader("X-Vault-Token", Redacted.value(secret)),
@@ -133,7 +162,11 @@ export const provider = <R = never>(
             ? HttpClientRequest.setHeader("X-Vault-Namespace", options.namespace)
             : (r) => r
         )
-        const response = yield* client.execute(request).pipe(
+        // one time limit for the headers and the body: a server that stalls after its headers times out too
+        const { body, status } = yield* client.execute(request).pipe(
+          Effect.flatMap((response) =>
+            Effect.map(response.text, (text) => ({ status: response.status, body: parseJson(text) }))
+          ),
           Effect.timeoutFail({ duration: timeout, onTimeout: () => failed(`no answer within ${Duration.format(timeout)}`, true) }),
           // the token must not reach the HTTP client's span attributes
           Effect.locallyWith(Headers.currentRedactedNames, (names) => [...names, "x-vault-token"]),
@@ -143,9 +176,12 @@ export const provider = <R = never>(
           }),
           Effect.scoped
         )
-        const body = yield* response.json.pipe(Effect.orElseSucceed((): unknown => undefined))
-        const status = response.status
-        if (status === 404) return yield* new Credentials.CredentialNotFound({ name, provider: providerName })
+        if (status === 404) {
+          // only KV v2's own "no such secret" is not found; a wrong mount ("no handler for route"), a wrong address
+          // or a proxy's 404 is an error, so a chain does not silently use its next member
+          if (isKvNotFound(body)) return yield* new Credentials.CredentialNotFound({ name, provider: providerName })
+          return yield* failed(`no such mount or path (404)${errorsOf(body) ? `: ${errorsOf(body)}` : ""}`, false)
+        }
         if (status === 403) {
           return yield* failed(`permission denied (403)${errorsOf(body) ? `: ${errorsOf(body)}` : ""}`, false)
         }

@@ -69,7 +69,7 @@ describe("providers", () => {
       )
     ))
 
-  it.effect("directory: a plain file is a token, a .creds body is NatsCreds, bad names and bad JSON are invalid", () =>
+  it.effect("directory: a plain file is a token, a .creds body is NatsCreds, text starting with { that is not JSON is a token, a name that cannot be a file is not found", () =>
     Effect.gen(function*() {
       const dir = tempDir("raw")
       Fs.writeFileSync(Path.join(dir, "db_password"), "plain-Secret\n")
@@ -81,11 +81,17 @@ describe("providers", () => {
       const credentials = yield* Credentials.make(Credentials.directoryProvider({ path: dir, watch: false }), noRefresh)
       expect(secretOf(yield* credentials.get("db_password"))).toBe("plain-Secret")
       expect((yield* credentials.get("nats.creds"))._tag).toBe("NatsCreds")
-      const traversal = yield* Effect.flip(credentials.get("../etc/passwd"))
-      expect(traversal._tag).toBe("CredentialInvalid")
-      const broken = yield* Effect.flip(credentials.get("broken"))
-      expect(broken._tag).toBe("CredentialInvalid")
-      expect(broken.message).not.toContain("has-Secret")
+      for (const name of ["../etc/passwd", "apps/db", ".hidden", "-x", "a:b"]) {
+        const error = yield* Effect.flip(credentials.get(name))
+        expect([name, error._tag]).toEqual([name, "CredentialNotFound"])
+      }
+      const broken = yield* credentials.get("broken")
+      expect([broken._tag, secretOf(broken)]).toEqual(["Token", "{ not json, has-Secret"])
+      // a JSON object is still a document, and a malformed one is invalid
+      Fs.writeFileSync(Path.join(dir, "doc"), JSON.stringify({ type: "user_password", password: "lonely-Secret" }))
+      const invalid = yield* Effect.flip(credentials.get("doc"))
+      expect(invalid._tag).toBe("CredentialInvalid")
+      expect(invalid.message).not.toContain("lonely-Secret")
     }).pipe(Effect.scoped))
 
   it.live("directory with watch: a rewritten file is emitted on changes without rotate or refresh", () =>
@@ -115,6 +121,46 @@ describe("providers", () => {
       expect(Chunk.toReadonlyArray(values).map(secretOf)).toEqual(["w1-Secret", "w2-Secret"])
     }).pipe(Effect.scoped))
 })
+
+describe("decode", () => {
+  it.effect("fields that are not Document fields are ignored whatever their type; a Document field must be a string", () =>
+    Effect.gen(function*() {
+      const got = yield* Credentials.decode("db", "p", {
+        username: "app",
+        password: Redacted.make("pw-Secret"),
+        port: 5432,
+        rotation: { days: 30 },
+        enabled: true,
+        ca: null
+      })
+      expect([got._tag, secretOf(got)]).toEqual(["UserPassword", "pw-Secret"])
+      const error = yield* Effect.flip(Credentials.decode("db", "p", { username: "app", password: 1234 }))
+      expect([error._tag, error.message]).toEqual(["CredentialInvalid", `credential "db" from p is invalid: field "password" must be a string`])
+    }))
+})
+
+/** An encrypted file built by hand, following the documented layout, with a raw key (kdf 0). */
+const handMade = (key: Buffer, plaintext: string, aad: (header: Buffer, iv: Buffer) => Buffer | undefined) => {
+  const header = Buffer.concat([Buffer.from("EECRED", "ascii"), Buffer.from([1, 0])])
+  const iv = Crypto.randomBytes(12)
+  const cipher = Crypto.createCipheriv("aes-256-gcm", key, iv)
+  const additional = aad(header, iv)
+  if (additional !== undefined) cipher.setAAD(additional)
+  const ciphertext = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final()])
+  return Buffer.concat([header, iv, cipher.getAuthTag(), ciphertext])
+}
+
+/** Decrypts a file written by writeEncryptedFile with node:crypto alone, following the documented layout. */
+const decryptByHand = (file: Buffer, key: Buffer, aad: "header and IV" | "none" | "changed") => {
+  const offset = file[7] === 0 ? 8 : 12 + file[11]!
+  const iv = file.subarray(offset, offset + 12)
+  const decipher = Crypto.createDecipheriv("aes-256-gcm", key, iv)
+  const additional = Buffer.from(file.subarray(0, offset + 12))
+  if (aad === "changed") additional[6] = 2
+  if (aad !== "none") decipher.setAAD(additional)
+  decipher.setAuthTag(file.subarray(offset + 12, offset + 28))
+  return Buffer.concat([decipher.update(file.subarray(offset + 28)), decipher.final()]).toString("utf8")
+}
 
 describe("encrypted file format", () => {
   const entries = { db: Credentials.userPassword("app", Redacted.make("format-Secret")) }
@@ -181,6 +227,29 @@ describe("encrypted file format", () => {
         const error = yield* read({ path: altered, passphrase })
         expect(error._tag).toBe("CredentialProviderError")
       }
+      // the header and IV are the GCM additional data: a file whose tag does not cover them is refused, although
+      // its key, IV and ciphertext are right
+      const raw = Buffer.from(Redacted.value(keyHex), "hex")
+      const plaintext = JSON.stringify({ credentials: { db: { type: "token", token: "hand-Secret" } } })
+      const good = Path.join(dir, "hand-good.enc")
+      Fs.writeFileSync(good, handMade(raw, plaintext, (header, iv) => Buffer.concat([header, iv])))
+      const fromHand = yield* Credentials.make(Credentials.encryptedFileProvider({ path: good, key: keyHex, watch: false }), noRefresh)
+        .pipe(Effect.flatMap((c) => c.get("db")), Effect.scoped)
+      expect(secretOf(fromHand)).toBe("hand-Secret")
+      for (const [label, aad] of [
+        ["no AAD", () => undefined],
+        ["the header without the IV", (header: Buffer) => header],
+        ["another version byte", (header: Buffer, iv: Buffer) => Buffer.concat([header, iv]).fill(2, 6, 7)]
+      ] as const) {
+        const path = Path.join(dir, `hand-${label.replace(/ /g, "-")}.enc`)
+        Fs.writeFileSync(path, handMade(raw, plaintext, aad))
+        const error = yield* read({ path, key: keyHex })
+        expect([label, error.message]).toEqual([label, expect.stringContaining("decryption failed")])
+      }
+      // decrypted plaintext that is not an object: a typed error, not a defect
+      const nullFile = Path.join(dir, "hand-null.enc")
+      Fs.writeFileSync(nullFile, handMade(raw, "null", (header, iv) => Buffer.concat([header, iv])))
+      expect((yield* read({ path: nullFile, key: keyHex })).message).toContain("not a credentials map")
       const mixed = yield* read({ path: pfile, key: keyHex })
       expect(mixed.message).toContain("passphrase")
       const missing = yield* read({ path: Path.join(dir, "none.enc"), key: keyHex })
@@ -189,6 +258,79 @@ describe("encrypted file format", () => {
         Credentials.writeEncryptedFile(file, entries, { key: Redacted.make("too-short") })
       )
       expect(badKey._tag).toBe("CredentialsFileError")
+    }))
+})
+
+describe("encrypted file: scrypt cost bounds", () => {
+  const header = (log2N: number, r: number, p: number, saltLength: number) =>
+    Buffer.concat([
+      Buffer.from("EECRED", "ascii"),
+      Buffer.from([1, 1, log2N, r, p, saltLength]),
+      Crypto.randomBytes(saltLength),
+      Crypto.randomBytes(12 + 16 + 40)
+    ])
+
+  it.live("a hostile or altered cost in the header is refused at once, as a corrupt header, without deriving", () =>
+    Effect.gen(function*() {
+      const dir = tempDir("cost")
+      const cases: ReadonlyArray<readonly [string, Buffer]> = [
+        ["log2N 0 (N = 1)", header(0, 8, 1, 16)],
+        ["log2N 24, r 8 (16 GiB)", header(24, 8, 1, 16)],
+        ["r 136 (2.2 GiB at N = 2^17)", header(17, 136, 1, 16)],
+        ["log2N 21 (2 GiB at r = 8)", header(21, 8, 1, 16)],
+        ["log2N 255", header(255, 255, 255, 16)],
+        ["p 255", header(10, 8, 255, 16)],
+        ["r 0", header(10, 0, 1, 16)],
+        ["p 0", header(10, 8, 0, 16)],
+        ["salt of 0 bytes", header(10, 8, 1, 0)],
+        ["salt of 8 bytes", header(10, 8, 1, 8)],
+        ["salt of 65 bytes", header(10, 8, 1, 65)]
+      ]
+      const started = Date.now()
+      for (const [label, bytes] of cases) {
+        const path = Path.join(dir, `${label.replace(/[^a-z0-9]+/gi, "-")}.enc`)
+        Fs.writeFileSync(path, bytes)
+        const error = yield* Credentials.make(
+          Credentials.encryptedFileProvider({ path, passphrase, watch: false }),
+          noRefresh
+        ).pipe(Effect.flatMap((c) => Effect.flip(c.get("db"))), Effect.scoped)
+        expect([label, error._tag, error.message]).toEqual([
+          label,
+          "CredentialProviderError",
+          expect.stringContaining("the header is corrupt")
+        ])
+      }
+      // not one derivation ran (the smallest refused one above would take a while, the largest for ever)
+      expect(Date.now() - started).toBeLessThan(1000)
+    }))
+
+  it.effect("the writer refuses what the reader would refuse, and what it accepts reads back", () =>
+    Effect.gen(function*() {
+      const file = Path.join(tempDir("costw"), "c.enc")
+      const entries = { db: Credentials.token(Redacted.make("cost-Secret")) }
+      for (const cost of [{ log2N: 24 }, { log2N: 19, r: 8 }, { log2N: 17, r: 136 }, { p: 5 }, { log2N: 0 }, { r: 0 }, { log2N: 1.5 }]) {
+        const error = yield* Effect.flip(Credentials.writeEncryptedFile(file, entries, { passphrase, cost }))
+        expect([cost, error._tag]).toEqual([cost, "CredentialsFileError"])
+      }
+      expect(Fs.existsSync(file)).toBe(false)
+      for (const cost of [{ log2N: 1, r: 1, p: 1 }, { log2N: 4, r: 2, p: 4 }]) {
+        yield* Credentials.writeEncryptedFile(file, entries, { passphrase, cost })
+        const got = yield* Credentials.make(Credentials.encryptedFileProvider({ path: file, passphrase, watch: false }), noRefresh)
+          .pipe(Effect.flatMap((c) => c.get("db")), Effect.scoped)
+        expect(secretOf(got)).toBe("cost-Secret")
+        // and node:crypto alone decrypts it with the documented layout: AAD = header ‖ IV
+        const bytes = Fs.readFileSync(file)
+        const key = Crypto.scryptSync(Redacted.value(passphrase), bytes.subarray(12, 12 + bytes[11]!), 32, {
+          N: 2 ** bytes[8]!,
+          r: bytes[9]!,
+          p: bytes[10]!
+        })
+        expect(JSON.parse(decryptByHand(bytes, key, "header and IV"))).toEqual({
+          credentials: { db: { type: "token", token: "cost-Secret" } }
+        })
+        expect(() => decryptByHand(bytes, key, "none")).toThrow()
+        expect(() => decryptByHand(bytes, key, "changed")).toThrow()
+      }
     }))
 })
 
@@ -213,6 +355,20 @@ describe("chain", () => {
       const none = yield* Effect.flip(credentials.get("three"))
       expect(none._tag).toBe("CredentialNotFound")
       expect(none.provider).toBe("chain(a, b)")
+    }).pipe(Effect.scoped))
+
+  it.effect("a directory first: a name that cannot be a file (a Vault path) falls through to the next member", () =>
+    Effect.gen(function*() {
+      const dir = tempDir("chaindir")
+      Fs.writeFileSync(Path.join(dir, "local"), "local-Secret")
+      const vaultLike = Credentials.staticProvider({ "apps/db": Credentials.token(Redacted.make("store-Secret")) }, "store")
+      const credentials = yield* Credentials.make(
+        Credentials.chain(Credentials.directoryProvider({ path: dir, watch: false }), vaultLike),
+        noRefresh
+      )
+      const got = yield* credentials.get("apps/db")
+      expect([secretOf(got), got.provider]).toEqual(["store-Secret", "store"])
+      expect(secretOf(yield* credentials.get("local"))).toBe("local-Secret")
     }).pipe(Effect.scoped))
 
   it.effect("a failing member stops the search: its error is reported, later members are not asked", () =>

@@ -2,7 +2,9 @@
  * The Vault KV v2 provider against a local fake Vault (node:http on 127.0.0.1) that answers with the responses
  * Vault documents for `GET /v1/:mount/data/:path` (KV secrets engine, version 2): the secret under `data.data`,
  * its `data.metadata` (`version`, `created_time`, `deletion_time`, `destroyed`), `{"errors": [...]}` bodies, 403
- * for a bad token, 404 for a missing or deleted secret, 503 while sealed. No real Vault is involved.
+ * for a bad token, 404 `{"errors": []}` for a missing secret, 404 with the metadata for a deleted one, 404
+ * `"no handler for route"` for a mount that does not exist, 503 while sealed; and, for what is not Vault (a wrong
+ * address, a proxy), a plain-text 404. No real Vault is involved.
  */
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
@@ -32,6 +34,11 @@ const requests: Array<{ readonly url: string; readonly token?: string; readonly 
 let failNext: Array<number> = []
 let sealed = false
 let hang = false
+/** answer the headers and the start of a body, then nothing */
+let stallBody = false
+/** the KV v2 mounts that exist */
+const MOUNTED = new Set(["secret", "kv"])
+const open = new Set<Http.ServerResponse>()
 
 const mountOf = (name: string) => {
   let mount = mounts.get(name)
@@ -59,13 +66,25 @@ const server = Http.createServer((req, res) => {
     ...(typeof token === "string" ? { token } : {}),
     ...(typeof namespace === "string" ? { namespace } : {})
   })
-  if (hang) return // never answers
+  if (hang) return void open.add(res) // never answers
+  if (stallBody) {
+    res.writeHead(200, { "content-type": "application/json" })
+    res.write(`{"request_id":"x","data":`)
+    return void open.add(res)
+  }
   const status = failNext.shift()
   if (status !== undefined) return reply(res, status, { errors: ["internal error"] })
   if (sealed) return reply(res, 503, { errors: ["Vault is sealed"] })
   if (token !== TOKEN) return reply(res, 403, { errors: ["permission denied"] })
   const match = /^\/v1\/(.+?)\/data\/(.+)$/.exec(req.url ?? "")
-  if (req.method !== "GET" || match === null) return reply(res, 404, { errors: [] })
+  if (req.method !== "GET" || match === null) {
+    // not Vault's API (a wrong address, a proxy in front): a plain 404
+    res.writeHead(404, { "content-type": "text/plain" })
+    return void res.end("404 page not found")
+  }
+  if (!MOUNTED.has(decodeURIComponent(match[1]!))) {
+    return reply(res, 404, { errors: [`no handler for route "${decodeURIComponent(match[1]!)}/data/${match[2]}". route entry not found.`] })
+  }
   const versions = mounts.get(decodeURIComponent(match[1]!))?.get(match[2]!.split("/").map(decodeURIComponent).join("/"))
   const latest = versions?.[versions.length - 1]
   if (latest === undefined) return reply(res, 404, { errors: [] })
@@ -91,12 +110,18 @@ const server = Http.createServer((req, res) => {
 })
 await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
 const address = `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}`
-afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())))
+afterAll(() =>
+  new Promise<void>((resolve) => {
+    for (const res of open) res.destroy()
+    server.close(() => resolve())
+    server.closeAllConnections()
+  }))
 
 const reset = () => {
   failNext = []
   sealed = false
   hang = false
+  stallBody = false
 }
 
 const noRefresh = { refresh: false, ttl: "1 hour" } as const
@@ -187,6 +212,71 @@ describe("Vault KV v2", () => {
       )
       const got = yield* credentials.get("chained")
       expect(got._tag === "Token" && Redacted.value(got.token)).toBe("inner-Secret")
+    }))
+
+  it.scopedLive("the time limit covers the body: headers then a stalled body time out, retryable", () =>
+    Effect.gen(function*() {
+      reset()
+      stallBody = true
+      const credentials = yield* vault({ timeout: "300 millis" }, { retry: Schedule.stop })
+      const started = Date.now()
+      const error = yield* Effect.flip(credentials.get("stalled")).pipe(Effect.timeout("5 seconds"))
+      expect(Date.now() - started).toBeLessThan(3000)
+      expect(error._tag === "CredentialProviderError" && [error.retryable, error.reason]).toEqual([
+        true,
+        "no answer within 300ms"
+      ])
+      stallBody = false
+    }))
+
+  it.scoped("only KV v2's own 404 is not found: a missing mount or a 404 that is not Vault's is a provider error", () =>
+    Effect.gen(function*() {
+      reset()
+      const missing = yield* Effect.flip(Effect.flatMap(vault(), (c) => c.get("never-written")))
+      expect(missing._tag).toBe("CredentialNotFound")
+      const before = requests.length
+      const wrongMount = yield* Effect.flip(
+        Effect.flatMap(vault({ mount: "kv-typo" }, { retry: Schedule.recurs(3) }), (c) => c.get("db"))
+      )
+      expect(wrongMount._tag).toBe("CredentialProviderError")
+      expect(wrongMount._tag === "CredentialProviderError" && wrongMount.retryable).toBe(false)
+      expect(wrongMount.message).toContain("no such mount or path (404): no handler for route")
+      expect(requests.length - before).toBe(1)
+      const notVault = yield* Effect.flip(
+        Effect.flatMap(Vault.provider({ address: `${address}/behind-a-proxy`, token: Redacted.make(TOKEN) }), (p) => p.get("db"))
+          .pipe(Effect.provide(FetchHttpClient.layer))
+      )
+      expect(notVault._tag === "CredentialProviderError" && [notVault.retryable, notVault.reason]).toEqual([
+        false,
+        "no such mount or path (404)"
+      ])
+      // in a chain, neither falls through to the fallback
+      const fallback = Credentials.staticProvider({ db: Credentials.token(Redacted.make("fallback")) }, "fallback")
+      const chained = yield* Effect.flip(
+        Effect.flatMap(Vault.provider({ address, token: Redacted.make(TOKEN), mount: "kv-typo" }), (p) =>
+          Credentials.chain(p, fallback).get("db")).pipe(Effect.provide(FetchHttpClient.layer))
+      )
+      expect([chained._tag, chained.provider]).toEqual(["CredentialProviderError", "vault"])
+    }))
+
+  it.scoped("a token that cannot be read is the Vault provider's error, and a chain does not fall through", () =>
+    Effect.gen(function*() {
+      reset()
+      put("secret", "db", { token: "vault-db-Secret" })
+      const before = requests.length
+      const fallback = Credentials.staticProvider({ db: Credentials.token(Redacted.make("fallback")) }, "fallback")
+      const credentials = yield* Effect.flatMap(
+        Vault.provider({ address, token: Vault.tokenFrom("vault-token") }),
+        (p) => Credentials.make(Credentials.chain(p, fallback), noRefresh)
+      ).pipe(
+        // no "vault-token" in here
+        Effect.provide(Credentials.layerStatic({})),
+        Effect.provide(FetchHttpClient.layer)
+      )
+      const error = yield* Effect.flip(credentials.get("db"))
+      expect(error._tag === "CredentialProviderError" && [error.name, error.provider, error.reason, error.retryable])
+        .toEqual(["db", "vault", "cannot read the Vault token (CredentialNotFound)", false])
+      expect(requests.length).toBe(before)
     }))
 
   it.scoped("a path with .. is refused before any request", () =>
