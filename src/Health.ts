@@ -97,7 +97,11 @@ export type Check = Effect.Effect<Result | ReadonlyMap<string, Result>>
 
 /** @since 0.1.0 */
 export interface HealthService {
-  /** Adds a check for the lifetime of the current scope. Names are unique: a second check of one name gets `#2`. */
+  /**
+   * Adds a check for the lifetime of the current scope. The reported component names are unique: a name already
+   * reported by an earlier registration (a second store, or a projection of one name in a second layer) gets `#2`,
+   * `#3`…
+   */
   readonly register: (component: string, check: Check) => Effect.Effect<void, never, Scope.Scope>
   /**
    * Runs every check (side by side, each under the service's timeout: a check that does not answer in time is
@@ -121,18 +125,21 @@ const messageOf = (cause: unknown): string => cause instanceof Error ? cause.mes
 export const make = (options: Options = {}): Effect.Effect<HealthService> =>
   Effect.gen(function*() {
     const timeout = options.timeout ?? "2 seconds"
-    const checks = yield* Ref.make<ReadonlyArray<readonly [string, Check]>>([])
+    const checks = yield* Ref.make<ReadonlyArray<readonly [string, Check, number]>>([])
+    let registered = 0
     const register = (component: string, check: Check) =>
       Effect.acquireRelease(
         Ref.modify(checks, (all) => {
-          let name = component
-          for (let n = 2; all.some(([taken]) => taken === name); n++) name = `${component}#${n}`
-          return [name, [...all, [name, check] as const]]
+          const id = ++registered
+          return [id, [...all, [component, check, id] as const]]
         }),
-        (name) => Ref.update(checks, (all) => all.filter(([taken]) => taken !== name))
+        (id) => Ref.update(checks, (all) => all.filter(([, , taken]) => taken !== id))
       ).pipe(Effect.asVoid)
     const run = (name: string, check: Check): Effect.Effect<ReadonlyArray<ComponentReport>> =>
+      // disconnected: the answer comes at the timeout even when the check's interruption takes longer (an
+      // uninterruptible region, a query whose cancel waits for a free connection); it finishes in the background
       check.pipe(
+        Effect.disconnect,
         Effect.timeoutTo({
           duration: timeout,
           onTimeout: (): Result | ReadonlyMap<string, Result> => unhealthy("timed out"),
@@ -148,7 +155,15 @@ export const make = (options: Options = {}): Effect.Effect<HealthService> =>
     const check = Ref.get(checks).pipe(
       Effect.flatMap((all) => Effect.forEach(all, ([name, check]) => run(name, check), { concurrency: "unbounded" })),
       Effect.map((nested): Report => {
-        const components = nested.flat()
+        // a component name taken by an earlier registration (two stores, or one projection name in two layers) gets
+        // `#2`, `#3`… in the order of registration
+        const taken = new Set<string>()
+        const components = nested.flat().map((report) => {
+          let name = report.component
+          for (let n = 2; taken.has(name); n++) name = `${report.component}#${n}`
+          taken.add(name)
+          return name === report.component ? report : { ...report, component: name }
+        })
         return { status: worst(components.map((c) => c.status)), components }
       })
     )

@@ -37,8 +37,10 @@ import * as Effect from "effect/Effect"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import type * as EffectRuntime from "effect/Runtime"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as Http from "node:http"
@@ -67,13 +69,31 @@ export class ShuttingDown extends Schema.TaggedError<ShuttingDown>()("ShuttingDo
   }
 }
 
+/**
+ * Why a stop was forced (the `cause` of a `forced` outcome): what was still open when `shutdownTimeout` ran out —
+ * work in flight, `main`, or the layers.
+ *
+ * @since 0.1.0
+ */
+export class ShutdownTimeout extends Schema.TaggedError<ShutdownTimeout>()("ShutdownTimeout", {
+  /** What stayed open: `N still in flight`, `main did not stop` or `the layers did not close`. */
+  open: Schema.String,
+  timeoutMillis: Schema.Number
+}) {
+  override get message(): string {
+    return `the shutdown timeout (${this.timeoutMillis} ms) ran out: ${this.open}`
+  }
+}
+
 /** @since 0.1.0 */
 export interface LifecycleService {
   readonly phase: Effect.Effect<Phase>
   /**
    * Runs `effect` as work in flight: a stop waits for it to finish (up to the shutdown timeout) before it interrupts
-   * `main` and closes the layers. Once a stop has begun, it fails with `ShuttingDown` without running `effect`.
-   * `effect` stays as interruptible as it was: only the stop waits for it, it does not shield it from its caller.
+   * `main` and closes the layers. Once a stop has begun, it fails with `ShuttingDown` without running `effect`,
+   * except inside tracked work (a `track` nested in the effect of another, or in a fiber it forked): that runs as
+   * part of the work already in flight. `effect` stays as interruptible as it was: only the stop waits for it, it does
+   * not shield it from its caller.
    */
   readonly track: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | ShuttingDown, R>
   /** Completes when a stop begins: a loop that produces work ends on it. */
@@ -100,6 +120,8 @@ interface Gate extends LifecycleService {
 
 const makeGate = Effect.gen(function*() {
   const stopping = yield* Deferred.make<void>()
+  // set inside tracked work (and the fibers it forks): a nested `track` is part of the work already counted
+  const inside = FiberRef.unsafeMake(false)
   let phase: Phase = "starting"
   let closed = false
   let inFlight = 0
@@ -117,13 +139,14 @@ const makeGate = Effect.gen(function*() {
     inFlight: Effect.sync(() => inFlight),
     stopping: Deferred.await(stopping),
     track: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.suspend((): Effect.Effect<A, E | ShuttingDown, R> => {
-          if (closed) return Effect.fail(new ShuttingDown())
-          inFlight++
-          return Effect.ensuring(restore(effect), Effect.sync(release))
-        })
-      ),
+      Effect.flatMap(FiberRef.get(inside), (nested): Effect.Effect<A, E | ShuttingDown, R> =>
+        nested ? effect : Effect.uninterruptibleMask((restore) =>
+          Effect.suspend((): Effect.Effect<A, E | ShuttingDown, R> => {
+            if (closed) return Effect.fail(new ShuttingDown())
+            inFlight++
+            return Effect.ensuring(Effect.locally(restore(effect), inside, true), Effect.sync(release))
+          })
+        )),
     close: Effect.suspend(() => {
       closed = true
       return Deferred.succeed(stopping, undefined)
@@ -216,7 +239,7 @@ export interface Options<A = void, E = never, R = never> {
 export interface Outcome {
   readonly reason: "stopped" | "completed" | "failed" | "start-failed" | "start-timeout" | "forced"
   readonly exitCode: number
-  /** What failed (`failed`, `start-failed`), or what stayed open (`forced`). */
+  /** What failed (`failed`, `start-failed`), or what stayed open (`forced`: a `ShutdownTimeout` failure). */
   readonly cause?: Cause.Cause<unknown>
 }
 
@@ -281,7 +304,12 @@ const healthApp = (gate: Gate, service: Health.HealthService) =>
     )
   )
 
-const healthPortConfig = Config.option(Config.port("HEALTH_PORT"))
+// `Config.port` refuses 0: a port here is 0 (any free one) to 65535
+const healthPortConfig = Config.option(
+  Config.integer("HEALTH_PORT").pipe(
+    Config.validate({ message: "a port from 0 (any free one) to 65535", validation: (p) => p >= 0 && p <= 65535 })
+  )
+)
 const healthHostConfig = Config.option(Config.string("HEALTH_HOST"))
 
 /** Serves the endpoint in `scope`; its port, or `None` when no port is configured. */
@@ -338,6 +366,13 @@ const within = (effect: Effect.Effect<void>, deadline: number) =>
 export const start = <ROut, E, A = void, E2 = never>(
   layer: Layer.Layer<ROut, E, Health.Health | Lifecycle>,
   options: Options<A, E2, NoInfer<ROut> | Health.Health | Lifecycle> = {}
+): Effect.Effect<Running, never, Scope.Scope> => startWith(layer, options, () => {})
+
+/** `start`, telling `onOutcome` the outcome as soon as it is known (`run` exits with it, however its fiber ended). */
+const startWith = <ROut, E, A = void, E2 = never>(
+  layer: Layer.Layer<ROut, E, Health.Health | Lifecycle>,
+  options: Options<A, E2, NoInfer<ROut> | Health.Health | Lifecycle>,
+  onOutcome: (outcome: Outcome) => void
 ): Effect.Effect<Running, never, Scope.Scope> =>
   Effect.gen(function*() {
     const name = options.name ?? "service"
@@ -360,12 +395,13 @@ export const start = <ROut, E, A = void, E2 = never>(
       const served = yield* Effect.exit(Scope.extend(serveHealth(gate, healthService, options.health), endpoint))
       yield* Deferred.succeed(port, Exit.isSuccess(served) ? served.value : Option.none())
 
-      const finish = (result: Outcome) =>
+      /** The endpoint closes last, briefly (it only answers probes): up to 1 s, and not past `deadline` if given. */
+      const finish = (result: Outcome, deadline?: number) =>
         Effect.gen(function*() {
           gate.setPhase("stopped")
-          // the endpoint closes last, briefly (it only answers probes)
-          yield* Effect.timeout(Effect.forkDaemon(Scope.close(endpoint, Exit.void)).pipe(Effect.flatMap(Fiber.await)), "1 second")
-            .pipe(Effect.ignore)
+          const wait = deadline === undefined ? 1000 : Math.min(1000, deadline - (yield* Clock.currentTimeMillis))
+          const closing = yield* Effect.forkDaemon(Scope.close(endpoint, Exit.void))
+          if (wait > 0) yield* Effect.ignore(Effect.timeout(Fiber.await(closing), Duration.millis(wait)))
           return result
         })
 
@@ -393,14 +429,18 @@ export const start = <ROut, E, A = void, E2 = never>(
           }
           if (forced !== undefined) {
             yield* logError(`${name}: forced stop: the shutdown timeout (${ms(shutdownTimeout)}) ran out: ${forced}`)
-            return yield* finish({ reason: "forced", exitCode: exitCodes.forced })
+            return yield* finish({
+              reason: "forced",
+              exitCode: exitCodes.forced,
+              cause: Cause.fail(new ShutdownTimeout({ open: forced, timeoutMillis: shutdownTimeout }))
+            }, deadline)
           }
           if (closeExit !== undefined && Exit.isFailure(closeExit)) {
             yield* logError(`${name}: stopped; closing the layers failed`, closeExit.cause)
-            return yield* finish({ reason: "failed", exitCode: exitCodes.failure, cause: closeExit.cause })
+            return yield* finish({ reason: "failed", exitCode: exitCodes.failure, cause: closeExit.cause }, deadline)
           }
           yield* log(`${name}: stopped`)
-          return yield* finish({ ...result, exitCode: result.reason === "failed" ? exitCodes.failure : exitCodes.ok })
+          return yield* finish({ ...result, exitCode: result.reason === "failed" ? exitCodes.failure : exitCodes.ok }, deadline)
         })
 
       if (Exit.isFailure(served)) {
@@ -430,7 +470,8 @@ export const start = <ROut, E, A = void, E2 = never>(
         yield* gate.close
         const closed = yield* closeWithin(appScope, Exit.void, (yield* Clock.currentTimeMillis) + shutdownTimeout)
         if (Option.isNone(closed)) {
-          yield* logError(`${name}: forced stop: the shutdown timeout (${ms(shutdownTimeout)}) ran out closing a failed start`)
+          // exit code 1 all the same (the start failed): not worded as a forced stop, which is exit code 2
+          yield* logError(`${name}: start failed; closing it ran past the shutdown timeout (${ms(shutdownTimeout)})`)
         }
         return yield* finish(
           timedOut
@@ -458,11 +499,13 @@ export const start = <ROut, E, A = void, E2 = never>(
     })
 
     // the lifecycle is not interrupted by a stop: a stop is a request it answers in its own order
-    yield* Effect.forkScoped(Effect.flatMap(Effect.exit(lifecycle), (exit) =>
-      Deferred.succeed(
-        outcome,
-        Exit.isSuccess(exit) ? exit.value : { reason: "failed", exitCode: exitCodes.failure, cause: exit.cause } satisfies Outcome
-      )))
+    yield* Effect.forkScoped(Effect.flatMap(Effect.exit(lifecycle), (exit) => {
+      const result: Outcome = Exit.isSuccess(exit)
+        ? exit.value
+        : { reason: "failed", exitCode: exitCodes.failure, cause: exit.cause }
+      onOutcome(result)
+      return Deferred.succeed(outcome, result)
+    }))
 
     // closing the scope stops the service as `stop` does (a no-op once it has stopped)
     yield* Effect.addFinalizer(() => Effect.zipRight(Deferred.succeed(stopRequested, undefined), Deferred.await(outcome)))
@@ -502,36 +545,42 @@ export const run = <ROut, E, A = void, E2 = never>(
 ): void => {
   let outcome: Outcome | undefined = undefined
   let received = 0
+  let runtime: EffectRuntime.Runtime<never> | undefined = undefined
+  // listening from before `runMain` does (it interrupts the program at the first signal, then stops listening): the
+  // second signal is ours, however early the first came
   const listeners: Array<readonly [NodeJS.Signals, () => void]> = []
-  const program = Effect.scoped(Effect.gen(function*() {
-    const running = yield* start(layer, options)
-    // `runMain` interrupts this fiber at the first signal (and then stops listening): the second one is ours
-    const runtime = yield* Effect.runtime<never>()
-    for (const [signal, number] of Object.entries(signals) as Array<[NodeJS.Signals, number]>) {
-      const listener = () => {
-        received++
-        if (received < 2) return
-        Effect.runSync(Effect.provide(
-          Effect.logError(`${options.name ?? "service"}: forced stop: second signal (${signal})`),
-          runtime
-        ))
-        process.exit(128 + number)
-      }
-      listeners.push([signal, listener])
-      process.on(signal, listener)
+  for (const [signal, number] of Object.entries(signals) as Array<[NodeJS.Signals, number]>) {
+    const listener = () => {
+      received++
+      if (received < 2) return
+      const message = `${options.name ?? "service"}: forced stop: second signal (${signal})`
+      if (runtime !== undefined) Effect.runSync(Effect.provide(Effect.logError(message), runtime))
+      else process.stderr.write(`${message}\n`)
+      process.exit(128 + number)
     }
-    outcome = yield* running.await.pipe(
-      Effect.onInterrupt(() => Effect.tap(running.stop, (result) => Effect.sync(() => (outcome = result))))
-    )
+    listeners.push([signal, listener])
+    process.on(signal, listener)
+  }
+  const program = Effect.scoped(Effect.gen(function*() {
+    runtime = yield* Effect.runtime<never>()
+    const running = yield* startWith(layer, options, (result) => (outcome = result))
+    yield* running.await.pipe(Effect.onInterrupt(() => running.stop))
   }))
   NodeRuntime.runMain(program, {
     disableErrorReporting: true,
+    // runs once `program` ended, i.e. after the stop (the layers closed, or the stop was forced)
     teardown: (exit, onExit) => {
       for (const [signal, listener] of listeners) process.removeListener(signal, listener)
       const result = outcome as Outcome | undefined
-      onExit(
-        result !== undefined ? result.exitCode : Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause) ? 1 : 0
-      )
+      const code = result !== undefined
+        ? result.exitCode
+        : Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)
+        ? 1
+        : 0
+      onExit(code)
+      // `runMain` exits by itself only after a signal or with a non-zero code: a clean end must not wait for handles
+      // left open (a user's timer, an idle pool's, a keep-alive socket) to let the event loop empty
+      process.exit(code)
     }
   })
 }

@@ -7,6 +7,10 @@ import { describe, expect, it } from "@effect/vitest"
 import { Event, EventStore, Health, Projection } from "effect-eventstore"
 import * as Runtime from "effect-eventstore/Runtime"
 import * as Sqlite from "effect-eventstore/Sqlite"
+import Sqlite3 from "better-sqlite3"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -232,34 +236,67 @@ describe("health of a running service", () => {
         shutdownTimeout: "100 millis"
       })
       yield* waitForPhase(stuck, "ready")
-      expect(yield* stuck.stop).toMatchObject({ reason: "forced", exitCode: 2 })
+      const forced = yield* stuck.stop
+      expect(forced).toMatchObject({ reason: "forced", exitCode: 2 })
+      // the cause says what stayed open
+      expect(Cause.squash(forced.cause!)).toMatchObject({ _tag: "ShutdownTimeout", open: "the layers did not close" })
       // a main that does not stop is forced too (and does not hold the scope's close)
       const stubborn = yield* Runtime.start(Layer.empty, {
         main: Effect.uninterruptible(Effect.never),
         shutdownTimeout: "100 millis"
       })
       yield* waitForPhase(stubborn, "ready")
-      expect(yield* stubborn.stop).toMatchObject({ reason: "forced", exitCode: 2 })
+      const forcedMain = yield* stubborn.stop
+      expect(forcedMain).toMatchObject({ reason: "forced", exitCode: 2 })
+      expect(Cause.squash(forcedMain.cause!)).toBeInstanceOf(Runtime.ShutdownTimeout)
+      expect(Cause.squash(forcedMain.cause!)).toMatchObject({ open: "main did not stop", timeoutMillis: 100 })
       const done = yield* Effect.flatMap(Runtime.start(Layer.empty, { main: Effect.succeed(1) }), (r) => r.await)
       expect(done).toMatchObject({ reason: "completed", exitCode: 0 })
       const broken = yield* Effect.flatMap(Runtime.start(Layer.empty, { main: new Boom() }), (r) => r.await)
       expect(broken).toMatchObject({ reason: "failed", exitCode: 1 })
     })))
 
-  it.live("the SQLite store's check reads the head and probes the writer without writing", () =>
+  it.live("the SQLite store's check reads the head and probes the writer: unhealthy when it refuses writes, nothing written", () =>
     Effect.scoped(Effect.gen(function*() {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-health-"))
       const filename = path.join(dir, "store.db")
-      const report = yield* Effect.gen(function*() {
+      // the store's writer connection is the one opened with `busy_timeout = 0` (see Sqlite.writerPragmas)
+      const writers = yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const original = Sqlite3.prototype.pragma
+          const opened: Array<Sqlite3.Database> = []
+          Sqlite3.prototype.pragma = function(this: Sqlite3.Database, source: string, options?: Sqlite3.PragmaOptions) {
+            if (source === "busy_timeout = 0") opened.push(this)
+            return original.call(this, source, options)
+          }
+          return { opened, original }
+        }),
+        ({ original }) => Effect.sync(() => (Sqlite3.prototype.pragma = original))
+      )
+      const [before, refused, after, unchanged] = yield* Effect.gen(function*() {
         yield* append("Counter-1", 1)
         yield* append("Counter-1", 2)
-        return yield* Health.check
-      }).pipe(Effect.provide(Sqlite.layer({ filename }).pipe(Layer.provideMerge(Health.layer()))))
-      expect(component(report, "eventstore")).toMatchObject({
-        status: "healthy",
-        details: { backend: "sqlite", head: 2 }
-      })
-      // the probe wrote nothing to the log: still two events
+        const db = yield* Effect.acquireRelease(
+          Effect.sync(() => new Sqlite3(filename, { readonly: true })),
+          (db) => Effect.sync(() => db.close())
+        )
+        const state = () => [db.pragma("user_version", { simple: true }), db.pragma("data_version", { simple: true })]
+        const initially = state()
+        const before = yield* Health.check
+        expect(writers.opened).toHaveLength(1)
+        writers.opened[0]!.pragma("query_only = 1")
+        const refused = yield* Health.check
+        writers.opened[0]!.pragma("query_only = 0")
+        const after = yield* Health.check
+        // the probes changed nothing in the file: the same user_version, and no commit seen by another connection
+        return [before, refused, after, JSON.stringify(state()) === JSON.stringify(initially)] as const
+      }).pipe(Effect.scoped, Effect.provide(Sqlite.layer({ filename }).pipe(Layer.provideMerge(Health.layer()))))
+      expect(component(before, "eventstore")).toMatchObject({ status: "healthy", details: { backend: "sqlite", head: 2 } })
+      expect(component(refused, "eventstore")).toMatchObject({ status: "unhealthy", details: { head: 2 } })
+      expect(component(refused, "eventstore")?.reason).toMatch(/^not writable: .*readonly/)
+      expect(component(after, "eventstore")?.status).toBe("healthy")
+      expect(unchanged).toBe(true)
+      // and nothing in the log: still two events
       const again = yield* Effect.flatMap(EventStore.EventStore, (store) => store.head).pipe(
         Effect.provide(Sqlite.layer({ filename }))
       )
@@ -310,7 +347,7 @@ describe("health of a running service", () => {
       const outcome = yield* running.stop
       expect(outcome).toMatchObject({ reason: "stopped", exitCode: 0 })
       // a drain that waited on a stopped server would have taken its 10 s drain timeout
-      expect(Date.now() - started).toBeLessThan(5_000)
+      expect(Date.now() - started).toBeLessThan(8_000)
       // the server is gone with the layers
       const refused = yield* Effect.promise(() =>
         new Promise<boolean>((resolve) => {
@@ -341,4 +378,140 @@ describe("health of a running service", () => {
       }))
       expect(order).toEqual(["work done", "layer closed"])
     }))
+
+  it.live("a check that does not answer in time is unhealthy at the timeout, even when it cannot be interrupted", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const health = yield* Health.make({ timeout: "100 millis" })
+      yield* health.register("stuck", Effect.as(Effect.uninterruptible(Effect.sleep("3 seconds")), Health.healthy()))
+      yield* health.register("fine", Effect.succeed(Health.healthy()))
+      const started = Date.now()
+      const report = yield* health.check
+      expect(Date.now() - started).toBeLessThan(1_500)
+      expect(report.status).toBe("unhealthy")
+      expect(component(report, "stuck")).toMatchObject({ status: "unhealthy", reason: "timed out" })
+      expect(component(report, "fine")?.status).toBe("healthy")
+    })))
+
+  it.live("each projection is projections/<name> whatever layer runs it; a second store is eventstore#2", () =>
+    Effect.gen(function*() {
+      const health = yield* Health.make()
+      const one = Projection.make({ name: "one", events: Events, handlers: { Added: () => Effect.void } })
+      const two = Projection.make({ name: "two", events: Events, handlers: { Added: () => Effect.void } })
+      const AppLive = Layer.merge(Projection.layer([one]), Projection.layer([two])).pipe(
+        Layer.provideMerge(Layer.merge(EventStore.layerMemory, Projection.layerMemory)),
+        Layer.merge(Layer.fresh(EventStore.layerMemory))
+      )
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.buildWithScope(AppLive, yield* Effect.scope)
+        expect((yield* health.check).components.map((c) => c.component).sort()).toEqual([
+          "eventstore",
+          "eventstore#2",
+          "projections/one",
+          "projections/two"
+        ])
+      }).pipe(Effect.provideService(Health.Health, health)))
+    }))
+
+  it.live("a projection stuck in a batch: the lag is measured against the head now, and it is degraded once stalled", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      const hung = Projection.make({
+        name: "hung",
+        events: Events,
+        handlers: { Added: (e) => e.payload.n === 2 ? Deferred.await(gate) : Effect.void }
+      })
+      // one event a batch: the checkpoint moves past event 1 before the handler hangs on event 2
+      const AppLive = Projection.layer([hung], { lagThreshold: 5, batchSize: 1 }).pipe(
+        Layer.provideMerge(Layer.merge(EventStore.layerMemory, Projection.layerMemory))
+      )
+      const stores = yield* Deferred.make<EventStore.EventStoreService>()
+      const running = yield* Runtime.start(AppLive, {
+        main: Effect.zipRight(Effect.flatMap(EventStore.EventStore, (store) => Deferred.succeed(stores, store)), Effect.never)
+      })
+      const appendAll = (ns: ReadonlyArray<number>) =>
+        Effect.flatMap(Deferred.await(stores), (store) =>
+          Effect.forEach(ns, (n) => Effect.provideService(append("Counter-1", n), EventStore.EventStore, store)))
+      yield* appendAll([1, 2, 3])
+      const hungOf = (report: Health.Report) => component(report, "projections/hung")
+      // stuck on event 2: checkpoint 1, two behind (within lagThreshold): healthy, and the stall is timed from here
+      const first = yield* poll(running.health, (r) => hungOf(r)?.details?.checkpoint === 1 && hungOf(r)?.details?.head === 3)
+      expect(hungOf(first)).toMatchObject({ status: "healthy", details: { lag: 2 } })
+      // the same checkpoint 31 s later, still behind: stalled (degraded, so still ready)
+      const later = yield* Effect.withClock(running.health, shifted(31_000))
+      expect(hungOf(later)).toMatchObject({ status: "degraded", details: { checkpoint: 1, head: 3, lag: 2 } })
+      expect(hungOf(later)?.reason).toMatch(/^stalled: the checkpoint has not moved for 3\d s, 2 events behind the head$/)
+      expect(later.ready).toBe(true)
+      // events arriving while its handler hangs count at once (its own status still shows its last batch)
+      yield* appendAll([4, 5, 6, 7, 8, 9, 10])
+      const behind = hungOf(yield* running.health)
+      expect(behind).toMatchObject({ status: "degraded", details: { checkpoint: 1, head: 10, lag: 9 } })
+      expect(behind?.reason).toBe("9 events behind the head (more than 5)")
+      yield* Deferred.succeed(gate, undefined)
+      const caughtUp = yield* poll(running.health, (r) => hungOf(r)?.details?.checkpoint === 10)
+      expect(hungOf(caughtUp)).toMatchObject({ status: "healthy", details: { lag: 0 } })
+      // caught up: no stall however long it stays there
+      expect(hungOf(yield* Effect.withClock(running.health, shifted(120_000)))?.status).toBe("healthy")
+      yield* running.stop
+    })))
+
+  it.live("a nested track inside tracked work runs during the stop (it is part of the work in flight)", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const started = yield* Deferred.make<void>()
+      const result = yield* Deferred.make<string>()
+      const main = Effect.gen(function*() {
+        const lifecycle = yield* Runtime.Lifecycle
+        const work = Runtime.track(Effect.gen(function*() {
+          yield* Deferred.succeed(started, undefined)
+          yield* lifecycle.stopping
+          // a helper that tracks its own work, called from tracked work after the stop began
+          return yield* Runtime.track(Effect.succeed("nested ran"))
+        }))
+        yield* Effect.fork(Effect.flatMap(Effect.either(work), (r) =>
+          Deferred.succeed(result, r._tag === "Right" ? r.right : r.left._tag)))
+        return yield* Effect.never
+      })
+      const running = yield* Runtime.start(Layer.empty, { main })
+      yield* Deferred.await(started)
+      const outcome = yield* running.stop
+      expect(outcome).toMatchObject({ reason: "stopped", exitCode: 0 })
+      expect(yield* Deferred.await(result)).toBe("nested ran")
+    })))
+
+  it.live("HEALTH_PORT=0 (and HEALTH_HOST) from the configuration: the endpoint listens on a free port", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const running = yield* Runtime.start(Layer.empty).pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["HEALTH_PORT", "0"], ["HEALTH_HOST", "127.0.0.1"]])))
+      )
+      yield* waitForPhase(running, "ready")
+      const port = yield* portOf(running)
+      expect(port).toBeGreaterThan(0)
+      expect((yield* get(port, "/health/ready")).status).toBe(200)
+      expect(yield* running.stop).toMatchObject({ reason: "stopped", exitCode: 0 })
+    })))
+
+  it.live("a HEALTH_PORT out of range fails the start", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const outcome = yield* Effect.flatMap(
+        Runtime.start(Layer.empty).pipe(
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["HEALTH_PORT", "65536"]])))
+        ),
+        (running) => running.await
+      )
+      expect(outcome).toMatchObject({ reason: "start-failed", exitCode: 1 })
+    })))
 })
+
+/** The real clock, `offsetMillis` ahead: what a check sees that long later. */
+const shifted = (offsetMillis: number): Clock.Clock => {
+  const real = Clock.make()
+  const millis = () => real.unsafeCurrentTimeMillis() + offsetMillis
+  const nanos = () => real.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n
+  return {
+    [Clock.ClockTypeId]: Clock.ClockTypeId,
+    unsafeCurrentTimeMillis: millis,
+    unsafeCurrentTimeNanos: nanos,
+    currentTimeMillis: Effect.sync(millis),
+    currentTimeNanos: Effect.sync(nanos),
+    sleep: (duration) => real.sleep(duration)
+  }
+}

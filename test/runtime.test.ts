@@ -8,7 +8,6 @@ import Sqlite from "better-sqlite3"
 import { describe, expect, it } from "vitest"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 
@@ -47,16 +46,6 @@ const waitFor = async (what: string, done: () => boolean | Promise<boolean>, chi
   }
 }
 
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = net.createServer()
-    server.on("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const port = (server.address() as net.AddressInfo).port
-      server.close(() => resolve(port))
-    })
-  })
-
 const fixture = path.join("test", "fixtures", "service-modes.ts")
 
 const exitOf = async (child: Child, timeout: number) => {
@@ -69,11 +58,11 @@ const exitOf = async (child: Child, timeout: number) => {
 describe("Runtime.run", () => {
   it("the bank-account service stops on SIGTERM mid-load: exit 0 in time, every acknowledged command stored", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-eventstore-service-"))
-    const port = await freePort()
     const shutdownTimeout = 10_000
+    // any free port: the service says which in its ready line
     const child = start(path.join("examples", "bank-account", "service.ts"), [], {
       BANK_DATA_DIR: dir,
-      HEALTH_PORT: String(port),
+      HEALTH_PORT: "0",
       TELLERS: "8",
       PAUSE_MS: "0",
       SHUTDOWN_TIMEOUT_MS: String(shutdownTimeout)
@@ -83,6 +72,12 @@ describe("Runtime.run", () => {
         (JSON.parse(line) as { ack: { streamId: string; version: number } }).ack
       )
 
+    let port = 0
+    await waitFor("the ready line with the health port", () => {
+      const match = /bank-account: ready, health on port (\d+)/.exec(child.output())
+      if (match !== null) port = Number(match[1])
+      return port > 0
+    }, child)
     // ready: the endpoint answers 200 while it runs, with the store and both projections healthy
     let ready: { status: number; body: { status: string; components: Array<{ component: string; status: string }> } } | undefined
     await waitFor("/health/ready to answer 200", async () => {
@@ -121,6 +116,13 @@ describe("Runtime.run", () => {
       const stored = db.prepare("SELECT 1 FROM eventstore_events WHERE stream_id = ? AND version = ?")
       const missing = acknowledged.filter((ack) => stored.get(ack.streamId, ack.version) === undefined)
       expect(missing).toEqual([])
+      // and every stored command was acknowledged: the ack line is part of the tracked work, which the stop waits for
+      const all = db.prepare("SELECT stream_id, version FROM eventstore_events").all() as Array<
+        { stream_id: string; version: number }
+      >
+      const printed = new Set(acknowledged.map((ack) => `${ack.streamId}@${ack.version}`))
+      expect(all.filter((row) => !printed.has(`${row.stream_id}@${row.version}`))).toEqual([])
+      expect(all.length).toBe(acknowledged.length)
       // and each stream holds versions 1..n without gaps (nothing half-written)
       const streams = db.prepare(
         "SELECT stream_id, COUNT(*) AS n, MAX(version) AS v FROM eventstore_events GROUP BY stream_id"
@@ -179,6 +181,14 @@ describe("Runtime.run", () => {
     // well before the finalizer's 10 s
     expect(Date.now() - signalled).toBeLessThan(5_000)
     expect(child.output()).toContain("forced stop: second signal (SIGINT)")
+  })
+
+  it("a clean end exits 0 at once, whatever handles are left open", async () => {
+    const child = start(fixture, ["stray-handle"])
+    const exit = await exitOf(child, 10_000)
+    expect(exit, child.output()).toEqual({ code: 0, signal: null })
+    expect(child.output()).toContain("done")
+    expect(child.output()).toContain("fixture: stopped")
   })
 
   it("main decides the exit when it ends: 0 when it succeeds, 1 when it fails", async () => {

@@ -49,8 +49,9 @@ const AppLive = Layer.mergeAll(
 )
 
 /**
- * One teller: opens an account, then deposits into it until the service stops. Each command runs as work in flight
- * (`Runtime.track`): a stop waits for it, and refuses the next one with `ShuttingDown`, which ends the teller.
+ * One teller: opens an account, then deposits into it until the service stops. Each command and its ack line run as
+ * work in flight (`Runtime.track`): a stop waits for them, and refuses the next one with `ShuttingDown`, which ends
+ * the teller.
  */
 const teller = (run: string, n: number) =>
   Effect.gen(function*() {
@@ -58,9 +59,13 @@ const teller = (run: string, n: number) =>
     const command = (i: number) =>
       i === 0 ? OpenAccount.make({ holder: `teller ${n}` }) : Deposit.make({ amount: cents(i % 3 === 0 ? 1_000_00 : 10_00) })
     for (let i = 0;; i++) {
-      const result = yield* Runtime.track(Account.handle(id, command(i)))
-      // acknowledged: printed only once the append is committed
-      yield* Console.log(JSON.stringify({ ack: { streamId: Account.streamId(id), version: result.version } }))
+      // acknowledged: printed once the append is committed, inside the tracked work, so a stop waits for the line too
+      yield* Runtime.track(
+        Effect.tap(
+          Account.handle(id, command(i)),
+          (result) => Console.log(JSON.stringify({ ack: { streamId: Account.streamId(id), version: result.version } }))
+        )
+      )
       yield* Effect.sleep(pause)
     }
   }).pipe(Effect.catchTag("ShuttingDown", () => Effect.void))

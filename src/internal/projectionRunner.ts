@@ -415,24 +415,46 @@ export const make = (
         }))
     }
     // one check for all of them: `projections/<name>` in the report, removed when the layer's scope closes (before
-    // the runners stop: the scope's finalizers run in reverse order)
+    // the runners stop: the scope's finalizers run in reverse order). The lag is measured against the head as it is
+    // now (one query that answers at once, for all of them), not as a runner last saw it: a runner stuck in a batch
+    // does not update its status. Each projection's checkpoint is remembered with the time a check first saw it
+    // behind the head there: stalled is the same checkpoint, behind, in two checks at least `stalledAfter` apart.
+    const seen = new Map<string, { readonly checkpoint: number; readonly since: number }>()
     yield* Health.register(
       "projections",
-      Effect.sync(() => new Map(Array.from(runners, ([name, runner]) => [name, healthOf(runner.latest, lagThreshold)])))
+      Effect.gen(function*() {
+        const headNow = yield* Effect.option(headNowOf(store))
+        const now = yield* Clock.currentTimeMillis
+        return new Map(Array.from(runners, ([name, runner]) => {
+          const status = runner.latest
+          const head = Math.max(status.head, status.checkpoint, Option.getOrElse(headNow, () => 0))
+          const last = seen.get(name)
+          if (head === status.checkpoint) seen.delete(name)
+          const since = last !== undefined && last.checkpoint === status.checkpoint ? last.since : now
+          if (head > status.checkpoint) seen.set(name, { checkpoint: status.checkpoint, since })
+          return [name, healthOf(status, head, now - since, lagThreshold)]
+        }))
+      })
     )
     return service
   })
 
+/** A projection behind the head whose checkpoint has not moved for this long is `degraded` (stalled). */
+const stalledAfter = 30_000
+
 /**
- * A projection's health: `failed` is unhealthy (with its failure), more than `lagThreshold` events behind is degraded,
- * anything else (standby included: another process runs it) healthy; the numbers in `details`.
+ * A projection's health, with the head as it is now and how long its checkpoint has not moved: `failed` or
+ * `stopped` is unhealthy (with its failure); running and more than `lagThreshold` events behind, or behind with a
+ * checkpoint that has not moved for `stalledAfter`, is degraded; anything else (standby included: another process
+ * runs it) healthy; the numbers in `details`.
  */
-const healthOf = (status: Status, lagThreshold: number): Health.Result => {
+const healthOf = (status: Status, head: number, still: number, lagThreshold: number): Health.Result => {
+  const lag = Math.max(0, head - status.checkpoint)
   const details = {
     state: status.state,
     checkpoint: status.checkpoint,
-    head: status.head,
-    lag: status.lag,
+    head,
+    lag,
     lagMillis: status.lagMillis,
     eventsPerSecond: Math.round(status.eventsPerSecond * 10) / 10
   }
@@ -440,9 +462,14 @@ const healthOf = (status: Status, lagThreshold: number): Health.Result => {
     return Health.unhealthy(status.failure !== undefined ? status.failure.message : "failed", details)
   }
   if (status.state === "stopped") return Health.unhealthy("stopped", details)
-  if (status.state !== "standby" && status.lag > lagThreshold) {
-    return Health.degraded(`${status.lag} events behind the head (more than ${lagThreshold})`, details)
+  if (status.state === "standby") return Health.healthy(details)
+  if (lag > 0 && still >= stalledAfter) {
+    return Health.degraded(
+      `stalled: the checkpoint has not moved for ${Math.floor(still / 1000)} s, ${lag} events behind the head`,
+      details
+    )
   }
+  if (lag > lagThreshold) return Health.degraded(`${lag} events behind the head (more than ${lagThreshold})`, details)
   return Health.healthy(details)
 }
 
