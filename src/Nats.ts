@@ -71,6 +71,7 @@ export interface Options {
   readonly servers?: string | ReadonlyArray<string>
   /** The connection's name, as the server shows it. */
   readonly name?: string
+  /** A fixed token (it wins over `user`/`password`). Handed to the client as a function, never as plain text. */
   readonly token?: Redacted.Redacted
   readonly user?: string
   readonly password?: Redacted.Redacted
@@ -129,11 +130,7 @@ export const make: {
             ...(options.name !== undefined ? { name: options.name } : {}),
             ...(authenticator !== undefined
               ? { authenticator }
-              : {
-                ...(options.token !== undefined ? { token: Redacted.value(options.token) } : {}),
-                ...(options.user !== undefined ? { user: options.user } : {}),
-                ...(options.password !== undefined ? { pass: Redacted.value(options.password) } : {})
-              }),
+              : staticAuthenticator(options)),
             timeout: Duration.toMillis(options.connectTimeout ?? "10 seconds"),
             maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
             reconnectTimeWait: Duration.toMillis(options.reconnectTimeWait ?? "1 second")
@@ -214,6 +211,24 @@ export const make: {
   }
 
 const encoder = new TextEncoder()
+
+/**
+ * A fixed token or user/password, given to the client as an authenticator (a function) rather than as options: the
+ * client keeps its options on the connection object, where inspecting it would show them.
+ */
+const staticAuthenticator = (options: Options): { readonly authenticator?: Transport.Authenticator } => {
+  const { password, token, user } = options
+  if (token !== undefined) return { authenticator: Transport.tokenAuthenticator(() => Redacted.value(token)) }
+  if (user !== undefined || password !== undefined) {
+    return {
+      authenticator: Transport.usernamePasswordAuthenticator(
+        user ?? "",
+        password !== undefined ? () => Redacted.value(password) : undefined
+      )
+    }
+  }
+  return {}
+}
 
 /**
  * An authenticator fed by the credential's `changes`: the client calls it on every connect and reconnect, and it

@@ -277,6 +277,10 @@ describe("no secret leaks", () => {
           keep(client)
           yield* Effect.promise(() => client.connection.flush())
           keep<Nats.Options>({ servers: server.url, token: Redacted.make(natsToken), password: Redacted.make(natsToken) })
+          // a connection on a fixed token (no Credentials): the client keeps its options on the connection object
+          const fixed = yield* Nats.make({ servers: server.url, token: Redacted.make(natsToken) })
+          yield* Effect.promise(() => fixed.connection.flush())
+          keep(fixed)
           yield* failure(Nats.make({ servers: server.url, credentials: "nats", connectTimeout: "2 seconds" }).pipe(
             Effect.provide(Credentials.layerStatic({ nats: Credentials.token(Redacted.make(natsWrong)) }))
           ))
