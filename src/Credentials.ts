@@ -25,6 +25,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -883,8 +884,10 @@ export const encryptedFileProvider = (options: EncryptedFileOptions): Provider =
 /** @since 0.1.0 */
 export interface CredentialsService {
   /**
-   * The credential, from the cache while it is younger than `ttl`, else read from the provider. A credential whose
-   * `expiresAt` has passed is re-read once; still expired, it fails with `CredentialExpired`.
+   * The credential, from the cache while it is younger than `ttl`, else read from the provider. When that read fails
+   * with `CredentialProviderError` (the store is down) and a value is cached, the cached value is served for another
+   * `ttl` (with a warning); not found, invalid and expired are never masked. A credential whose `expiresAt` has passed
+   * is re-read once; still expired, it fails with `CredentialExpired`.
    */
   readonly get: (name: string) => Effect.Effect<Credential, CredentialsError>
   /**
@@ -972,13 +975,28 @@ export const make = (provider: Provider, options: CacheOptions = {}): Effect.Eff
           if (!force && current !== undefined && entry.loadedAt !== undefined && now - entry.loadedAt < ttl) {
             return current
           }
-          const fresh = yield* fetch(name).pipe(
+          const read = yield* fetch(name).pipe(
             // deleted from the store: stop serving it (the next get reads again and fails the same way)
             Effect.tapErrorTag("CredentialNotFound", () =>
               Effect.sync(() => {
                 entry.loadedAt = undefined
-              }))
+              })),
+            Effect.either
           )
+          if (Either.isLeft(read)) {
+            const error = read.left
+            // The store is down (not: the credential is gone or bad): a cached value due for a re-read is served for
+            // another ttl rather than failing its users (a database pool's new connections) during the outage.
+            if (!force && current !== undefined && error._tag === "CredentialProviderError") {
+              entry.loadedAt = now
+              yield* Effect.logWarning(
+                `Credentials: reading "${name}" failed (${error.reason}); serving the cached value for another ttl`
+              )
+              return current
+            }
+            return yield* Effect.fail(error)
+          }
+          const fresh = read.right
           entry.loadedAt = now
           if (current === undefined || !equals(current, fresh)) {
             yield* SubscriptionRef.set(entry.ref, fresh)

@@ -4,24 +4,31 @@
  * included) over OTLP/HTTP, or to any other exporter you hand it (the embedded SQLite store of `TelemetryStore`, an
  * in-memory exporter in tests). Built on `@effect/opentelemetry` over the Node SDK 2.x.
  *
- * What it sets up: a resource (`service.name`, `service.version`, `deployment.environment` and your attributes), a
+ * What it sets up: a resource (`service.name`, `service.version`, `deployment.environment`, a `service.instance.id`
+ * (a random UUID per build of the layer, unless your attributes give one) and your attributes), a
  * sampler (a ratio, parent-based by default: a span continues its parent's sampling decision, a root span is sampled
  * with the ratio), a batch span processor per span exporter, a periodic metric reader per metric exporter, and, unless
  * `registerGlobal: false`, the SDK as the process's global OpenTelemetry tracer provider with the W3C trace-context
  * and baggage propagator and an AsyncLocalStorage context manager, so OpenTelemetry-instrumented libraries called
  * from Effect code join Effect's traces and `propagation.inject` writes the current span's `traceparent`. When the
- * layer's scope closes, the metric readers export once more and the span processors flush, all within
- * `shutdownTimeout`, and the globals are unregistered.
+ * layer's scope closes, the metric readers export once more while the span processors flush (in parallel, all within
+ * `shutdownTimeout`), and the globals this layer registered are unregistered (a global that another SDK had already
+ * registered is left to it, and a warning is logged).
+ *
+ * The tracer is installed only when a span can be recorded: with no span exporter, or with the constant `always_off`
+ * sampler (`sampleRatio: 0` and `parentBased: false`), Effect's native tracer stays and the library's no-tracer fast
+ * paths stay on. Metrics are exported with unit `s` for names ending in `_seconds`, an annotation (`{position}`,
+ * `{event}`, `{connection}`) for the library's gauges, and `1` otherwise (or the metric's `unit` tag).
  *
  * Trace context: the library's own transports (`Cqrs`, the bus) read and write W3C `traceparent` headers as Effect
  * external spans; this layer honours the sampled flag of such a parent (`-00` is not sampled, `-01` is), which
  * `@effect/opentelemetry` alone treats as always sampled.
  *
- * Without this layer nothing of it loads or runs: the root module imports no OpenTelemetry package, and the library
- * creates no spans while Effect's built-in tracer is the current one (see `Telemetry`). The subpath
+ * Without this layer nothing of it loads or runs: the root module imports no OpenTelemetry package, and while Effect's
+ * built-in tracer is the current one the library skips the spans of its command path (see `Telemetry`). The subpath
  * (`effect-eventstore/OpenTelemetry`) needs `@effect/opentelemetry`, `@opentelemetry/api`, `@opentelemetry/resources`,
  * `@opentelemetry/sdk-trace-base`, `@opentelemetry/sdk-trace-node`, `@opentelemetry/sdk-metrics`,
- * `@opentelemetry/semantic-conventions` and the two OTLP/HTTP exporters.
+ * `@opentelemetry/semantic-conventions` (imported by `@effect/opentelemetry`) and the two OTLP/HTTP exporters.
  *
  * @example
  * import * as OpenTelemetry from "effect-eventstore/OpenTelemetry"
@@ -47,7 +54,7 @@ import * as OtelApi from "@opentelemetry/api"
 import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
 import { resourceFromAttributes } from "@opentelemetry/resources"
-import type { MetricReader, PushMetricExporter } from "@opentelemetry/sdk-metrics"
+import type { MetricDescriptor, MetricProducer, MetricReader, PushMetricExporter } from "@opentelemetry/sdk-metrics"
 import { PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics"
 import type { Sampler, SpanExporter } from "@opentelemetry/sdk-trace-base"
 import {
@@ -69,6 +76,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as EffectTracer from "effect/Tracer"
+import { randomUUID } from "node:crypto"
 
 /**
  * The options could not make a working SDK (a malformed endpoint URL, a ratio outside 0..1, a non-positive interval).
@@ -117,7 +125,7 @@ export interface OtlpOptions {
  * - `metricInterval`: the metric export interval (default 60 s).
  * - `shutdownTimeout`: the bound on the final metric export and span flush when the scope closes (default 5 s).
  * - `registerGlobal` (default true): make the SDK the global OpenTelemetry tracer provider, propagator (W3C trace
- *   context and baggage) and context manager while the layer is up.
+ *   context and baggage) and context manager while the layer is up (each one that no other SDK registered first).
  *
  * @since 0.1.0
  */
@@ -222,6 +230,8 @@ interface Plan {
   readonly serviceName: string
   readonly serviceVersion: string | undefined
   readonly sampler: Sampler
+  /** Whether a span can be recorded at all: a span exporter, and a sampler that is not constant-off. */
+  readonly tracing: boolean
   readonly spanExporters: ReadonlyArray<SpanExporter>
   readonly metricExporters: ReadonlyArray<PushMetricExporter>
   readonly spanExportDelay: number
@@ -274,11 +284,14 @@ const plan = (options: Options): Either.Either<Plan, OpenTelemetryError> =>
         metricExporters.push(new OTLPMetricExporter({ url, headers: headerFactory, timeoutMillis: requestTimeout }))
       }
     }
+    const parentBased = options.parentBased ?? true
     return {
       attributes,
       serviceName: options.serviceName,
       serviceVersion: options.serviceVersion,
-      sampler: makeSampler(ratio, options.parentBased ?? true),
+      sampler: makeSampler(ratio, parentBased),
+      // always_off (ratio 0, not parent-based) records nothing; parent-based ratio 0 still follows a sampled remote parent
+      tracing: spanExporters.length > 0 && !(ratio <= 0 && !parentBased),
       spanExporters,
       metricExporters,
       spanExportDelay,
@@ -290,9 +303,64 @@ const plan = (options: Options): Either.Either<Plan, OpenTelemetryError> =>
     }
   })
 
+/**
+ * Units the OpenTelemetry export gives Effect metrics (which have no unit field: `@effect/opentelemetry` exports `1`
+ * unless a `unit` / `time_unit` tag says otherwise): `s` for a name ending in `_seconds`, and an annotation for the
+ * library's gauges that count things, so that a Prometheus exporter does not read them as ratios.
+ */
+const GAUGE_UNITS: Readonly<Record<string, string>> = {
+  eventstore_projection_checkpoint: "{position}",
+  eventstore_projection_lag_events: "{event}",
+  eventstore_held_back_events: "{event}",
+  eventstore_nats_connected: "{connection}"
+}
+
+const unitOf = (name: string, unit: string): string =>
+  unit !== "1" ? unit : name.endsWith("_seconds") ? "s" : GAUGE_UNITS[name] ?? unit
+
+/** A metric producer that exports `producer`'s metrics with the units of `unitOf`. */
+const withUnits = (producer: MetricProducer): MetricProducer => ({
+  collect: async (options) => {
+    const result = await producer.collect(options)
+    for (const scope of result.resourceMetrics.scopeMetrics) {
+      for (const metric of scope.metrics) {
+        const unit = unitOf(metric.descriptor.name, metric.descriptor.unit)
+        if (unit !== metric.descriptor.unit) {
+          ;(metric as { descriptor: MetricDescriptor }).descriptor = { ...metric.descriptor, unit }
+        }
+      }
+    }
+    return result
+  }
+})
+
+/**
+ * Registers the SDK as the global tracer provider, context manager and propagator (what `provider.register()` does),
+ * and tells which of the three this call installed: the OpenTelemetry API refuses a global that another SDK has
+ * already registered, and those must stay when this layer closes.
+ */
+const registerGlobals = (provider: NodeTracerProvider) => {
+  // the current globals (or the API's no-op ones), through accessors that the API's typings mark private
+  const currentContext = () => (OtelApi.context as unknown as { _getContextManager(): unknown })._getContextManager()
+  const currentPropagator = () =>
+    (OtelApi.propagation as unknown as { _getGlobalPropagator(): unknown })._getGlobalPropagator()
+  const contextBefore = currentContext()
+  const propagatorBefore = currentPropagator()
+  provider.register()
+  const delegate = (OtelApi.trace.getTracerProvider() as OtelApi.ProxyTracerProvider).getDelegate()
+  return {
+    trace: delegate === provider,
+    context: currentContext() !== contextBefore,
+    propagation: currentPropagator() !== propagatorBefore
+  }
+}
+
 const build = (plan: Plan) =>
   Layer.unwrapScoped(Effect.gen(function*() {
-    const resource = resourceFromAttributes(plan.attributes)
+    const attributes = "service.instance.id" in plan.attributes
+      ? plan.attributes
+      : { ...plan.attributes, "service.instance.id": randomUUID() }
+    const resource = resourceFromAttributes(attributes)
     const provider = new NodeTracerProvider({
       resource,
       sampler: plan.sampler,
@@ -307,42 +375,51 @@ const build = (plan: Plan) =>
         exportTimeoutMillis: plan.metricTimeout
       })
     )
-    const producer = yield* Metrics.makeProducer.pipe(Effect.provideService(Resource.Resource, resource))
-    // one bounded shutdown for both signals: the readers export once more, then the spans flush
+    const producer = withUnits(yield* Metrics.makeProducer.pipe(Effect.provideService(Resource.Resource, resource)))
+    // one bounded shutdown for both signals, in parallel: a slow metric export does not keep the spans from flushing
+    // (the provider's shutdown flushes its processors)
     yield* Effect.acquireRelease(
       Effect.sync(() => {
         for (const reader of readers) reader.setMetricProducer(producer)
       }),
       () =>
-        Effect.promise(async () => {
-          await Promise.allSettled(readers.map((reader) => reader.shutdown()))
-          await provider.forceFlush().catch(() => undefined)
-          await provider.shutdown().catch(() => undefined)
-        }).pipe(Effect.interruptible, Effect.timeoutOption(plan.shutdownTimeout))
+        Effect.promise(() =>
+          Promise.allSettled([...readers.map((reader) => reader.shutdown()), provider.shutdown()])
+        ).pipe(Effect.interruptible, Effect.timeoutOption(plan.shutdownTimeout))
     )
     if (plan.registerGlobal) {
       yield* Effect.acquireRelease(
-        Effect.sync(() => provider.register()),
-        () =>
+        Effect.sync(() => registerGlobals(provider)).pipe(
+          Effect.tap((installed) =>
+            installed.trace && installed.context && installed.propagation ? Effect.void : Effect.logWarning(
+              "OpenTelemetry: another SDK already registered some OpenTelemetry globals; they are left in place",
+              installed
+            )
+          )
+        ),
+        (installed) =>
           Effect.sync(() => {
-            OtelApi.trace.disable()
-            OtelApi.context.disable()
-            OtelApi.propagation.disable()
+            if (installed.trace) OtelApi.trace.disable()
+            if (installed.context) OtelApi.context.disable()
+            if (installed.propagation) OtelApi.propagation.disable()
           })
       )
     }
     const otelTracer = provider.getTracer(plan.serviceName, plan.serviceVersion)
-    const tracer = yield* OtelTracer.make.pipe(Effect.provideService(OtelTracer.OtelTracer, otelTracer))
-    const flushAll = Effect.promise(async () => {
-      await Promise.allSettled(readers.map((reader) => reader.forceFlush()))
-      await provider.forceFlush().catch(() => undefined)
-    }).pipe(Effect.timeoutOption(plan.shutdownTimeout), Effect.asVoid)
+    const flushAll = Effect.promise(() =>
+      Promise.allSettled([...readers.map((reader) => reader.forceFlush()), provider.forceFlush()])
+    ).pipe(Effect.timeoutOption(plan.shutdownTimeout), Effect.asVoid)
     const context = Context.make(OpenTelemetry, { flush: flushAll }).pipe(
       Context.add(Resource.Resource, resource),
       Context.add(OtelTracer.OtelTracer, otelTracer),
       Context.add(OtelTracer.OtelTracerProvider, provider)
     )
-    return Layer.merge(Layer.succeedContext(context), Layer.setTracer(honourSampledFlag(tracer)))
+    // no span can be recorded: keep Effect's native tracer, so the library's no-tracer fast paths stay on
+    if (!plan.tracing) return Layer.succeedContext(context)
+    const tracer = yield* OtelTracer.make.pipe(Effect.provideService(OtelTracer.OtelTracer, otelTracer))
+    // built one after the other, not with `Layer.merge`: a merge builds its sides in forked fibers and joins their
+    // fiber refs, so the tracer would stay on the building fiber after the layer's scope closes
+    return Layer.provideMerge(Layer.setTracer(honourSampledFlag(tracer)), Layer.succeedContext(context))
   }))
 
 /**
@@ -427,8 +504,37 @@ const SAMPLERS = [
   "parentbased_traceidratio"
 ] as const
 
-const exporterChoice = (name: string) =>
-  Config.literal("otlp", "none")(name).pipe(Config.withDefault("otlp" as const))
+/** An enumerated variable, read case-insensitively (as the specification asks), with its default. */
+const choice = <const A extends string>(name: string, values: ReadonlyArray<A>, fallback: A) =>
+  Config.string(name).pipe(
+    Config.withDefault(fallback),
+    Config.mapOrFail((text) => {
+      const value = text.trim().toLowerCase()
+      return (values as ReadonlyArray<string>).includes(value)
+        ? Either.right(value as A)
+        : Either.left(ConfigError.InvalidData([name], `expected one of ${values.join(", ")}, got ${JSON.stringify(text)}`))
+    })
+  )
+
+const exporterChoice = (name: string) => choice(name, ["otlp", "none"], "otlp")
+
+/**
+ * The OTLP protocol of one signal (`OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`): only
+ * `http/json`, what the layer's exporters send, is accepted; `grpc` and `http/protobuf` fail rather than send JSON
+ * to an endpoint that expects something else.
+ */
+const protocolOf = (signal: "TRACES" | "METRICS") =>
+  Effect.gen(function*() {
+    const specific = `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`
+    const own = yield* Config.option(Config.string(specific))
+    const name = Option.isSome(own) ? specific : "OTEL_EXPORTER_OTLP_PROTOCOL"
+    const value = Option.isSome(own) ? Option.some(own.value) : yield* Config.option(Config.string(name))
+    if (Option.isNone(value) || value.value.trim().toLowerCase() === "http/json") return
+    return yield* Effect.fail(ConfigError.InvalidData(
+      [name],
+      `only http/json is supported (the layer sends OTLP/HTTP with JSON bodies), got ${JSON.stringify(value.value)}`
+    ))
+  })
 
 /**
  * The OpenTelemetry settings of the specification's environment variables, read through Effect `Config` (so a
@@ -438,15 +544,19 @@ const exporterChoice = (name: string) =>
  * - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` (`key=value,...`, values percent-decoded; `service.version` and
  *   `deployment.environment` are read from it).
  * - `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`, `traceidratio`, `parentbased_always_on` — the default —,
- *   `parentbased_always_off`, `parentbased_traceidratio`) and `OTEL_TRACES_SAMPLER_ARG` (the ratio, default 1).
+ *   `parentbased_always_off`, `parentbased_traceidratio`; any case) and `OTEL_TRACES_SAMPLER_ARG` (the ratio, default 1;
+ *   read only for the two `traceidratio` samplers, ignored for the others).
  * - `OTEL_EXPORTER_OTLP_ENDPOINT` (default `http://localhost:4318`), `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
  *   `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS` (read as `Redacted`), `OTEL_EXPORTER_OTLP_TIMEOUT`
  *   (ms, default 10000).
- * - `OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`: `otlp` (default) or `none`.
+ * - `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`: only
+ *   `http/json` (what is sent); `grpc` or `http/protobuf` for a signal exported over OTLP fails with a `ConfigError`.
+ * - `OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`: `otlp` (default) or `none` (any case). With traces `none` and no
+ *   `spanExporters`, or `always_off`, no tracer is installed.
  * - `OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60000).
  *
- * A value that cannot be used (an unknown sampler, a ratio outside 0..1, malformed pairs) fails with a
- * `ConfigError`. Precedence: `OTEL_SERVICE_NAME`, then `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, then
+ * A value that cannot be used (an unknown sampler, a ratio outside 0..1, an unsupported protocol, malformed pairs) fails
+ * with a `ConfigError`. Precedence: `OTEL_SERVICE_NAME`, then `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, then
  * `options.serviceName`, then `unknown_service:node`; the environment's version and environment over the options'.
  *
  * @since 0.1.0
@@ -470,13 +580,14 @@ export const layerConfig = (
     }
     const serviceNameEnv = yield* Config.option(Config.string("OTEL_SERVICE_NAME"))
     const resourcePairs = yield* pairs("OTEL_RESOURCE_ATTRIBUTES")
-    const sampler = yield* Config.literal(...SAMPLERS)("OTEL_TRACES_SAMPLER").pipe(
-      Config.withDefault("parentbased_always_on" as const)
-    )
-    const samplerArg = yield* Config.number("OTEL_TRACES_SAMPLER_ARG").pipe(
-      Config.withDefault(1),
-      Config.validate({ message: "must be from 0 to 1", validation: (n) => n >= 0 && n <= 1 })
-    )
+    const sampler = yield* choice("OTEL_TRACES_SAMPLER", SAMPLERS, "parentbased_always_on")
+    // the argument means something only to the ratio samplers; the others ignore it, as the specification says
+    const samplerArg = sampler === "traceidratio" || sampler === "parentbased_traceidratio"
+      ? yield* Config.number("OTEL_TRACES_SAMPLER_ARG").pipe(
+        Config.withDefault(1),
+        Config.validate({ message: "must be from 0 to 1", validation: (n) => n >= 0 && n <= 1 })
+      )
+      : 1
     const endpoint = yield* Config.string("OTEL_EXPORTER_OTLP_ENDPOINT").pipe(Config.withDefault(DEFAULT_ENDPOINT))
     const tracesEndpoint = yield* Config.option(Config.string("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     const metricsEndpoint = yield* Config.option(Config.string("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
@@ -485,6 +596,8 @@ export const layerConfig = (
     const tracesExporter = yield* exporterChoice("OTEL_TRACES_EXPORTER")
     const metricsExporter = yield* exporterChoice("OTEL_METRICS_EXPORTER")
     const metricInterval = yield* millisConfig("OTEL_METRIC_EXPORT_INTERVAL", 60_000)
+    if (tracesExporter === "otlp") yield* protocolOf("TRACES")
+    if (metricsExporter === "otlp") yield* protocolOf("METRICS")
 
     const headers: Record<string, Redacted.Redacted<string>> = {}
     if (Option.isSome(headersSecret)) {

@@ -3,9 +3,11 @@
  * Effect `Metric`s, so any metrics layer (OpenTelemetry, Prometheus) exports them; their Effect tags become
  * OpenTelemetry attributes. Tagged instruments carry bounded values only (aggregate, stream, event and command types,
  * operations, outcomes, bus and consumer names), never ids: read one series with `Metric.tagged`, e.g.
- * `Metric.value(Telemetry.commands.pipe(Metric.tagged("aggregate_type", "Account"), ...))`. Spans are created when a
- * tracer is installed (an OpenTelemetry layer, DevTools, `Layer.setTracer`); with Effect's built-in tracer, which
- * exports nothing, the library creates none (they cost more than the work they would describe).
+ * `Metric.value(Telemetry.commands.pipe(Metric.tagged("aggregate_type", "Account"), ...))`. The spans of the command
+ * path, read pages, snapshots, the bus and Cqrs are created only when a tracer is installed (an OpenTelemetry layer,
+ * DevTools, `Layer.setTracer`): with Effect's built-in tracer, which exports nothing, they would cost more than the
+ * work they describe. A few coarse spans are created whatever the tracer (`EventStore.read`, `readAll` and
+ * `subscribe` around a whole stream, migrations, seeding, credentials): see the README's Telemetry section.
  *
  * Trace context crosses processes in W3C `traceparent` / `tracestate` headers: the JetStream bus writes them on every
  * message from its `Bus.publish` span and a consumer's `Bus.handle <consumer>` span continues that trace; `Cqrs` over

@@ -7,7 +7,9 @@
  * The SDK calls the exporters from its batch span processor and periodic metric reader, so the writes happen off the
  * traced code's path, on the Node thread, in transactions of at most 100 rows with a macrotask between them (well
  * under a millisecond each on a laptop; a WAL checkpoint, every few MB written, takes longer); each export also
- * deletes at most `pruneBatch` rows older than the retention per table. The file is WAL with `synchronous = NORMAL`: telemetry may lose its last exports on a power
+ * deletes at most `pruneBatch` rows older than the retention per table, 100 per statement with a macrotask between
+ * them. Queries run on the Node thread too: `slowestOperations` aggregates each span name's window in SQL over an index
+ * (no sort of the window) and takes its percentiles from at most 10,000 of the name's most recent spans. The file is WAL with `synchronous = NORMAL`: telemetry may lose its last exports on a power
  * cut, never the file.
  *
  * Reached by its own subpath (`effect-eventstore/TelemetryStore`); it needs `better-sqlite3` and the OpenTelemetry
@@ -82,7 +84,8 @@ export interface SpanRecord {
 
 /**
  * The spans of one name that started within a window: how many, how many ended in error, and their durations
- * (nearest-rank p50 and p95, max, mean) in milliseconds.
+ * (nearest-rank p50 and p95, max, mean) in milliseconds. `count`, `errors`, `maxMs` and `avgMs` cover every span of
+ * the window; `p50Ms` and `p95Ms` the name's 10,000 most recent spans of the window (all of them when there are fewer).
  *
  * @since 0.1.0
  */
@@ -150,7 +153,8 @@ export interface TelemetryStoreService {
     readonly name?: string | undefined
   }) => Effect.Effect<ReadonlyArray<MetricSummary>, TelemetryStoreError>
   /**
-   * One retention pass now, as each export does: deletes at most `pruneBatch` spans and `pruneBatch` metric points
+   * One retention pass now, as each export does: deletes at most `pruneBatch` spans and `pruneBatch` metric points (100
+   * rows per statement, a macrotask between them; a pass that meets another process's write lock stops there)
    * older than the retention (by the wall clock); returns how many went.
    */
   readonly prune: Effect.Effect<{ readonly spans: number; readonly metricPoints: number }, TelemetryStoreError>
@@ -184,8 +188,9 @@ export interface Options {
 const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
 /**
- * Opens the store; the file closes with the scope (after the exports in progress, within `closeTimeout`). Close the
- * SDK that uses the exporters first: `OpenTelemetry.layerEmbedded` orders this for you.
+ * Opens the store; while another process holds the file's write lock, the open is retried four times with a backoff
+ * (10 ms to 640 ms, about 0.85 s in all) before it fails. The file closes with the scope (after the exports in progress, within `closeTimeout`). Close the
+ * SDK that uses the exporters first: `layerOpenTelemetry` orders this for you.
  *
  * @since 0.1.0
  */
@@ -199,8 +204,8 @@ export const make = (options: Options): Effect.Effect<TelemetryStoreService, Tel
       return yield* new TelemetryStoreError({ operation: "open", filename, reason: "pruneBatch must be an integer ≥ 1" })
     }
     const store = yield* Effect.acquireRelease(
-      Effect.try({
-        try: () => new internal.Store({ filename, retentionMs: Duration.toMillis(retention), pruneBatch }),
+      Effect.tryPromise({
+        try: () => internal.Store.open({ filename, retentionMs: Duration.toMillis(retention), pruneBatch }),
         catch: (cause) => new TelemetryStoreError({ operation: "open", filename, reason: reasonOf(cause) })
       }),
       (store) =>
@@ -224,10 +229,13 @@ export const make = (options: Options): Effect.Effect<TelemetryStoreService, Tel
       spansOfTrace: (traceId) => query(() => store.spansOfTrace(traceId)),
       slowestOperations: (options) =>
         Effect.flatMap(since(options?.window), (from) =>
-          query(() => store.slowestOperations(from, Math.max(1, Math.floor(options?.limit ?? 20))))),
+          Effect.tryPromise({
+            try: () => store.slowestOperations(from, Math.max(1, Math.floor(options?.limit ?? 20))),
+            catch: (cause) => new TelemetryStoreError({ operation: "query", filename, reason: reasonOf(cause) })
+          })),
       metricSummaries: (options) =>
         Effect.flatMap(since(options?.window), (from) => query(() => store.metricSummaries(from, options?.name))),
-      prune: Effect.try({
+      prune: Effect.tryPromise({
         try: () => store.prune(Date.now()),
         catch: (cause) => new TelemetryStoreError({ operation: "prune", filename, reason: reasonOf(cause) })
       }),

@@ -421,6 +421,29 @@ describe("cache", () => {
       expect(yield* Ref.get(reads)).toBe(2)
     }).pipe(Effect.scoped))
 
+  it.effect("when the store is down at a re-read, the cached value is served for another TTL; a deleted one is not", () =>
+    Effect.gen(function*() {
+      const { current, failures, provider, reads } = yield* counting(Credentials.token(Redacted.make("x")))
+      const noRetry = { ttl: "1 minute", refresh: false, retry: Schedule.recurs(0) } as const
+      const credentials = yield* Credentials.make(provider, noRetry)
+      yield* credentials.get("k")
+      yield* TestClock.adjust("61 seconds")
+      const down = new Credentials.CredentialProviderError({ name: "k", provider: "counting", reason: "503", retryable: true })
+      yield* Ref.set(failures, [down])
+      expect(Redacted.value(((yield* credentials.get("k")) as Credentials.Token).token)).toBe("x")
+      expect(yield* Ref.get(reads)).toBe(2)
+      // served from the cache again, without asking the store, until the next TTL
+      yield* credentials.get("k")
+      expect(yield* Ref.get(reads)).toBe(2)
+      // rotate asks the store and reports its failure
+      yield* Ref.set(failures, [down])
+      expect((yield* Effect.flip(credentials.rotate("k")))._tag).toBe("CredentialProviderError")
+      // gone from the store: not masked
+      yield* Ref.set(current, undefined)
+      yield* TestClock.adjust("61 seconds")
+      expect((yield* Effect.flip(credentials.get("k")))._tag).toBe("CredentialNotFound")
+    }).pipe(Effect.scoped))
+
   it.effect("refreshes in the background under the Schedule, emits a change, and stops with the scope", () =>
     Effect.gen(function*() {
       const { current, provider, reads } = yield* counting(Credentials.token(Redacted.make("r1")))

@@ -6,7 +6,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as OtelApi from "@opentelemetry/api"
 import { AggregationTemporality, InMemoryMetricExporter } from "@opentelemetry/sdk-metrics"
-import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base"
+import type { PushMetricExporter } from "@opentelemetry/sdk-metrics"
+import type { SpanExporter } from "@opentelemetry/sdk-trace-base"
+import { BasicTracerProvider, InMemorySpanExporter } from "@opentelemetry/sdk-trace-base"
 import * as OpenTelemetry from "effect-eventstore/OpenTelemetry"
 import * as Telemetry from "effect-eventstore/Telemetry"
 import * as ConfigProvider from "effect/ConfigProvider"
@@ -14,12 +16,14 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import { formatTraceparent, isNative, parseTraceparent } from "../src/internal/tracing.js"
+import { Resource as OtelResource } from "@effect/opentelemetry/Resource"
 
 interface Received {
   readonly path: string
@@ -196,7 +200,7 @@ describe("OpenTelemetry", () => {
       for (
         const entries of [
           [["OTEL_TRACES_SAMPLER", "jaeger_remote"]],
-          [["OTEL_TRACES_SAMPLER_ARG", "1.5"]],
+          [["OTEL_TRACES_SAMPLER", "traceidratio"], ["OTEL_TRACES_SAMPLER_ARG", "1.5"]],
           [["OTEL_METRIC_EXPORT_INTERVAL", "0"]],
           [["OTEL_RESOURCE_ATTRIBUTES", "novalue"]],
           [["OTEL_TRACES_EXPORTER", "zipkin"]]
@@ -224,7 +228,7 @@ describe("OpenTelemetry", () => {
       )
       expect(native).toBe(true)
       const installed = yield* within(
-        OpenTelemetry.layer({ serviceName: "on", registerGlobal: false }),
+        OpenTelemetry.layer({ serviceName: "on", registerGlobal: false, spanExporters: [inMemory().spans] }),
         Effect.tracerWith((tracer) => Effect.succeed(isNative(tracer)))
       )
       expect(installed).toBe(false)
@@ -350,5 +354,247 @@ describe("OpenTelemetry", () => {
         const exit = yield* Effect.exit(within(OpenTelemetry.layer({ ...options, registerGlobal: false }), Effect.void))
         expect(exit).toMatchObject({ _tag: "Failure", cause: { error: { _tag: "OpenTelemetryError" } } })
       }
+    }))
+
+  it.live("metrics are exported with units: s for _seconds, annotations for the library's gauges, 1 otherwise", () =>
+    Effect.gen(function*() {
+      const { metrics } = inMemory()
+      const seconds = Metric.histogram("otel_unit_test_seconds", MetricBoundaries.fromIterable([0.1, 1]))
+      yield* within(
+        OpenTelemetry.layer({ serviceName: "u", metricExporters: [metrics], registerGlobal: false }),
+        Effect.gen(function*() {
+          yield* Metric.update(seconds, 0.5)
+          yield* Metric.set(Metric.tagged(Telemetry.projectionLag, "projection", "otel-unit"), 2)
+          yield* Metric.set(Metric.tagged(Telemetry.projectionCheckpoint, "projection", "otel-unit"), 2)
+          yield* Metric.increment(Metric.tagged(Telemetry.commits, "otel.test", "unit"))
+          yield* OpenTelemetry.flush
+          const units = Object.fromEntries(
+            metrics.getMetrics().flatMap((rm) => rm.scopeMetrics.flatMap((sm) => sm.metrics))
+              .map((m) => [m.descriptor.name, m.descriptor.unit])
+          )
+          expect(units["otel_unit_test_seconds"]).toBe("s")
+          expect(units["eventstore_projection_lag_events"]).toBe("{event}")
+          expect(units["eventstore_projection_checkpoint"]).toBe("{position}")
+          expect(units["eventstore_commits_total"]).toBe("1")
+        })
+      )
+    }))
+
+  it.live("the resource gets a service.instance.id per build, unless the attributes give one", () =>
+    Effect.gen(function*() {
+      const instanceOf = (attributes?: Record<string, string>) => {
+        const { spans } = inMemory()
+        return within(
+          OpenTelemetry.layer({ serviceName: "i", spanExporters: [spans], registerGlobal: false, attributes }),
+          Effect.gen(function*() {
+            yield* Effect.withSpan(Effect.void, "instance.op")
+            yield* OpenTelemetry.flush
+            return spans.getFinishedSpans()[0]!.resource.attributes["service.instance.id"]
+          })
+        )
+      }
+      const first = yield* instanceOf()
+      const second = yield* instanceOf()
+      expect(first).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+      expect(second).not.toBe(first)
+      expect(yield* instanceOf({ "service.instance.id": "replica-7" })).toBe("replica-7")
+      const fromEnv = yield* within(
+        OpenTelemetry.layerConfig({ registerGlobal: false }).pipe(
+          Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+            new Map([
+              ["OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-1"],
+              ["OTEL_TRACES_EXPORTER", "none"],
+              ["OTEL_METRICS_EXPORTER", "none"]
+            ])
+          )))
+        ),
+        Effect.map(OtelResource, (resource) => resource.attributes["service.instance.id"])
+      )
+      expect(fromEnv).toBe("pod-1")
+    }))
+
+  it.live("registerGlobal leaves in place the globals another SDK registered first", () =>
+    Effect.gen(function*() {
+      const other = new BasicTracerProvider()
+      const propagator: OtelApi.TextMapPropagator = {
+        inject: (_context, carrier, setter) => setter.set(carrier, "x-other", "1"),
+        extract: (context) => context,
+        fields: () => ["x-other"]
+      }
+      expect(OtelApi.trace.setGlobalTracerProvider(other)).toBe(true)
+      expect(OtelApi.propagation.setGlobalPropagator(propagator)).toBe(true)
+      try {
+        const { spans } = inMemory()
+        yield* within(OpenTelemetry.layer({ serviceName: "g2", spanExporters: [spans] }), Effect.void)
+        // still the other SDK's, after the layer closed
+        expect((OtelApi.trace.getTracerProvider() as OtelApi.ProxyTracerProvider).getDelegate()).toBe(other)
+        const carrier: Record<string, string> = {}
+        OtelApi.propagation.inject(OtelApi.context.active(), carrier)
+        expect(carrier).toEqual({ "x-other": "1" })
+      } finally {
+        OtelApi.trace.disable()
+        OtelApi.propagation.disable()
+      }
+      // and with nothing registered before, the layer's own globals are removed when it closes (the context too)
+      const { spans } = inMemory()
+      yield* within(OpenTelemetry.layer({ serviceName: "g3", spanExporters: [spans] }), Effect.void)
+      expect((OtelApi.trace.getTracerProvider() as OtelApi.ProxyTracerProvider).getDelegate()).not.toBeInstanceOf(
+        BasicTracerProvider
+      )
+      // a global can be registered again: the previous one was removed
+      expect(OtelApi.propagation.setGlobalPropagator(propagator)).toBe(true)
+      OtelApi.propagation.disable()
+    }))
+
+  it.live("no tracer is installed when no span can be recorded", () =>
+    Effect.gen(function*() {
+      const nativeWith = <E>(layer: Layer.Layer<OpenTelemetry.Provided, E>) =>
+        // in a fiber of its own, awaited (not joined): the tracer one layer installed is not inherited by the next
+        Effect.flatMap(
+          Effect.fork(within(layer, Effect.tracerWith((tracer) => Effect.succeed(isNative(tracer))))),
+          (fiber) => Effect.flatten(fiber.await)
+        )
+      const env = (entries: ReadonlyArray<readonly [string, string]>, options: OpenTelemetry.ConfigOptions = {}) =>
+        OpenTelemetry.layerConfig({ registerGlobal: false, ...options }).pipe(
+          Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries))))
+        )
+      // metrics only
+      expect(yield* nativeWith(env([["OTEL_TRACES_EXPORTER", "none"], ["OTEL_METRICS_EXPORTER", "none"]]))).toBe(true)
+      expect(yield* nativeWith(env([["OTEL_TRACES_EXPORTER", "NONE"], ["OTEL_METRICS_EXPORTER", "None"]]))).toBe(true)
+      // another span exporter still records
+      const { spans } = inMemory()
+      expect(
+        yield* nativeWith(env([["OTEL_TRACES_EXPORTER", "none"], ["OTEL_METRICS_EXPORTER", "none"]], {
+          spanExporters: [spans]
+        }))
+      ).toBe(false)
+      expect(
+        yield* nativeWith(env([["OTEL_TRACES_EXPORTER", "none"], ["OTEL_METRICS_EXPORTER", "none"], [
+          "OTEL_TRACES_SAMPLER",
+          "Always_Off"
+        ]], { spanExporters: [spans] }))
+      ).toBe(true)
+      expect(yield* nativeWith(OpenTelemetry.layer({ serviceName: "n", registerGlobal: false }))).toBe(true)
+      // and the tracer of a closed layer does not stay on the fiber that built it
+      yield* within(OpenTelemetry.layer({ serviceName: "n", registerGlobal: false, spanExporters: [spans] }), Effect.void)
+      expect(isNative(yield* Effect.tracer)).toBe(true)
+      expect(
+        yield* nativeWith(OpenTelemetry.layer({
+          serviceName: "n",
+          registerGlobal: false,
+          otlp: { endpoint: "http://127.0.0.1:9", traces: false, metrics: false }
+        }))
+      ).toBe(true)
+      expect(
+        yield* nativeWith(
+          OpenTelemetry.layer({ serviceName: "n", registerGlobal: false, sampleRatio: 0, parentBased: false, spanExporters: [spans] })
+        )
+      ).toBe(true)
+      // parent-based ratio 0 still follows a sampled remote parent: a tracer is needed
+      expect(
+        yield* nativeWith(OpenTelemetry.layer({ serviceName: "n", registerGlobal: false, sampleRatio: 0, spanExporters: [spans] }))
+      ).toBe(false)
+    }))
+
+  it.live("layerConfig: sampler names in any case; OTEL_TRACES_SAMPLER_ARG read only for ratio samplers", () =>
+    Effect.gen(function*() {
+      const run = (entries: ReadonlyArray<readonly [string, string]>) => {
+        const { spans } = inMemory()
+        return within(
+          OpenTelemetry.layerConfig({ registerGlobal: false, spanExporters: [spans] }).pipe(
+            Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+              new Map([["OTEL_TRACES_EXPORTER", "none"], ["OTEL_METRICS_EXPORTER", "none"], ...entries])
+            )))
+          ),
+          Effect.gen(function*() {
+            yield* Effect.withSpan(Effect.void, "sampler.op")
+            yield* OpenTelemetry.flush
+            return spans.getFinishedSpans().length
+          })
+        ).pipe(Effect.exit)
+      }
+      expect(yield* run([["OTEL_TRACES_SAMPLER", "PARENTBASED_TRACEIDRATIO"], ["OTEL_TRACES_SAMPLER_ARG", "1"]]))
+        .toEqual(Exit.succeed(1))
+      expect(yield* run([["OTEL_TRACES_SAMPLER", "TraceIdRatio"], ["OTEL_TRACES_SAMPLER_ARG", "0"]]))
+        .toEqual(Exit.succeed(0))
+      // ignored by a sampler that takes no argument
+      expect(yield* run([["OTEL_TRACES_SAMPLER", "always_on"], ["OTEL_TRACES_SAMPLER_ARG", "abc"]]))
+        .toEqual(Exit.succeed(1))
+      expect(yield* run([["OTEL_TRACES_SAMPLER_ARG", "7"]])).toEqual(Exit.succeed(1))
+      // still checked for a ratio sampler
+      const bad = yield* run([["OTEL_TRACES_SAMPLER", "traceidratio"], ["OTEL_TRACES_SAMPLER_ARG", "abc"]])
+      expect(Exit.isFailure(bad)).toBe(true)
+    }))
+
+  it.live("layerConfig: OTEL_EXPORTER_OTLP_PROTOCOL accepts http/json only, per signal exported over OTLP", () =>
+    Effect.gen(function*() {
+      const build = (entries: ReadonlyArray<readonly [string, string]>) =>
+        Effect.exit(
+          within(
+            OpenTelemetry.layerConfig({ registerGlobal: false, shutdownTimeout: "200 millis" }).pipe(
+              Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+                new Map([["OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"], ...entries])
+              )))
+            ),
+            Effect.void
+          )
+        )
+      const failsOn = (exit: Exit.Exit<void, unknown>, variable: string) => {
+        expect(Exit.isFailure(exit)).toBe(true)
+        const text = JSON.stringify(Exit.isFailure(exit) ? exit.cause : "")
+        expect(text).toContain("InvalidData")
+        expect(text).toContain(variable)
+      }
+      failsOn(yield* build([["OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"]]), "OTEL_EXPORTER_OTLP_PROTOCOL")
+      failsOn(yield* build([["OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"]]), "OTEL_EXPORTER_OTLP_PROTOCOL")
+      failsOn(
+        yield* build([["OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"], ["OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"]]),
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
+      )
+      expect(yield* build([["OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/JSON"]])).toEqual(Exit.void)
+      expect(yield* build([])).toEqual(Exit.void)
+      // the per-signal value wins; a signal not exported over OTLP is not checked
+      expect(
+        yield* build([
+          ["OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"],
+          ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"],
+          ["OTEL_METRICS_EXPORTER", "none"]
+        ])
+      ).toEqual(Exit.void)
+    }))
+
+  it.live("shutdown flushes the spans while a metric export hangs, within the one timeout", () =>
+    Effect.gen(function*() {
+      const exported: Array<string> = []
+      const spanExporter: SpanExporter = {
+        export: (spans, done) => {
+          exported.push(...spans.map((span) => span.name))
+          done({ code: 0 })
+        },
+        shutdown: () => Promise.resolve()
+      }
+      const never = () => new Promise<void>(() => {})
+      const metricExporter: PushMetricExporter = {
+        export: () => {},
+        forceFlush: never,
+        shutdown: never
+      }
+      const scope = yield* Scope.make()
+      const ctx = yield* Layer.buildWithScope(
+        OpenTelemetry.layer({
+          serviceName: "parallel",
+          spanExporters: [spanExporter],
+          metricExporters: [metricExporter],
+          spanExportDelay: "1 hour",
+          shutdownTimeout: "500 millis",
+          registerGlobal: false
+        }),
+        scope
+      )
+      yield* Effect.withSpan(Effect.void, "parallel.op").pipe(Effect.provide(ctx))
+      const started = Date.now()
+      yield* Scope.close(scope, Exit.void)
+      expect(Date.now() - started).toBeLessThan(2_000)
+      expect(exported).toEqual(["parallel.op"])
     }))
 })

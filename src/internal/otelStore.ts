@@ -4,7 +4,8 @@
  *
  * Writes happen where the SDK calls exporters: the batch span processor's timer and the periodic metric reader, never
  * on the path of the traced work. better-sqlite3 is synchronous, so a batch is written in transactions of
- * `CHUNK` rows with a macrotask between them, and retention deletes at most `pruneBatch` rows per table per export:
+ * `CHUNK` rows with a macrotask between them, and retention deletes at most `pruneBatch` rows per table per export,
+ * `PRUNE_CHUNK` per statement with a macrotask between them; `slowestOperations` reads index ranges, not a sorted window:
  * the thread is never held for long (invariant 11). The connection never waits on a lock (busy timeout 0); a batch
  * refused because another process holds the write lock is retried a few times after an asynchronous backoff, then
  * reported to the SDK as failed (the SDK drops it).
@@ -20,7 +21,11 @@ import Sqlite from "better-sqlite3"
 
 /** Rows per write transaction. */
 const CHUNK = 100
-/** Attempts of a batch refused with SQLITE_BUSY, with their backoff in ms. */
+/** Rows per retention `DELETE` statement (a macrotask between two). */
+const PRUNE_CHUNK = 100
+/** `slowestOperations`: percentiles come from at most this many of each name's most recent spans in the window. */
+export const PERCENTILE_ROWS = 10_000
+/** Attempts of a batch (or an open) refused with SQLITE_BUSY, with their backoff in ms. */
 const BUSY_BACKOFF = [10, 40, 160, 640] as const
 
 const SCHEMA = [
@@ -49,6 +54,8 @@ const SCHEMA = [
   )`,
   `CREATE UNIQUE INDEX IF NOT EXISTS otel_spans_ids ON otel_spans (trace_id, span_id)`,
   `CREATE INDEX IF NOT EXISTS otel_spans_start ON otel_spans (start_us)`,
+  // slowestOperations: each name's window as an index range, covering its aggregates (no table read, no sort)
+  `CREATE INDEX IF NOT EXISTS otel_spans_name_start ON otel_spans (name, start_us, duration_us, status_code)`,
   `CREATE TABLE IF NOT EXISTS otel_metric_points (
     id INTEGER PRIMARY KEY,
     time_us INTEGER NOT NULL,
@@ -237,8 +244,26 @@ export class Store {
   private readonly selectResource: Sqlite.Statement
   private readonly pruneSpans: Sqlite.Statement
   private readonly prunePoints: Sqlite.Statement
+  private readonly spanNames: Sqlite.Statement
+  private readonly spanAggregates: Sqlite.Statement
+  private readonly recentDurations: Sqlite.Statement
 
-  constructor(readonly options: StoreOptions) {
+  /**
+   * Opens the file (creating the tables), again after a backoff while another process holds its write lock (the
+   * schema is checked in a write transaction); the last refusal is thrown.
+   */
+  static async open(options: StoreOptions): Promise<Store> {
+    for (let attempt = 0;; attempt++) {
+      try {
+        return new Store(options)
+      } catch (cause) {
+        if (!isBusy(cause) || attempt >= BUSY_BACKOFF.length) throw cause
+        await sleep(BUSY_BACKOFF[attempt]!)
+      }
+    }
+  }
+
+  private constructor(readonly options: StoreOptions) {
     const db = new Sqlite(options.filename, { timeout: 0 })
     try {
       db.pragma("journal_mode = WAL")
@@ -263,6 +288,22 @@ export class Store {
       this.pruneSpans = db.prepare(
         `DELETE FROM otel_spans WHERE id IN (SELECT id FROM otel_spans WHERE start_us < ? ORDER BY start_us LIMIT ?)`
       )
+      this.spanNames = db.prepare(
+        `WITH RECURSIVE names(name) AS (
+           SELECT MIN(name) FROM otel_spans
+           UNION ALL
+           SELECT (SELECT MIN(name) FROM otel_spans WHERE name > names.name) FROM names WHERE names.name IS NOT NULL
+         )
+         SELECT name FROM names WHERE name IS NOT NULL`
+      ).pluck()
+      this.spanAggregates = db.prepare(
+        `SELECT COUNT(*) AS count, TOTAL(status_code = 2) AS errors, MAX(duration_us) AS max, AVG(duration_us) AS avg
+         FROM otel_spans INDEXED BY otel_spans_name_start WHERE name = ? AND start_us >= ?`
+      )
+      this.recentDurations = db.prepare(
+        `SELECT duration_us FROM otel_spans INDEXED BY otel_spans_name_start
+         WHERE name = ? AND start_us >= ? ORDER BY start_us DESC LIMIT ?`
+      ).pluck()
       this.prunePoints = db.prepare(
         `DELETE FROM otel_metric_points WHERE id IN
            (SELECT id FROM otel_metric_points WHERE time_us < ? ORDER BY time_us LIMIT ?)`
@@ -327,19 +368,35 @@ export class Store {
     }
   }
 
-  /** One bounded retention pass: deletes at most `pruneBatch` spans and `pruneBatch` metric points. */
-  prune(nowMs: number): { readonly spans: number; readonly metricPoints: number } {
-    if (this.closed) return { spans: 0, metricPoints: 0 }
+  /**
+   * One bounded retention pass: deletes at most `pruneBatch` spans and `pruneBatch` metric points older than the
+   * retention, `PRUNE_CHUNK` rows per statement with a macrotask between them. Stops early (keeping what it deleted)
+   * when another process holds the write lock or the store closes.
+   */
+  async prune(nowMs: number): Promise<{ readonly spans: number; readonly metricPoints: number }> {
     const horizon = Math.floor((nowMs - this.options.retentionMs) * 1000)
-    try {
-      return {
-        spans: this.pruneSpans.run(horizon, this.options.pruneBatch).changes,
-        metricPoints: this.prunePoints.run(horizon, this.options.pruneBatch).changes
+    const spans = await this.pruneTable(this.pruneSpans, horizon)
+    const metricPoints = await this.pruneTable(this.prunePoints, horizon)
+    return { spans, metricPoints }
+  }
+
+  private async pruneTable(statement: Sqlite.Statement, horizon: number): Promise<number> {
+    let deleted = 0
+    while (deleted < this.options.pruneBatch) {
+      if (this.closed) break
+      const limit = Math.min(PRUNE_CHUNK, this.options.pruneBatch - deleted)
+      let changes: number
+      try {
+        changes = statement.run(horizon, limit).changes
+      } catch (cause) {
+        if (isBusy(cause)) break
+        throw cause
       }
-    } catch (cause) {
-      if (isBusy(cause)) return { spans: 0, metricPoints: 0 }
-      throw cause
+      deleted += changes
+      if (changes < limit) break
+      await macrotask()
     }
+    return deleted
   }
 
   private track(work: () => Promise<void>, done: (result: ExportResult) => void): void {
@@ -348,9 +405,9 @@ export class Store {
       return
     }
     const promise = work().then(
-      () => {
+      async () => {
         try {
-          this.prune(Date.now())
+          await this.prune(Date.now())
         } catch {
           // retention runs again after the next export
         }
@@ -542,34 +599,36 @@ export class Store {
     return out
   }
 
-  /** Per span name since `sinceMs`: count, errors, nearest-rank p50/p95, max, mean; slowest p95 first. */
-  slowestOperations(sinceMs: number, limit: number): Array<OperationSummary> {
-    const rows = this.db.prepare(
-      `WITH w AS (
-         SELECT name, duration_us, status_code,
-                ROW_NUMBER() OVER (PARTITION BY name ORDER BY duration_us) AS rn,
-                COUNT(*) OVER (PARTITION BY name) AS n
-         FROM otel_spans WHERE start_us >= ?
-       )
-       SELECT name, n AS count,
-              SUM(status_code = 2) AS errors,
-              MAX(CASE WHEN rn = (n * 50 + 99) / 100 THEN duration_us END) AS p50,
-              MAX(CASE WHEN rn = (n * 95 + 99) / 100 THEN duration_us END) AS p95,
-              MAX(duration_us) AS max,
-              AVG(duration_us) AS avg
-       FROM w GROUP BY name ORDER BY p95 DESC, max DESC, name LIMIT ?`
-    ).all(Math.floor(sinceMs * 1000), limit) as Array<
-      { name: string; count: number; errors: number; p50: number; p95: number; max: number; avg: number }
-    >
-    return rows.map((row) => ({
-      name: row.name,
-      count: row.count,
-      errors: row.errors,
-      p50Ms: row.p50 / 1000,
-      p95Ms: row.p95 / 1000,
-      maxMs: row.max / 1000,
-      avgMs: row.avg / 1000
-    }))
+  /**
+   * Per span name since `sinceMs`: count, errors, max and mean over every span of the window (one index range per
+   * name, in SQL), nearest-rank p50/p95 over the name's `PERCENTILE_ROWS` most recent spans of the window; slowest
+   * p95 first. A macrotask between two names.
+   */
+  async slowestOperations(sinceMs: number, limit: number): Promise<Array<OperationSummary>> {
+    const since = Math.floor(sinceMs * 1000)
+    const names = this.spanNames.all() as Array<string>
+    const out: Array<OperationSummary> = []
+    for (let i = 0; i < names.length; i++) {
+      if (i > 0) await macrotask()
+      if (this.closed) throw new Error("telemetry store is closed")
+      const name = names[i]!
+      const row = this.spanAggregates.get(name, since) as { count: number; errors: number; max: number; avg: number }
+      if (row.count === 0) continue
+      const durations = Float64Array.from(this.recentDurations.all(name, since, PERCENTILE_ROWS) as Array<number>)
+      durations.sort()
+      const rank = (p: number) => durations[Math.max(0, Math.ceil((durations.length * p) / 100) - 1)]!
+      out.push({
+        name,
+        count: row.count,
+        errors: row.errors,
+        p50Ms: rank(50) / 1000,
+        p95Ms: rank(95) / 1000,
+        maxMs: row.max / 1000,
+        avgMs: row.avg / 1000
+      })
+    }
+    out.sort((a, b) => b.p95Ms - a.p95Ms || b.maxMs - a.maxMs || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    return out.slice(0, limit)
   }
 
   /**
