@@ -18,6 +18,8 @@ import type { PushMetricExporter, ResourceMetrics } from "@opentelemetry/sdk-met
 import { AggregationTemporality, DataPointType } from "@opentelemetry/sdk-metrics"
 import type { ReadableSpan, SpanExporter } from "@opentelemetry/sdk-trace-base"
 import Sqlite from "better-sqlite3"
+// the query results are the public types, declared once in TelemetryStore
+import type { MetricSummary, OperationSummary, SpanRecord } from "../TelemetryStore.js"
 
 /** Rows per write transaction. */
 const CHUNK = 100
@@ -147,51 +149,6 @@ type PointRow = readonly [
   max: number | null,
   resourceId: number
 ]
-
-/** @internal */
-export interface SpanRecord {
-  readonly traceId: string
-  readonly spanId: string
-  readonly parentSpanId: string | undefined
-  readonly name: string
-  readonly kind: "internal" | "server" | "client" | "producer" | "consumer"
-  readonly startTime: number
-  readonly durationMs: number
-  readonly status: "unset" | "ok" | "error"
-  readonly statusMessage: string | undefined
-  readonly attributes: Readonly<Record<string, unknown>>
-  readonly events: ReadonlyArray<{ readonly name: string; readonly time: number; readonly attributes: Readonly<Record<string, unknown>> }>
-  readonly service: string | undefined
-  readonly depth: number
-}
-
-/** @internal */
-export interface OperationSummary {
-  readonly name: string
-  readonly count: number
-  readonly errors: number
-  readonly p50Ms: number
-  readonly p95Ms: number
-  readonly maxMs: number
-  readonly avgMs: number
-}
-
-/** @internal */
-export interface MetricSummary {
-  readonly name: string
-  readonly type: MetricType
-  readonly unit: string
-  readonly service: string | undefined
-  readonly attributes: Readonly<Record<string, unknown>>
-  readonly points: number
-  readonly lastTime: number
-  readonly value: number
-  readonly change: number | undefined
-  readonly min: number | undefined
-  readonly max: number | undefined
-  readonly count: number | undefined
-  readonly sum: number | undefined
-}
 
 const KINDS = ["internal", "server", "client", "producer", "consumer"] as const
 const STATUS = ["unset", "ok", "error"] as const
