@@ -77,7 +77,7 @@ import {
   writeLibsql,
   writePg
 } from "./internal/sqlWrite.js"
-import { errorTypeOf } from "./internal/instruments.js"
+import * as Instruments from "./internal/instruments.js"
 import * as Tracing from "./internal/tracing.js"
 import * as Telemetry from "./Telemetry.js"
 
@@ -215,33 +215,49 @@ const makeAppend = (
   const toStoreError = <E extends { readonly _tag: string }>(e: E | SqlError) =>
     e._tag === "SqlError" ? storeError("append")(e as SqlError) : e as E
 
+  /** The append's result, its latency and events recorded (`Instruments.recordAppend`: no wrapper per append). */
+  const succeeded = (prepared: PreparedAppend, written: ReadonlyArray<Written>, started: number): AppendResult => {
+    const done = result(prepared, written)
+    Instruments.recordAppend(started, done)
+    return done
+  }
+  const failed = <E>(e: E, started: number): E => {
+    Instruments.recordAppend(started, undefined)
+    return e
+  }
+
   const submit = (
     prepared: PreparedAppend,
-    submitted: Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError> = writer.submit(prepared)
+    submitted: Effect.Effect<ReadonlyArray<Written>, AppendFailure | SqlError>,
+    started: number
   ): Effect.Effect<AppendResult, AppendError | Replayed> =>
     Effect.matchEffect(submitted, {
-      onSuccess: (written) => Effect.succeed(result(prepared, written)),
+      onSuccess: (written) => Effect.succeed(succeeded(prepared, written, started)),
       onFailure: (e) =>
         e._tag !== "SqlError"
-          ? Effect.fail(e)
+          ? Effect.fail(failed(e, started))
           : isBusy(e)
           // Locked by another process: try again after a backoff (the retry is built only when needed).
           ? Effect.mapBoth(
             Effect.retry(writer.submit(prepared), { schedule: busyRetry, while: (e) => e._tag === "SqlError" && isBusy(e) }),
-            { onFailure: toStoreError, onSuccess: (written) => result(prepared, written) }
+            {
+              onFailure: (e) => failed(toStoreError(e), started),
+              onSuccess: (written) => succeeded(prepared, written, started)
+            }
           )
-          : Effect.fail(storeError("append")(e))
+          : Effect.fail(failed(storeError("append")(e), started))
     })
 
   /** The outcome of a commit made on the spot (`trySync`), as the append's result. */
   const settledNow = (
     prepared: PreparedAppend,
-    exit: Exit.Exit<ReadonlyArray<Written>, AppendFailure | SqlError>
+    exit: Exit.Exit<ReadonlyArray<Written>, AppendFailure | SqlError>,
+    started: number
   ): Effect.Effect<AppendResult, AppendError | Replayed> => {
-    if (Exit.isSuccess(exit)) return Effect.as(GroupCommit.afterCommit(), result(prepared, exit.value))
+    if (Exit.isSuccess(exit)) return Effect.as(GroupCommit.afterCommit(), succeeded(prepared, exit.value, started))
     const failure = Cause.failureOption(exit.cause)
-    if (failure._tag === "None") return exit as Exit.Exit<never, never>
-    return Effect.zipRight(GroupCommit.afterCommit(), Effect.fail(toStoreError(failure.value)))
+    if (failure._tag === "None") return failed(exit as Exit.Exit<never, never>, started)
+    return Effect.zipRight(GroupCommit.afterCommit(), Effect.fail(failed(toStoreError(failure.value), started)))
   }
 
   /**
@@ -271,8 +287,11 @@ const makeAppend = (
     const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
     const prepared = prepareAppend(streamId, events, appendOptions, now, tenant)
     if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
+    const started = performance.now()
     const exit = writer.trySync(fiber.id().id, prepared.right)
-    return exit === undefined ? submit(prepared.right, writer.enqueue(prepared.right)) : settledNow(prepared.right, exit)
+    return exit === undefined
+      ? submit(prepared.right, writer.enqueue(prepared.right), started)
+      : settledNow(prepared.right, exit, started)
   }
 
   return (streamId, events, appendOptions, tenant) =>
@@ -291,7 +310,7 @@ const makeAppend = (
 /** What an append's span learns when it ends: the stream's new version and tenant, or the error's type. */
 const appendExit = (span: Tracer.Span, exit: Exit.Exit<AppendResult, unknown>, tenant: string | undefined): void => {
   if (Exit.isFailure(exit)) {
-    const type = errorTypeOf(exit)
+    const type = Instruments.errorTypeOf(exit)
     if (type !== undefined) span.attribute("error.type", type)
     return
   }
@@ -563,6 +582,7 @@ export const make = (
     const held = options.writeConnection
     const store = fromBackend({
       append: makeAppend(options, writer),
+      appendInstrumented: true,
       ...makeReads(sql, held),
       syncCommands: held !== undefined && isSync(held)
         ? yield* Effect.try({

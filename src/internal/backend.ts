@@ -134,6 +134,11 @@ export interface Backend {
     /** The tenant whose stream it is (see `fromBackend`); `prepareAppend` makes its key. */
     tenant?: string
   ) => Effect.Effect<AppendResult, AppendError | Replayed>
+  /**
+   * `true`: `append` records its own latency and events appended (`Instruments.recordAppend`), where that is cheaper
+   * than a wrapper (SQLite's writer, which has the start and the outcome at hand).
+   */
+  readonly appendInstrumented?: true
   /** The live record of a command id at `now`. */
   readonly command: (commandId: string, now: number) => Effect.Effect<Option.Option<CommandRecord>, StoreError>
   /** The stream holding a unique value. */

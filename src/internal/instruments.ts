@@ -32,6 +32,7 @@ import {
   StoreError,
   UniqueConstraintViolation
 } from "../Errors.js"
+import type { AppendResult } from "../EventStore.js"
 import type { Backend } from "./backend.js"
 
 /** Seconds, from 100 µs doubling to about 13 s: the range of a command, a store call, a publish. */
@@ -207,6 +208,23 @@ const latencyOf = (operation: string) => {
   return (seconds: number) => s.unsafeUpdate(seconds, none)
 }
 
+const countAppended = (result: AppendResult): void => {
+  if (result.replayed !== true && result.events.length > 0) {
+    appended.get(result.events[0]!.streamType).unsafeUpdate(result.events.length, none)
+  }
+}
+
+const appendLatency = latencyOf("append")
+
+/**
+ * For a backend that times its own appends (`Backend.appendInstrumented`): the append that began at `started`
+ * (`performance.now()`) has ended, with `result` when it succeeded.
+ */
+export const recordAppend = (started: number, result: AppendResult | undefined): void => {
+  appendLatency((performance.now() - started) / 1000)
+  if (result !== undefined) countAppended(result)
+}
+
 const timedBy = <A, E, R>(record: (seconds: number) => void, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   timed(effect, (seconds) => record(seconds))
 
@@ -225,12 +243,10 @@ export const instrumentBackend = <B extends Backend>(backend: B): B => {
   const logs = new Map<string, (seconds: number) => void>()
   const out: B = {
     ...backend,
-    append: (streamId, events, options, tenant) =>
+    append: backend.appendInstrumented === true ? backend.append : (streamId, events, options, tenant) =>
       timed(backend.append(streamId, events, options, tenant), (seconds, exit) => {
         append(seconds)
-        if (Exit.isSuccess(exit) && exit.value.replayed !== true && exit.value.events.length > 0) {
-          appended.get(exit.value.events[0]!.streamType).unsafeUpdate(exit.value.events.length, none)
-        }
+        if (Exit.isSuccess(exit)) countAppended(exit.value)
       }),
     command: (commandId, now) => timedBy(command, backend.command(commandId, now)),
     version: (streamId) => timedBy(version, backend.version(streamId)),
