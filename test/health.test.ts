@@ -4,7 +4,7 @@
  * first). Runs services in this process with `Runtime.start` (no signals, no exit).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Event, EventStore, Health, Projection } from "effect-eventstore"
+import { Errors, Event, EventStore, Health, Projection } from "effect-eventstore"
 import * as Runtime from "effect-eventstore/Runtime"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import Sqlite3 from "better-sqlite3"
@@ -409,6 +409,39 @@ describe("health of a running service", () => {
           "projections/one",
           "projections/two"
         ])
+      }).pipe(Effect.provideService(Health.Health, health)))
+    }))
+
+  it.live("a projection standing by because its checkpoint store refuses the lease is degraded, with the reason", () =>
+    Effect.gen(function*() {
+      const health = yield* Health.make()
+      const one = Projection.make({ name: "leaseless", events: Events, handlers: { Added: () => Effect.void } })
+      let refuse = true
+      const flaky = Layer.effect(
+        Projection.CheckpointStore,
+        Effect.map(Projection.makeMemory, (store): Projection.CheckpointStoreService => ({
+          ...store,
+          acquire: (...args) =>
+            Effect.suspend(() =>
+              refuse ? Effect.fail(new Errors.StoreError({ operation: "acquire", cause: "database is down" })) : store.acquire(...args)
+            )
+        }))
+      )
+      const AppLive = Projection.layer([one], { leaseTtl: "300 millis" }).pipe(
+        Layer.provideMerge(Layer.merge(EventStore.layerMemory, flaky))
+      )
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.buildWithScope(AppLive, yield* Effect.scope)
+        const refused = yield* poll(
+          Effect.map(health.check, (report) => component(report, "projections/leaseless")),
+          (c) => c?.status === "degraded"
+        )
+        expect(refused?.reason).toContain("cannot take the lease")
+        refuse = false
+        yield* poll(
+          Effect.map(health.check, (report) => component(report, "projections/leaseless")),
+          (c) => c?.status === "healthy" && c.details?.["state"] === "live"
+        )
       }).pipe(Effect.provideService(Health.Health, health)))
     }))
 

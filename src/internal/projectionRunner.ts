@@ -221,6 +221,8 @@ interface Runner {
   readonly control: Queue.Queue<Command>
   /** The failure it stopped on, while failed. */
   stop: Stop | undefined
+  /** Why the last attempt to take the lease failed (the checkpoint store), while standing by; `undefined` otherwise. */
+  leaseError: string | undefined
   /** The status as last set (what `status` reads). */
   latest: Status
   /** `awaitPosition` callers: each says, given a status, whether it is answered. */
@@ -277,6 +279,7 @@ export const make = (
         status: yield* SubscriptionRef.make(initial(projection.name)),
         control: yield* Queue.unbounded<Command>(),
         stop: undefined,
+        leaseError: undefined,
         latest: initial(projection.name),
         waiters: new Set()
       })
@@ -432,7 +435,7 @@ export const make = (
           if (head === status.checkpoint) seen.delete(name)
           const since = last !== undefined && last.checkpoint === status.checkpoint ? last.since : now
           if (head > status.checkpoint) seen.set(name, { checkpoint: status.checkpoint, since })
-          return [name, healthOf(status, head, now - since, lagThreshold)]
+          return [name, healthOf(status, head, now - since, lagThreshold, runner.leaseError)]
         }))
       })
     )
@@ -448,7 +451,13 @@ const stalledAfter = 30_000
  * checkpoint that has not moved for `stalledAfter`, is degraded; anything else (standby included: another process
  * runs it) healthy; the numbers in `details`.
  */
-const healthOf = (status: Status, head: number, still: number, lagThreshold: number): Health.Result => {
+const healthOf = (
+  status: Status,
+  head: number,
+  still: number,
+  lagThreshold: number,
+  leaseError: string | undefined
+): Health.Result => {
   const lag = Math.max(0, head - status.checkpoint)
   const details = {
     state: status.state,
@@ -462,7 +471,10 @@ const healthOf = (status: Status, head: number, still: number, lagThreshold: num
     return Health.unhealthy(status.failure !== undefined ? status.failure.message : "failed", details)
   }
   if (status.state === "stopped") return Health.unhealthy("stopped", details)
-  if (status.state === "standby") return Health.healthy(details)
+  if (status.state === "standby") {
+    // standing by is healthy while another process holds the lease, not while the checkpoint store cannot be asked
+    return leaseError === undefined ? Health.healthy(details) : Health.degraded(`cannot take the lease: ${leaseError}`, details)
+  }
   if (lag > 0 && still >= stalledAfter) {
     return Health.degraded(
       `stalled: the checkpoint has not moved for ${Math.floor(still / 1000)} s, ${lag} events behind the head`,
@@ -1261,8 +1273,19 @@ const runProjection = (runner: Runner, env: Env): Effect.Effect<void> => {
 
   // standby: ask for the lease until it is ours (a store that fails meanwhile is logged, not fatal)
   const waitForLease = Effect.retry(
-    Effect.tapError(acquire, (e) =>
-      typeof e === "string" ? Effect.void : Effect.logWarning(`projection ${name}: cannot take the lease: ${e.message}`)),
+    Effect.tapBoth(acquire, {
+      onFailure: (e) =>
+        Effect.suspend(() => {
+          runner.leaseError = typeof e === "string" ? undefined : e.message
+          return typeof e === "string"
+            ? Effect.void
+            : Effect.logWarning(`projection ${name}: cannot take the lease: ${e.message}`)
+        }),
+      onSuccess: () =>
+        Effect.sync(() => {
+          runner.leaseError = undefined
+        })
+    }),
     Schedule.spaced(renewEvery)
   ).pipe(Effect.orElse(() => Effect.never))
 
