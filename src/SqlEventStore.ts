@@ -627,13 +627,16 @@ const messageOf = (cause: unknown): string => {
 const probe = (
   backend: string,
   head: Effect.Effect<number, StoreError>,
-  notWritable: Effect.Effect<string | undefined>
+  /** Why the store cannot be written (`undefined`: it can); a failure means the server could not be asked. */
+  notWritable: Effect.Effect<string | undefined, unknown>
 ): Health.Check =>
   Effect.gen(function*() {
     const started = yield* Clock.currentTimeMillis
     const read = yield* Effect.either(head)
     if (Either.isLeft(read)) return Health.unhealthy(`unreachable: ${messageOf(read.left)}`, { backend })
-    const refused = yield* notWritable
+    const asked = yield* Effect.either(notWritable)
+    if (Either.isLeft(asked)) return Health.unhealthy(`unreachable: ${messageOf(asked.left)}`, { backend, head: read.right })
+    const refused = asked.right
     const latencyMs = (yield* Clock.currentTimeMillis) - started
     return refused === undefined
       ? Health.healthy({ backend, head: read.right, latencyMs })
@@ -672,15 +675,14 @@ const sqliteNotWritable = (held: SyncConnection): string | undefined => {
 }
 
 /** PostgreSQL: a standby in recovery, or a session whose transactions are read-only, cannot append. */
-const pgNotWritable = (execute: PgExecute): Effect.Effect<string | undefined> =>
+const pgNotWritable = (execute: PgExecute): Effect.Effect<string | undefined, unknown> =>
   execute("", "SELECT pg_is_in_recovery() AS recovery, current_setting('transaction_read_only') AS read_only", []).pipe(
     Effect.map((rows) => {
       const row = rows[0] as { readonly recovery?: boolean; readonly read_only?: string } | undefined
       if (row?.recovery === true) return "the server is a standby in recovery"
       if (row?.read_only === "on") return "transactions are read-only (default_transaction_read_only)"
       return undefined
-    }),
-    Effect.catchAll((e) => Effect.succeed(messageOf(e)))
+    })
   )
 
 // --- PostgreSQL ----------------------------------------------------------------------------------------------------
