@@ -449,16 +449,21 @@ export const layer = (options: Options): Layer.Layer<Provided, OpenTelemetryErro
  *
  * @since 0.1.0
  */
-export interface ConfigOptions {
-  readonly serviceName?: string | undefined
-  readonly serviceVersion?: string | undefined
-  readonly environment?: string | undefined
-  readonly spanExporters?: ReadonlyArray<SpanExporter> | undefined
-  readonly metricExporters?: ReadonlyArray<PushMetricExporter> | undefined
-  readonly spanExportDelay?: Duration.DurationInput | undefined
-  readonly shutdownTimeout?: Duration.DurationInput | undefined
-  readonly registerGlobal?: boolean | undefined
-}
+export interface ConfigOptions extends
+  Partial<
+    Pick<
+      Options,
+      | "serviceName"
+      | "serviceVersion"
+      | "environment"
+      | "spanExporters"
+      | "metricExporters"
+      | "spanExportDelay"
+      | "shutdownTimeout"
+      | "registerGlobal"
+    >
+  >
+{}
 
 /**
  * A list of `key=value` pairs separated by commas, values percent-encoded (the W3C baggage form the OpenTelemetry

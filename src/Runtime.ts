@@ -40,7 +40,7 @@ import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import type * as EffectRuntime from "effect/Runtime"
+import * as EffectRuntime from "effect/Runtime"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as Http from "node:http"
@@ -554,7 +554,7 @@ export const run = <ROut, E, A = void, E2 = never>(
       received++
       if (received < 2) return
       const message = `${options.name ?? "service"}: forced stop: second signal (${signal})`
-      if (runtime !== undefined) Effect.runSync(Effect.provide(Effect.logError(message), runtime))
+      if (runtime !== undefined) EffectRuntime.runSync(runtime)(Effect.logError(message))
       else process.stderr.write(`${message}\n`)
       process.exit(128 + number)
     }

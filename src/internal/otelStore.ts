@@ -432,8 +432,13 @@ export class Store {
           const { name, unit } = metric.descriptor
           const temporality = metric.aggregationTemporality
           switch (metric.dataPointType) {
-            case DataPointType.SUM: {
-              const type: MetricType = metric.isMonotonic ? "counter" : "updowncounter"
+            case DataPointType.SUM:
+            case DataPointType.GAUGE: {
+              const type: MetricType = metric.dataPointType === DataPointType.GAUGE
+                ? "gauge"
+                : metric.isMonotonic
+                ? "counter"
+                : "updowncounter"
               for (const point of metric.dataPoints) {
                 rows.push([
                   toMicros(point.endTime),
@@ -441,26 +446,6 @@ export class Store {
                   name,
                   unit,
                   type,
-                  temporality,
-                  canonical(point.attributes),
-                  point.value,
-                  null,
-                  null,
-                  null,
-                  null,
-                  resourceId
-                ])
-              }
-              break
-            }
-            case DataPointType.GAUGE: {
-              for (const point of metric.dataPoints) {
-                rows.push([
-                  toMicros(point.endTime),
-                  toMicros(point.startTime),
-                  name,
-                  unit,
-                  "gauge",
                   temporality,
                   canonical(point.attributes),
                   point.value,
