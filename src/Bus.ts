@@ -48,10 +48,11 @@ import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
-import { type EventDecodeError, InvalidInput } from "./Errors.js"
+import { type EventDecodeError, InvalidInput, type StoreError } from "./Errors.js"
 import type * as Event from "./Event.js"
 import { EventStore, type ReadError } from "./EventStore.js"
 import * as Instruments from "./internal/instruments.js"
+import { Decryption, isEncrypted, storedForm } from "./internal/privacy.js"
 import * as Tracing from "./internal/tracing.js"
 import * as Projection from "./Projection.js"
 
@@ -891,7 +892,8 @@ export const forwarder = (
     reset: Effect.void,
     handler: (events) =>
       Effect.flatMap(EventBus, (bus) =>
-        bus.publish(events).pipe(
+        // as stored: personal data encrypted (see `Privacy`)
+        bus.publish(events.map(storedForm)).pipe(
           Effect.tapError((e) =>
             e.retryable === false ? Effect.void : Effect.logWarning(`bus forwarder: ${e.message}; trying the batch again`)
           ),
@@ -901,7 +903,7 @@ export const forwarder = (
           Effect.catchAll((e) =>
             e.retryable === false
               ? Effect.forEach(events, (event) =>
-                bus.publish([event]).pipe(
+                bus.publish([storedForm(event)]).pipe(
                   Effect.retry({ schedule: retry, while: (e) => e.retryable !== false }),
                   Effect.mapError((e) => new Projection.BatchEventFailed({ position: event.position, reason: e.message }))
                 ), { discard: true })
@@ -952,7 +954,7 @@ export const republish = (options: {
       Stream.takeWhile((e) => e.position <= to),
       Stream.filter((e) => streamTypes === undefined || streamTypes.has(e.streamType)),
       Stream.runForEachChunk((chunk) =>
-        Effect.tap(bus.publish(Array.from(chunk)), () => Effect.sync(() => (published += chunk.length)))
+        Effect.tap(bus.publish(Array.from(chunk, storedForm)), () => Effect.sync(() => (published += chunk.length)))
       )
     )
     return published
@@ -987,7 +989,10 @@ export declare namespace HandlerTable {
 /**
  * A consumer's handler from one handler per event type of a registry: each gets the decoded event. Events of other
  * types are acknowledged without a handler; an event that does not decode fails its delivery (and so, after
- * `maxDeliver` attempts, goes to the dead letters) with its `EventDecodeError`.
+ * `maxDeliver` attempts, goes to the dead letters) with its `EventDecodeError`. An event whose personal data is
+ * encrypted (`Privacy`: the forwarder publishes events as stored) is decrypted first by the `Privacy` service in the
+ * handler's context, when there is one — a forgotten subject's fields read as their replacements; the key store
+ * failing fails the delivery with its `StoreError`. Without one, such an event does not decode.
  *
  * @example
  * ```ts
@@ -1004,7 +1009,7 @@ export const handlers = <A extends { readonly _tag: string }, const H extends Ha
 ): (
   envelope: Envelope,
   delivery: Delivery
-) => Effect.Effect<void, HandlerTable.Error<H> | EventDecodeError, HandlerTable.Context<H>> => {
+) => Effect.Effect<void, HandlerTable.Error<H> | EventDecodeError | StoreError, HandlerTable.Context<H>> => {
   type E = HandlerTable.Error<H>
   type R = HandlerTable.Context<H>
   const byStored: Record<string, ((event: any, delivery: Delivery) => Effect.Effect<void, E, R>) | undefined> =
@@ -1016,6 +1021,22 @@ export const handlers = <A extends { readonly _tag: string }, const H extends Ha
   return (envelope, delivery) => {
     const handler = byStored[envelope.type]
     if (handler === undefined) return Effect.void
+    if (isEncrypted(envelope.payload)) {
+      // personal data, encrypted: opened by the `Privacy` service of this process, when there is one (else the event
+      // does not decode)
+      return Effect.flatMap(Effect.serviceOption(Decryption), (privacy) =>
+        Option.isNone(privacy) ? decodeAndHandle(handler, envelope, delivery) : Effect.flatMap(
+          privacy.value.decrypt(envelope),
+          (opened) => decodeAndHandle(handler, opened, delivery)
+        ))
+    }
+    return decodeAndHandle(handler, envelope, delivery)
+  }
+  function decodeAndHandle(
+    handler: (event: any, delivery: Delivery) => Effect.Effect<void, E, R>,
+    envelope: Envelope,
+    delivery: Delivery
+  ): Effect.Effect<void, E | EventDecodeError, R> {
     const decoded = registry.decode(envelope)
     return Either.isLeft(decoded) ? Effect.fail(decoded.left) : handler(decoded.right, delivery)
   }

@@ -65,10 +65,16 @@ const busyTimeout = (options: Options) => Duration.decode(options.busyTimeout ??
 
 const synchronous = (options: Options) => `synchronous = ${options.durability === "normal" ? "NORMAL" : "FULL"}`
 
+/**
+ * Deleted rows are overwritten in the file (`secure_delete`): a snapshot, a read-model row or a data key that was
+ * deleted (`Privacy.forget`) leaves no copy in the database's free pages.
+ */
+const SECURE_DELETE = "secure_delete = ON"
+
 // The writer never waits inside SQLite: a lock held by another process makes its write fail at once and retry
 // after a backoff (`SqlEventStore.defaultBusyRetry`), so that this process's thread is never blocked meanwhile.
 /** @internal */
-export const writerPragmas = (options: Options) => ["busy_timeout = 0", synchronous(options)]
+export const writerPragmas = (options: Options) => ["busy_timeout = 0", synchronous(options), SECURE_DELETE]
 
 const isMemory = (filename: string) => filename === ":memory:" || filename === ""
 
@@ -201,6 +207,7 @@ const openClient = ({ guard, options, patiently }: Opening) =>
         yield* client.unsafe("PRAGMA busy_timeout = 0")
         if (!isMemory(options.filename)) yield* toWal(client)
         yield* client.unsafe(`PRAGMA ${synchronous(options)}`)
+        yield* client.unsafe(`PRAGMA ${SECURE_DELETE}`)
         yield* client.unsafe("PRAGMA schema_version")
         return client
       }))

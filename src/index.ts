@@ -21,6 +21,10 @@ export * as EventStore from "./EventStore.js"
 /** @since 0.1.0 */
 export * as Health from "./Health.js"
 /** @since 0.1.0 */
+export * as KeyStore from "./KeyStore.js"
+/** @since 0.1.0 */
+export * as Privacy from "./Privacy.js"
+/** @since 0.1.0 */
 export * as Projection from "./Projection.js"
 /** @since 0.1.0 */
 export * as Seed from "./Seed.js"

@@ -74,7 +74,7 @@ describe("SQLite specifics", () => {
         sql.unsafe<{ n: number }>("SELECT COUNT(*) AS n FROM eventstore_migrations")).pipe(
           Effect.provide(Sqlite.layerClient({ filename }))
         )
-      expect(migrations[0]!.n).toBe(3)
+      expect(migrations[0]!.n).toBe(4)
     }))
 
   it.live("a row with malformed JSON is an EventDecodeError naming its position, after the events before it", () =>

@@ -372,6 +372,53 @@ export const tenantStoreOf = (store: EventStoreService, tenant: string): EventSt
   return scoped
 }
 
+/**
+ * Marks `wrapper`, a decorator of `inner` that changes payloads on their way in and out (`Privacy`), with what readers
+ * learn of `inner` that payloads do not matter to: its database, commit signal, tenant, a `head` that answers at once;
+ * and, through `tenants`, how to make a tenant's store (the wrapper's own over `inner`'s). Not the lean fold, the
+ * synchronous commands nor the inline projections: they read stored rows past the wrapper.
+ */
+export const carryMarks = (
+  inner: EventStoreService,
+  wrapper: EventStoreService,
+  tenants: ((inner: EventStoreService, tenant: string) => EventStoreService) | undefined
+): EventStoreService => {
+  const database = databaseOf(inner)
+  if (database !== undefined) onDatabase(wrapper, database)
+  const headNow = (inner as { readonly [headNowKey]?: EventStoreService["head"] })[headNowKey]
+  if (headNow !== undefined) withHeadNow(wrapper, headNow)
+  const commits = commitsOf(inner)
+  if (commits !== undefined) Object.defineProperty(wrapper, commitsKey, { value: commits, enumerable: false })
+  const tenant = tenantOf(inner)
+  if (tenant !== undefined) markTenant(wrapper, tenant)
+  const make = (inner as { readonly [tenantsKey]?: (tenant: string) => EventStoreService })[tenantsKey]
+  if (make !== undefined && tenants !== undefined) {
+    Object.defineProperty(wrapper, tenantsKey, {
+      value: (t: string) => tenants(tenantStoreOf(inner, t)!, t),
+      enumerable: false
+    })
+  }
+  return wrapper
+}
+
+const forgetHooksKey = Symbol.for("effect-eventstore/forgetHooks")
+
+/** Where in-process copies of streams' states (the handlers' state caches) are told to drop streams. */
+export interface ForgetHooks {
+  /** Adds `hook` (called with the stream ids to drop); returns its removal. */
+  readonly add: (hook: (streamIds: ReadonlyArray<string>) => void) => () => void
+}
+
+/** Marks a store whose streams' states may have to be dropped from caches (`Privacy.forget`). */
+export const withForgetHooks = (store: EventStoreService, hooks: ForgetHooks): EventStoreService => {
+  Object.defineProperty(store, forgetHooksKey, { value: hooks, enumerable: false })
+  return store
+}
+
+/** The forget hooks of a store, where it has them. */
+export const forgetHooksOf = (store: EventStoreService): ForgetHooks | undefined =>
+  (store as { readonly [forgetHooksKey]?: ForgetHooks })[forgetHooksKey]
+
 /** The stream ids in an append's error as the caller named them (a tenant's store works with keys). */
 const stripKeys = <E>(error: E): E => {
   if (typeof error !== "object" || error === null || !("streamId" in error)) return error

@@ -31,7 +31,7 @@ import * as Background from "./background.js"
 import * as Instruments from "./instruments.js"
 import * as EventLoop from "./eventLoop.js"
 import * as Tracing from "./tracing.js"
-import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, syncCommandsOf, tenantOf } from "./backend.js"
+import { DriverFailure, FOLD_PAGE, type FoldRows, foldRowsOf, forgetHooksOf, syncCommandsOf, tenantOf } from "./backend.js"
 import { alongside, scopeSnapshots } from "./tenants.js"
 import * as GroupCommit from "./groupCommit.js"
 import { FoldEvent, type FoldRow, readFoldRow, toInteger } from "./codec.js"
@@ -366,6 +366,14 @@ export const make = <State, Command, E extends { readonly _tag: string }, Err, R
       policy === undefined || snapshotStore === undefined ? undefined : { policy, store: snapshotStore }
     )
     const starts = options.cache === undefined ? base : StateCache.decorate(base, options.cache)
+    // A store that may forget personal data (`Privacy`) tells the cache which streams' states to drop.
+    const forgetHooks = options.cache === undefined ? undefined : forgetHooksOf(store)
+    if (forgetHooks !== undefined) {
+      yield* Effect.acquireRelease(
+        Effect.sync(() => forgetHooks.add((streamIds) => streamIds.forEach((sid) => starts.forget(sid)))),
+        (remove) => Effect.sync(remove)
+      )
+    }
     const fold = makeFold(store, registry, decider.evolve, withAnalytics)
     // Whole commands in one store transaction, for loads that always start from the initial state and a registry
     // whose decoding a fold row can feed.

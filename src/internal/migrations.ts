@@ -18,7 +18,12 @@ export const tables = {
   projectionMigrations: "eventstore_projection_migrations",
   parked: "eventstore_parked_events",
   unique: "eventstore_unique",
-  commands: "eventstore_commands"
+  commands: "eventstore_commands",
+  privacyKeys: "eventstore_privacy_keys",
+  privacyKeyState: "eventstore_privacy_key_state",
+  privacyStreams: "eventstore_privacy_streams",
+  privacyAudit: "eventstore_privacy_audit",
+  privacyMeta: "eventstore_privacy_meta"
 } as const
 
 /**
@@ -304,6 +309,76 @@ migrations["3_create_guards"] = Effect.gen(function*() {
   yield* sql.onDialectOrElse({
     sqlite: () => Effect.all(guards(sql, "INTEGER"), { discard: true }),
     pg: () => Effect.all([...guards(sql, "BIGINT"), sql.unsafe(APPEND_GUARDED_PG)], { discard: true }),
+    orElse: () => unsupported
+  })
+})
+
+const PK = tables.privacyKeys
+const PS = tables.privacyKeyState
+const PT = tables.privacyStreams
+const PA = tables.privacyAudit
+const PM = tables.privacyMeta
+
+/**
+ * The key store of crypto-shredding (`KeyStore`): data keys, wrapped (opaque bytes), by key id and version; what was
+ * destroyed of each key (a row that outlives the keys' rows, so a destroyed version is never written again); the
+ * streams that hold data under each key; an audit log; a few named values. PostgreSQL compares ids in the "C"
+ * collation (byte order), as SQLite's default does, so that paging and sorting agree across backends.
+ */
+const privacy = (
+  sql: SqlClient.SqlClient,
+  types: { readonly id: string; readonly bytes: string; readonly integer: string; readonly serial: string }
+) => [
+  sql.unsafe(`CREATE TABLE ${PK} (
+  key_id ${types.id} NOT NULL,
+  version INTEGER NOT NULL CHECK (version > 0),
+  wrapped ${types.bytes} NOT NULL,
+  kek_id TEXT NOT NULL,
+  created_at ${types.integer} NOT NULL,
+  PRIMARY KEY (key_id, version)
+)`),
+  sql.unsafe(`CREATE TABLE ${PS} (
+  key_id ${types.id} PRIMARY KEY,
+  destroyed_through INTEGER NOT NULL,
+  destroyed_at ${types.integer} NOT NULL
+)`),
+  sql.unsafe(`CREATE TABLE ${PT} (
+  key_id ${types.id} NOT NULL,
+  stream_id ${types.id} NOT NULL,
+  PRIMARY KEY (key_id, stream_id)
+)`),
+  sql.unsafe(`CREATE TABLE ${PA} (
+  id ${types.serial},
+  at ${types.integer} NOT NULL,
+  action TEXT NOT NULL,
+  key_id ${types.id} NOT NULL,
+  detail TEXT NOT NULL
+)`),
+  sql.unsafe(`CREATE INDEX ${PA}_key ON ${PA} (key_id, id)`),
+  sql.unsafe(`CREATE TABLE ${PM} (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+)`)
+]
+
+migrations["4_create_privacy"] = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.onDialectOrElse({
+    sqlite: () =>
+      Effect.all(
+        privacy(sql, { id: "TEXT", bytes: "BLOB", integer: "INTEGER", serial: "INTEGER PRIMARY KEY AUTOINCREMENT" }),
+        { discard: true }
+      ),
+    pg: () =>
+      Effect.all(
+        privacy(sql, {
+          id: `TEXT COLLATE "C"`,
+          bytes: "BYTEA",
+          integer: "BIGINT",
+          serial: "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+        }),
+        { discard: true }
+      ),
     orElse: () => unsupported
   })
 })

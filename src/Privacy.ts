@@ -1,0 +1,1067 @@
+/**
+ * Encryption at rest and crypto-shredding: forget a person without rewriting the log.
+ *
+ * Personal data is declared on the event schemas: `Privacy.subject` marks the field holding a data subject's id,
+ * `Privacy.personal` the fields holding their data. `Privacy.layer` decorates the `EventStore`: on append, each
+ * subject's personal fields of an event are encrypted together as one value (AES-256-GCM, a random IV, bound to the
+ * event's id and type) with the subject's data key; unmarked fields stay plain and queryable. Reads decrypt. Data keys
+ * live in a `KeyStore`, wrapped by a key-encryption key (KEK) the layer is given (a `Redacted`, from `Config` or
+ * `Credentials`).
+ *
+ * `forget(subject)` destroys the subject's data key, so every copy of their encrypted data — in the log, on the bus,
+ * in dead letters, in backups — becomes unreadable at once, then removes what the library kept decrypted (snapshots,
+ * cached states) and appends a `SubjectForgotten` event that projections handle to purge their rows. Afterwards the
+ * subject's fields read as their declared replacement: loads, commands, projections and rebuilds go on.
+ *
+ * @example
+ * ```ts
+ * const CustomerRegistered = Schema.TaggedStruct("CustomerRegistered", {
+ *   customerId: Schema.String.pipe(Privacy.subject),
+ *   name: Schema.String.pipe(Privacy.personal({ replacement: "(forgotten)" })),
+ *   email: Schema.optional(Schema.String.pipe(Privacy.personal())),
+ *   card: Schema.String.pipe(Privacy.personal({ replacement: "", keep: (card: string) => `…${card.slice(-4)}` })),
+ *   plan: Schema.String
+ * })
+ * const Customers = Event.registry([CustomerRegistered])
+ *
+ * const StoreLive = Privacy.layer({ registries: [Customers], kek: Config.redacted("PRIVACY_KEK") }).pipe(
+ *   Layer.provideMerge(KeyStore.layerSql()),
+ *   Layer.provideMerge(Sqlite.layer({ filename: "app.db" }))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import type { KeyObject } from "node:crypto"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { readFileSync } from "node:fs"
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import type * as SchemaAST from "effect/SchemaAST"
+import * as Stream from "effect/Stream"
+import { EventBus } from "./Bus.js"
+import * as Credentials from "./Credentials.js"
+import { EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
+import * as Event from "./Event.js"
+import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "./EventStore.js"
+import { carryMarks, type ForgetHooks, withForgetHooks } from "./internal/backend.js"
+import { checkId, tenantKey } from "./internal/codec.js"
+import * as P from "./internal/privacy.js"
+import { uuidV7 } from "./internal/uuid.js"
+import { type AuditEntry, KeyStore, type KeyRecord, type WrappedKey } from "./KeyStore.js"
+import { CheckpointStore } from "./Projection.js"
+import { SnapshotStore } from "./Snapshot.js"
+
+// --- declarations ----------------------------------------------------------------------------------------------------
+
+/**
+ * Options of {@link personal}.
+ *
+ * @since 0.1.0
+ */
+export interface PersonalOptions<A> {
+  /**
+   * The field holding the id of the subject this data belongs to. May be left out when exactly one field of the event
+   * is marked with {@link subject}.
+   */
+  readonly subject?: string
+  /**
+   * What the field reads as once its subject is forgotten (a value of the field's type). Optional fields are left out
+   * and nullable ones read as `null` (an `Option` field as `Option.none()`) when none is given; any other field needs
+   * one (`Privacy.layer` fails with `InvalidInput` without).
+   */
+  readonly replacement?: A
+  /**
+   * A part of the value kept in plain text at append time (the last four digits of a card, say), read instead of
+   * `replacement` once the subject is forgotten. It is stored unencrypted: keep only what may outlive the person.
+   */
+  readonly keep?: (value: A) => A
+}
+
+/**
+ * Marks a field of an event schema as personal data of a subject: it is stored encrypted with the subject's key.
+ * Top-level fields of the event (a whole nested struct may be one personal field).
+ *
+ * @since 0.1.0
+ */
+export const personal = <A = any>(options: PersonalOptions<A> = {}) => <S extends Schema.Schema<any, any, never>>(self: S): S =>
+  self.annotations({
+    [P.PersonalId]: {
+      subject: options.subject,
+      replacement: "replacement" in options ? { value: options.replacement } : undefined,
+      keep: options.keep
+    } satisfies P.PersonalAnnotation
+  }) as S
+
+/**
+ * Marks the field holding a data subject's id (a non-empty string of at most 256 characters). The id itself stays in
+ * plain text: it is what `forget` is called with.
+ *
+ * @since 0.1.0
+ */
+export const subject = <S extends Schema.Schema<any, any, never>>(self: S): S =>
+  self.annotations({ [P.SubjectId]: true }) as S
+
+// --- errors, events, results ---------------------------------------------------------------------------------------
+
+/**
+ * The key-encryption key is missing (`missing`: its source failed), is not 32 bytes (`malformed`), or is not the one
+ * the key store's keys were wrapped with (`mismatch`). Raised when the layer starts, before anything is written.
+ *
+ * @since 0.1.0
+ */
+export class KeyEncryptionKeyError extends Schema.TaggedError<KeyEncryptionKeyError>()("KeyEncryptionKeyError", {
+  reason: Schema.Literal("missing", "malformed", "mismatch"),
+  detail: Schema.String
+}) {
+  override get message() {
+    return `key-encryption key ${this.reason}: ${this.detail}`
+  }
+}
+
+/**
+ * The tombstone `forget` appends (to the stream `PrivacyForgotten-<subject>`): a typed event for projections, whose
+ * handlers purge the subject's rows. Add {@link events} to a projection's registry to receive it.
+ *
+ * @since 0.1.0
+ */
+export const SubjectForgotten = Schema.TaggedStruct("SubjectForgotten", {
+  subject: Schema.String,
+  /** Epoch milliseconds. */
+  forgottenAt: Schema.Number,
+  /** How many streams held the subject's encrypted data. */
+  streams: Schema.Number
+})
+
+/** @since 0.1.0 */
+export type SubjectForgotten = typeof SubjectForgotten.Type
+
+/** The registry of the privacy events. @since 0.1.0 */
+export const events = Event.registry([SubjectForgotten])
+
+/** The stream type of the tombstones. @since 0.1.0 */
+export const STREAM_TYPE = "PrivacyForgotten"
+
+/**
+ * What `forget` did.
+ *
+ * @since 0.1.0
+ */
+export interface ForgetReport {
+  readonly subject: string
+  /** `false` when the subject had no live key (never seen, or forgotten before): nothing was destroyed now. */
+  readonly destroyed: boolean
+  /** The streams that held the subject's encrypted data. */
+  readonly streams: ReadonlyArray<string>
+  /** Snapshots deleted (of those streams). */
+  readonly snapshotsDeleted: number
+  /** The position of the `SubjectForgotten` tombstone: wait for projections to pass it before verifying. */
+  readonly position: number
+  /** Whether deleted bytes were made unrecoverable in the database files (SQLite: the WAL was checkpointed and truncated). */
+  readonly purged: boolean
+}
+
+/**
+ * Where `verifyForgotten` found something of the subject left.
+ *
+ * @since 0.1.0
+ */
+export interface Finding {
+  /**
+   * `key`, `tombstone`, `events`, `snapshots`, `table <name>`, `parked <projection>`, `dead letters <consumer>`,
+   * `file <path>`.
+   */
+  readonly where: string
+  readonly detail: string
+}
+
+/** @since 0.1.0 */
+export interface Verification {
+  readonly subject: string
+  /** No finding. */
+  readonly clean: boolean
+  readonly findings: ReadonlyArray<Finding>
+}
+
+/**
+ * What `verifyForgotten` scans beyond its own checks (the key is destroyed, a tombstone exists, no snapshot of the
+ * subject's streams was taken before the forget).
+ *
+ * @since 0.1.0
+ */
+export interface VerifyOptions {
+  /**
+   * Plain-text values of the subject (their name, their email — what the person asked to be forgotten gave): searched
+   * for in every event of the log (payload and metadata), in the snapshots of the subject's streams, in `tables`,
+   * in the parked events of `projections` and in `files`. The library cannot know them itself once the key is gone.
+   */
+  readonly values?: ReadonlyArray<string>
+  /** SQL tables (your projections' read models) searched row by row, through the `SqlClient` in context. */
+  readonly tables?: ReadonlyArray<string>
+  /** Projections whose parked events' reasons are searched. */
+  readonly projections?: ReadonlyArray<string>
+  /** Files searched byte for byte (an SQLite database and its `-wal`): text as UTF-8. A missing file is skipped. */
+  readonly files?: ReadonlyArray<string>
+  /**
+   * Bus consumers whose dead letters are searched, through the `EventBus` in context (the forwarder publishes events
+   * as stored — personal data encrypted — so only a value in an unmarked field, or in a failure's text, is found).
+   */
+  readonly deadLetters?: ReadonlyArray<string>
+}
+
+/**
+ * The privacy operations of the store `Privacy.layer` decorates.
+ *
+ * @since 0.1.0
+ */
+export interface PrivacyService {
+  /**
+   * Forgets a data subject: destroys their data key (every version), then deletes the snapshots of the streams that
+   * held their data and drops those streams from this process's state caches, appends a `SubjectForgotten` tombstone,
+   * writes an audit entry and purges the database files of deleted bytes (SQLite). A second pass over snapshots and
+   * caches runs `settle` later (a snapshot written by a command that loaded the stream just before). Idempotent:
+   * forgetting again destroys nothing and appends no second tombstone.
+   */
+  readonly forget: (subject: string) => Effect.Effect<ForgetReport, StoreError | InvalidInput>
+  /** Checks that nothing of the subject is left where the library can look (see {@link VerifyOptions}). */
+  readonly verifyForgotten: (
+    subject: string,
+    options?: VerifyOptions
+  ) => Effect.Effect<Verification, StoreError | InvalidInput | ReadError>
+  /**
+   * A new version of the subject's key for what is appended from now on; older versions still decrypt older events
+   * (nothing is rewritten). Returns the new version. Other processes take it within `keyCacheTtl`.
+   */
+  readonly rotate: (subject: string) => Effect.Effect<number, StoreError | InvalidInput>
+  /**
+   * Forgets a tenant (with `tenants: true`): destroys the tenant's key. Their events' payloads can no longer be read:
+   * global reads (`readAll`, `subscribe`, projections) skip them, and reading one of their streams fails with an
+   * `EventDecodeError`.
+   */
+  readonly forgetTenant: (tenant: string) => Effect.Effect<ForgetReport, StoreError | InvalidInput>
+  /** Decrypts an event as stored (one received from the bus, say); an event without encrypted parts is returned as it is. */
+  readonly decrypt: (event: Event.RecordedEvent) => Effect.Effect<Event.RecordedEvent, EventDecodeError | StoreError>
+  /** Makes deleted bytes unrecoverable in the database files where the key store's backend can (see `KeyStore.purge`). */
+  readonly purge: Effect.Effect<{ readonly complete: boolean }, StoreError>
+  /**
+   * Wraps every data key that an earlier key-encryption key (`previousKeks`) wrapped with the current one, then
+   * records the current one as the key store's: a KEK rotation. Returns how many key versions it wrapped again. Once
+   * it has run, the layer starts without `previousKeks`, and the old KEK can be destroyed (backups taken before hold
+   * keys only it opens). Keys it cannot open stay as they are and fail it with a `StoreError` naming them.
+   */
+  readonly rewrapKeys: Effect.Effect<number, StoreError>
+  /** Audit entries of a subject's key (creation, rotation, forgetting), oldest first. */
+  readonly audit: (subject: string) => Effect.Effect<ReadonlyArray<AuditEntry>, StoreError>
+}
+
+/** @since 0.1.0 */
+export class Privacy extends Context.Tag("effect-eventstore/Privacy")<Privacy, PrivacyService>() {}
+
+/**
+ * Options of {@link layer}.
+ *
+ * @since 0.1.0
+ */
+export interface Options<E = never, R = never> {
+  /** The registries whose schemas declare personal fields. */
+  readonly registries: ReadonlyArray<Event.Registry<any>>
+  /**
+   * The key-encryption key: 32 random bytes as base64 or hex (`openssl rand -base64 32`), as a `Redacted` or an
+   * Effect giving one (`Config.redacted("PRIVACY_KEK")`, {@link kekFromCredentials}). Its failure is a
+   * `KeyEncryptionKeyError` (`missing`).
+   */
+  readonly kek: Redacted.Redacted<string> | Effect.Effect<Redacted.Redacted<string>, E, R>
+  /** Earlier key-encryption keys, for keys not yet wrapped again after a KEK rotation (see `rotateKek`). */
+  readonly previousKeks?: ReadonlyArray<Redacted.Redacted<string>>
+  /**
+   * Whole-payload encryption per tenant: every event with a `tenantId` (in its metadata, or appended through a
+   * tenant's store) is stored with its whole payload encrypted by the tenant's key (after its personal fields were
+   * encrypted by their subjects' keys). Events without a tenant are not affected. Default `false`.
+   */
+  readonly tenants?: boolean
+  /**
+   * How long this process trusts the keys it read (default 1 minute): a key another process destroyed may still
+   * decrypt here for that long. `forget` in this process takes effect here at once.
+   */
+  readonly keyCacheTtl?: Duration.DurationInput
+  /** When `forget`'s second pass over snapshots and caches runs (default 1 second). */
+  readonly settle?: Duration.DurationInput
+}
+
+/**
+ * The key-encryption key from `Credentials` (a `Token` credential holding the key's text).
+ *
+ * @since 0.1.0
+ */
+export const kekFromCredentials = (
+  name: string
+): Effect.Effect<Redacted.Redacted<string>, Credentials.CredentialsError, Credentials.Credentials> =>
+  Effect.flatMap(Credentials.get(name), (credential) =>
+    credential._tag === "Token"
+      ? Effect.succeed(credential.token)
+      : Effect.fail(
+        new Credentials.CredentialInvalid({ name, provider: credential.provider, reason: "not a token credential" })
+      ))
+
+// --- the key cache ---------------------------------------------------------------------------------------------------
+
+interface CachedKey {
+  /** Live versions: the key, or `undefined` when it could not be unwrapped (another KEK, damaged). */
+  readonly versions: Map<number, KeyObject | undefined>
+  /** The highest live version; 0 when none. */
+  readonly current: number
+  readonly destroyedThrough: number
+  readonly at: number
+}
+
+type Lookup = KeyObject | "destroyed" | "unknown" | "unwrappable"
+
+const storeError = (operation: string, cause: unknown) => new StoreError({ operation, cause })
+
+const decodeError = (event: Event.RecordedEvent, reason: string) =>
+  new EventDecodeError({ streamId: event.streamId, version: event.version, position: event.position, type: event.type, reason })
+
+/** At most this many (key, stream) pairs are remembered as recorded, and this many keys cached; then they start over. */
+const TRACKED_LIMIT = 100_000
+const KEY_CACHE_LIMIT = 100_000
+
+/**
+ * The decorated `EventStore` and the `Privacy` service. Needs the `EventStore` to decorate and a `KeyStore`; uses the
+ * `SnapshotStore` and `CheckpointStore` in context, when there are ones, to delete snapshots and search parked events.
+ * Fails with `KeyEncryptionKeyError` (before anything is written) when the key-encryption key is missing, malformed
+ * or not the key store's, and `InvalidInput` when a schema's declaration cannot work.
+ *
+ * The decorated store reads through `readPage` (not a backend's lean fold) and runs no inline projections.
+ *
+ * @since 0.1.0
+ */
+export const layer = <E = never, R = never>(
+  options: Options<E, R>
+): Layer.Layer<EventStore | Privacy, KeyEncryptionKeyError | InvalidInput | StoreError, EventStore | KeyStore | R> =>
+  Layer.scopedContext(Effect.gen(function*() {
+    const inner = yield* EventStore
+    const keyStore = yield* KeyStore
+    const snapshots = yield* Effect.serviceOption(SnapshotStore)
+    const checkpoints = yield* Effect.serviceOption(CheckpointStore)
+    const ttl = Duration.toMillis(Duration.decode(options.keyCacheTtl ?? "1 minute"))
+    const settle = Duration.decode(options.settle ?? "1 second")
+
+    // plans by every name an event may be stored under
+    const plans = new Map<string, P.EventPlan>()
+    for (const registry of options.registries) {
+      const ast = registry.schema.ast
+      const members = ast._tag === "Union" ? ast.types : [ast]
+      for (const member of members) {
+        const schema = Schema.make(member)
+        const type = tagOf(member)
+        if (type === undefined) continue
+        const plan = P.planOf(type, schema)
+        if (Either.isLeft(plan)) return yield* plan.left
+        if (plan.right === undefined) continue
+        for (const name of registry.storedNames(type)) plans.set(name, plan.right)
+      }
+    }
+
+    // the key-encryption keys: the current one and earlier ones by fingerprint
+    const kekText = Redacted.isRedacted(options.kek)
+      ? options.kek
+      : yield* Effect.mapError(
+        options.kek as Effect.Effect<Redacted.Redacted<string>, E, R>,
+        (e) => new KeyEncryptionKeyError({ reason: "missing", detail: describe(e) })
+      )
+    const parse = (text: Redacted.Redacted<string>) =>
+      Either.mapLeft(P.parseKek(Redacted.value(text)), (detail) => new KeyEncryptionKeyError({ reason: "malformed", detail }))
+    const kek = yield* parse(kekText)
+    const kekId = P.kekIdOf(kek)
+    const keks = new Map<string, KeyObject>([[kekId, P.keyObject(kek)]])
+    for (const previous of options.previousKeks ?? []) {
+      const bytes = yield* parse(previous)
+      keks.set(P.kekIdOf(bytes), P.keyObject(bytes))
+    }
+    const claimed = yield* keyStore.claimMeta("kek", kekId)
+    if (!keks.has(claimed)) {
+      return yield* new KeyEncryptionKeyError({
+        reason: "mismatch",
+        detail: "the key store's data keys were wrapped with another key-encryption key"
+      })
+    }
+    const currentKek = keks.get(kekId)!
+
+    // --- keys ---
+    const cache = new Map<string, CachedKey>()
+    const unwrap = (key: WrappedKey): KeyObject | undefined => {
+      const wrapping = keks.get(key.kekId)
+      if (wrapping === undefined) return undefined
+      const raw = P.open(wrapping, P.wrapAad(key.keyId, key.version), Buffer.from(key.wrapped))
+      return raw === undefined || raw.length !== 32 ? undefined : P.keyObject(raw)
+    }
+    const remember = (record: KeyRecord, now: number): CachedKey => {
+      const versions = new Map<number, KeyObject | undefined>()
+      let current = 0
+      for (const key of record.versions) {
+        versions.set(key.version, unwrap(key))
+        if (key.version > current) current = key.version
+      }
+      const cached: CachedKey = { versions, current, destroyedThrough: record.destroyedThrough, at: now }
+      if (cache.size >= KEY_CACHE_LIMIT) cache.clear()
+      cache.set(record.keyId, cached)
+      return cached
+    }
+    const fresh = (cached: CachedKey | undefined, now: number): cached is CachedKey =>
+      cached !== undefined && now - cached.at < ttl
+    /** Reads the records of the key ids not fresh in the cache. */
+    const load = (keyIds: Iterable<string>, force = false) =>
+      Effect.clockWith((clock) => {
+        const now = clock.unsafeCurrentTimeMillis()
+        const missing = [...new Set(keyIds)].filter((id) => force || !fresh(cache.get(id), now))
+        if (missing.length === 0) return Effect.void
+        return Effect.map(keyStore.getMany(missing), (records) => {
+          for (const id of missing) {
+            const record = records.get(id)
+            if (record === undefined) cache.delete(id)
+            else remember(record, now)
+          }
+        })
+      })
+    const lookup = (keyId: string, version: number): Lookup => {
+      const cached = cache.get(keyId)
+      if (cached === undefined) return "unknown"
+      if (cached.versions.has(version)) return cached.versions.get(version) ?? "unwrappable"
+      return version <= cached.destroyedThrough ? "destroyed" : "unknown"
+    }
+
+    /** The current key of each id, created (version 1, or the one after those destroyed) where there is none. */
+    const currentKeys = (keyIds: ReadonlySet<string>) =>
+      Effect.gen(function*() {
+        yield* load(keyIds)
+        const out = new Map<string, { readonly key: KeyObject; readonly version: number }>()
+        for (const keyId of keyIds) {
+          let cached = cache.get(keyId)
+          if (cached === undefined || cached.current === 0) {
+            const now = yield* Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
+            const record = yield* createVersion(keyId, (cached?.destroyedThrough ?? 0) + 1, now, "create")
+            cached = remember(record, now)
+          }
+          const key = cached.versions.get(cached.current)
+          if (key === undefined) {
+            return yield* storeError(
+              "privacy.key",
+              `the data key ${keyId} version ${cached.current} cannot be unwrapped with the key-encryption keys given`
+            )
+          }
+          out.set(keyId, { key, version: cached.current })
+        }
+        return out
+      })
+    const createVersion = (keyId: string, version: number, now: number, action: string) =>
+      Effect.gen(function*() {
+        const dataKey = P.newDataKey()
+        const wrapped = P.seal(currentKek, P.wrapAad(keyId, version), dataKey)
+        dataKey.fill(0)
+        const record = yield* keyStore.put({ keyId, version, wrapped, kekId, createdAt: now })
+        if (record.versions.some((k) => k.version === version && k.kekId === kekId)) {
+          yield* keyStore.audit({ at: now, action, keyId, detail: `version ${version}` })
+        }
+        return record
+      })
+
+    // streams that hold each key's data, as recorded in the key store (so that `forget` finds them)
+    const tracked = new Set<string>()
+    const track = (pairs: ReadonlyArray<readonly [keyId: string, stream: string]>) => {
+      const todo = new Map<string, Array<string>>()
+      for (const [keyId, stream] of pairs) {
+        const pair = `${keyId}\u0000${stream}`
+        if (tracked.has(pair)) continue
+        const list = todo.get(keyId)
+        if (list === undefined) todo.set(keyId, [stream])
+        else if (!list.includes(stream)) list.push(stream)
+      }
+      if (todo.size === 0) return Effect.void
+      return Effect.forEach(todo, ([keyId, streams]) =>
+        Effect.tap(keyStore.track(keyId, streams), () =>
+          Effect.sync(() => {
+            if (tracked.size > TRACKED_LIMIT) tracked.clear()
+            for (const stream of streams) tracked.add(`${keyId}\u0000${stream}`)
+          })), { discard: true })
+    }
+
+    // --- encryption ---
+    const subjectOf = (payload: Record<string, unknown>, field: string, type: string): Either.Either<string, InvalidInput> => {
+      const value = payload[field]
+      const id = typeof value === "number" && Number.isFinite(value) ? String(value) : value
+      const problem = checkId(`event ${type}: subject ${field}`, id, 256)
+      return problem === undefined ? Either.right(id as string) : Either.left(problem)
+    }
+
+    interface Prepared {
+      readonly event: Event.NewEvent
+      readonly payload: Record<string, unknown>
+      /** subject field → subject id, for the subjects whose fields are present */
+      readonly subjects: ReadonlyArray<readonly [plan: ReadonlyArray<P.FieldPlan>, keyId: string]>
+      readonly tenant: string | undefined
+    }
+
+    const prepare = (
+      events: ReadonlyArray<Event.NewEvent>,
+      appendTenant: string | undefined
+    ): Either.Either<Array<Prepared> | undefined, InvalidInput> => {
+      let any = false
+      const out: Array<Prepared> = new Array(events.length)
+      for (let i = 0; i < events.length; i++) {
+        const event = events[i]!
+        const payload = event.payload
+        if (typeof payload === "object" && payload !== null && !Array.isArray(payload) && P.FIELD in payload) {
+          return Either.left(new InvalidInput({ field: `event ${event.type}`, reason: `${P.FIELD} is reserved for encrypted personal data` }))
+        }
+        const plan = plans.get(event.type)
+        const tenant = options.tenants === true ? (appendTenant ?? event.metadata?.tenantId) : undefined
+        const subjects: Array<readonly [ReadonlyArray<P.FieldPlan>, string]> = []
+        if (plan !== undefined && typeof payload === "object" && payload !== null && !Array.isArray(payload)) {
+          const record = payload as Record<string, unknown>
+          for (const [field, fields] of plan.bySubject) {
+            const present = fields.filter((f) => record[f.name] !== undefined)
+            if (present.length === 0) continue
+            const id = subjectOf(record, field, event.type)
+            if (Either.isLeft(id)) return Either.left(id.left)
+            subjects.push([present, P.subjectKeyId(id.right)])
+          }
+        }
+        if (subjects.length > 0 || tenant !== undefined) any = true
+        out[i] = { event, payload: payload as Record<string, unknown>, subjects, tenant }
+      }
+      return Either.right(any ? out : undefined)
+    }
+
+    const encryptOne = (
+      prepared: Prepared,
+      keys: ReadonlyMap<string, { readonly key: KeyObject; readonly version: number }>,
+      now: number
+    ): Either.Either<Event.NewEvent, InvalidInput> => {
+      const { event } = prepared
+      if (prepared.subjects.length === 0 && prepared.tenant === undefined) return Either.right(event)
+      const eventId = event.eventId ?? uuidV7(now)
+      let payload: Record<string, unknown> = { ...prepared.payload }
+      const entries: Array<P.Entry> = []
+      for (const [fields, keyId] of prepared.subjects) {
+        const { key, version } = keys.get(keyId)!
+        const values: Record<string, unknown> = {}
+        const kept: Record<string, unknown> = {}
+        let anyKept = false
+        for (const field of fields) {
+          const value = payload[field.name]
+          values[field.name] = value
+          delete payload[field.name]
+          if (field.keep !== undefined) {
+            const part = field.keep(value)
+            if (Either.isLeft(part)) {
+              return Either.left(new InvalidInput({ field: `event ${event.type}: ${field.name}`, reason: part.left }))
+            }
+            kept[field.name] = part.right
+            anyKept = true
+          }
+        }
+        const sealed = P.seal(key, P.valueAad(keyId, version, eventId, event.type), Buffer.from(JSON.stringify(values), "utf8"))
+        entries.push({
+          k: keyId,
+          v: version,
+          f: fields.map((f) => f.name),
+          c: sealed.toString("base64"),
+          ...(anyKept ? { p: kept } : {})
+        })
+      }
+      if (entries.length > 0) payload[P.FIELD] = entries
+      if (prepared.tenant !== undefined) {
+        const keyId = P.tenantKeyId(prepared.tenant)
+        const { key, version } = keys.get(keyId)!
+        const sealed = P.seal(key, P.valueAad(keyId, version, eventId, event.type), Buffer.from(JSON.stringify(payload), "utf8"))
+        payload = { [P.FIELD]: [{ k: keyId, v: version, w: 1, c: sealed.toString("base64") }] }
+      }
+      return Either.right({ ...event, eventId, payload })
+    }
+
+    // --- decryption ---
+    /** The event with its encrypted parts opened (or replaced), `undefined` for a forgotten tenant's, or the reason. */
+    const decryptOne = (event: Event.RecordedEvent): Event.RecordedEvent | undefined | EventDecodeError => {
+      let payload = event.payload as Record<string, unknown>
+      for (let round = 0; round < 2; round++) {
+        const entries = P.entriesOf(payload)
+        if (entries === undefined) break
+        if (typeof entries === "string") return decodeError(event, entries)
+        const out: Record<string, unknown> = { ...payload }
+        delete out[P.FIELD]
+        let whole: Record<string, unknown> | undefined = undefined
+        for (const entry of entries) {
+          const key = lookup(entry.k, entry.v)
+          if (key === "destroyed") {
+            if (entry.w === 1) return undefined
+            const plan = plans.get(event.type)
+            for (const name of entry.f!) {
+              const kept = entry.p?.[name]
+              if (kept !== undefined) {
+                out[name] = kept
+                continue
+              }
+              const replacement = plan?.fields.get(name)?.replacement
+              if (replacement?._tag === "value") out[name] = replacement.encoded
+            }
+            continue
+          }
+          if (key === "unknown" || key === "unwrappable") {
+            return decodeError(
+              event,
+              key === "unknown"
+                ? `its personal data is encrypted with ${entry.k} version ${entry.v}, which the key store does not have`
+                : `the data key ${entry.k} version ${entry.v} cannot be unwrapped with the key-encryption keys given`
+            )
+          }
+          const plain = P.open(key, P.valueAad(entry.k, entry.v, event.eventId, event.type), Buffer.from(entry.c, "base64"))
+          if (plain === undefined) {
+            return decodeError(event, `its personal data (${entry.k} version ${entry.v}) does not authenticate: tampered, or moved from another event`)
+          }
+          let values: unknown
+          try {
+            values = JSON.parse(plain.toString("utf8"))
+          } catch {
+            return decodeError(event, "its decrypted personal data is not JSON")
+          }
+          if (typeof values !== "object" || values === null || Array.isArray(values)) {
+            return decodeError(event, "its decrypted personal data is not an object")
+          }
+          if (entry.w === 1) whole = values as Record<string, unknown>
+          else Object.assign(out, values)
+        }
+        payload = whole ?? out
+        if (whole === undefined) break
+      }
+      const decrypted: Event.RecordedEvent = { ...event, payload }
+      Object.defineProperty(decrypted, P.storedFormKey, { value: event, enumerable: false })
+      return decrypted
+    }
+
+    const keyIdsOf = (events: Iterable<Event.RecordedEvent>): Set<string> | undefined => {
+      let ids: Set<string> | undefined = undefined
+      for (const event of events) {
+        const entries = P.entriesOf(event.payload)
+        if (entries === undefined || typeof entries === "string") continue
+        ids ??= new Set()
+        for (const entry of entries) ids.add(entry.k)
+      }
+      return ids
+    }
+
+    /** Decrypts events; `skipForgotten` leaves out a forgotten tenant's (else they fail). */
+    const decryptAll = (
+      events: ReadonlyArray<Event.RecordedEvent>,
+      skipForgotten: boolean
+    ): Effect.Effect<ReadonlyArray<Event.RecordedEvent>, EventDecodeError | StoreError> => {
+      const ids = keyIdsOf(events)
+      if (ids === undefined) return Effect.succeed(events)
+      return Effect.flatMap(load(ids), () => {
+        // a tenant's payload holds its subjects' entries: they are known only once it is open
+        const inner = new Set<string>()
+        const out: Array<Event.RecordedEvent> = []
+        const retry: Array<number> = []
+        for (let i = 0; i < events.length; i++) {
+          const event = events[i]!
+          const decrypted = decryptOne(event)
+          if (decrypted instanceof EventDecodeError) {
+            // a key this process has not read yet (a version made by another process since), or a subject's key
+            // inside a tenant's payload: read them and try again once
+            const entries = P.entriesOf(event.payload)
+            if (entries !== undefined && typeof entries !== "string") for (const e of entries) inner.add(e.k)
+            retry.push(out.length)
+            out.push(event)
+            continue
+          }
+          if (decrypted === undefined) {
+            if (skipForgotten) continue
+            return Effect.fail(decodeError(event, "its tenant's key was destroyed (Privacy.forgetTenant)"))
+          }
+          out.push(decrypted)
+        }
+        if (retry.length === 0) return Effect.succeed(out)
+        return Effect.flatMap(load(subjectIdsInside(retry.map((i) => out[i]!)).concat([...inner]), true), () => {
+          for (const i of retry) {
+            const decrypted = decryptOne(out[i]!)
+            if (decrypted instanceof EventDecodeError) return Effect.fail(decrypted)
+            if (decrypted === undefined) {
+              if (!skipForgotten) return Effect.fail(decodeError(out[i]!, "its tenant's key was destroyed (Privacy.forgetTenant)"))
+              out[i] = undefined as never
+              continue
+            }
+            out[i] = decrypted
+          }
+          return Effect.succeed(out.filter((e) => e !== undefined))
+        })
+      })
+    }
+
+    /** The subjects' key ids inside tenants' payloads (their entries are sealed inside the tenant's). */
+    const subjectIdsInside = (events: ReadonlyArray<Event.RecordedEvent>): Array<string> => {
+      const ids: Array<string> = []
+      for (const event of events) {
+        const entries = P.entriesOf(event.payload)
+        if (entries === undefined || typeof entries === "string") continue
+        for (const entry of entries) {
+          if (entry.w !== 1) continue
+          const key = lookup(entry.k, entry.v)
+          if (typeof key === "string") continue
+          const plain = P.open(key, P.valueAad(entry.k, entry.v, event.eventId, event.type), Buffer.from(entry.c, "base64"))
+          if (plain === undefined) continue
+          try {
+            const inner = P.entriesOf(JSON.parse(plain.toString("utf8")))
+            if (inner !== undefined && typeof inner !== "string") for (const e of inner) ids.push(e.k)
+          } catch {
+            // reported by the decryption itself
+          }
+        }
+      }
+      return ids
+    }
+
+    const decryptResult = (result: AppendResult) =>
+      Effect.map(decryptAll(result.events, false), (events): AppendResult => ({ ...result, events }))
+    /** An append's result, decrypted: what it wrote, so a failure to open it is the store's. */
+    const appended = (result: AppendResult) =>
+      Effect.catchTag(decryptResult(result), "EventDecodeError", (e) => Effect.fail(storeError("privacy.append", e)))
+
+    // --- the decorated store ---
+    const hooks = new Set<(streamIds: ReadonlyArray<string>) => void>()
+    const forgetHooks: ForgetHooks = {
+      add: (hook) => {
+        hooks.add(hook)
+        return () => hooks.delete(hook)
+      }
+    }
+
+    const decorate = (store: EventStoreService, tenant: string | undefined): EventStoreService => {
+      const streamKey = (streamId: string) => tenant === undefined ? streamId : tenantKey(tenant, streamId)
+      const wrapper: EventStoreService = {
+        append: (streamId, events, appendOptions) =>
+          Effect.gen(function*() {
+            const prepared = yield* prepare(events, tenant ?? appendOptions?.metadata?.tenantId)
+            if (prepared === undefined) return yield* Effect.flatMap(store.append(streamId, events, appendOptions), appended)
+            const keyIds = new Set<string>()
+            const pairs: Array<readonly [string, string]> = []
+            for (const p of prepared) {
+              for (const [, keyId] of p.subjects) {
+                keyIds.add(keyId)
+                pairs.push([keyId, streamKey(streamId)])
+              }
+              if (p.tenant !== undefined) keyIds.add(P.tenantKeyId(p.tenant))
+            }
+            const keys = yield* currentKeys(keyIds)
+            yield* track(pairs)
+            const now = yield* Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
+            const encrypted: Array<Event.NewEvent> = new Array(prepared.length)
+            for (let i = 0; i < prepared.length; i++) {
+              const one = encryptOne(prepared[i]!, keys, now)
+              if (Either.isLeft(one)) return yield* one.left
+              encrypted[i] = one.right
+            }
+            return yield* Effect.flatMap(store.append(streamId, encrypted, appendOptions), appended)
+          }),
+        read: (streamId, readOptions) =>
+          Stream.mapChunksEffect(store.read(streamId, readOptions), (chunk) =>
+            Effect.map(decryptAll(Chunk.toReadonlyArray(chunk), false), Chunk.unsafeFromArray)),
+        readPage: (streamId, pageOptions) =>
+          Effect.flatMap(store.readPage(streamId, pageOptions), (events) => decryptAll(events, false)),
+        readAll: (readOptions) =>
+          Stream.mapChunksEffect(store.readAll(readOptions), (chunk) =>
+            Effect.map(decryptAll(Chunk.toReadonlyArray(chunk), true), Chunk.unsafeFromArray)),
+        subscribe: (subscribeOptions) =>
+          Stream.mapChunksEffect(store.subscribe(subscribeOptions), (chunk) =>
+            Effect.map(decryptAll(Chunk.toReadonlyArray(chunk), true), Chunk.unsafeFromArray)),
+        version: store.version,
+        head: store.head,
+        command: (commandId) =>
+          Effect.flatMap(store.command(commandId), (found) =>
+            Option.isNone(found) ? Effect.succeed(found) : Effect.map(decryptResult(found.value), Option.some)),
+        claimOwner: store.claimOwner,
+        rebuildClaims: store.rebuildClaims
+      }
+      carryMarks(store, wrapper, (tenantStore, t) => decorate(tenantStore, t))
+      return withForgetHooks(wrapper, forgetHooks)
+    }
+
+    const decorated = decorate(inner, undefined)
+
+    // --- forgetting ---
+    const now = Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
+    const checkSubject = (field: string, id: string) => {
+      const problem = checkId(field, id, 256)
+      return problem === undefined ? Effect.void : Effect.fail(problem)
+    }
+
+    const deleteSnapshots = (streams: ReadonlyArray<string>) =>
+      Option.isNone(snapshots)
+        ? Effect.succeed(0)
+        : Effect.reduce(streams, 0, (n, stream) =>
+          Effect.map(snapshots.value.deleteOlderThan(stream, Number.MAX_SAFE_INTEGER), (deleted) => n + deleted))
+    const dropCached = (streams: ReadonlyArray<string>) =>
+      Effect.sync(() => {
+        if (streams.length === 0) return
+        // the caches know streams by the id the handler used (a tenant's handler: without the tenant)
+        const ids = [...new Set(streams.flatMap((s) => [s, s.slice(s.indexOf("\u0000") + 1)]))]
+        for (const hook of hooks) hook(ids)
+      })
+
+    const shred = (keyId: string, label: string, tombstone: boolean) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        const before = yield* keyStore.get(keyId)
+        const hadLive = Option.isSome(before) && before.value.versions.length > 0
+        const record = yield* keyStore.destroy(keyId, at)
+        const destroyedThrough = record.destroyedThrough
+        cache.set(keyId, { versions: new Map(), current: 0, destroyedThrough, at })
+        for (const pair of tracked) if (pair.startsWith(`${keyId}\u0000`)) tracked.delete(pair)
+        const streams = yield* keyStore.streamsOf(keyId)
+        yield* dropCached(streams)
+        const snapshotsDeleted = yield* deleteSnapshots(streams)
+        let position = 0
+        if (tombstone) {
+          const encoded = events.encode(SubjectForgotten.make({ subject: label, forgottenAt: at, streams: streams.length }))
+          const appended = yield* inner.append(`${STREAM_TYPE}-${label}`, [Either.getOrThrow(encoded)], {
+            streamType: STREAM_TYPE,
+            // one tombstone per destruction: forgetting again (nothing new destroyed) replays it
+            commandId: `privacy-forget:${keyId}:${destroyedThrough}`,
+            commandTtl: "36500 days"
+          }).pipe(Effect.catchAll((e) => Effect.fail(e._tag === "InvalidInput" ? e : storeError("privacy.forget", e))))
+          position = appended.position
+        }
+        yield* keyStore.audit({
+          at,
+          action: tombstone ? "forget" : "forget-tenant",
+          keyId,
+          detail: `${hadLive ? "destroyed" : "nothing live to destroy"} through version ${destroyedThrough}; ` +
+            `${streams.length} streams; ${snapshotsDeleted} snapshots deleted`
+        })
+        const purged = yield* keyStore.purge
+        // a command that loaded a stream just before may still write its snapshot (or cache its state): again later
+        yield* Effect.forkIn(
+          Effect.sleep(settle).pipe(
+            Effect.zipRight(dropCached(streams)),
+            Effect.zipRight(deleteSnapshots(streams)),
+            Effect.zipRight(keyStore.purge),
+            Effect.catchAll((e) => Effect.logWarning(`privacy: the second pass after forgetting ${keyId} failed: ${e.message}`))
+          ),
+          scope
+        )
+        const report: ForgetReport = {
+          subject: label,
+          destroyed: hadLive,
+          streams,
+          snapshotsDeleted,
+          position,
+          purged: purged.complete
+        }
+        return report
+      })
+
+    const scope = yield* Effect.scope
+
+    const stringsIn = (value: unknown, needles: ReadonlyArray<string>): Array<string> => {
+      const text = typeof value === "string" ? value : JSON.stringify(value)
+      return needles.filter((needle) => text.includes(needle))
+    }
+
+    const verifyForgotten: PrivacyService["verifyForgotten"] = (subject, verify = {}) =>
+      Effect.gen(function*() {
+        yield* checkSubject("subject", subject)
+        const keyId = P.subjectKeyId(subject)
+        const findings: Array<Finding> = []
+        const record = yield* keyStore.get(keyId)
+        if (Option.isNone(record) || record.value.destroyedAt === undefined) {
+          findings.push({ where: "key", detail: "the subject was never forgotten" })
+        } else if (record.value.versions.length > 0) {
+          findings.push({ where: "key", detail: `versions ${record.value.versions.map((k) => k.version).join(", ")} are live (data appended after the forget)` })
+        }
+        const destroyedAt = Option.isSome(record) ? record.value.destroyedAt : undefined
+        const tombstones = yield* inner.version(`${STREAM_TYPE}-${subject}`)
+        if (destroyedAt !== undefined && tombstones === 0) findings.push({ where: "tombstone", detail: "no SubjectForgotten event" })
+        const values = (verify.values ?? []).filter((v) => v.length > 0)
+        const streams = yield* keyStore.streamsOf(keyId)
+        if (Option.isSome(snapshots)) {
+          for (const stream of streams) {
+            const latest = yield* snapshots.value.latest(stream)
+            if (Option.isNone(latest)) continue
+            const taken = latest.value.createdAt.epochMillis
+            if (destroyedAt !== undefined && taken < destroyedAt) {
+              findings.push({ where: "snapshots", detail: `${stream} has a snapshot taken before the forget (version ${latest.value.version})` })
+            }
+            const found = stringsIn(latest.value.state, values)
+            if (found.length > 0) findings.push({ where: "snapshots", detail: `${stream}: ${found.length} of the values` })
+          }
+        }
+        if (values.length > 0) {
+          let hits = 0
+          let first: Event.RecordedEvent | undefined = undefined
+          yield* inner.readAll({ pageSize: 1000 }).pipe(
+            Stream.runForEachChunk((chunk) =>
+              Effect.sync(() => {
+                for (const event of chunk) {
+                  if (stringsIn(event.payload, values).length > 0 || stringsIn(event.metadata, values).length > 0) {
+                    hits++
+                    first ??= event
+                  }
+                }
+              })
+            )
+          )
+          if (hits > 0) {
+            findings.push({
+              where: "events",
+              detail: `${hits} events hold a value in plain text (the first: ${first!.streamId} version ${first!.version}, position ${first!.position}, an unmarked field?)`
+            })
+          }
+          for (const table of verify.tables ?? []) {
+            const hitsIn = yield* scanTable(table, values)
+            if (hitsIn > 0) findings.push({ where: `table ${table}`, detail: `${hitsIn} rows hold a value` })
+          }
+          // the caller's CheckpointStore, else the one the layer was given
+          const checkpointStore = Option.orElse(yield* Effect.serviceOption(CheckpointStore), () => checkpoints)
+          if ((verify.projections ?? []).length > 0 && Option.isNone(checkpointStore)) {
+            return yield* new InvalidInput({ field: "projections", reason: "no CheckpointStore in context to read parked events with" })
+          }
+          if (Option.isSome(checkpointStore)) {
+            for (const projection of verify.projections ?? []) {
+              const parked = yield* checkpointStore.value.parked(projection)
+              const hitsIn = parked.filter((p) => stringsIn(p.reason, values).length > 0).length
+              if (hitsIn > 0) findings.push({ where: `parked ${projection}`, detail: `${hitsIn} parked events' reasons hold a value` })
+            }
+          }
+          if ((verify.deadLetters ?? []).length > 0) {
+            const bus = yield* Effect.serviceOption(EventBus)
+            if (Option.isNone(bus)) {
+              return yield* new InvalidInput({ field: "deadLetters", reason: "no EventBus in context to read dead letters with" })
+            }
+            for (const consumer of verify.deadLetters!) {
+              const letters = yield* Effect.mapError(bus.value.deadLetters(consumer), (e) =>
+                e._tag === "InvalidInput" ? e : storeError("privacy.verify", e))
+              const hitsIn = letters.filter((l) => stringsIn([l.envelope, l.raw, l.error], values).length > 0).length
+              if (hitsIn > 0) findings.push({ where: `dead letters ${consumer}`, detail: `${hitsIn} dead letters hold a value` })
+            }
+          }
+          for (const file of verify.files ?? []) {
+            const bytes = yield* Effect.try({
+              try: () => readFileSync(file),
+              catch: (cause) => storeError("privacy.verify", cause)
+            }).pipe(Effect.catchIf((e) => (e.cause as NodeJS.ErrnoException)?.code === "ENOENT", () => Effect.succeed(undefined)))
+            if (bytes === undefined) continue
+            const found = values.filter((v) => bytes.includes(Buffer.from(v, "utf8")))
+            if (found.length > 0) findings.push({ where: `file ${file}`, detail: `${found.length} of the values occur in its bytes` })
+          }
+        }
+        return { subject, clean: findings.length === 0, findings } satisfies Verification
+      })
+
+    const scanTable = (table: string, values: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
+        if (!/^[A-Za-z_][A-Za-z0-9_.]*$/.test(table)) {
+          return yield* new InvalidInput({ field: "tables", reason: `${JSON.stringify(table)} is not a table name` })
+        }
+        const sql = yield* Effect.serviceOption(SqlClient.SqlClient)
+        if (Option.isNone(sql)) {
+          return yield* new InvalidInput({ field: "tables", reason: "no SqlClient in context to read tables with" })
+        }
+        const rows = yield* Effect.mapError(sql.value.unsafe(`SELECT * FROM ${table}`), (cause) => storeError("privacy.verify", cause))
+        return rows.filter((row) => stringsIn(row, values).length > 0).length
+      })
+
+    const service: PrivacyService = {
+      forget: (subject) =>
+        Effect.zipRight(checkSubject("subject", subject), shred(P.subjectKeyId(subject), subject, true)).pipe(
+          Effect.withSpan("Privacy.forget", { captureStackTrace: false })
+        ),
+      forgetTenant: (tenant) =>
+        Effect.zipRight(checkSubject("tenant", tenant), shred(P.tenantKeyId(tenant), tenant, false)).pipe(
+          Effect.withSpan("Privacy.forgetTenant", { captureStackTrace: false })
+        ),
+      verifyForgotten: (subject, verify) =>
+        verifyForgotten(subject, verify).pipe(Effect.withSpan("Privacy.verifyForgotten", { captureStackTrace: false })),
+      rotate: (subject) =>
+        Effect.gen(function*() {
+          yield* checkSubject("subject", subject)
+          const keyId = P.subjectKeyId(subject)
+          const at = yield* now
+          const before = yield* keyStore.get(keyId)
+          const highest = Option.match(before, {
+            onNone: () => 0,
+            onSome: (r) => Math.max(r.destroyedThrough, ...r.versions.map((k) => k.version))
+          })
+          const record = yield* createVersion(keyId, highest + 1, at, "rotate")
+          return remember(record, at).current
+        }),
+      decrypt: (event) =>
+        Effect.flatMap(decryptAll([event], false), (out) => Effect.succeed(out[0]!)),
+      purge: keyStore.purge,
+      rewrapKeys: Effect.gen(function*() {
+        let after: string | undefined = undefined
+        let rewrapped = 0
+        const failed: Array<string> = []
+        while (true) {
+          const ids: ReadonlyArray<string> = yield* keyStore.keyIds(after === undefined ? { limit: 500 } : { after, limit: 500 })
+          if (ids.length === 0) break
+          after = ids[ids.length - 1]
+          const records = yield* keyStore.getMany(ids)
+          for (const record of records.values()) {
+            for (const key of record.versions) {
+              if (key.kekId === kekId) continue
+              const wrapping = keks.get(key.kekId)
+              const raw = wrapping === undefined
+                ? undefined
+                : P.open(wrapping, P.wrapAad(key.keyId, key.version), Buffer.from(key.wrapped))
+              if (raw === undefined) {
+                failed.push(`${key.keyId} version ${key.version}`)
+                continue
+              }
+              const wrapped = P.seal(currentKek, P.wrapAad(key.keyId, key.version), raw)
+              raw.fill(0)
+              if (yield* keyStore.rewrap(key.keyId, key.version, wrapped, kekId)) rewrapped++
+            }
+          }
+        }
+        if (failed.length > 0) {
+          return yield* storeError(
+            "privacy.rewrapKeys",
+            `${failed.length} key versions are wrapped by a key-encryption key not given (${failed.slice(0, 5).join(", ")}${failed.length > 5 ? ", …" : ""})`
+          )
+        }
+        yield* keyStore.setMeta("kek", kekId)
+        const at = yield* now
+        yield* keyStore.audit({ at, action: "rewrap", keyId: "*", detail: `${rewrapped} key versions wrapped by ${kekId}` })
+        return rewrapped
+      }).pipe(Effect.withSpan("Privacy.rewrapKeys", { captureStackTrace: false })),
+      audit: (subject) => keyStore.auditLog(P.subjectKeyId(subject))
+    }
+
+    return Context.make(EventStore, decorated).pipe(Context.add(Privacy, service))
+  }))
+
+const tagOf = (ast: SchemaAST.AST): string | undefined => {
+  switch (ast._tag) {
+    case "TypeLiteral":
+      for (const ps of ast.propertySignatures) {
+        if (ps.name === "_tag" && ps.type._tag === "Literal" && typeof ps.type.literal === "string") return ps.type.literal
+      }
+      return undefined
+    case "Transformation":
+      return tagOf(ast.from) ?? tagOf(ast.to)
+    case "Refinement":
+      return tagOf(ast.from)
+    case "Suspend":
+      return tagOf(ast.f())
+    default:
+      return undefined
+  }
+}
+
+const describe = (e: unknown): string =>
+  typeof e === "object" && e !== null && "message" in e && typeof e.message === "string" ? e.message : String(e)
