@@ -382,11 +382,32 @@ export const makeSql = (options: SqlOptions = {}): Effect.Effect<KeyStoreService
     const busyRetry = options.busyRetry ?? defaultBusyRetry("5 seconds")
     const storeError = (operation: string) => (cause: SqlError | StoreError) =>
       cause._tag === "StoreError" ? cause : new StoreError({ operation, cause })
+    /**
+     * A write never joins a transaction the caller opened on the client: the events a key encrypts are committed by
+     * the event store on its own, so a key rolled back with the caller's transaction would leave them unreadable.
+     * PostgreSQL writes on a connection of its own from the pool; SQLite has one shared connection, which the
+     * caller's transaction holds, so there the write fails with a `StoreError` before anything is written.
+     */
+    const detached = <A, E>(operation: string, effect: Effect.Effect<A, E>): Effect.Effect<A, E | StoreError> =>
+      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (tx) =>
+        Option.isNone(tx) ? effect : sql.onDialectOrElse({
+          sqlite: () =>
+            Effect.fail(
+              new StoreError({
+                operation,
+                cause: "a data key cannot be written inside a transaction opened on the SQLite client (it holds the only connection): " +
+                  "append events with personal data for a new subject or stream outside it"
+              })
+            ),
+          orElse: () =>
+            Effect.mapInputContext(effect, (context: Context.Context<never>) =>
+              Context.omit(SqlClient.TransactionConnection)(context as Context.Context<SqlClient.TransactionConnection>) as Context.Context<never>)
+        }))
     const write = <A>(operation: string, effect: Effect.Effect<A, SqlError>) =>
-      Effect.mapError(Effect.retry(effect, { schedule: busyRetry, while: isBusy }), storeError(operation))
+      Effect.mapError(detached(operation, Effect.retry(effect, { schedule: busyRetry, while: isBusy })), storeError(operation))
     const transaction = <A>(operation: string, effect: Effect.Effect<A, SqlError | StoreError>) =>
       Effect.mapError(
-        Effect.retry(sql.withTransaction(effect), { schedule: busyRetry, while: isBusy }),
+        detached(operation, Effect.retry(sql.withTransaction(effect), { schedule: busyRetry, while: isBusy })),
         storeError(operation)
       )
 

@@ -32,9 +32,9 @@
  *
  * @since 0.1.0
  */
-import type { KeyObject } from "node:crypto"
+import { createHash, type KeyObject } from "node:crypto"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { readFileSync } from "node:fs"
+import { type FileHandle, open } from "node:fs/promises"
 import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -51,10 +51,9 @@ import * as Credentials from "./Credentials.js"
 import { EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
 import * as Event from "./Event.js"
 import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "./EventStore.js"
-import { carryMarks, type ForgetHooks, withForgetHooks } from "./internal/backend.js"
-import { checkId, tenantKey } from "./internal/codec.js"
+import { carryMarks, type ForgetHooks, tenantStoreOf, withForgetHooks } from "./internal/backend.js"
+import { checkId, type PreparedEvent, prepareAppend, tenantKey, TENANT_PATTERN, userStreamId } from "./internal/codec.js"
 import * as P from "./internal/privacy.js"
-import { uuidV7 } from "./internal/uuid.js"
 import { type AuditEntry, KeyStore, type KeyRecord, type WrappedKey } from "./KeyStore.js"
 import { CheckpointStore } from "./Projection.js"
 import { SnapshotStore } from "./Snapshot.js"
@@ -162,6 +161,11 @@ export interface ForgetReport {
   readonly streams: ReadonlyArray<string>
   /** Snapshots deleted (of those streams). */
   readonly snapshotsDeleted: number
+  /**
+   * Parked projection events of those streams whose failure text was replaced (it may quote the subject's data), in
+   * the `CheckpointStore` in context or the one the layer was given, where it can (`redactParked`).
+   */
+  readonly parkedRedacted: number
   /** The position of the `SubjectForgotten` tombstone: wait for projections to pass it before verifying. */
   readonly position: number
   /** Whether deleted bytes were made unrecoverable in the database files (SQLite: the WAL was checkpointed and truncated). */
@@ -240,6 +244,8 @@ export interface PrivacyService {
    * (nothing is rewritten). Returns the new version. Other processes take it within `keyCacheTtl`.
    */
   readonly rotate: (subject: string) => Effect.Effect<number, StoreError | InvalidInput>
+  /** `rotate` for a tenant's key (`tenants: true`). */
+  readonly rotateTenant: (tenant: string) => Effect.Effect<number, StoreError | InvalidInput>
   /**
    * Forgets a tenant (with `tenants: true`): destroys the tenant's key. Their events' payloads can no longer be read:
    * global reads (`readAll`, `subscribe`, projections) skip them, and reading one of their streams fails with an
@@ -328,6 +334,21 @@ const storeError = (operation: string, cause: unknown) => new StoreError({ opera
 const decodeError = (event: Event.RecordedEvent, reason: string) =>
   new EventDecodeError({ streamId: event.streamId, version: event.version, position: event.position, type: event.type, reason })
 
+/** A short digest of an id, for ids derived from it that must stay within the 256-character limit. */
+const digest = (text: string) => createHash("sha256").update(text, "utf8").digest("base64url")
+
+/** The stream of a subject's tombstones: `PrivacyForgotten-<subject>`, or a digest of a subject id too long for it. */
+export const tombstoneStream = (subject: string): string => {
+  const stream = `${STREAM_TYPE}-${subject}`
+  return stream.length <= 256 ? stream : `${STREAM_TYPE}-#${digest(subject)}`
+}
+
+/** What a parked event's failure text reads once its stream's subject is forgotten. */
+const REDACTED = "(redacted: the event's data subject was forgotten)"
+
+/** How long this process encrypts with a key it read without reading its state again (another process may destroy it). */
+const ENCRYPT_TTL = 1000
+
 /** At most this many (key, stream) pairs are remembered as recorded, and this many keys cached; then they start over. */
 const TRACKED_LIMIT = 100_000
 const KEY_CACHE_LIMIT = 100_000
@@ -394,6 +415,8 @@ export const layer = <E = never, R = never>(
     }
     const currentKek = keks.get(kekId)!
 
+    const now = Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
+
     // --- keys ---
     const cache = new Map<string, CachedKey>()
     const unwrap = (key: WrappedKey): KeyObject | undefined => {
@@ -414,22 +437,39 @@ export const layer = <E = never, R = never>(
       cache.set(record.keyId, cached)
       return cached
     }
-    const fresh = (cached: CachedKey | undefined, now: number): cached is CachedKey =>
-      cached !== undefined && now - cached.at < ttl
-    /** Reads the records of the key ids not fresh in the cache. */
-    const load = (keyIds: Iterable<string>, force = false) =>
+    /**
+     * Reads the records of the key ids the cache does not hold, or has held for `maxAge` (0: all of them). A key
+     * another process destroyed since: its streams' states are dropped from this process's caches.
+     */
+    const load = (keyIds: Iterable<string>, maxAge: number = ttl): Effect.Effect<void, StoreError> =>
       Effect.clockWith((clock) => {
         const now = clock.unsafeCurrentTimeMillis()
-        const missing = [...new Set(keyIds)].filter((id) => force || !fresh(cache.get(id), now))
+        const missing = [...new Set(keyIds)].filter((id) => {
+          const cached = cache.get(id)
+          return cached === undefined || now - cached.at >= maxAge
+        })
         if (missing.length === 0) return Effect.void
-        return Effect.map(keyStore.getMany(missing), (records) => {
+        return Effect.flatMap(keyStore.getMany(missing), (records) => {
+          const raised: Array<string> = []
           for (const id of missing) {
             const record = records.get(id)
+            const before = cache.get(id)
             if (record === undefined) cache.delete(id)
-            else remember(record, now)
+            else {
+              if (before !== undefined && record.destroyedThrough > before.destroyedThrough) raised.push(id)
+              remember(record, now)
+            }
           }
+          return raised.length === 0
+            ? Effect.void
+            : Effect.forEach(raised, (id) => Effect.flatMap(keyStore.streamsOf(id), dropCached), { discard: true })
         })
       })
+    /** This process destroyed the key: nothing of it is used from now on, and its streams are recorded afresh. */
+    const forgetKey = (keyId: string, destroyedThrough: number, at: number) => {
+      cache.set(keyId, { versions: new Map(), current: 0, destroyedThrough, at })
+      tracked.delete(keyId)
+    }
     const lookup = (keyId: string, version: number): Lookup => {
       const cached = cache.get(keyId)
       if (cached === undefined) return "unknown"
@@ -440,7 +480,8 @@ export const layer = <E = never, R = never>(
     /** The current key of each id, created (version 1, or the one after those destroyed) where there is none. */
     const currentKeys = (keyIds: ReadonlySet<string>) =>
       Effect.gen(function*() {
-        yield* load(keyIds)
+        // a key another process destroyed is not used for more than ENCRYPT_TTL
+        yield* load(keyIds, Math.min(ttl, ENCRYPT_TTL))
         const out = new Map<string, { readonly key: KeyObject; readonly version: number }>()
         for (const keyId of keyIds) {
           let cached = cache.get(keyId)
@@ -473,12 +514,12 @@ export const layer = <E = never, R = never>(
       })
 
     // streams that hold each key's data, as recorded in the key store (so that `forget` finds them)
-    const tracked = new Set<string>()
+    const tracked = new Map<string, Set<string>>()
+    let trackedPairs = 0
     const track = (pairs: ReadonlyArray<readonly [keyId: string, stream: string]>) => {
       const todo = new Map<string, Array<string>>()
       for (const [keyId, stream] of pairs) {
-        const pair = `${keyId}\u0000${stream}`
-        if (tracked.has(pair)) continue
+        if (tracked.get(keyId)?.has(stream)) continue
         const list = todo.get(keyId)
         if (list === undefined) todo.set(keyId, [stream])
         else if (!list.includes(stream)) list.push(stream)
@@ -487,8 +528,16 @@ export const layer = <E = never, R = never>(
       return Effect.forEach(todo, ([keyId, streams]) =>
         Effect.tap(keyStore.track(keyId, streams), () =>
           Effect.sync(() => {
-            if (tracked.size > TRACKED_LIMIT) tracked.clear()
-            for (const stream of streams) tracked.add(`${keyId}\u0000${stream}`)
+            if (trackedPairs > TRACKED_LIMIT) {
+              tracked.clear()
+              trackedPairs = 0
+            }
+            let set = tracked.get(keyId)
+            if (set === undefined) tracked.set(keyId, set = new Set())
+            for (const stream of streams) {
+              if (!set.has(stream)) trackedPairs++
+              set.add(stream)
+            }
           })), { discard: true })
     }
 
@@ -501,59 +550,59 @@ export const layer = <E = never, R = never>(
     }
 
     interface Prepared {
-      readonly event: Event.NewEvent
-      readonly payload: Record<string, unknown>
-      /** subject field → subject id, for the subjects whose fields are present */
-      readonly subjects: ReadonlyArray<readonly [plan: ReadonlyArray<P.FieldPlan>, keyId: string]>
+      /** The event as the codec checked it: a plain JSON payload (a copy), its id, merged metadata and tenant. */
+      readonly event: PreparedEvent
+      /** The subjects whose personal fields are present: their fields and key id. */
+      readonly subjects: ReadonlyArray<readonly [fields: ReadonlyArray<P.FieldPlan>, keyId: string]>
       readonly tenant: string | undefined
     }
 
-    const prepare = (
-      events: ReadonlyArray<Event.NewEvent>,
-      appendTenant: string | undefined
-    ): Either.Either<Array<Prepared> | undefined, InvalidInput> => {
+    /**
+     * What each event of an append encrypts, from the events as the codec checked them (so nothing is keyed, tracked
+     * or sealed for an append the store would refuse); `undefined` when nothing is encrypted.
+     */
+    const prepare = (events: ReadonlyArray<PreparedEvent>): Either.Either<Array<Prepared> | undefined, InvalidInput> => {
       let any = false
       const out: Array<Prepared> = new Array(events.length)
       for (let i = 0; i < events.length; i++) {
         const event = events[i]!
-        const payload = event.payload
-        if (typeof payload === "object" && payload !== null && !Array.isArray(payload) && P.FIELD in payload) {
+        const payload = event.payload as Record<string, unknown>
+        if (P.FIELD in payload) {
           return Either.left(new InvalidInput({ field: `event ${event.type}`, reason: `${P.FIELD} is reserved for encrypted personal data` }))
         }
         const plan = plans.get(event.type)
-        const tenant = options.tenants === true ? (appendTenant ?? event.metadata?.tenantId) : undefined
+        const tenant = options.tenants === true ? (event.tenantId ?? event.metadata.tenantId) : undefined
         const subjects: Array<readonly [ReadonlyArray<P.FieldPlan>, string]> = []
-        if (plan !== undefined && typeof payload === "object" && payload !== null && !Array.isArray(payload)) {
-          const record = payload as Record<string, unknown>
+        if (plan !== undefined) {
           for (const [field, fields] of plan.bySubject) {
-            const present = fields.filter((f) => record[f.name] !== undefined)
+            const present = fields.filter((f) => payload[f.name] !== undefined)
             if (present.length === 0) continue
-            const id = subjectOf(record, field, event.type)
+            const id = subjectOf(payload, field, event.type)
             if (Either.isLeft(id)) return Either.left(id.left)
             subjects.push([present, P.subjectKeyId(id.right)])
           }
         }
         if (subjects.length > 0 || tenant !== undefined) any = true
-        out[i] = { event, payload: payload as Record<string, unknown>, subjects, tenant }
+        out[i] = { event, subjects, tenant }
       }
       return Either.right(any ? out : undefined)
     }
 
+    /** The event to append: its personal fields sealed by subject, then (a tenant's) the whole payload. */
     const encryptOne = (
       prepared: Prepared,
-      keys: ReadonlyMap<string, { readonly key: KeyObject; readonly version: number }>,
-      now: number
+      original: Event.NewEvent,
+      keys: ReadonlyMap<string, { readonly key: KeyObject; readonly version: number }>
     ): Either.Either<Event.NewEvent, InvalidInput> => {
       const { event } = prepared
-      if (prepared.subjects.length === 0 && prepared.tenant === undefined) return Either.right(event)
-      const eventId = event.eventId ?? uuidV7(now)
-      let payload: Record<string, unknown> = { ...prepared.payload }
+      if (prepared.subjects.length === 0 && prepared.tenant === undefined) return Either.right(original)
+      const eventId = event.eventId
+      let payload: Record<string, unknown> = { ...(event.payload as Record<string, unknown>) }
       const entries: Array<P.Entry> = []
       for (const [fields, keyId] of prepared.subjects) {
         const { key, version } = keys.get(keyId)!
         const values: Record<string, unknown> = {}
-        const kept: Record<string, unknown> = {}
-        let anyKept = false
+        let kept: Record<string, unknown> | undefined = undefined
         for (const field of fields) {
           const value = payload[field.name]
           values[field.name] = value
@@ -563,27 +612,30 @@ export const layer = <E = never, R = never>(
             if (Either.isLeft(part)) {
               return Either.left(new InvalidInput({ field: `event ${event.type}: ${field.name}`, reason: part.left }))
             }
+            kept ??= {}
             kept[field.name] = part.right
-            anyKept = true
           }
         }
-        const sealed = P.seal(key, P.valueAad(keyId, version, eventId, event.type), Buffer.from(JSON.stringify(values), "utf8"))
-        entries.push({
-          k: keyId,
-          v: version,
-          f: fields.map((f) => f.name),
-          c: sealed.toString("base64"),
-          ...(anyKept ? { p: kept } : {})
-        })
+        const names = fields.map((f) => f.name)
+        const sealed = P.seal(
+          key,
+          P.valueAad(keyId, version, eventId, event.type, names, kept),
+          Buffer.from(JSON.stringify(values), "utf8")
+        )
+        entries.push({ k: keyId, v: version, f: names, c: sealed.toString("base64"), ...(kept !== undefined ? { p: kept } : {}) })
       }
       if (entries.length > 0) payload[P.FIELD] = entries
       if (prepared.tenant !== undefined) {
         const keyId = P.tenantKeyId(prepared.tenant)
         const { key, version } = keys.get(keyId)!
-        const sealed = P.seal(key, P.valueAad(keyId, version, eventId, event.type), Buffer.from(JSON.stringify(payload), "utf8"))
+        const sealed = P.seal(
+          key,
+          P.valueAad(keyId, version, eventId, event.type, undefined, undefined),
+          Buffer.from(JSON.stringify(payload), "utf8")
+        )
         payload = { [P.FIELD]: [{ k: keyId, v: version, w: 1, c: sealed.toString("base64") }] }
       }
-      return Either.right({ ...event, eventId, payload })
+      return Either.right({ ...original, eventId, payload })
     }
 
     // --- decryption ---
@@ -597,11 +649,19 @@ export const layer = <E = never, R = never>(
         const out: Record<string, unknown> = { ...payload }
         delete out[P.FIELD]
         let whole: Record<string, unknown> | undefined = undefined
+        const plan = plans.get(event.type)
         for (const entry of entries) {
+          // a subject's part is keyed to the subject its fields name (an edited subject field does not move it)
+          const owner = entry.f === undefined || entry.f.length === 0 ? undefined : plan?.fields.get(entry.f[0]!)?.subject
+          if (owner !== undefined) {
+            const id = payload[owner]
+            if (typeof id !== "string" && typeof id !== "number" || P.subjectKeyId(String(id)) !== entry.k) {
+              return decodeError(event, `its personal data is keyed to another subject than its field ${owner} names`)
+            }
+          }
           const key = lookup(entry.k, entry.v)
           if (key === "destroyed") {
             if (entry.w === 1) return undefined
-            const plan = plans.get(event.type)
             for (const name of entry.f!) {
               const kept = entry.p?.[name]
               if (kept !== undefined) {
@@ -621,9 +681,13 @@ export const layer = <E = never, R = never>(
                 : `the data key ${entry.k} version ${entry.v} cannot be unwrapped with the key-encryption keys given`
             )
           }
-          const plain = P.open(key, P.valueAad(entry.k, entry.v, event.eventId, event.type), Buffer.from(entry.c, "base64"))
+          const plain = P.open(
+            key,
+            P.valueAad(entry.k, entry.v, event.eventId, event.type, entry.f, entry.p),
+            Buffer.from(entry.c, "base64")
+          )
           if (plain === undefined) {
-            return decodeError(event, `its personal data (${entry.k} version ${entry.v}) does not authenticate: tampered, or moved from another event`)
+            return decodeError(event, `its personal data (version ${entry.v} of its key) does not authenticate: tampered, or moved from another event`)
           }
           let values: unknown
           try {
@@ -687,7 +751,7 @@ export const layer = <E = never, R = never>(
           out.push(decrypted)
         }
         if (retry.length === 0) return Effect.succeed(out)
-        return Effect.flatMap(load(subjectIdsInside(retry.map((i) => out[i]!)).concat([...inner]), true), () => {
+        return Effect.flatMap(load(subjectIdsInside(retry.map((i) => out[i]!)).concat([...inner]), 0), () => {
           for (const i of retry) {
             const decrypted = decryptOne(out[i]!)
             if (decrypted instanceof EventDecodeError) return Effect.fail(decrypted)
@@ -713,7 +777,11 @@ export const layer = <E = never, R = never>(
           if (entry.w !== 1) continue
           const key = lookup(entry.k, entry.v)
           if (typeof key === "string") continue
-          const plain = P.open(key, P.valueAad(entry.k, entry.v, event.eventId, event.type), Buffer.from(entry.c, "base64"))
+          const plain = P.open(
+            key,
+            P.valueAad(entry.k, entry.v, event.eventId, event.type, undefined, undefined),
+            Buffer.from(entry.c, "base64")
+          )
           if (plain === undefined) continue
           try {
             const inner = P.entriesOf(JSON.parse(plain.toString("utf8")))
@@ -741,32 +809,59 @@ export const layer = <E = never, R = never>(
       }
     }
 
+    /** Tells the handlers' state caches in this process to drop the streams (by the ids the handlers use). */
+    const dropCached = (streams: ReadonlyArray<string>) =>
+      Effect.sync(() => {
+        if (streams.length === 0) return
+        const ids = [...new Set(streams.flatMap((s) => [s, userStreamId(s)]))]
+        for (const hook of hooks) hook(ids)
+      })
+
     const decorate = (store: EventStoreService, tenant: string | undefined): EventStoreService => {
       const streamKey = (streamId: string) => tenant === undefined ? streamId : tenantKey(tenant, streamId)
       const wrapper: EventStoreService = {
         append: (streamId, events, appendOptions) =>
           Effect.gen(function*() {
-            const prepared = yield* prepare(events, tenant ?? appendOptions?.metadata?.tenantId)
+            // the append as the store will check it, in plain text: refused here (typed, nothing keyed or written)
+            // exactly as the store would refuse it
+            const at = yield* now
+            const checked = prepareAppend(streamId, events, appendOptions, at, tenant)
+            if (Either.isLeft(checked)) return yield* checked.left
+            const plain = checked.right.events
+            const prepared = yield* prepare(plain)
             if (prepared === undefined) return yield* Effect.flatMap(store.append(streamId, events, appendOptions), appended)
             const keyIds = new Set<string>()
             const pairs: Array<readonly [string, string]> = []
+            const key = streamKey(streamId)
             for (const p of prepared) {
               for (const [, keyId] of p.subjects) {
                 keyIds.add(keyId)
-                pairs.push([keyId, streamKey(streamId)])
+                pairs.push([keyId, key])
               }
-              if (p.tenant !== undefined) keyIds.add(P.tenantKeyId(p.tenant))
+              if (p.tenant !== undefined) {
+                keyIds.add(P.tenantKeyId(p.tenant))
+                pairs.push([P.tenantKeyId(p.tenant), key])
+              }
             }
             const keys = yield* currentKeys(keyIds)
             yield* track(pairs)
-            const now = yield* Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
             const encrypted: Array<Event.NewEvent> = new Array(prepared.length)
             for (let i = 0; i < prepared.length; i++) {
-              const one = encryptOne(prepared[i]!, keys, now)
+              const one = encryptOne(prepared[i]!, events[i]!, keys)
               if (Either.isLeft(one)) return yield* one.left
               encrypted[i] = one.right
             }
-            return yield* Effect.flatMap(store.append(streamId, encrypted, appendOptions), appended)
+            const result = yield* store.append(streamId, encrypted, appendOptions)
+            if (result.replayed === true) return yield* appended(result)
+            // what was written, in plain text: the checked copies
+            return {
+              ...result,
+              events: result.events.map((e, i) => {
+                const event: Event.RecordedEvent = { ...e, payload: plain[i]!.payload }
+                Object.defineProperty(event, P.storedFormKey, { value: e, enumerable: false })
+                return event
+              })
+            }
           }),
         read: (streamId, readOptions) =>
           Stream.mapChunksEffect(store.read(streamId, readOptions), (chunk) =>
@@ -794,7 +889,6 @@ export const layer = <E = never, R = never>(
     const decorated = decorate(inner, undefined)
 
     // --- forgetting ---
-    const now = Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
     const checkSubject = (field: string, id: string) => {
       const problem = checkId(field, id, 256)
       return problem === undefined ? Effect.void : Effect.fail(problem)
@@ -805,13 +899,16 @@ export const layer = <E = never, R = never>(
         ? Effect.succeed(0)
         : Effect.reduce(streams, 0, (n, stream) =>
           Effect.map(snapshots.value.deleteOlderThan(stream, Number.MAX_SAFE_INTEGER), (deleted) => n + deleted))
-    const dropCached = (streams: ReadonlyArray<string>) =>
-      Effect.sync(() => {
-        if (streams.length === 0) return
-        // the caches know streams by the id the handler used (a tenant's handler: without the tenant)
-        const ids = [...new Set(streams.flatMap((s) => [s, s.slice(s.indexOf("\u0000") + 1)]))]
-        for (const hook of hooks) hook(ids)
-      })
+
+    /** The second pass of a forget: the streams read again (one written meanwhile included), caches, snapshots. */
+    const secondPass = (keyId: string) =>
+      Effect.gen(function*() {
+        const streams = yield* keyStore.streamsOf(keyId)
+        yield* dropCached(streams)
+        yield* deleteSnapshots(streams)
+        yield* dropCached(streams)
+        yield* keyStore.purge
+      }).pipe(Effect.catchAll((e) => Effect.logWarning(`privacy: the second pass after a forget failed: ${e.message}`)))
 
     const shred = (keyId: string, label: string, tombstone: boolean) =>
       Effect.gen(function*() {
@@ -820,45 +917,60 @@ export const layer = <E = never, R = never>(
         const hadLive = Option.isSome(before) && before.value.versions.length > 0
         const record = yield* keyStore.destroy(keyId, at)
         const destroyedThrough = record.destroyedThrough
-        cache.set(keyId, { versions: new Map(), current: 0, destroyedThrough, at })
-        for (const pair of tracked) if (pair.startsWith(`${keyId}\u0000`)) tracked.delete(pair)
+        forgetKey(keyId, destroyedThrough, at)
         const streams = yield* keyStore.streamsOf(keyId)
+        // caches, then snapshots, then caches again: a load between the first two may have cached a snapshot's state
         yield* dropCached(streams)
         const snapshotsDeleted = yield* deleteSnapshots(streams)
+        yield* dropCached(streams)
+        // a parked event's failure text may quote the subject's data (a decode failure prints values)
+        const checkpointStore = Option.orElse(yield* Effect.serviceOption(CheckpointStore), () => checkpoints)
+        const redact = Option.isSome(checkpointStore) ? checkpointStore.value.redactParked : undefined
+        const parkedRedacted = redact === undefined || streams.length === 0
+          ? 0
+          : yield* redact([...new Set(streams.map(userStreamId))], REDACTED)
         let position = 0
         if (tombstone) {
           const encoded = events.encode(SubjectForgotten.make({ subject: label, forgottenAt: at, streams: streams.length }))
-          const appended = yield* inner.append(`${STREAM_TYPE}-${label}`, [Either.getOrThrow(encoded)], {
+          const tombstoneEvent = Either.getOrThrow(encoded)
+          const stream = tombstoneStream(label)
+          const options = {
             streamType: STREAM_TYPE,
             // one tombstone per destruction: forgetting again (nothing new destroyed) replays it
-            commandId: `privacy-forget:${keyId}:${destroyedThrough}`,
+            commandId: `privacy-forget:${digest(keyId)}:${destroyedThrough}`,
             commandTtl: "36500 days"
-          }).pipe(Effect.catchAll((e) => Effect.fail(e._tag === "InvalidInput" ? e : storeError("privacy.forget", e))))
-          position = appended.position
+          } as const
+          const toStore = (e: { readonly _tag: string }) => storeError("privacy.forget", e)
+          position = (yield* Effect.mapError(inner.append(stream, [tombstoneEvent], options), toStore)).position
+          // and in each tenant whose streams held the subject's data: a tenant's projections read only its own log
+          for (const tenant of new Set(streams.flatMap((s) => (s === userStreamId(s) ? [] : [s.slice(0, s.length - userStreamId(s).length - 1)])))) {
+            const scoped = tenantStoreOf(inner, tenant)
+            if (scoped !== undefined) yield* Effect.mapError(scoped.append(stream, [tombstoneEvent], options), toStore)
+          }
         }
         yield* keyStore.audit({
           at,
           action: tombstone ? "forget" : "forget-tenant",
           keyId,
           detail: `${hadLive ? "destroyed" : "nothing live to destroy"} through version ${destroyedThrough}; ` +
-            `${streams.length} streams; ${snapshotsDeleted} snapshots deleted`
+            `${streams.length} streams; ${snapshotsDeleted} snapshots deleted; ${parkedRedacted} parked events' reasons redacted`
         })
         const purged = yield* keyStore.purge
-        // a command that loaded a stream just before may still write its snapshot (or cache its state): again later
+        // a command that loaded a stream just before may still write its snapshot (or cache its state): again after
+        // `settle`, or at once when the layer closes first
         yield* Effect.forkIn(
           Effect.sleep(settle).pipe(
-            Effect.zipRight(dropCached(streams)),
-            Effect.zipRight(deleteSnapshots(streams)),
-            Effect.zipRight(keyStore.purge),
-            Effect.catchAll((e) => Effect.logWarning(`privacy: the second pass after forgetting ${keyId} failed: ${e.message}`))
+            Effect.onInterrupt(() => Effect.timeout(secondPass(keyId), "2 seconds").pipe(Effect.ignore)),
+            Effect.zipRight(secondPass(keyId))
           ),
           scope
         )
         const report: ForgetReport = {
           subject: label,
           destroyed: hadLive,
-          streams,
+          streams: [...new Set(streams.map(userStreamId))],
           snapshotsDeleted,
+          parkedRedacted,
           position,
           purged: purged.complete
         }
@@ -867,10 +979,48 @@ export const layer = <E = never, R = never>(
 
     const scope = yield* Effect.scope
 
+    /** The values that occur in `value` (its strings as they are, and as JSON text escapes them). */
     const stringsIn = (value: unknown, needles: ReadonlyArray<string>): Array<string> => {
-      const text = typeof value === "string" ? value : JSON.stringify(value)
-      return needles.filter((needle) => text.includes(needle))
+      const text = typeof value === "string" ? value : JSON.stringify(value) ?? ""
+      return needles.filter((needle) => text.includes(needle) || text.includes(JSON.stringify(needle).slice(1, -1)))
     }
+
+    /** Whether the file holds any of the values' bytes (UTF-8, and as JSON escapes them), read in chunks. */
+    const fileHolds = (file: string, needles: ReadonlyArray<string>) =>
+      Effect.tryPromise({
+        try: async () => {
+          const patterns = [...new Set(needles.flatMap((v) => [v, JSON.stringify(v).slice(1, -1)]))].map((v) => Buffer.from(v, "utf8"))
+          const overlap = Math.max(0, ...patterns.map((p) => p.length)) - 1
+          const found = new Set<number>()
+          let handle: FileHandle
+          try {
+            handle = await open(file, "r")
+          } catch (cause) {
+            if ((cause as NodeJS.ErrnoException).code === "ENOENT") return undefined
+            throw cause
+          }
+          try {
+            const chunk = Buffer.alloc(1 << 20)
+            let carry = Buffer.alloc(0)
+            for (;;) {
+              const { bytesRead } = await handle.read(chunk, 0, chunk.length, null)
+              if (bytesRead === 0) break
+              const window = Buffer.concat([carry, chunk.subarray(0, bytesRead)])
+              patterns.forEach((p, i) => {
+                if (window.includes(p)) found.add(i)
+              })
+              carry = Buffer.from(window.subarray(Math.max(0, window.length - overlap)))
+            }
+          } finally {
+            await handle.close()
+          }
+          return needles.filter((v) =>
+            found.has(patterns.findIndex((p) => p.equals(Buffer.from(v, "utf8")))) ||
+            found.has(patterns.findIndex((p) => p.equals(Buffer.from(JSON.stringify(v).slice(1, -1), "utf8"))))
+          )
+        },
+        catch: (cause) => storeError("privacy.verify", cause)
+      })
 
     const verifyForgotten: PrivacyService["verifyForgotten"] = (subject, verify = {}) =>
       Effect.gen(function*() {
@@ -884,7 +1034,7 @@ export const layer = <E = never, R = never>(
           findings.push({ where: "key", detail: `versions ${record.value.versions.map((k) => k.version).join(", ")} are live (data appended after the forget)` })
         }
         const destroyedAt = Option.isSome(record) ? record.value.destroyedAt : undefined
-        const tombstones = yield* inner.version(`${STREAM_TYPE}-${subject}`)
+        const tombstones = yield* inner.version(tombstoneStream(subject))
         if (destroyedAt !== undefined && tombstones === 0) findings.push({ where: "tombstone", detail: "no SubjectForgotten event" })
         const values = (verify.values ?? []).filter((v) => v.length > 0)
         const streams = yield* keyStore.streamsOf(keyId)
@@ -950,13 +1100,10 @@ export const layer = <E = never, R = never>(
             }
           }
           for (const file of verify.files ?? []) {
-            const bytes = yield* Effect.try({
-              try: () => readFileSync(file),
-              catch: (cause) => storeError("privacy.verify", cause)
-            }).pipe(Effect.catchIf((e) => (e.cause as NodeJS.ErrnoException)?.code === "ENOENT", () => Effect.succeed(undefined)))
-            if (bytes === undefined) continue
-            const found = values.filter((v) => bytes.includes(Buffer.from(v, "utf8")))
-            if (found.length > 0) findings.push({ where: `file ${file}`, detail: `${found.length} of the values occur in its bytes` })
+            const found = yield* fileHolds(file, values)
+            if (found !== undefined && found.length > 0) {
+              findings.push({ where: `file ${file}`, detail: `${found.length} of the values occur in its bytes` })
+            }
           }
         }
         return { subject, clean: findings.length === 0, findings } satisfies Verification
@@ -975,30 +1122,36 @@ export const layer = <E = never, R = never>(
         return rows.filter((row) => stringsIn(row, values).length > 0).length
       })
 
+    const checkTenant = (tenant: string) =>
+      TENANT_PATTERN.test(tenant)
+        ? Effect.void
+        : Effect.fail(new InvalidInput({ field: "tenant", reason: "not a tenant id (see Tenancy.validate)" }))
+
+    const rotateKey = (keyId: string) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        const before = yield* keyStore.get(keyId)
+        const highest = Option.match(before, {
+          onNone: () => 0,
+          onSome: (r) => Math.max(r.destroyedThrough, ...r.versions.map((k) => k.version))
+        })
+        const record = yield* createVersion(keyId, highest + 1, at, "rotate")
+        return remember(record, at).current
+      })
+
     const service: PrivacyService = {
       forget: (subject) =>
         Effect.zipRight(checkSubject("subject", subject), shred(P.subjectKeyId(subject), subject, true)).pipe(
           Effect.withSpan("Privacy.forget", { captureStackTrace: false })
         ),
       forgetTenant: (tenant) =>
-        Effect.zipRight(checkSubject("tenant", tenant), shred(P.tenantKeyId(tenant), tenant, false)).pipe(
+        Effect.zipRight(checkTenant(tenant), shred(P.tenantKeyId(tenant), tenant, false)).pipe(
           Effect.withSpan("Privacy.forgetTenant", { captureStackTrace: false })
         ),
       verifyForgotten: (subject, verify) =>
         verifyForgotten(subject, verify).pipe(Effect.withSpan("Privacy.verifyForgotten", { captureStackTrace: false })),
-      rotate: (subject) =>
-        Effect.gen(function*() {
-          yield* checkSubject("subject", subject)
-          const keyId = P.subjectKeyId(subject)
-          const at = yield* now
-          const before = yield* keyStore.get(keyId)
-          const highest = Option.match(before, {
-            onNone: () => 0,
-            onSome: (r) => Math.max(r.destroyedThrough, ...r.versions.map((k) => k.version))
-          })
-          const record = yield* createVersion(keyId, highest + 1, at, "rotate")
-          return remember(record, at).current
-        }),
+      rotate: (subject) => Effect.zipRight(checkSubject("subject", subject), rotateKey(P.subjectKeyId(subject))),
+      rotateTenant: (tenant) => Effect.zipRight(checkTenant(tenant), rotateKey(P.tenantKeyId(tenant))),
       decrypt: (event) =>
         Effect.flatMap(decryptAll([event], false), (out) => Effect.succeed(out[0]!)),
       purge: keyStore.purge,

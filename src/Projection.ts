@@ -470,6 +470,17 @@ export interface CheckpointStoreService {
   ) => Effect.Effect<number, E | CheckpointConflict | StoreError, R>
   /** Forgets a checkpoint and its applied migrations (what an abandoned rebuild left). */
   readonly discard: (projection: string) => Effect.Effect<void, StoreError>
+  /**
+   * Replaces the `reason` of every parked event (of any projection) whose stream is one of `streamIds` with `reason`
+   * (`Privacy.forget`: a failure's text may quote a forgotten person's data). Returns how many it changed. Optional:
+   * a store without it keeps reasons as they are.
+   *
+   * `streamIds` are compared with `ParkedEvent.streamId` as recorded: a stream's id as events carry it, a tenant's
+   * stream without its tenant (not the key it is stored under). A store of the whole database therefore redacts
+   * that id in every tenant's projections; a tenant's store (`Tenancy.checkpointStore`) in that tenant's only. A
+   * parked event whose reason already is `reason` is not counted.
+   */
+  readonly redactParked?: (streamIds: ReadonlyArray<string>, reason: string) => Effect.Effect<number, StoreError>
 }
 
 /** @since 0.1.0 */

@@ -25,6 +25,7 @@ import * as Scope from "effect/Scope"
 import { StoreError } from "./Errors.js"
 import { onDatabase } from "./internal/backend.js"
 import { SCHEMA_LOCK, tables } from "./internal/migrations.js"
+import { type RedactParkedWithin, withRedactParkedWithin } from "./internal/tenants.js"
 import { CheckpointConflict, CheckpointStore, type CheckpointStoreService, type ParkedEvent } from "./Projection.js"
 
 const P = tables.projections
@@ -34,6 +35,9 @@ const K = tables.parked
 const storeError = (operation: string) => (cause: SqlError) => new StoreError({ operation, cause })
 
 const toNumber = (u: unknown): number => typeof u === "bigint" ? Number(u) : Number(u)
+
+/** Stream ids per `redactParked` statement: well under SQLite's 999 host parameters of old builds. */
+const REDACT_BATCH = 500
 
 /**
  * Creates the tables if they are missing. Safe to run from several processes at once.
@@ -213,6 +217,28 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
 
   const locks = yield* advisoryLocks(sql)
 
+  // one transaction: a forget redacts all of the subject's streams or none
+  const redactWithin: RedactParkedWithin = (prefix, streamIds, reason) => {
+    const ids = [...new Set(streamIds)]
+    if (ids.length === 0) return Effect.succeed(0)
+    const batches: Array<ReadonlyArray<string>> = []
+    for (let i = 0; i < ids.length; i += REDACT_BATCH) batches.push(ids.slice(i, i + REDACT_BATCH))
+    // a tenant's projections are stored under `tenant \u001f name` (see `Tenancy.checkpointStore`)
+    const within = prefix === undefined
+      ? sql.literal("")
+      : sql` AND substr(projection, 1, ${prefix.length}) = ${prefix}`
+    return transaction(
+      "projection.redactParked",
+      Effect.reduce(batches, 0, (n, batch) =>
+        Effect.map(
+          sql<{ position: unknown }>`UPDATE ${sql(K)} SET reason = ${reason}
+            WHERE stream_id IN ${sql.in(batch)} AND reason <> ${reason}${within}
+            RETURNING position`.withoutTransform,
+          (rows) => n + rows.length
+        ))
+    )
+  }
+
   const service: CheckpointStoreService = {
     exactlyOnce: true,
     acquire: (projection, owner, ttl, renew) =>
@@ -324,9 +350,10 @@ export const make: Effect.Effect<CheckpointStoreService, StoreError, SqlClient.S
           }))
         ),
         Effect.mapError(storeError("projection.parked"))
-      )
+      ),
+    redactParked: (streamIds, reason) => redactWithin(undefined, streamIds, reason)
   }
-  return onDatabase(service, sql)
+  return onDatabase(withRedactParkedWithin(service, redactWithin), sql)
 })
 
 /**

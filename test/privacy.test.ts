@@ -1,7 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Aggregate, Bus, Event, EventStore, KeyStore, Privacy, Projection, Snapshot } from "effect-eventstore"
+import { Aggregate, Bus, Event, EventStore, KeyStore, Privacy, Projection, Snapshot, Tenancy } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
+import * as Pg from "./fixtures/pg.js"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
 import * as Chunk from "effect/Chunk"
 import * as Config from "effect/Config"
@@ -12,6 +13,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
@@ -326,6 +328,36 @@ describe("Privacy on SQLite", () => {
     }))
 })
 
+describe.skipIf(!Pg.available)("Privacy on PostgreSQL", () => {
+  it.scopedLive("keys in the database, snapshots deleted, loads and commands go on after forget", () =>
+    Effect.gen(function*() {
+      const pg = Pg.layer("privacy", { pollInterval: "50 millis" })
+      const base = Privacy.layer({ registries: [CustomerEvents], kek, settle: "30 millis" }).pipe(
+        Layer.provideMerge(KeyStore.layerSql()),
+        Layer.provideMerge(pg)
+      )
+      const app = Aggregate.layer(Customer, { snapshotWrites: "inline" }).pipe(Layer.provideMerge(base))
+      yield* Effect.gen(function*() {
+        const privacy = yield* Privacy.Privacy
+        const sql = yield* SqlClient.SqlClient
+        yield* Customer.handle("c-1", { _tag: "Register", customerId: "c-1", name: "Ada Lovelace", card: "4111111111114242" })
+        yield* Customer.handle("c-1", { _tag: "PlaceOrder", customerId: "c-1", amount: 5, shipTo: "1 Analytical Way" })
+        const stored = yield* sql<{ payload: unknown }>`SELECT payload FROM eventstore_events`
+        expect(JSON.stringify(stored)).not.toContain("Ada Lovelace")
+        expect((yield* Customer.load("c-1")).state.name).toBe("Ada Lovelace")
+        const report = yield* privacy.forget("c-1")
+        expect(report).toMatchObject({ destroyed: true, streams: ["Customer-c-1"], snapshotsDeleted: 1, purged: true })
+        expect((yield* Customer.load("c-1")).state).toMatchObject({ name: "(forgotten)", card: "…4242", lastShipTo: null, total: 5 })
+        yield* Customer.handle("c-1", { _tag: "PlaceOrder", customerId: "c-1", amount: 2, shipTo: null })
+        const check = yield* privacy.verifyForgotten("c-1", { values: ["Ada Lovelace", "1 Analytical Way"] })
+        // the order placed after the forget made a new key (the subject came back): the only finding
+        expect(check.findings.map((f) => f.where)).toEqual(["key"])
+        yield* privacy.forget("c-1")
+        expect((yield* privacy.verifyForgotten("c-1", { values: ["Ada Lovelace", "1 Analytical Way"] })).clean).toBe(true)
+      }).pipe(Effect.provide(app))
+    }), 30_000)
+})
+
 describe("Privacy: tenants' whole payloads", () => {
   it.effect("events with a tenant are stored whole-encrypted; forgetting the tenant makes global reads skip them", () =>
     Effect.gen(function*() {
@@ -354,6 +386,79 @@ describe("Privacy: tenants' whole payloads", () => {
         const error = yield* Effect.flip(store.readPage("Customer-c-1"))
         expect(error._tag).toBe("EventDecodeError")
       }).pipe(Effect.provide(layer))
+    }))
+})
+
+describe("Privacy and parked events", () => {
+  it.live("forget replaces the failure text of the subject's parked events (it may quote their data)", () =>
+    Effect.gen(function*() {
+      class Refused extends Schema.TaggedError<Refused>()("Refused", { reason: Schema.String }) {}
+      const Picky = Projection.make<Event.Registry.Type<typeof CustomerEvents>, Refused>({
+        name: "picky",
+        events: CustomerEvents,
+        handlers: {
+          CustomerRegistered: (e) => Effect.fail(new Refused({ reason: `no customers named ${e.payload.name}` }))
+        }
+      })
+      const base = Privacy.layer({ registries: [CustomerEvents], kek }).pipe(
+        Layer.provideMerge(Layer.mergeAll(EventStore.layerMemory, KeyStore.layerMemory, Projection.layerMemory))
+      )
+      const layer = Projection.layer([Picky], { retry: Schedule.recurs(0) }).pipe(Layer.provideMerge(base))
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const privacy = yield* Privacy.Privacy
+        const projections = yield* Projection.Projections
+        const encoded = Either.getOrThrow(
+          CustomerEvents.encode(CustomerRegistered.make({ customerId: "c-1", name: "Ada Lovelace", card: "1234", plan: "gold" }))
+        )
+        yield* store.append("Customer-c-1", [encoded])
+        yield* Effect.repeat(projections.status("picky"), {
+          until: (s) => s.state === "failed",
+          schedule: Schedule.spaced("10 millis")
+        })
+        const parked = yield* projections.park("picky")
+        expect(parked.reason).toContain("Ada Lovelace")
+        const report = yield* privacy.forget("c-1")
+        expect(report.parkedRedacted).toBe(1)
+        const [after] = yield* projections.parked("picky")
+        expect(after!.reason).not.toContain("Ada Lovelace")
+        const check = yield* privacy.verifyForgotten("c-1", { values: ["Ada Lovelace"], projections: ["picky"] })
+        expect(check.findings).toEqual([])
+      }).pipe(Effect.provide(layer))
+    }))
+})
+
+describe("Privacy with tenants' stores", () => {
+  it.scopedLive("a tenant's store over the decorated store encrypts with the tenant's key and the subjects' keys", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("tenancy")
+      const layer = Privacy.layer({ registries: [CustomerEvents], kek, tenants: true }).pipe(
+        Layer.provideMerge(KeyStore.layerSql()),
+        Layer.provideMerge(Sqlite.layer({ filename }))
+      )
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const privacy = yield* Privacy.Privacy
+        const acme = yield* Tenancy.eventStore(store, "acme")
+        const encoded = Either.getOrThrow(
+          CustomerEvents.encode(CustomerRegistered.make({ customerId: "c-1", name: "Ada", card: "1234", plan: "gold" }))
+        )
+        yield* acme.append("Customer-c-1", [encoded])
+        const [read] = yield* acme.readPage("Customer-c-1")
+        expect(read!.payload).toMatchObject({ name: "Ada", plan: "gold" })
+        const forgotten = yield* privacy.forget("c-1")
+        expect(forgotten.streams.length).toBe(1)
+        const [after] = yield* acme.readPage("Customer-c-1")
+        expect(after!.payload).toMatchObject({ name: "(forgotten)", card: "…1234", plan: "gold" })
+      }).pipe(Effect.provide(layer))
+      const stored = yield* storedPayloads(filename)
+      // the tenant's event, and the tombstone in the whole database's log and in the tenant's (for its projections)
+      expect(stored.map((e) => [e.type, e.metadata.tenantId])).toEqual([
+        ["CustomerRegistered", "acme"],
+        ["SubjectForgotten", undefined],
+        ["SubjectForgotten", "acme"]
+      ])
+      expect(JSON.stringify(stored[0]!.payload)).not.toContain("gold")
     }))
 })
 

@@ -97,6 +97,31 @@ const findAnnotation = <A>(id: symbol, ast: SchemaAST.AST): A | undefined => {
 
 const invalid = (type: string, reason: string) => new InvalidInput({ field: `event ${type}`, reason })
 
+/** Whether an annotation sits anywhere below a field's own schema (in a nested struct, an array, a tuple). */
+const nested = (id: symbol, ast: SchemaAST.AST, seen: Set<SchemaAST.AST> = new Set()): boolean => {
+  if (seen.has(ast)) return false
+  seen.add(ast)
+  switch (ast._tag) {
+    case "TypeLiteral":
+      return ast.propertySignatures.some((ps) => findAnnotation(id, ps.type) !== undefined || nested(id, ps.type, seen)) ||
+        ast.indexSignatures.some((is) => findAnnotation(id, is.type) !== undefined || nested(id, is.type, seen))
+    case "TupleType":
+      return [...ast.elements.map((e) => e.type), ...ast.rest.map((r) => r.type)].some((t) =>
+        findAnnotation(id, t) !== undefined || nested(id, t, seen)
+      )
+    case "Union":
+      return ast.types.some((t) => nested(id, t, seen))
+    case "Refinement":
+      return nested(id, ast.from, seen)
+    case "Transformation":
+      return nested(id, ast.from, seen) || nested(id, ast.to, seen)
+    case "Suspend":
+      return nested(id, ast.f(), seen)
+    default:
+      return false
+  }
+}
+
 const replacementOf = (
   type: string,
   property: Property,
@@ -129,7 +154,18 @@ const replacementOf = (
  */
 export const planOf = (type: string, schema: Schema.Schema.Any): Either.Either<EventPlan | undefined, InvalidInput> => {
   const properties = propertiesOf(schema.ast)
-  if (properties === undefined) return Either.right(undefined)
+  if (properties === undefined) {
+    return nested(PersonalId, schema.ast) || nested(SubjectId, schema.ast)
+      ? Either.left(invalid(type, "personal data is declared where it cannot be read: an event is a struct of fields"))
+      : Either.right(undefined)
+  }
+  for (const property of properties) {
+    if (nested(PersonalId, property.type) || nested(SubjectId, property.type)) {
+      return Either.left(
+        invalid(type, `${property.name}: Privacy.personal and Privacy.subject mark top-level fields of an event (mark ${property.name} itself)`)
+      )
+    }
+  }
   const names = new Set(properties.map((p) => p.name))
   if (names.has(FIELD)) return Either.left(invalid(type, `${FIELD} is reserved for encrypted personal data`))
   const subjects = properties.filter((p) => findAnnotation(SubjectId, p.type) !== undefined).map((p) => p.name)
@@ -166,15 +202,16 @@ export const planOf = (type: string, schema: Schema.Schema.Any): Either.Either<E
       subject,
       replacement: replacement.right,
       keep: keep === undefined ? undefined : (encoded) => {
+        // the reasons name no value: they end up in errors and logs
         const value = decode(encoded)
-        if (Either.isLeft(value)) return Either.left(ParseResult.TreeFormatter.formatErrorSync(value.left))
+        if (Either.isLeft(value)) return Either.left("the value does not decode with the field's schema")
         let kept: unknown
         try {
           kept = keep(value.right)
-        } catch (cause) {
-          return Either.left(`keep failed: ${String(cause)}`)
+        } catch {
+          return Either.left("keep threw")
         }
-        return Either.mapLeft(encode(kept), (e) => ParseResult.TreeFormatter.formatErrorSync(e))
+        return Either.mapLeft(encode(kept), () => "what keep returned does not encode with the field's schema")
       }
     }
     fields.set(property.name, plan)
@@ -237,9 +274,21 @@ export const keyObject = (bytes: Buffer): KeyObject => createSecretKey(bytes)
 /** What a wrapped data key is bound to: its id and version (a wrapped key moved to another id does not open). */
 export const wrapAad = (keyId: string, version: number) => `effect-eventstore/privacy/key\u0000${keyId}\u0000${version}`
 
-/** What a sealed value is bound to: its key, the event's id and type (a value moved to another event does not open). */
-export const valueAad = (keyId: string, version: number, eventId: string, type: string) =>
-  `${keyId}\u0000${version}\u0000${eventId}\u0000${type}`
+/**
+ * What a sealed value is bound to: its key, the event's id and type, the fields it holds and the parts kept in plain
+ * text beside it (a value moved to another event, or a field list or kept part edited, does not open).
+ */
+export const valueAad = (
+  keyId: string,
+  version: number,
+  eventId: string,
+  type: string,
+  fields: ReadonlyArray<string> | undefined,
+  kept: Readonly<Record<string, unknown>> | undefined
+) =>
+  `${keyId}\u0000${version}\u0000${eventId}\u0000${type}\u0000${fields === undefined ? "*" : fields.join("\u0000")}\u0000${
+    kept === undefined ? "" : JSON.stringify(Object.keys(kept).sort().map((k) => [k, kept[k]]))
+  }`
 
 // --- the stored form -------------------------------------------------------------------------------------------------
 

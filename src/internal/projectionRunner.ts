@@ -59,7 +59,7 @@ import {
   syncCommandsOf,
   tenantOf
 } from "./backend.js"
-import { alongside, scopeCheckpoints } from "./tenants.js"
+import { alongside, type RedactParkedWithin, scopeCheckpoints, withRedactParkedWithin } from "./tenants.js"
 import { makeHook } from "./inlineProjection.js"
 import * as Statements from "./statements.js"
 import { fromStored } from "./codec.js"
@@ -80,6 +80,21 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
     }
     return r
   }
+  const redactWithin: RedactParkedWithin = (prefix, streamIds, reason) =>
+    Effect.sync(() => {
+      const streams = new Set(streamIds)
+      let changed = 0
+      for (const [projection, list] of parked) {
+        if (prefix !== undefined && !projection.startsWith(prefix)) continue
+        for (let i = 0; i < list.length; i++) {
+          const p = list[i]!
+          if (!streams.has(p.streamId) || p.reason === reason) continue
+          list[i] = { ...p, reason }
+          changed++
+        }
+      }
+      return changed
+    })
   const check = (projection: string, owner: string, from: number, to = Infinity) =>
     Effect.suspend(() => {
       const r = row(projection)
@@ -87,7 +102,7 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
         ? Effect.void
         : Effect.fail(new CheckpointConflict({ projection, expected: from }))
     })
-  return {
+  return withRedactParkedWithin({
     exactlyOnce: false,
     acquire: (projection, owner, ttl, renew) =>
       Effect.map(Clock.currentTimeMillis, (now) => {
@@ -159,8 +174,9 @@ export const memoryCheckpoints = (): CheckpointStoreService => {
       Effect.sync(() => {
         rows.delete(projection)
         for (const key of applied) if (key.startsWith(`${projection}\u0000`)) applied.delete(key)
-      })
-  }
+      }),
+    redactParked: (streamIds, reason) => redactWithin(undefined, streamIds, reason)
+  }, redactWithin)
 }
 
 // --- failures ------------------------------------------------------------------------------------------------------

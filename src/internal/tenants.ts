@@ -5,7 +5,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { InvalidInput } from "../Errors.js"
+import { InvalidInput, type StoreError } from "../Errors.js"
 import type { CheckpointStoreService } from "../Projection.js"
 import type { SnapshotStoreService } from "../Snapshot.js"
 import { databaseOf, markTenant, onDatabase, tenantOf } from "./backend.js"
@@ -28,9 +28,41 @@ export const scopeSnapshots = (store: SnapshotStoreService, tenant: string): Sna
   return markTenant(database === undefined ? scoped : onDatabase(scoped, database), tenant)
 }
 
-/** The checkpoints of one tenant's projections, under its keys. */
+const redactParkedWithinKey = Symbol.for("effect-eventstore/redactParkedWithin")
+
+/**
+ * `CheckpointStoreService.redactParked` confined to the projections whose stored name begins with `prefix` (all when
+ * `undefined`). A tenant's parked events are stored under the tenant's projection keys but with the stream's own id
+ * (as its events carry it, without the tenant), so only the projection tells whose they are: a tenant's view redacts
+ * through this, and never reaches another tenant's.
+ */
+export type RedactParkedWithin = (
+  prefix: string | undefined,
+  streamIds: ReadonlyArray<string>,
+  reason: string
+) => Effect.Effect<number, StoreError>
+
+/** Marks a checkpoint store of the library with its confined redaction (see `RedactParkedWithin`). */
+export const withRedactParkedWithin = (
+  service: CheckpointStoreService,
+  redact: RedactParkedWithin
+): CheckpointStoreService => {
+  Object.defineProperty(service, redactParkedWithinKey, { value: redact, enumerable: false })
+  return service
+}
+
+/** The confined redaction a store was marked with; `undefined` for any other store (a user's own, a wrapper). */
+export const redactParkedWithinOf = (service: CheckpointStoreService): RedactParkedWithin | undefined =>
+  (service as { readonly [redactParkedWithinKey]?: RedactParkedWithin })[redactParkedWithinKey]
+
+/**
+ * The checkpoints of one tenant's projections, under its keys. `redactParked` only where the store can confine it to
+ * the tenant's projections (the library's stores): passed on as it is, it would rewrite other tenants' parked events
+ * of a stream of the same id.
+ */
 export const scopeCheckpoints = (store: CheckpointStoreService, tenant: string): CheckpointStoreService => {
   const key = (projection: string) => tenantKey(tenant, projection)
+  const within = redactParkedWithinOf(store)
   const scoped: CheckpointStoreService = {
     exactlyOnce: store.exactlyOnce,
     acquire: (projection, owner, ttl, renew) => store.acquire(key(projection), owner, ttl, renew),
@@ -44,7 +76,10 @@ export const scopeCheckpoints = (store: CheckpointStoreService, tenant: string):
     generation: (projection) => store.generation(key(projection)),
     promote: (projection, owner, shadow, generation, work) =>
       store.promote(key(projection), owner, key(shadow), generation, work),
-    discard: (projection) => store.discard(key(projection))
+    discard: (projection) => store.discard(key(projection)),
+    ...(within === undefined
+      ? {}
+      : { redactParked: (streamIds: ReadonlyArray<string>, reason: string) => within(key(""), streamIds, reason) })
   }
   const database = databaseOf(store)
   return markTenant(database === undefined ? scoped : onDatabase(scoped, database), tenant)

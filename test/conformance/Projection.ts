@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
-import { Event, EventStore, Projection } from "effect-eventstore"
+import { Event, EventStore, Projection, Tenancy } from "effect-eventstore"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -474,6 +474,71 @@ export const projectionSuite = <R>(name: string, makeEnv: () => Env<R>) =>
           yield* checkpoints.migrate(`${p}#g3`, 1, Effect.void)
           yield* checkpoints.discard(`${p}#g3`)
           expect(yield* checkpoints.migrate(`${p}#g3`, 1, Effect.void)).toBe(true)
+        })))
+
+    it.live("the checkpoint store: redactParked rewrites the reasons parked for the given streams, in every projection", () =>
+      run(() =>
+        Effect.gen(function*() {
+          const checkpoints = yield* Projection.CheckpointStore
+          // every store of the library has it (it is optional for a user's own)
+          const redact = checkpoints.redactParked!
+          expect(redact).toBeTypeOf("function")
+          const [p, q] = [`r${uid()}`, `r${uid()}`]
+          const [s1, s2] = [`Acc${uid()}-1`, `Acc${uid()}-2`]
+          const parked = (projection: string, position: number, streamId: string): Projection.ParkedEvent => ({
+            projection,
+            position,
+            eventId: `e${position}`,
+            streamId,
+            eventType: "Added",
+            reason: `Expected string, actual {"name":"Ada ${position}"}`,
+            parkedAt: 1000 + position
+          })
+          const park = (store: Projection.CheckpointStoreService, projection: string, streams: ReadonlyArray<string>) =>
+            Effect.gen(function*() {
+              expect(yield* store.acquire(projection, "a", Duration.seconds(30))).toBe(true)
+              for (let i = 0; i < streams.length; i++) {
+                yield* store.commit(projection, "a", i, i + 1, Effect.void, parked(projection, i + 1, streams[i]!))
+              }
+            })
+          yield* park(checkpoints, p, [s1, s2, s1])
+          yield* park(checkpoints, q, [s2, s1])
+          expect(yield* redact([s1], "(forgotten)")).toBe(3)
+          // only that stream's reasons, and nothing else of them
+          expect(yield* checkpoints.parked(p)).toEqual([
+            { ...parked(p, 1, s1), reason: "(forgotten)" },
+            parked(p, 2, s2),
+            { ...parked(p, 3, s1), reason: "(forgotten)" }
+          ])
+          expect(yield* checkpoints.parked(q)).toEqual([parked(q, 1, s2), { ...parked(q, 2, s1), reason: "(forgotten)" }])
+          // what already reads so is not counted again; unknown streams and none change nothing
+          expect(yield* redact([s1], "(forgotten)")).toBe(0)
+          expect(yield* redact([`Nope${uid()}`], "(forgotten)")).toBe(0)
+          expect(yield* redact([], "(forgotten)")).toBe(0)
+          // more ids than one statement takes (and one twice): the stream at the end is reached
+          const many = Array.from({ length: 1234 }, (_, i) => `Many${uid()}-${i}`)
+          expect(yield* redact([...many, s1, s2, s2], "gone")).toBe(5)
+          expect((yield* checkpoints.parked(p)).map((e) => e.reason)).toEqual(["gone", "gone", "gone"])
+
+          // a tenant's view: that tenant's projections only, found by the stream's own id
+          const [t1, t2] = [`t${uid()}`, `t${uid()}`]
+          const [one, two] = [yield* Tenancy.checkpointStore(checkpoints, t1), yield* Tenancy.checkpointStore(checkpoints, t2)]
+          const s3 = `Acc${uid()}-3`
+          yield* park(one, "balances", [s3, s2])
+          yield* park(two, "balances", [s3])
+          const all = `r${uid()}`
+          yield* park(checkpoints, all, [s3])
+          expect(yield* one.redactParked!([s3], "(forgotten)")).toBe(1)
+          expect(yield* one.parked("balances")).toEqual([
+            { ...parked("balances", 1, s3), reason: "(forgotten)" },
+            parked("balances", 2, s2)
+          ])
+          expect(yield* two.parked("balances")).toEqual([parked("balances", 1, s3)])
+          expect(yield* checkpoints.parked(all)).toEqual([parked(all, 1, s3)])
+          // the whole database's store: every tenant's
+          expect(yield* redact([s3], "(forgotten)")).toBe(2)
+          expect((yield* two.parked("balances")).map((e) => e.reason)).toEqual(["(forgotten)"])
+          expect((yield* checkpoints.parked(all)).map((e) => e.reason)).toEqual(["(forgotten)"])
         })))
 
     it.live("bad options are InvalidInput", () =>
