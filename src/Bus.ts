@@ -1027,7 +1027,8 @@ export const handlers = <A extends { readonly _tag: string }, const H extends Ha
       return Effect.flatMap(Effect.serviceOption(Decryption), (privacy) =>
         Option.isNone(privacy) ? decodeAndHandle(handler, envelope, delivery) : Effect.flatMap(
           privacy.value.decrypt(envelope),
-          (opened) => decodeAndHandle(handler, opened, delivery)
+          // a forgotten tenant's event opens as a type no table has a handler for: acknowledged
+          (opened) => byStored[opened.type] === undefined ? Effect.void : decodeAndHandle(handler, opened, delivery)
         ))
     }
     return decodeAndHandle(handler, envelope, delivery)

@@ -145,6 +145,15 @@ export type SubjectForgotten = typeof SubjectForgotten.Type
 /** The registry of the privacy events. @since 0.1.0 */
 export const events = Event.registry([SubjectForgotten])
 
+/**
+ * The type a forgotten tenant's event is read as in global reads (`readAll`, `subscribe`, and so projections and
+ * `decrypt`): same position, stream and id, an empty payload. Projections skip it (no handler has its type); a batch
+ * projection receives it (the forwarder publishes the event as stored).
+ *
+ * @since 0.1.0
+ */
+export const TENANT_FORGOTTEN = "$privacy.TenantForgotten"
+
 /** The stream type of the tombstones. @since 0.1.0 */
 export const STREAM_TYPE = "PrivacyForgotten"
 
@@ -247,12 +256,17 @@ export interface PrivacyService {
   /** `rotate` for a tenant's key (`tenants: true`). */
   readonly rotateTenant: (tenant: string) => Effect.Effect<number, StoreError | InvalidInput>
   /**
-   * Forgets a tenant (with `tenants: true`): destroys the tenant's key. Their events' payloads can no longer be read:
-   * global reads (`readAll`, `subscribe`, projections) skip them, and reading one of their streams fails with an
+   * Forgets a tenant (with `tenants: true`): destroys the tenant's key, deletes the snapshots of its streams and drops
+   * them from this process's caches. Their events' payloads can no longer be read: global reads (`readAll`,
+   * `subscribe`, so projections) and `decrypt` deliver each as a {@link TENANT_FORGOTTEN} event with an empty payload
+   * (projections skip it and keep their place), and reading one of the tenant's streams fails with an
    * `EventDecodeError`.
    */
   readonly forgetTenant: (tenant: string) => Effect.Effect<ForgetReport, StoreError | InvalidInput>
-  /** Decrypts an event as stored (one received from the bus, say); an event without encrypted parts is returned as it is. */
+  /**
+   * Decrypts an event as stored (one received from the bus, say); an event without encrypted parts is returned as it
+   * is, a forgotten tenant's as a {@link TENANT_FORGOTTEN} event.
+   */
   readonly decrypt: (event: Event.RecordedEvent) => Effect.Effect<Event.RecordedEvent, EventDecodeError | StoreError>
   /** Makes deleted bytes unrecoverable in the database files where the key store's backend can (see `KeyStore.purge`). */
   readonly purge: Effect.Effect<{ readonly complete: boolean }, StoreError>
@@ -720,17 +734,29 @@ export const layer = <E = never, R = never>(
       return ids
     }
 
-    /** Decrypts events; `skipForgotten` leaves out a forgotten tenant's (else they fail). */
+    /** A forgotten tenant's event, in a global read: its position, type `TENANT_FORGOTTEN` and an empty payload. */
+    const placeholder = (event: Event.RecordedEvent): Event.RecordedEvent => {
+      const out: Event.RecordedEvent = { ...event, type: TENANT_FORGOTTEN, schemaVersion: 1, payload: {} }
+      Object.defineProperty(out, P.storedFormKey, { value: event, enumerable: false })
+      return out
+    }
+    const tenantForgotten = (event: Event.RecordedEvent) =>
+      decodeError(event, "its tenant's key was destroyed (Privacy.forgetTenant)")
+
+    /**
+     * Decrypts events. A forgotten tenant's event becomes a `placeholder` with `placeholders` (global reads: a reader
+     * keeps its place in the log), else fails.
+     */
     const decryptAll = (
       events: ReadonlyArray<Event.RecordedEvent>,
-      skipForgotten: boolean
+      placeholders: boolean
     ): Effect.Effect<ReadonlyArray<Event.RecordedEvent>, EventDecodeError | StoreError> => {
       const ids = keyIdsOf(events)
       if (ids === undefined) return Effect.succeed(events)
       return Effect.flatMap(load(ids), () => {
         // a tenant's payload holds its subjects' entries: they are known only once it is open
         const inner = new Set<string>()
-        const out: Array<Event.RecordedEvent> = []
+        const out: Array<Event.RecordedEvent> = new Array(events.length)
         const retry: Array<number> = []
         for (let i = 0; i < events.length; i++) {
           const event = events[i]!
@@ -740,15 +766,16 @@ export const layer = <E = never, R = never>(
             // inside a tenant's payload: read them and try again once
             const entries = P.entriesOf(event.payload)
             if (entries !== undefined && typeof entries !== "string") for (const e of entries) inner.add(e.k)
-            retry.push(out.length)
-            out.push(event)
+            retry.push(i)
+            out[i] = event
             continue
           }
           if (decrypted === undefined) {
-            if (skipForgotten) continue
-            return Effect.fail(decodeError(event, "its tenant's key was destroyed (Privacy.forgetTenant)"))
+            if (!placeholders) return Effect.fail(tenantForgotten(event))
+            out[i] = placeholder(event)
+            continue
           }
-          out.push(decrypted)
+          out[i] = decrypted
         }
         if (retry.length === 0) return Effect.succeed(out)
         return Effect.flatMap(load(subjectIdsInside(retry.map((i) => out[i]!)).concat([...inner]), 0), () => {
@@ -756,13 +783,13 @@ export const layer = <E = never, R = never>(
             const decrypted = decryptOne(out[i]!)
             if (decrypted instanceof EventDecodeError) return Effect.fail(decrypted)
             if (decrypted === undefined) {
-              if (!skipForgotten) return Effect.fail(decodeError(out[i]!, "its tenant's key was destroyed (Privacy.forgetTenant)"))
-              out[i] = undefined as never
+              if (!placeholders) return Effect.fail(tenantForgotten(out[i]!))
+              out[i] = placeholder(out[i]!)
               continue
             }
             out[i] = decrypted
           }
-          return Effect.succeed(out.filter((e) => e !== undefined))
+          return Effect.succeed(out)
         })
       })
     }
@@ -1153,7 +1180,7 @@ export const layer = <E = never, R = never>(
       rotate: (subject) => Effect.zipRight(checkSubject("subject", subject), rotateKey(P.subjectKeyId(subject))),
       rotateTenant: (tenant) => Effect.zipRight(checkTenant(tenant), rotateKey(P.tenantKeyId(tenant))),
       decrypt: (event) =>
-        Effect.flatMap(decryptAll([event], false), (out) => Effect.succeed(out[0]!)),
+        Effect.flatMap(decryptAll([event], true), (out) => Effect.succeed(out[0]!)),
       purge: keyStore.purge,
       rewrapKeys: Effect.gen(function*() {
         let after: string | undefined = undefined

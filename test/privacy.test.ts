@@ -359,7 +359,7 @@ describe.skipIf(!Pg.available)("Privacy on PostgreSQL", () => {
 })
 
 describe("Privacy: tenants' whole payloads", () => {
-  it.effect("events with a tenant are stored whole-encrypted; forgetting the tenant makes global reads skip them", () =>
+  it.effect("events with a tenant are stored whole-encrypted; forgetting the tenant leaves placeholders in global reads", () =>
     Effect.gen(function*() {
       const inner = yield* EventStore.makeMemory
       const layer = Privacy.layer({ registries: [CustomerEvents], kek, tenants: true }).pipe(
@@ -381,11 +381,149 @@ describe("Privacy: tenants' whole payloads", () => {
         expect(read!.payload).toMatchObject({ customerId: "c-1", name: "Ada", plan: "gold" })
 
         yield* privacy.forgetTenant("acme")
+        // global reads keep every position: the tenant's event as a placeholder with an empty payload
         const all = yield* Stream.runCollect(store.readAll()).pipe(Effect.map(Chunk.toReadonlyArray))
-        expect(all.map((e) => e.streamId)).toEqual(["Customer-c-2"])
+        expect(all.map((e) => [e.streamId, e.type, e.payload])).toEqual([
+          ["Customer-c-1", Privacy.TENANT_FORGOTTEN, {}],
+          ["Customer-c-2", "CustomerRegistered", expect.objectContaining({ name: "Ada" })]
+        ])
         const error = yield* Effect.flip(store.readPage("Customer-c-1"))
         expect(error._tag).toBe("EventDecodeError")
       }).pipe(Effect.provide(layer))
+    }))
+})
+
+describe("Privacy: what an append is refused for", () => {
+  const memory = () =>
+    Effect.gen(function*() {
+      const inner = yield* EventStore.makeMemory
+      const keys = yield* KeyStore.makeMemory
+      const layer = Privacy.layer({ registries: [CustomerEvents], kek, tenants: true }).pipe(
+        Layer.provide(Layer.merge(Layer.succeed(EventStore.EventStore, inner), Layer.succeed(KeyStore.KeyStore, keys)))
+      )
+      return { inner, keys, layer }
+    })
+
+  it.effect("a payload the store would refuse is refused in plain text, typed, before any key is made", () =>
+    Effect.gen(function*() {
+      const { inner, keys, layer } = yield* memory()
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const cyclic: Record<string, unknown> = { customerId: "c-1", card: "1", plan: "p" }
+        cyclic.name = cyclic
+        const bad: ReadonlyArray<unknown> = [
+          cyclic,
+          { customerId: "c-1", name: 10n, card: "1", plan: "p" },
+          { customerId: "c-1", name: new Date(0), card: "1", plan: "p" },
+          { customerId: "c-1", name: NaN, card: "1", plan: "p" }
+        ]
+        for (const payload of bad) {
+          const error = yield* Effect.flip(store.append("Customer-c-1", [{ type: "CustomerRegistered", payload }]))
+          expect(error._tag).toBe("InvalidInput")
+        }
+        // a bad stream id, and a tenant's payload that is not an object
+        const good = { customerId: "c-2", name: "Ada", card: "1234", plan: "p" }
+        expect((yield* Effect.flip(store.append("Customer-\u0001", [{ type: "CustomerRegistered", payload: good }])))._tag)
+          .toBe("InvalidInput")
+        expect(
+          (yield* Effect.flip(
+            store.append("X-1", [{ type: "X", payload: [1, 2] }], { metadata: { tenantId: "acme" } })
+          ))._tag
+        ).toBe("InvalidInput")
+      }).pipe(Effect.provide(layer))
+      expect(yield* keys.get("subject:c-1")).toEqual(Option.none())
+      expect(yield* keys.get("subject:c-2")).toEqual(Option.none())
+      expect(yield* keys.get("tenant:acme")).toEqual(Option.none())
+      expect(yield* inner.head).toBe(0)
+    }))
+
+  it.effect("a subject id of 256 characters is forgotten (its tombstone stream id stays within the limit)", () =>
+    Effect.gen(function*() {
+      const { layer } = yield* memory()
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const privacy = yield* Privacy.Privacy
+        const subject = "s".repeat(256)
+        const encoded = Either.getOrThrow(CustomerEvents.encode(CustomerRegistered.make({ customerId: subject, name: "Ada", card: "1234", plan: "p" })))
+        yield* store.append("Customer-long", [encoded])
+        const report = yield* privacy.forget(subject)
+        expect(report.destroyed).toBe(true)
+        expect((yield* privacy.forget(subject)).position).toBe(report.position)
+        expect((yield* privacy.verifyForgotten(subject)).clean).toBe(true)
+      }).pipe(Effect.provide(layer))
+    }))
+
+  it.effect("an edited subject field does not move the data to another subject: a typed decode error", () =>
+    Effect.gen(function*() {
+      const { inner, layer } = yield* memory()
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const encoded = Either.getOrThrow(CustomerEvents.encode(CustomerRegistered.make({ customerId: "c-1", name: "Ada", card: "1234", plan: "p" })))
+        yield* store.append("Customer-c-1", [encoded])
+        const [stored] = yield* inner.readPage("Customer-c-1")
+        // the same ciphertext under another subject's id, as a tamperer would copy it
+        yield* inner.append("Customer-c-9", [{
+          type: stored!.type,
+          eventId: crypto.randomUUID(),
+          payload: { ...(stored!.payload as object), customerId: "c-9" }
+        }])
+        const error = yield* Effect.flip(store.readPage("Customer-c-9"))
+        expect(error).toMatchObject({ _tag: "EventDecodeError", streamId: "Customer-c-9", version: 1 })
+      }).pipe(Effect.provide(layer))
+    }))
+
+  it.effect("personal data declared below a top-level field is refused at startup", () =>
+    Effect.gen(function*() {
+      const Nested = Schema.TaggedStruct("Nested", {
+        id: Schema.String.pipe(Privacy.subject),
+        address: Schema.Struct({ street: Schema.String.pipe(Privacy.personal({ replacement: "" })) })
+      })
+      const error = yield* Effect.flip(
+        Layer.build(
+          Privacy.layer({ registries: [Event.registry([Nested])], kek }).pipe(
+            Layer.provide(Layer.merge(EventStore.layerMemory, KeyStore.layerMemory))
+          )
+        ).pipe(Effect.scoped)
+      )
+      expect(error._tag).toBe("InvalidInput")
+    }))
+})
+
+describe.skipIf(!Pg.available)("Privacy: the caller's SQL transaction", () => {
+  it.scopedLive("PostgreSQL: a new key is committed on its own, whatever becomes of the caller's transaction", () =>
+    Effect.gen(function*() {
+      const base = Privacy.layer({ registries: [CustomerEvents], kek }).pipe(
+        Layer.provideMerge(KeyStore.layerSql()),
+        Layer.provideMerge(Pg.layer("privacytx"))
+      )
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const sql = yield* SqlClient.SqlClient
+        const keys = yield* KeyStore.KeyStore
+        const encoded = Either.getOrThrow(CustomerEvents.encode(CustomerRegistered.make({ customerId: "c-1", name: "Ada", card: "1234", plan: "p" })))
+        yield* sql.withTransaction(Effect.zipRight(store.append("Customer-c-1", [encoded]), Effect.fail("rolled back"))).pipe(Effect.ignore)
+        // the append committed (the store's own), and so did its key
+        expect(Option.isSome(yield* keys.get("subject:c-1"))).toBe(true)
+        const [read] = yield* store.readPage("Customer-c-1")
+        expect(read!.payload).toMatchObject({ name: "Ada" })
+      }).pipe(Effect.provide(base))
+    }), 30_000)
+
+  it.scopedLive("SQLite: an append that needs a new key inside the caller's transaction is a typed error, nothing written", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("tx")
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const sql = yield* SqlClient.SqlClient
+        const encoded = Either.getOrThrow(CustomerEvents.encode(CustomerRegistered.make({ customerId: "c-1", name: "Ada", card: "1234", plan: "p" })))
+        const error = yield* Effect.flip(sql.withTransaction(store.append("Customer-c-1", [encoded])))
+        expect(error._tag).toBe("StoreError")
+        expect(yield* store.head).toBe(0)
+        // outside it, the same append goes through; then, with the key made, inside one too
+        yield* store.append("Customer-c-1", [encoded])
+        yield* sql.withTransaction(store.append("Customer-c-1", [encoded]))
+        expect(yield* store.version("Customer-c-1")).toBe(2)
+      }).pipe(Effect.provide(sqliteApp(filename)))
     }))
 })
 
@@ -425,6 +563,39 @@ describe("Privacy and parked events", () => {
         const check = yield* privacy.verifyForgotten("c-1", { values: ["Ada Lovelace"], projections: ["picky"] })
         expect(check.findings).toEqual([])
       }).pipe(Effect.provide(layer))
+    }))
+})
+
+describe("Privacy: a forgotten tenant and projections", () => {
+  it.live("a projection passes a forgotten tenant's events (they end the log) and reaches the head", () =>
+    Effect.gen(function*() {
+      let seen = 0
+      const Counting = Projection.make({
+        name: "counting",
+        events: CustomerEvents,
+        handlers: { CustomerRegistered: () => Effect.sync(() => void seen++) }
+      })
+      const base = Privacy.layer({ registries: [CustomerEvents], kek, tenants: true }).pipe(
+        Layer.provideMerge(Layer.mergeAll(EventStore.layerMemory, KeyStore.layerMemory, Projection.layerMemory))
+      )
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const privacy = yield* Privacy.Privacy
+        const encoded = Either.getOrThrow(
+          CustomerEvents.encode(CustomerRegistered.make({ customerId: "c-1", name: "Ada", card: "1234", plan: "p" }))
+        )
+        yield* store.append("Customer-c-0", [encoded])
+        yield* store.append("Customer-c-1", [encoded], { metadata: { tenantId: "acme" } })
+        yield* store.append("Customer-c-2", [encoded], { metadata: { tenantId: "acme" } })
+        yield* privacy.forgetTenant("acme")
+        const head = yield* store.head
+        yield* Effect.flatMap(Projection.Projections, (projections) =>
+          Effect.zipRight(
+            projections.awaitPosition("counting", head, "5 seconds"),
+            Effect.map(projections.status("counting"), (status) => expect(status).toMatchObject({ checkpoint: head, lag: 0 }))
+          )).pipe(Effect.provide(Projection.layer([Counting])))
+        expect(seen).toBe(1)
+      }).pipe(Effect.provide(base))
     }))
 })
 
