@@ -52,6 +52,7 @@ import { EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
 import * as Event from "./Event.js"
 import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "./EventStore.js"
 import { carryMarks, type ForgetHooks, tenantStoreOf, withForgetHooks } from "./internal/backend.js"
+import { tables } from "./internal/migrations.js"
 import { checkId, type PreparedEvent, prepareAppend, tenantKey, TENANT_PATTERN, userStreamId } from "./internal/codec.js"
 import * as P from "./internal/privacy.js"
 import { type AuditEntry, KeyStore, type KeyRecord, type WrappedKey } from "./KeyStore.js"
@@ -100,8 +101,9 @@ export const personal = <A = any>(options: PersonalOptions<A> = {}) => <S extend
   }) as S
 
 /**
- * Marks the field holding a data subject's id (a non-empty string of at most 256 characters). The id itself stays in
- * plain text: it is what `forget` is called with.
+ * Marks the field holding a data subject's id: a non-empty string of at most 256 characters without control
+ * characters (a number is taken as its decimal text). The id itself stays in plain text: it is what `forget` is
+ * called with.
  *
  * @since 0.1.0
  */
@@ -188,8 +190,8 @@ export interface ForgetReport {
  */
 export interface Finding {
   /**
-   * `key`, `tombstone`, `events`, `snapshots`, `table <name>`, `parked <projection>`, `dead letters <consumer>`,
-   * `file <path>`.
+   * `key`, `tombstone`, `events`, `snapshots`, `claims`, `table <name>`, `parked <projection>`,
+   * `dead letters <consumer>`, `file <path>`.
    */
   readonly where: string
   readonly detail: string
@@ -212,8 +214,10 @@ export interface Verification {
 export interface VerifyOptions {
   /**
    * Plain-text values of the subject (their name, their email — what the person asked to be forgotten gave): searched
-   * for in every event of the log (payload and metadata), in the snapshots of the subject's streams, in `tables`,
-   * in the parked events of `projections` and in `files`. The library cannot know them itself once the key is gone.
+   * for (as they are, and as JSON escapes them) in every event of the log (payload and metadata), in the snapshots of
+   * the subject's streams, in the unique values (claims) and the claims stored with events (through the `SqlClient`
+   * in context, when it reaches the store's tables), in `tables`, in the parked events of `projections`, in the dead
+   * letters of `deadLetters` and in `files`. The library cannot know them itself once the key is gone.
    */
   readonly values?: ReadonlyArray<string>
   /** SQL tables (your projections' read models) searched row by row, through the `SqlClient` in context. */
@@ -237,10 +241,12 @@ export interface VerifyOptions {
 export interface PrivacyService {
   /**
    * Forgets a data subject: destroys their data key (every version), then deletes the snapshots of the streams that
-   * held their data and drops those streams from this process's state caches, appends a `SubjectForgotten` tombstone,
-   * writes an audit entry and purges the database files of deleted bytes (SQLite). A second pass over snapshots and
-   * caches runs `settle` later (a snapshot written by a command that loaded the stream just before). Idempotent:
-   * forgetting again destroys nothing and appends no second tombstone.
+   * held their data and drops those streams from this process's state caches, replaces the failure text of those
+   * streams' parked projection events (where the `CheckpointStore` can: `redactParked`), appends a `SubjectForgotten`
+   * tombstone (to the whole database's log, and to each tenant's whose streams held the data), writes an audit entry
+   * and purges the database files of deleted bytes (SQLite). A second pass over the streams (read again), snapshots
+   * and caches runs `settle` later, or when the layer closes first (a snapshot written by a command that loaded the
+   * stream just before). Idempotent: forgetting again destroys nothing and appends no second tombstone.
    */
   readonly forget: (subject: string) => Effect.Effect<ForgetReport, StoreError | InvalidInput>
   /** Checks that nothing of the subject is left where the library can look (see {@link VerifyOptions}). */
@@ -250,7 +256,7 @@ export interface PrivacyService {
   ) => Effect.Effect<Verification, StoreError | InvalidInput | ReadError>
   /**
    * A new version of the subject's key for what is appended from now on; older versions still decrypt older events
-   * (nothing is rewritten). Returns the new version. Other processes take it within `keyCacheTtl`.
+   * (nothing is rewritten). Returns the new version. Other processes encrypt with it within a second.
    */
   readonly rotate: (subject: string) => Effect.Effect<number, StoreError | InvalidInput>
   /** `rotate` for a tenant's key (`tenants: true`). */
@@ -298,7 +304,7 @@ export interface Options<E = never, R = never> {
    * `KeyEncryptionKeyError` (`missing`).
    */
   readonly kek: Redacted.Redacted<string> | Effect.Effect<Redacted.Redacted<string>, E, R>
-  /** Earlier key-encryption keys, for keys not yet wrapped again after a KEK rotation (see `rotateKek`). */
+  /** Earlier key-encryption keys, for keys not yet wrapped again after a KEK rotation (see `rewrapKeys`). */
   readonly previousKeks?: ReadonlyArray<Redacted.Redacted<string>>
   /**
    * Whole-payload encryption per tenant: every event with a `tenantId` (in its metadata, or appended through a
@@ -307,11 +313,13 @@ export interface Options<E = never, R = never> {
    */
   readonly tenants?: boolean
   /**
-   * How long this process trusts the keys it read (default 1 minute): a key another process destroyed may still
-   * decrypt here for that long. `forget` in this process takes effect here at once.
+   * How long this process decrypts with the keys it read without reading them again (default 1 minute): a key
+   * another process destroyed may still decrypt here for that long. Encryption reads a key's state again after a
+   * second at most: a key another process destroyed encrypts here for at most a second more (what it encrypts then
+   * reads as its replacements). `forget` in this process takes effect here at once.
    */
   readonly keyCacheTtl?: Duration.DurationInput
-  /** When `forget`'s second pass over snapshots and caches runs (default 1 second). */
+  /** When `forget`'s second pass over snapshots and caches runs (default 2 seconds). */
   readonly settle?: Duration.DurationInput
 }
 
@@ -386,7 +394,7 @@ export const layer = <E = never, R = never>(
     const snapshots = yield* Effect.serviceOption(SnapshotStore)
     const checkpoints = yield* Effect.serviceOption(CheckpointStore)
     const ttl = Duration.toMillis(Duration.decode(options.keyCacheTtl ?? "1 minute"))
-    const settle = Duration.decode(options.settle ?? "1 second")
+    const settle = Duration.decode(options.settle ?? "2 seconds")
 
     // plans by every name an event may be stored under
     const plans = new Map<string, P.EventPlan>()
@@ -1097,6 +1105,22 @@ export const layer = <E = never, R = never>(
               where: "events",
               detail: `${hits} events hold a value in plain text (the first: ${first!.streamId} version ${first!.version}, position ${first!.position}, an unmarked field?)`
             })
+          }
+          // the library's tables that hold values in plain text: unique values (claims) and the claims stored with events
+          const client = yield* Effect.serviceOption(SqlClient.SqlClient)
+          if (Option.isSome(client)) {
+            const claimed = yield* Effect.mapError(
+              client.value.unsafe<Record<string, unknown>>(`SELECT * FROM ${tables.unique}`),
+              (cause) => storeError("privacy.verify", cause)
+            ).pipe(Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<Record<string, unknown>>)))
+            const held = claimed.filter((row) => stringsIn(row, values).length > 0).length
+            if (held > 0) findings.push({ where: "claims", detail: `${held} unique values (claims) are a value` })
+            const withClaims = yield* Effect.mapError(
+              client.value.unsafe<{ claims: string }>(`SELECT claims FROM ${tables.events} WHERE claims IS NOT NULL`),
+              (cause) => storeError("privacy.verify", cause)
+            ).pipe(Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<{ claims: string }>)))
+            const stored = withClaims.filter((row) => stringsIn(row.claims, values).length > 0).length
+            if (stored > 0) findings.push({ where: "claims", detail: `${stored} events' stored claims hold a value` })
           }
           for (const table of verify.tables ?? []) {
             const hitsIn = yield* scanTable(table, values)

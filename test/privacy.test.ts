@@ -220,12 +220,14 @@ describe("Privacy on SQLite", () => {
         const store = yield* EventStore.EventStore
         yield* Customer.handle("c-9", { _tag: "Register", customerId: "c-9", name: "Alan Turing", card: "4000000000000002" })
         yield* store.append("Note-1", [{ type: "Note", payload: { text: "call Alan Turing back" } }])
+        // a unique value is stored in plain text (claims are not encrypted)
+        yield* store.append("Login-1", [{ type: "LoginCreated", payload: {}, claims: [{ index: "email", value: "alan@example.com" }] }])
         const before = yield* privacy.verifyForgotten("c-9")
         expect(before.clean).toBe(false)
         expect(before.findings.map((f) => f.where)).toContain("key")
         yield* privacy.forget("c-9")
-        const after = yield* privacy.verifyForgotten("c-9", { values: ["Alan Turing"] })
-        expect(after.findings.map((f) => f.where)).toEqual(["events"])
+        const after = yield* privacy.verifyForgotten("c-9", { values: ["Alan Turing", "alan@example.com"] })
+        expect(after.findings.map((f) => f.where)).toEqual(["events", "claims", "claims"])
       }).pipe(Effect.provide(sqliteApp(filename)))
     }))
 
