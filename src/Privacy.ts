@@ -576,6 +576,8 @@ export const layer = <E = never, R = never>(
       readonly event: PreparedEvent
       /** The subjects whose personal fields are present: their fields and key id. */
       readonly subjects: ReadonlyArray<readonly [fields: ReadonlyArray<P.FieldPlan>, keyId: string]>
+      /** The names of those fields. */
+      readonly personal: ReadonlySet<string>
       readonly tenant: string | undefined
     }
 
@@ -595,6 +597,7 @@ export const layer = <E = never, R = never>(
         const plan = plans.get(event.type)
         const tenant = options.tenants === true ? (event.tenantId ?? event.metadata.tenantId) : undefined
         const subjects: Array<readonly [ReadonlyArray<P.FieldPlan>, string]> = []
+        const personal = new Set<string>()
         if (plan !== undefined) {
           for (const [field, fields] of plan.bySubject) {
             const present = fields.filter((f) => payload[f.name] !== undefined)
@@ -602,10 +605,11 @@ export const layer = <E = never, R = never>(
             const id = subjectOf(payload, field, event.type)
             if (Either.isLeft(id)) return Either.left(id.left)
             subjects.push([present, P.subjectKeyId(id.right)])
+            for (const f of present) personal.add(f.name)
           }
         }
         if (subjects.length > 0 || tenant !== undefined) any = true
-        out[i] = { event, subjects, tenant }
+        out[i] = { event, subjects, personal, tenant }
       }
       return Either.right(any ? out : undefined)
     }
@@ -619,16 +623,20 @@ export const layer = <E = never, R = never>(
       const { event } = prepared
       if (prepared.subjects.length === 0 && prepared.tenant === undefined) return Either.right(original)
       const eventId = event.eventId
-      let payload: Record<string, unknown> = { ...(event.payload as Record<string, unknown>) }
+      const source = event.payload as Record<string, unknown>
+      // the unmarked fields, copied (not the personal ones deleted from a copy: that slows every later use of it)
+      let payload: Record<string, unknown> = {}
+      for (const name in source) {
+        if (!prepared.personal.has(name)) payload[name] = source[name]
+      }
       const entries: Array<P.Entry> = []
       for (const [fields, keyId] of prepared.subjects) {
         const { key, version } = keys.get(keyId)!
         const values: Record<string, unknown> = {}
         let kept: Record<string, unknown> | undefined = undefined
         for (const field of fields) {
-          const value = payload[field.name]
+          const value = source[field.name]
           values[field.name] = value
-          delete payload[field.name]
           if (field.keep !== undefined) {
             const part = field.keep(value)
             if (Either.isLeft(part)) {
@@ -663,13 +671,16 @@ export const layer = <E = never, R = never>(
     // --- decryption ---
     /** The event with its encrypted parts opened (or replaced), `undefined` for a forgotten tenant's, or the reason. */
     const decryptOne = (event: Event.RecordedEvent): Event.RecordedEvent | undefined | EventDecodeError => {
+      if (P.entriesOf(event.payload) === undefined) return event
       let payload = event.payload as Record<string, unknown>
       for (let round = 0; round < 2; round++) {
         const entries = P.entriesOf(payload)
         if (entries === undefined) break
         if (typeof entries === "string") return decodeError(event, entries)
-        const out: Record<string, unknown> = { ...payload }
-        delete out[P.FIELD]
+        const out: Record<string, unknown> = {}
+        for (const name in payload) {
+          if (name !== P.FIELD) out[name] = payload[name]
+        }
         let whole: Record<string, unknown> | undefined = undefined
         const plan = plans.get(event.type)
         for (const entry of entries) {
@@ -726,9 +737,7 @@ export const layer = <E = never, R = never>(
         payload = whole ?? out
         if (whole === undefined) break
       }
-      const decrypted: Event.RecordedEvent = { ...event, payload }
-      Object.defineProperty(decrypted, P.storedFormKey, { value: event, enumerable: false })
-      return decrypted
+      return { ...event, payload }
     }
 
     const keyIdsOf = (events: Iterable<Event.RecordedEvent>): Set<string> | undefined => {
@@ -742,6 +751,15 @@ export const layer = <E = never, R = never>(
       return ids
     }
 
+    /**
+     * A decrypted event of a global read keeps the event as stored (what the bus forwarder publishes: see
+     * `storedForm`). Reads of a stream (folds) do not need it, and it costs.
+     */
+    const withStoredForm = (decrypted: Event.RecordedEvent, stored: Event.RecordedEvent): Event.RecordedEvent => {
+      Object.defineProperty(decrypted, P.storedFormKey, { value: stored, enumerable: false })
+      return decrypted
+    }
+
     /** A forgotten tenant's event, in a global read: its position, type `TENANT_FORGOTTEN` and an empty payload. */
     const placeholder = (event: Event.RecordedEvent): Event.RecordedEvent => {
       const out: Event.RecordedEvent = { ...event, type: TENANT_FORGOTTEN, schemaVersion: 1, payload: {} }
@@ -752,8 +770,8 @@ export const layer = <E = never, R = never>(
       decodeError(event, "its tenant's key was destroyed (Privacy.forgetTenant)")
 
     /**
-     * Decrypts events. A forgotten tenant's event becomes a `placeholder` with `placeholders` (global reads: a reader
-     * keeps its place in the log), else fails.
+     * Decrypts events. With `placeholders` (global reads: a reader keeps its place in the log), a forgotten tenant's
+     * event becomes a `placeholder` and each decrypted event keeps its stored form; else a forgotten tenant's fails.
      */
     const decryptAll = (
       events: ReadonlyArray<Event.RecordedEvent>,
@@ -783,7 +801,7 @@ export const layer = <E = never, R = never>(
             out[i] = placeholder(event)
             continue
           }
-          out[i] = decrypted
+          out[i] = placeholders && decrypted !== event ? withStoredForm(decrypted, event) : decrypted
         }
         if (retry.length === 0) return Effect.succeed(out)
         return Effect.flatMap(load(subjectIdsInside(retry.map((i) => out[i]!)).concat([...inner]), 0), () => {
@@ -795,7 +813,7 @@ export const layer = <E = never, R = never>(
               out[i] = placeholder(out[i]!)
               continue
             }
-            out[i] = decrypted
+            out[i] = placeholders && decrypted !== out[i] ? withStoredForm(decrypted, out[i]!) : decrypted
           }
           return Effect.succeed(out)
         })
@@ -891,11 +909,7 @@ export const layer = <E = never, R = never>(
             // what was written, in plain text: the checked copies
             return {
               ...result,
-              events: result.events.map((e, i) => {
-                const event: Event.RecordedEvent = { ...e, payload: plain[i]!.payload }
-                Object.defineProperty(event, P.storedFormKey, { value: e, enumerable: false })
-                return event
-              })
+              events: result.events.map((e, i): Event.RecordedEvent => ({ ...e, payload: plain[i]!.payload }))
             }
           }),
         read: (streamId, readOptions) =>
