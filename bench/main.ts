@@ -14,6 +14,7 @@ import { INSERT, median, percentile, STREAMS, WARMUP } from "./common.js"
 import { busBenches } from "./bus.js"
 import { cqrsBenches } from "./cqrs.js"
 import { postgresBenches } from "./postgres.js"
+import { privacyBenches } from "./privacy.js"
 import { catchupBench, inlineBench, lagBench } from "./projection.js"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -762,6 +763,7 @@ async function main() {
   if (want("sqlite.projection.catchup")) await catchupBench(emit, freshFile, quick ? 10_000 : 100_000, quick ? 1 : 3)
   if (want("sqlite.projection.lag")) await lagBench(emit, freshFile, quick ? 100 : 500)
   if (want("sqlite.append.inline")) await inlineBench(emit, freshFile, quick ? 3 : 11, quick ? 300 : 1_000)
+  if (want("sqlite.privacy") || only?.startsWith("sqlite.privacy")) await privacyBenches(emit, freshFile, quick, want)
   if (only === undefined || only.startsWith("pg")) await postgresBenches(emit, quick, want)
   if (only === undefined || only.startsWith("bus")) await busBenches(emit, quick, want)
   if (want("cqrs")) await cqrsBenches(emit, quick)

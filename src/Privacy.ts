@@ -53,9 +53,11 @@ import * as Event from "./Event.js"
 import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "./EventStore.js"
 import { carryMarks, type ForgetHooks, tenantStoreOf, withForgetHooks } from "./internal/backend.js"
 import { tables } from "./internal/migrations.js"
-import { checkId, type PreparedEvent, prepareAppend, tenantKey, TENANT_PATTERN, userStreamId } from "./internal/codec.js"
+import { checkId, prepareAppend, tenantKey, TENANT_PATTERN, userStreamId } from "./internal/codec.js"
 import * as P from "./internal/privacy.js"
-import { type AuditEntry, KeyStore, type KeyRecord, type WrappedKey } from "./KeyStore.js"
+import * as Codec from "./internal/privacyCodec.js"
+import * as Keys from "./internal/privacyKeys.js"
+import { type AuditEntry, KeyStore } from "./KeyStore.js"
 import { CheckpointStore } from "./Projection.js"
 import { SnapshotStore } from "./Snapshot.js"
 
@@ -154,7 +156,7 @@ export const events = Event.registry([SubjectForgotten])
  *
  * @since 0.1.0
  */
-export const TENANT_FORGOTTEN = "$privacy.TenantForgotten"
+export const TENANT_FORGOTTEN: typeof P.TENANT_FORGOTTEN = P.TENANT_FORGOTTEN
 
 /** The stream type of the tombstones. @since 0.1.0 */
 export const STREAM_TYPE = "PrivacyForgotten"
@@ -338,23 +340,9 @@ export const kekFromCredentials = (
         new Credentials.CredentialInvalid({ name, provider: credential.provider, reason: "not a token credential" })
       ))
 
-// --- the key cache ---------------------------------------------------------------------------------------------------
-
-interface CachedKey {
-  /** Live versions: the key, or `undefined` when it could not be unwrapped (another KEK, damaged). */
-  readonly versions: Map<number, KeyObject | undefined>
-  /** The highest live version; 0 when none. */
-  readonly current: number
-  readonly destroyedThrough: number
-  readonly at: number
-}
-
-type Lookup = KeyObject | "destroyed" | "unknown" | "unwrappable"
+// --- helpers ---------------------------------------------------------------------------------------------------------
 
 const storeError = (operation: string, cause: unknown) => new StoreError({ operation, cause })
-
-const decodeError = (event: Event.RecordedEvent, reason: string) =>
-  new EventDecodeError({ streamId: event.streamId, version: event.version, position: event.position, type: event.type, reason })
 
 /** A short digest of an id, for ids derived from it that must stay within the 256-character limit. */
 const digest = (text: string) => createHash("sha256").update(text, "utf8").digest("base64url")
@@ -368,12 +356,6 @@ export const tombstoneStream = (subject: string): string => {
 /** What a parked event's failure text reads once its stream's subject is forgotten. */
 const REDACTED = "(redacted: the event's data subject was forgotten)"
 
-/** How long this process encrypts with a key it read without reading its state again (another process may destroy it). */
-const ENCRYPT_TTL = 1000
-
-/** At most this many (key, stream) pairs are remembered as recorded, and this many keys cached; then they start over. */
-const TRACKED_LIMIT = 100_000
-const KEY_CACHE_LIMIT = 100_000
 
 /**
  * The decorated `EventStore` and the `Privacy` service. Needs the `EventStore` to decorate and a `KeyStore`; uses the
@@ -440,412 +422,11 @@ export const layer = <E = never, R = never>(
     const now = Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
 
     // --- keys ---
-    const cache = new Map<string, CachedKey>()
-    const unwrap = (key: WrappedKey): KeyObject | undefined => {
-      const wrapping = keks.get(key.kekId)
-      if (wrapping === undefined) return undefined
-      const raw = P.open(wrapping, P.wrapAad(key.keyId, key.version), Buffer.from(key.wrapped))
-      return raw === undefined || raw.length !== 32 ? undefined : P.keyObject(raw)
-    }
-    const remember = (record: KeyRecord, now: number): CachedKey => {
-      const versions = new Map<number, KeyObject | undefined>()
-      let current = 0
-      for (const key of record.versions) {
-        versions.set(key.version, unwrap(key))
-        if (key.version > current) current = key.version
-      }
-      const cached: CachedKey = { versions, current, destroyedThrough: record.destroyedThrough, at: now }
-      if (cache.size >= KEY_CACHE_LIMIT) cache.clear()
-      cache.set(record.keyId, cached)
-      return cached
-    }
-    /**
-     * Reads the records of the key ids the cache does not hold, or has held for `maxAge` (0: all of them). A key
-     * another process destroyed since: its streams' states are dropped from this process's caches.
-     */
-    const load = (keyIds: Iterable<string>, maxAge: number = ttl): Effect.Effect<void, StoreError> =>
-      Effect.clockWith((clock) => {
-        const now = clock.unsafeCurrentTimeMillis()
-        const missing = [...new Set(keyIds)].filter((id) => {
-          const cached = cache.get(id)
-          return cached === undefined || now - cached.at >= maxAge
-        })
-        if (missing.length === 0) return Effect.void
-        return Effect.flatMap(keyStore.getMany(missing), (records) => {
-          const raised: Array<string> = []
-          for (const id of missing) {
-            const record = records.get(id)
-            const before = cache.get(id)
-            if (record === undefined) cache.delete(id)
-            else {
-              if (before !== undefined && record.destroyedThrough > before.destroyedThrough) raised.push(id)
-              remember(record, now)
-            }
-          }
-          return raised.length === 0
-            ? Effect.void
-            : Effect.forEach(raised, (id) => Effect.flatMap(keyStore.streamsOf(id), dropCached), { discard: true })
-        })
-      })
-    /** This process destroyed the key: nothing of it is used from now on, and its streams are recorded afresh. */
-    const forgetKey = (keyId: string, destroyedThrough: number, at: number) => {
-      cache.set(keyId, { versions: new Map(), current: 0, destroyedThrough, at })
-      tracked.delete(keyId)
-    }
-    const lookup = (keyId: string, version: number): Lookup => {
-      const cached = cache.get(keyId)
-      if (cached === undefined) return "unknown"
-      if (cached.versions.has(version)) return cached.versions.get(version) ?? "unwrappable"
-      return version <= cached.destroyedThrough ? "destroyed" : "unknown"
-    }
+    const keys = Keys.makeKeys({ keyStore, keks, kekId, ttl, dropCached: (streams) => dropCached(streams) })
+    const { createVersion, currentKeys, forgetKey, remember, track } = keys
 
-    /** The current key of each id, created (version 1, or the one after those destroyed) where there is none. */
-    const currentKeys = (keyIds: ReadonlySet<string>) =>
-      Effect.gen(function*() {
-        // a key another process destroyed is not used for more than ENCRYPT_TTL
-        yield* load(keyIds, Math.min(ttl, ENCRYPT_TTL))
-        const out = new Map<string, { readonly key: KeyObject; readonly version: number }>()
-        for (const keyId of keyIds) {
-          let cached = cache.get(keyId)
-          if (cached === undefined || cached.current === 0) {
-            const now = yield* Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
-            const record = yield* createVersion(keyId, (cached?.destroyedThrough ?? 0) + 1, now, "create")
-            cached = remember(record, now)
-          }
-          const key = cached.versions.get(cached.current)
-          if (key === undefined) {
-            return yield* storeError(
-              "privacy.key",
-              `the data key ${keyId} version ${cached.current} cannot be unwrapped with the key-encryption keys given`
-            )
-          }
-          out.set(keyId, { key, version: cached.current })
-        }
-        return out
-      })
-    const createVersion = (keyId: string, version: number, now: number, action: string) =>
-      Effect.gen(function*() {
-        const dataKey = P.newDataKey()
-        const wrapped = P.seal(currentKek, P.wrapAad(keyId, version), dataKey)
-        dataKey.fill(0)
-        const record = yield* keyStore.put({ keyId, version, wrapped, kekId, createdAt: now })
-        if (record.versions.some((k) => k.version === version && k.kekId === kekId)) {
-          yield* keyStore.audit({ at: now, action, keyId, detail: `version ${version}` })
-        }
-        return record
-      })
-
-    // streams that hold each key's data, as recorded in the key store (so that `forget` finds them)
-    const tracked = new Map<string, Set<string>>()
-    let trackedPairs = 0
-    const track = (pairs: ReadonlyArray<readonly [keyId: string, stream: string]>) => {
-      const todo = new Map<string, Array<string>>()
-      for (const [keyId, stream] of pairs) {
-        if (tracked.get(keyId)?.has(stream)) continue
-        const list = todo.get(keyId)
-        if (list === undefined) todo.set(keyId, [stream])
-        else if (!list.includes(stream)) list.push(stream)
-      }
-      if (todo.size === 0) return Effect.void
-      return Effect.forEach(todo, ([keyId, streams]) =>
-        Effect.tap(keyStore.track(keyId, streams), () =>
-          Effect.sync(() => {
-            if (trackedPairs > TRACKED_LIMIT) {
-              tracked.clear()
-              trackedPairs = 0
-            }
-            let set = tracked.get(keyId)
-            if (set === undefined) tracked.set(keyId, set = new Set())
-            for (const stream of streams) {
-              if (!set.has(stream)) trackedPairs++
-              set.add(stream)
-            }
-          })), { discard: true })
-    }
-
-    // --- encryption ---
-    const subjectOf = (payload: Record<string, unknown>, field: string, type: string): Either.Either<string, InvalidInput> => {
-      const value = payload[field]
-      const id = typeof value === "number" && Number.isFinite(value) ? String(value) : value
-      const problem = checkId(`event ${type}: subject ${field}`, id, 256)
-      return problem === undefined ? Either.right(id as string) : Either.left(problem)
-    }
-
-    interface Prepared {
-      /** The event as the codec checked it: a plain JSON payload (a copy), its id, merged metadata and tenant. */
-      readonly event: PreparedEvent
-      /** The subjects whose personal fields are present: their fields and key id. */
-      readonly subjects: ReadonlyArray<readonly [fields: ReadonlyArray<P.FieldPlan>, keyId: string]>
-      /** The names of those fields. */
-      readonly personal: ReadonlySet<string>
-      readonly tenant: string | undefined
-    }
-
-    /**
-     * What each event of an append encrypts, from the events as the codec checked them (so nothing is keyed, tracked
-     * or sealed for an append the store would refuse); `undefined` when nothing is encrypted.
-     */
-    const prepare = (events: ReadonlyArray<PreparedEvent>): Either.Either<Array<Prepared> | undefined, InvalidInput> => {
-      let any = false
-      const out: Array<Prepared> = new Array(events.length)
-      for (let i = 0; i < events.length; i++) {
-        const event = events[i]!
-        const payload = event.payload as Record<string, unknown>
-        if (P.FIELD in payload) {
-          return Either.left(new InvalidInput({ field: `event ${event.type}`, reason: `${P.FIELD} is reserved for encrypted personal data` }))
-        }
-        const plan = plans.get(event.type)
-        const tenant = options.tenants === true ? (event.tenantId ?? event.metadata.tenantId) : undefined
-        const subjects: Array<readonly [ReadonlyArray<P.FieldPlan>, string]> = []
-        const personal = new Set<string>()
-        if (plan !== undefined) {
-          for (const [field, fields] of plan.bySubject) {
-            const present = fields.filter((f) => payload[f.name] !== undefined)
-            if (present.length === 0) continue
-            const id = subjectOf(payload, field, event.type)
-            if (Either.isLeft(id)) return Either.left(id.left)
-            subjects.push([present, P.subjectKeyId(id.right)])
-            for (const f of present) personal.add(f.name)
-          }
-        }
-        if (subjects.length > 0 || tenant !== undefined) any = true
-        out[i] = { event, subjects, personal, tenant }
-      }
-      return Either.right(any ? out : undefined)
-    }
-
-    /** The event to append: its personal fields sealed by subject, then (a tenant's) the whole payload. */
-    const encryptOne = (
-      prepared: Prepared,
-      original: Event.NewEvent,
-      keys: ReadonlyMap<string, { readonly key: KeyObject; readonly version: number }>
-    ): Either.Either<Event.NewEvent, InvalidInput> => {
-      const { event } = prepared
-      if (prepared.subjects.length === 0 && prepared.tenant === undefined) return Either.right(original)
-      const eventId = event.eventId
-      const source = event.payload as Record<string, unknown>
-      // the unmarked fields, copied (not the personal ones deleted from a copy: that slows every later use of it)
-      let payload: Record<string, unknown> = {}
-      for (const name in source) {
-        if (!prepared.personal.has(name)) payload[name] = source[name]
-      }
-      const entries: Array<P.Entry> = []
-      for (const [fields, keyId] of prepared.subjects) {
-        const { key, version } = keys.get(keyId)!
-        const values: Record<string, unknown> = {}
-        let kept: Record<string, unknown> | undefined = undefined
-        for (const field of fields) {
-          const value = source[field.name]
-          values[field.name] = value
-          if (field.keep !== undefined) {
-            const part = field.keep(value)
-            if (Either.isLeft(part)) {
-              return Either.left(new InvalidInput({ field: `event ${event.type}: ${field.name}`, reason: part.left }))
-            }
-            kept ??= {}
-            kept[field.name] = part.right
-          }
-        }
-        const names = fields.map((f) => f.name)
-        const sealed = P.seal(
-          key,
-          P.valueAad(keyId, version, eventId, event.type, names, kept),
-          Buffer.from(JSON.stringify(values), "utf8")
-        )
-        entries.push({ k: keyId, v: version, f: names, c: sealed.toString("base64"), ...(kept !== undefined ? { p: kept } : {}) })
-      }
-      if (entries.length > 0) payload[P.FIELD] = entries
-      if (prepared.tenant !== undefined) {
-        const keyId = P.tenantKeyId(prepared.tenant)
-        const { key, version } = keys.get(keyId)!
-        const sealed = P.seal(
-          key,
-          P.valueAad(keyId, version, eventId, event.type, undefined, undefined),
-          Buffer.from(JSON.stringify(payload), "utf8")
-        )
-        payload = { [P.FIELD]: [{ k: keyId, v: version, w: 1, c: sealed.toString("base64") }] }
-      }
-      return Either.right({ ...original, eventId, payload })
-    }
-
-    // --- decryption ---
-    /** The event with its encrypted parts opened (or replaced), `undefined` for a forgotten tenant's, or the reason. */
-    const decryptOne = (event: Event.RecordedEvent): Event.RecordedEvent | undefined | EventDecodeError => {
-      if (P.entriesOf(event.payload) === undefined) return event
-      let payload = event.payload as Record<string, unknown>
-      for (let round = 0; round < 2; round++) {
-        const entries = P.entriesOf(payload)
-        if (entries === undefined) break
-        if (typeof entries === "string") return decodeError(event, entries)
-        const out: Record<string, unknown> = {}
-        for (const name in payload) {
-          if (name !== P.FIELD) out[name] = payload[name]
-        }
-        let whole: Record<string, unknown> | undefined = undefined
-        const plan = plans.get(event.type)
-        for (const entry of entries) {
-          // a subject's part is keyed to the subject its fields name (an edited subject field does not move it)
-          const owner = entry.f === undefined || entry.f.length === 0 ? undefined : plan?.fields.get(entry.f[0]!)?.subject
-          if (owner !== undefined) {
-            const id = payload[owner]
-            if (typeof id !== "string" && typeof id !== "number" || P.subjectKeyId(String(id)) !== entry.k) {
-              return decodeError(event, `its personal data is keyed to another subject than its field ${owner} names`)
-            }
-          }
-          const key = lookup(entry.k, entry.v)
-          if (key === "destroyed") {
-            if (entry.w === 1) return undefined
-            for (const name of entry.f!) {
-              const kept = entry.p?.[name]
-              if (kept !== undefined) {
-                out[name] = kept
-                continue
-              }
-              const replacement = plan?.fields.get(name)?.replacement
-              if (replacement?._tag === "value") out[name] = replacement.encoded
-            }
-            continue
-          }
-          if (key === "unknown" || key === "unwrappable") {
-            return decodeError(
-              event,
-              key === "unknown"
-                ? `its personal data is encrypted with ${entry.k} version ${entry.v}, which the key store does not have`
-                : `the data key ${entry.k} version ${entry.v} cannot be unwrapped with the key-encryption keys given`
-            )
-          }
-          const plain = P.open(
-            key,
-            P.valueAad(entry.k, entry.v, event.eventId, event.type, entry.f, entry.p),
-            Buffer.from(entry.c, "base64")
-          )
-          if (plain === undefined) {
-            return decodeError(event, `its personal data (version ${entry.v} of its key) does not authenticate: tampered, or moved from another event`)
-          }
-          let values: unknown
-          try {
-            values = JSON.parse(plain.toString("utf8"))
-          } catch {
-            return decodeError(event, "its decrypted personal data is not JSON")
-          }
-          if (typeof values !== "object" || values === null || Array.isArray(values)) {
-            return decodeError(event, "its decrypted personal data is not an object")
-          }
-          if (entry.w === 1) whole = values as Record<string, unknown>
-          else Object.assign(out, values)
-        }
-        payload = whole ?? out
-        if (whole === undefined) break
-      }
-      return { ...event, payload }
-    }
-
-    const keyIdsOf = (events: Iterable<Event.RecordedEvent>): Set<string> | undefined => {
-      let ids: Set<string> | undefined = undefined
-      for (const event of events) {
-        const entries = P.entriesOf(event.payload)
-        if (entries === undefined || typeof entries === "string") continue
-        ids ??= new Set()
-        for (const entry of entries) ids.add(entry.k)
-      }
-      return ids
-    }
-
-    /**
-     * A decrypted event of a global read keeps the event as stored (what the bus forwarder publishes: see
-     * `storedForm`). Reads of a stream (folds) do not need it, and it costs.
-     */
-    const withStoredForm = (decrypted: Event.RecordedEvent, stored: Event.RecordedEvent): Event.RecordedEvent => {
-      Object.defineProperty(decrypted, P.storedFormKey, { value: stored, enumerable: false })
-      return decrypted
-    }
-
-    /** A forgotten tenant's event, in a global read: its position, type `TENANT_FORGOTTEN` and an empty payload. */
-    const placeholder = (event: Event.RecordedEvent): Event.RecordedEvent => {
-      const out: Event.RecordedEvent = { ...event, type: TENANT_FORGOTTEN, schemaVersion: 1, payload: {} }
-      Object.defineProperty(out, P.storedFormKey, { value: event, enumerable: false })
-      return out
-    }
-    const tenantForgotten = (event: Event.RecordedEvent) =>
-      decodeError(event, "its tenant's key was destroyed (Privacy.forgetTenant)")
-
-    /**
-     * Decrypts events. With `placeholders` (global reads: a reader keeps its place in the log), a forgotten tenant's
-     * event becomes a `placeholder` and each decrypted event keeps its stored form; else a forgotten tenant's fails.
-     */
-    const decryptAll = (
-      events: ReadonlyArray<Event.RecordedEvent>,
-      placeholders: boolean
-    ): Effect.Effect<ReadonlyArray<Event.RecordedEvent>, EventDecodeError | StoreError> => {
-      const ids = keyIdsOf(events)
-      if (ids === undefined) return Effect.succeed(events)
-      return Effect.flatMap(load(ids), () => {
-        // a tenant's payload holds its subjects' entries: they are known only once it is open
-        const inner = new Set<string>()
-        const out: Array<Event.RecordedEvent> = new Array(events.length)
-        const retry: Array<number> = []
-        for (let i = 0; i < events.length; i++) {
-          const event = events[i]!
-          const decrypted = decryptOne(event)
-          if (decrypted instanceof EventDecodeError) {
-            // a key this process has not read yet (a version made by another process since), or a subject's key
-            // inside a tenant's payload: read them and try again once
-            const entries = P.entriesOf(event.payload)
-            if (entries !== undefined && typeof entries !== "string") for (const e of entries) inner.add(e.k)
-            retry.push(i)
-            out[i] = event
-            continue
-          }
-          if (decrypted === undefined) {
-            if (!placeholders) return Effect.fail(tenantForgotten(event))
-            out[i] = placeholder(event)
-            continue
-          }
-          out[i] = placeholders && decrypted !== event ? withStoredForm(decrypted, event) : decrypted
-        }
-        if (retry.length === 0) return Effect.succeed(out)
-        return Effect.flatMap(load(subjectIdsInside(retry.map((i) => out[i]!)).concat([...inner]), 0), () => {
-          for (const i of retry) {
-            const decrypted = decryptOne(out[i]!)
-            if (decrypted instanceof EventDecodeError) return Effect.fail(decrypted)
-            if (decrypted === undefined) {
-              if (!placeholders) return Effect.fail(tenantForgotten(out[i]!))
-              out[i] = placeholder(out[i]!)
-              continue
-            }
-            out[i] = placeholders && decrypted !== out[i] ? withStoredForm(decrypted, out[i]!) : decrypted
-          }
-          return Effect.succeed(out)
-        })
-      })
-    }
-
-    /** The subjects' key ids inside tenants' payloads (their entries are sealed inside the tenant's). */
-    const subjectIdsInside = (events: ReadonlyArray<Event.RecordedEvent>): Array<string> => {
-      const ids: Array<string> = []
-      for (const event of events) {
-        const entries = P.entriesOf(event.payload)
-        if (entries === undefined || typeof entries === "string") continue
-        for (const entry of entries) {
-          if (entry.w !== 1) continue
-          const key = lookup(entry.k, entry.v)
-          if (typeof key === "string") continue
-          const plain = P.open(
-            key,
-            P.valueAad(entry.k, entry.v, event.eventId, event.type, undefined, undefined),
-            Buffer.from(entry.c, "base64")
-          )
-          if (plain === undefined) continue
-          try {
-            const inner = P.entriesOf(JSON.parse(plain.toString("utf8")))
-            if (inner !== undefined && typeof inner !== "string") for (const e of inner) ids.push(e.k)
-          } catch {
-            // reported by the decryption itself
-          }
-        }
-      }
-      return ids
-    }
+    // --- the stored form ---
+    const { decryptAll, encryptOne, prepare } = Codec.makeCodec({ plans, tenants: options.tenants === true, keys })
 
     const decryptResult = (result: AppendResult) =>
       Effect.map(decryptAll(result.events, false), (events): AppendResult => ({ ...result, events }))

@@ -341,6 +341,9 @@ export const entriesOf = (payload: unknown): ReadonlyArray<Entry> | undefined | 
   return entries as ReadonlyArray<Entry>
 }
 
+/** The type a forgotten tenant's event is read as in global reads (see `Privacy.TENANT_FORGOTTEN`). */
+export const TENANT_FORGOTTEN = "$privacy.TenantForgotten"
+
 /** The key id of a data subject's key, and of a tenant's. */
 export const subjectKeyId = (subject: string) => `subject:${subject}`
 export const tenantKeyId = (tenant: string) => `tenant:${tenant}`
