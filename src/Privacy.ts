@@ -35,7 +35,6 @@
 import { createHash, type KeyObject } from "node:crypto"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { type FileHandle, open } from "node:fs/promises"
-import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -356,7 +355,6 @@ export const tombstoneStream = (subject: string): string => {
 /** What a parked event's failure text reads once its stream's subject is forgotten. */
 const REDACTED = "(redacted: the event's data subject was forgotten)"
 
-
 /**
  * The decorated `EventStore` and the `Privacy` service. Needs the `EventStore` to decorate and a `KeyStore`; uses the
  * `SnapshotStore` and `CheckpointStore` in context, when there are ones, to delete snapshots and search parked events.
@@ -426,7 +424,7 @@ export const layer = <E = never, R = never>(
     const { createVersion, currentKeys, forgetKey, remember, track } = keys
 
     // --- the stored form ---
-    const { decryptAll, encryptOne, prepare } = Codec.makeCodec({ plans, tenants: options.tenants === true, keys })
+    const { decryptAll, decryptStream, encryptOne, prepare } = Codec.makeCodec({ plans, tenants: options.tenants === true, keys })
 
     const decryptResult = (result: AppendResult) =>
       Effect.map(decryptAll(result.events, false), (events): AppendResult => ({ ...result, events }))
@@ -468,7 +466,7 @@ export const layer = <E = never, R = never>(
             const pairs: Array<readonly [string, string]> = []
             const key = streamKey(streamId)
             for (const p of prepared) {
-              for (const [, keyId] of p.subjects) {
+              for (const { keyId } of p.subjects) {
                 keyIds.add(keyId)
                 pairs.push([keyId, key])
               }
@@ -480,11 +478,7 @@ export const layer = <E = never, R = never>(
             const keys = yield* currentKeys(keyIds)
             yield* track(pairs)
             const encrypted: Array<Event.NewEvent> = new Array(prepared.length)
-            for (let i = 0; i < prepared.length; i++) {
-              const one = encryptOne(prepared[i]!, events[i]!, keys)
-              if (Either.isLeft(one)) return yield* one.left
-              encrypted[i] = one.right
-            }
+            for (let i = 0; i < prepared.length; i++) encrypted[i] = encryptOne(prepared[i]!, events[i]!, keys)
             const result = yield* store.append(streamId, encrypted, appendOptions)
             if (result.replayed === true) return yield* appended(result)
             // what was written, in plain text: the checked copies
@@ -493,17 +487,11 @@ export const layer = <E = never, R = never>(
               events: result.events.map((e, i): Event.RecordedEvent => ({ ...e, payload: plain[i]!.payload }))
             }
           }),
-        read: (streamId, readOptions) =>
-          Stream.mapChunksEffect(store.read(streamId, readOptions), (chunk) =>
-            Effect.map(decryptAll(Chunk.toReadonlyArray(chunk), false), Chunk.unsafeFromArray)),
+        read: (streamId, readOptions) => decryptStream(store.read(streamId, readOptions), false),
         readPage: (streamId, pageOptions) =>
           Effect.flatMap(store.readPage(streamId, pageOptions), (events) => decryptAll(events, false)),
-        readAll: (readOptions) =>
-          Stream.mapChunksEffect(store.readAll(readOptions), (chunk) =>
-            Effect.map(decryptAll(Chunk.toReadonlyArray(chunk), true), Chunk.unsafeFromArray)),
-        subscribe: (subscribeOptions) =>
-          Stream.mapChunksEffect(store.subscribe(subscribeOptions), (chunk) =>
-            Effect.map(decryptAll(Chunk.toReadonlyArray(chunk), true), Chunk.unsafeFromArray)),
+        readAll: (readOptions) => decryptStream(store.readAll(readOptions), true),
+        subscribe: (subscribeOptions) => decryptStream(store.subscribe(subscribeOptions), true),
         version: store.version,
         head: store.head,
         command: (commandId) =>
@@ -530,13 +518,25 @@ export const layer = <E = never, R = never>(
         : Effect.reduce(streams, 0, (n, stream) =>
           Effect.map(snapshots.value.deleteOlderThan(stream, Number.MAX_SAFE_INTEGER), (deleted) => n + deleted))
 
-    /** The second pass of a forget: the streams read again (one written meanwhile included), caches, snapshots. */
+    /** Replaces the failure text of the streams' parked events, where the checkpoint store can; how many. */
+    const redactParked = (streams: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
+        const checkpointStore = Option.orElse(yield* Effect.serviceOption(CheckpointStore), () => checkpoints)
+        const redact = Option.isSome(checkpointStore) ? checkpointStore.value.redactParked : undefined
+        return redact === undefined || streams.length === 0 ? 0 : yield* redact([...new Set(streams.map(userStreamId))], REDACTED)
+      })
+
+    /**
+     * The second pass of a forget: the streams read again (one written meanwhile included), caches, snapshots, parked
+     * events (a projection that read an event before the key was destroyed may have parked it since).
+     */
     const secondPass = (keyId: string) =>
       Effect.gen(function*() {
         const streams = yield* keyStore.streamsOf(keyId)
         yield* dropCached(streams)
         yield* deleteSnapshots(streams)
         yield* dropCached(streams)
+        yield* redactParked(streams)
         yield* keyStore.purge
       }).pipe(Effect.catchAll((e) => Effect.logWarning(`privacy: the second pass after a forget failed: ${e.message}`)))
 
@@ -554,11 +554,7 @@ export const layer = <E = never, R = never>(
         const snapshotsDeleted = yield* deleteSnapshots(streams)
         yield* dropCached(streams)
         // a parked event's failure text may quote the subject's data (a decode failure prints values)
-        const checkpointStore = Option.orElse(yield* Effect.serviceOption(CheckpointStore), () => checkpoints)
-        const redact = Option.isSome(checkpointStore) ? checkpointStore.value.redactParked : undefined
-        const parkedRedacted = redact === undefined || streams.length === 0
-          ? 0
-          : yield* redact([...new Set(streams.map(userStreamId))], REDACTED)
+        const parkedRedacted = yield* redactParked(streams)
         let position = 0
         if (tombstone) {
           const encoded = events.encode(SubjectForgotten.make({ subject: label, forgottenAt: at, streams: streams.length }))
@@ -590,7 +586,7 @@ export const layer = <E = never, R = never>(
         // `settle`, or at once when the layer closes first
         yield* Effect.forkIn(
           Effect.sleep(settle).pipe(
-            Effect.onInterrupt(() => Effect.timeout(secondPass(keyId), "2 seconds").pipe(Effect.ignore)),
+            Effect.onInterrupt(() => Effect.timeout(Effect.interruptible(secondPass(keyId)), "2 seconds").pipe(Effect.ignore)),
             Effect.zipRight(secondPass(keyId))
           ),
           scope

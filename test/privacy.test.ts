@@ -529,6 +529,107 @@ describe.skipIf(!Pg.available)("Privacy: the caller's SQL transaction", () => {
     }))
 })
 
+describe("Privacy: reading what cannot be decrypted", () => {
+  it.effect("a global read delivers the events before one that does not decrypt, then fails with its typed error", () =>
+    Effect.gen(function*() {
+      const inner = yield* EventStore.makeMemory
+      const layer = Privacy.layer({ registries: [CustomerEvents], kek }).pipe(
+        Layer.provide(Layer.merge(Layer.succeed(EventStore.EventStore, inner), KeyStore.layerMemory))
+      )
+      yield* Effect.gen(function*() {
+        const store = yield* EventStore.EventStore
+        const encoded = (id: string) =>
+          Either.getOrThrow(CustomerEvents.encode(CustomerRegistered.make({ customerId: id, name: "Ada", card: "1234", plan: "p" })))
+        for (const id of ["c-1", "c-2", "c-3"]) yield* store.append(`Customer-${id}`, [encoded(id)])
+        // a copied ciphertext under another subject: cannot be decrypted
+        const [stored] = yield* inner.readPage("Customer-c-1")
+        yield* inner.append("Customer-c-9", [{ type: stored!.type, payload: { ...(stored!.payload as object), customerId: "c-9" } }])
+        yield* store.append("Customer-c-4", [encoded("c-4")])
+        const seen: Array<string> = []
+        const error = yield* Effect.flip(
+          store.readAll({ pageSize: 10 }).pipe(Stream.runForEach((e) => Effect.sync(() => seen.push(e.streamId))))
+        )
+        expect(seen).toEqual(["Customer-c-1", "Customer-c-2", "Customer-c-3"])
+        expect(error).toMatchObject({ _tag: "EventDecodeError", position: 4 })
+      }).pipe(Effect.provide(layer))
+    }))
+
+  it.effect("the subject check reads the field named when the event was written: a later rename of it (with an upcaster) still decodes", () =>
+    Effect.gen(function*() {
+      const V1 = Schema.TaggedStruct("Registered", {
+        customerId: Schema.String.pipe(Privacy.subject),
+        name: Schema.String.pipe(Privacy.personal({ replacement: "" }))
+      })
+      const V2 = Schema.TaggedStruct("Registered", {
+        clientId: Schema.String.pipe(Privacy.subject),
+        name: Schema.String.pipe(Privacy.personal({ replacement: "" }))
+      })
+      const R1 = Event.registry([V1])
+      const R2 = Event.registry([Event.versioned(V2, 2, (p: any) => ({ clientId: p.customerId, name: p.name }))])
+      const inner = yield* EventStore.makeMemory
+      const keys = yield* KeyStore.makeMemory
+      const deps = Layer.merge(Layer.succeed(EventStore.EventStore, inner), Layer.succeed(KeyStore.KeyStore, keys))
+      yield* Effect.flatMap(EventStore.EventStore, (store) =>
+        store.append("R-1", [Either.getOrThrow(R1.encode(V1.make({ customerId: "c-1", name: "Ada" })))])).pipe(
+          Effect.provide(Privacy.layer({ registries: [R1], kek }).pipe(Layer.provide(deps)))
+        )
+      const decoded = yield* Effect.flatMap(EventStore.EventStore, (store) =>
+        Effect.map(store.readPage("R-1"), (events) => Either.getOrThrow(R2.decodePayload(events[0]!)))).pipe(
+          Effect.provide(Privacy.layer({ registries: [R2], kek }).pipe(Layer.provide(deps)))
+        )
+      expect(decoded).toEqual(V2.make({ clientId: "c-1", name: "Ada" }))
+    }))
+
+  it.effect("a personal field whose subject is personal itself is refused at startup", () =>
+    Effect.gen(function*() {
+      const Bad = Schema.TaggedStruct("Bad", {
+        id: Schema.String.pipe(Privacy.subject),
+        partnerId: Schema.String.pipe(Privacy.personal({ replacement: "" })),
+        partnerName: Schema.String.pipe(Privacy.personal({ subject: "partnerId", replacement: "" }))
+      })
+      const error = yield* Effect.flip(
+        Layer.build(
+          Privacy.layer({ registries: [Event.registry([Bad])], kek }).pipe(
+            Layer.provide(Layer.merge(EventStore.layerMemory, KeyStore.layerMemory))
+          )
+        ).pipe(Effect.scoped)
+      )
+      expect(error._tag).toBe("InvalidInput")
+    }))
+})
+
+describe("Privacy across processes", () => {
+  it.scopedLive("a forget in one process reaches another's reads within keyCacheTtl, tenants' payloads included", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("two")
+      const app = () =>
+        Privacy.layer({ registries: [CustomerEvents], kek, tenants: true, keyCacheTtl: "50 millis" }).pipe(
+          Layer.provideMerge(KeyStore.layerSql()),
+          Layer.provideMerge(Sqlite.layer({ filename, pollInterval: "20 millis" }))
+        )
+      const a = yield* Layer.build(app())
+      const b = yield* Layer.build(app())
+      const encoded = Either.getOrThrow(CustomerEvents.encode(CustomerRegistered.make({ customerId: "c-1", name: "Ada", card: "1234", plan: "p" })))
+      const readName = (ctx: typeof a) =>
+        Effect.flatMap(EventStore.EventStore, (store) =>
+          Effect.map(store.readPage("Customer-c-1"), (events) => events.map((e) => (e.payload as any).name))).pipe(Effect.provide(ctx))
+      const readTenant = (ctx: typeof a) =>
+        Effect.flatMap(EventStore.EventStore, (store) =>
+          Effect.map(store.readPage("Customer-t-1"), (events) => events.map((e) => (e.payload as any).name))).pipe(Effect.provide(ctx))
+      yield* Effect.flatMap(EventStore.EventStore, (store) =>
+        Effect.zipRight(
+          store.append("Customer-c-1", [encoded]),
+          store.append("Customer-t-1", [encoded], { metadata: { tenantId: "acme" } })
+        )).pipe(Effect.provide(a))
+      expect(yield* readName(b)).toEqual(["Ada"])
+      expect(yield* readTenant(b)).toEqual(["Ada"])
+      yield* Effect.flatMap(Privacy.Privacy, (p) => p.forget("c-1")).pipe(Effect.provide(a))
+      yield* Effect.sleep("100 millis")
+      expect(yield* readName(b)).toEqual(["(forgotten)"])
+      expect(yield* readTenant(b)).toEqual(["(forgotten)"])
+    }))
+})
+
 describe("Privacy and parked events", () => {
   it.live("forget replaces the failure text of the subject's parked events (it may quote their data)", () =>
     Effect.gen(function*() {

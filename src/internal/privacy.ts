@@ -219,6 +219,11 @@ export const planOf = (type: string, schema: Schema.Schema.Any): Either.Either<E
     if (list === undefined) bySubject.set(subject, [plan])
     else list.push(plan)
   }
+  for (const plan of fields.values()) {
+    if (fields.has(plan.subject)) {
+      return Either.left(invalid(type, `personal field ${plan.name}: its subject ${plan.subject} is personal itself (a subject id stays in plain text)`))
+    }
+  }
   return Either.right(fields.size === 0 ? undefined : { type, bySubject, fields })
 }
 
@@ -290,31 +295,34 @@ export const keyObject = (bytes: Buffer): KeyObject => createSecretKey(bytes)
 export const wrapAad = (keyId: string, version: number) => `effect-eventstore/privacy/key\u0000${keyId}\u0000${version}`
 
 /**
- * What a sealed value is bound to: its key, the event's id and type, the fields it holds and the parts kept in plain
- * text beside it (a value moved to another event, or a field list or kept part edited, does not open).
+ * What a sealed value is bound to: its key, the event's id and type, the field naming its subject, the fields it holds
+ * and the parts kept in plain text beside it (a value moved to another event, or any of those edited, does not open).
  */
 export const valueAad = (
   keyId: string,
   version: number,
   eventId: string,
   type: string,
+  subject: string | undefined,
   fields: ReadonlyArray<string> | undefined,
   kept: Readonly<Record<string, unknown>> | undefined
 ) =>
-  `${keyId}\u0000${version}\u0000${eventId}\u0000${type}\u0000${fields === undefined ? "*" : fields.join("\u0000")}\u0000${
+  `${keyId}\u0000${version}\u0000${eventId}\u0000${type}\u0000${subject ?? "*"}\u0000${fields === undefined ? "*" : fields.join("\u0000")}\u0000${
     kept === undefined ? "" : JSON.stringify(Object.keys(kept).sort().map((k) => [k, kept[k]]))
   }`
 
 // --- the stored form -------------------------------------------------------------------------------------------------
 
 /**
- * One encrypted part of a payload: the key (`k`, version `v`) it is sealed with, the fields it holds (`f`; absent for
- * a whole payload, `w: 1`), the sealed JSON (`c`, base64) and the parts kept in plain text (`p`).
+ * One encrypted part of a payload: the key (`k`, version `v`) it is sealed with, the field holding its subject's id
+ * (`s`) and the fields it holds (`f`) — both absent for a whole payload (`w: 1`) — the sealed JSON (`c`, base64) and
+ * the parts kept in plain text (`p`).
  */
 export interface Entry {
   readonly k: string
   readonly v: number
   readonly c: string
+  readonly s?: string
   readonly f?: ReadonlyArray<string>
   readonly w?: 1
   readonly p?: Readonly<Record<string, unknown>>
@@ -333,7 +341,7 @@ export const entriesOf = (payload: unknown): ReadonlyArray<Entry> | undefined | 
       !isRecord(entry) || typeof entry.k !== "string" || typeof entry.c !== "string" ||
       typeof entry.v !== "number" || !Number.isSafeInteger(entry.v) || entry.v < 1 ||
       (entry.w === undefined
-        ? !Array.isArray(entry.f) || !entry.f.every((f: unknown) => typeof f === "string")
+        ? typeof entry.s !== "string" || !Array.isArray(entry.f) || !entry.f.every((f: unknown) => typeof f === "string")
         : entry.w !== 1) ||
       (entry.p !== undefined && !isRecord(entry.p))
     ) return "malformed encrypted personal data"
@@ -366,6 +374,12 @@ export interface Decryption {
 }
 
 export const Decryption = Context.GenericTag<Decryption>("effect-eventstore/Privacy")
+
+/** Sets `record[name]`, an own property even for `__proto__` (an assignment would set the prototype). */
+export const put = (record: Record<string, unknown>, name: string, value: unknown): void => {
+  if (name === "__proto__") Object.defineProperty(record, name, { value, enumerable: true, writable: true, configurable: true })
+  else record[name] = value
+}
 
 /** Whether a payload carries encrypted parts. */
 export const isEncrypted = (payload: unknown): boolean =>

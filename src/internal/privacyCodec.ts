@@ -4,8 +4,10 @@
  * (a destroyed key's fields read as their declared replacements).
  */
 import type { KeyObject } from "node:crypto"
+import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Stream from "effect/Stream"
 import { EventDecodeError, InvalidInput, type StoreError } from "../Errors.js"
 import type * as Event from "../Event.js"
 import { checkId, type PreparedEvent } from "./codec.js"
@@ -15,14 +17,28 @@ import type { Keys } from "./privacyKeys.js"
 const decodeError = (event: Event.RecordedEvent, reason: string) =>
   new EventDecodeError({ streamId: event.streamId, version: event.version, position: event.position, type: event.type, reason })
 
+/** One subject's part of an event: its personal fields present, their key, the field naming them, the kept parts. */
+export interface SubjectPart {
+  readonly fields: ReadonlyArray<P.FieldPlan>
+  readonly keyId: string
+  readonly subjectField: string
+  readonly kept: Record<string, unknown> | undefined
+}
+
 export interface Prepared {
   /** The event as the codec checked it: a plain JSON payload (a copy), its id, merged metadata and tenant. */
   readonly event: PreparedEvent
-  /** The subjects whose personal fields are present: their fields and key id. */
-  readonly subjects: ReadonlyArray<readonly [fields: ReadonlyArray<P.FieldPlan>, keyId: string]>
+  /** The subjects whose personal fields are present. */
+  readonly subjects: ReadonlyArray<SubjectPart>
   /** The names of those fields. */
   readonly personal: ReadonlySet<string>
   readonly tenant: string | undefined
+}
+
+/** Decrypted events up to the first that could not be (`error`), as a page of the store delivers them. */
+export interface Decrypted {
+  readonly events: ReadonlyArray<Event.RecordedEvent>
+  readonly error: EventDecodeError | undefined
 }
 
 export interface CodecOptions {
@@ -30,10 +46,10 @@ export interface CodecOptions {
   readonly plans: ReadonlyMap<string, P.EventPlan>
   /** Whole payloads of tenants' events encrypted with the tenant's key. */
   readonly tenants: boolean
-  readonly keys: Pick<Keys, "load" | "lookup">
+  readonly keys: Pick<Keys, "load" | "lookup" | "stale">
 }
 
-export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptions) => {
+export const makeCodec = ({ keys: { load, lookup, stale }, plans, tenants }: CodecOptions) => {
   const subjectOf = (payload: Record<string, unknown>, field: string, type: string): Either.Either<string, InvalidInput> => {
     const value = payload[field]
     const id = typeof value === "number" && Number.isFinite(value) ? String(value) : value
@@ -56,7 +72,7 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
       }
       const plan = plans.get(event.type)
       const tenant = tenants ? (event.tenantId ?? event.metadata.tenantId) : undefined
-      const subjects: Array<readonly [ReadonlyArray<P.FieldPlan>, string]> = []
+      const subjects: Array<SubjectPart> = []
       const personal = new Set<string>()
       if (plan !== undefined) {
         for (const [field, fields] of plan.bySubject) {
@@ -64,8 +80,17 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
           if (present.length === 0) continue
           const id = subjectOf(payload, field, event.type)
           if (Either.isLeft(id)) return Either.left(id.left)
-          subjects.push([present, P.subjectKeyId(id.right)])
-          for (const f of present) personal.add(f.name)
+          // the parts kept in plain text, here: a `keep` that fails refuses the append before anything is keyed
+          let kept: Record<string, unknown> | undefined = undefined
+          for (const f of present) {
+            personal.add(f.name)
+            if (f.keep === undefined) continue
+            const part = f.keep(payload[f.name])
+            if (Either.isLeft(part)) return Either.left(new InvalidInput({ field: `event ${event.type}: ${f.name}`, reason: part.left }))
+            kept ??= {}
+            P.put(kept, f.name, part.right)
+          }
+          subjects.push({ fields: present, keyId: P.subjectKeyId(id.right), subjectField: field, kept })
         }
       }
       if (subjects.length > 0 || tenant !== undefined) any = true
@@ -79,40 +104,35 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
     prepared: Prepared,
     original: Event.NewEvent,
     keys: ReadonlyMap<string, { readonly key: KeyObject; readonly version: number }>
-  ): Either.Either<Event.NewEvent, InvalidInput> => {
+  ): Event.NewEvent => {
     const { event } = prepared
-    if (prepared.subjects.length === 0 && prepared.tenant === undefined) return Either.right(original)
+    if (prepared.subjects.length === 0 && prepared.tenant === undefined) return original
     const eventId = event.eventId
     const source = event.payload as Record<string, unknown>
     // the unmarked fields, copied (not the personal ones deleted from a copy: that slows every later use of it)
     let payload: Record<string, unknown> = {}
     for (const name in source) {
-      if (!prepared.personal.has(name)) payload[name] = source[name]
+      if (!prepared.personal.has(name)) P.put(payload, name, source[name])
     }
     const entries: Array<P.Entry> = []
-    for (const [fields, keyId] of prepared.subjects) {
+    for (const { fields, keyId, kept, subjectField } of prepared.subjects) {
       const { key, version } = keys.get(keyId)!
       const values: Record<string, unknown> = {}
-      let kept: Record<string, unknown> | undefined = undefined
-      for (const field of fields) {
-        const value = source[field.name]
-        values[field.name] = value
-        if (field.keep !== undefined) {
-          const part = field.keep(value)
-          if (Either.isLeft(part)) {
-            return Either.left(new InvalidInput({ field: `event ${event.type}: ${field.name}`, reason: part.left }))
-          }
-          kept ??= {}
-          kept[field.name] = part.right
-        }
-      }
+      for (const field of fields) P.put(values, field.name, source[field.name])
       const names = fields.map((f) => f.name)
       const sealed = P.seal(
         key,
-        P.valueAad(keyId, version, eventId, event.type, names, kept),
+        P.valueAad(keyId, version, eventId, event.type, subjectField, names, kept),
         Buffer.from(JSON.stringify(values), "utf8")
       )
-      entries.push({ k: keyId, v: version, f: names, c: sealed.toString("base64"), ...(kept !== undefined ? { p: kept } : {}) })
+      entries.push({
+        k: keyId,
+        v: version,
+        s: subjectField,
+        f: names,
+        c: sealed.toString("base64"),
+        ...(kept !== undefined ? { p: kept } : {})
+      })
     }
     if (entries.length > 0) payload[P.FIELD] = entries
     if (prepared.tenant !== undefined) {
@@ -120,36 +140,39 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
       const { key, version } = keys.get(keyId)!
       const sealed = P.seal(
         key,
-        P.valueAad(keyId, version, eventId, event.type, undefined, undefined),
+        P.valueAad(keyId, version, eventId, event.type, undefined, undefined, undefined),
         Buffer.from(JSON.stringify(payload), "utf8")
       )
       payload = { [P.FIELD]: [{ k: keyId, v: version, w: 1, c: sealed.toString("base64") }] }
     }
-    return Either.right({ ...original, eventId, payload })
+    return { ...original, eventId, payload }
   }
 
   // --- decryption ---
-  /** The event with its encrypted parts opened (or replaced), `undefined` for a forgotten tenant's, or the reason. */
-  const decryptOne = (event: Event.RecordedEvent): Event.RecordedEvent | undefined | EventDecodeError => {
-    if (P.entriesOf(event.payload) === undefined) return event
+  /**
+   * The event with its encrypted parts opened (or replaced), `undefined` for a forgotten tenant's, or the reason. The
+   * keys it looks up inside tenants' payloads go to `inner` (known only once those are open).
+   */
+  const decryptOne = (event: Event.RecordedEvent, inner: Set<string>): Event.RecordedEvent | undefined | EventDecodeError => {
     let payload = event.payload as Record<string, unknown>
+    let entries = P.entriesOf(payload)
+    if (entries === undefined) return event
     for (let round = 0; round < 2; round++) {
-      const entries = P.entriesOf(payload)
       if (entries === undefined) break
       if (typeof entries === "string") return decodeError(event, entries)
       const out: Record<string, unknown> = {}
       for (const name in payload) {
-        if (name !== P.FIELD) out[name] = payload[name]
+        if (name !== P.FIELD) P.put(out, name, payload[name])
       }
       let whole: Record<string, unknown> | undefined = undefined
       const plan = plans.get(event.type)
       for (const entry of entries) {
-        // a subject's part is keyed to the subject its fields name (an edited subject field does not move it)
-        const owner = entry.f === undefined || entry.f.length === 0 ? undefined : plan?.fields.get(entry.f[0]!)?.subject
-        if (owner !== undefined) {
-          const id = payload[owner]
-          if (typeof id !== "string" && typeof id !== "number" || P.subjectKeyId(String(id)) !== entry.k) {
-            return decodeError(event, `its personal data is keyed to another subject than its field ${owner} names`)
+        if (round > 0) inner.add(entry.k)
+        // a subject's part is keyed to the subject its field names, as stored (an edited subject field does not move it)
+        if (entry.s !== undefined) {
+          const id = payload[entry.s]
+          if ((typeof id !== "string" && typeof id !== "number") || P.subjectKeyId(String(id)) !== entry.k) {
+            return decodeError(event, `its personal data is keyed to another subject than its field ${entry.s} names`)
           }
         }
         const key = lookup(entry.k, entry.v)
@@ -158,11 +181,11 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
           for (const name of entry.f!) {
             const kept = entry.p?.[name]
             if (kept !== undefined) {
-              out[name] = kept
+              P.put(out, name, kept)
               continue
             }
             const replacement = plan?.fields.get(name)?.replacement
-            if (replacement?._tag === "value") out[name] = replacement.encoded
+            if (replacement?._tag === "value") P.put(out, name, replacement.encoded)
           }
           continue
         }
@@ -176,7 +199,7 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
         }
         const plain = P.open(
           key,
-          P.valueAad(entry.k, entry.v, event.eventId, event.type, entry.f, entry.p),
+          P.valueAad(entry.k, entry.v, event.eventId, event.type, entry.s, entry.f, entry.p),
           Buffer.from(entry.c, "base64")
         )
         if (plain === undefined) {
@@ -192,10 +215,11 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
           return decodeError(event, "its decrypted personal data is not an object")
         }
         if (entry.w === 1) whole = values as Record<string, unknown>
-        else Object.assign(out, values)
+        else for (const name in values) P.put(out, name, (values as Record<string, unknown>)[name])
       }
       payload = whole ?? out
       if (whole === undefined) break
+      entries = P.entriesOf(payload)
     }
     return { ...event, payload }
   }
@@ -226,87 +250,74 @@ export const makeCodec = ({ keys: { load, lookup }, plans, tenants }: CodecOptio
     Object.defineProperty(out, P.storedFormKey, { value: event, enumerable: false })
     return out
   }
-  const tenantForgotten = (event: Event.RecordedEvent) =>
-    decodeError(event, "its tenant's key was destroyed (Privacy.forgetTenant)")
+
+  /** One pass over the events with the keys in the cache: the decrypted prefix, the first failure and where. */
+  const pass = (events: ReadonlyArray<Event.RecordedEvent>, placeholders: boolean, inner: Set<string>) => {
+    const out: Array<Event.RecordedEvent> = []
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i]!
+      const decrypted = decryptOne(event, inner)
+      if (decrypted instanceof EventDecodeError) return { out, error: decrypted, at: i }
+      if (decrypted === undefined) {
+        if (!placeholders) {
+          return { out, error: decodeError(event, "its tenant's key was destroyed (Privacy.forgetTenant)"), at: i }
+        }
+        out.push(placeholder(event))
+        continue
+      }
+      out.push(placeholders && decrypted !== event ? withStoredForm(decrypted, event) : decrypted)
+    }
+    return { out, error: undefined, at: events.length }
+  }
 
   /**
-   * Decrypts events. With `placeholders` (global reads: a reader keeps its place in the log), a forgotten tenant's
-   * event becomes a `placeholder` and each decrypted event keeps its stored form; else a forgotten tenant's fails.
+   * Decrypts events: those before the first that cannot be decrypted, and its error (as the store's own pages fail
+   * after the events before a bad row). With `placeholders` (global reads: a reader keeps its place in the log), a
+   * forgotten tenant's event becomes a placeholder and each decrypted event keeps its stored form; else it fails.
    */
-  const decryptAll = (
+  const decryptChunk = (
     events: ReadonlyArray<Event.RecordedEvent>,
     placeholders: boolean
-  ): Effect.Effect<ReadonlyArray<Event.RecordedEvent>, EventDecodeError | StoreError> => {
+  ): Effect.Effect<Decrypted, StoreError> => {
     const ids = keyIdsOf(events)
-    if (ids === undefined) return Effect.succeed(events)
-    return Effect.flatMap(load(ids), () => {
-      // a tenant's payload holds its subjects' entries: they are known only once it is open
-      const inner = new Set<string>()
-      const out: Array<Event.RecordedEvent> = new Array(events.length)
-      const retry: Array<number> = []
-      for (let i = 0; i < events.length; i++) {
-        const event = events[i]!
-        const decrypted = decryptOne(event)
-        if (decrypted instanceof EventDecodeError) {
-          // a key this process has not read yet (a version made by another process since), or a subject's key
-          // inside a tenant's payload: read them and try again once
-          const entries = P.entriesOf(event.payload)
-          if (entries !== undefined && typeof entries !== "string") for (const e of entries) inner.add(e.k)
-          retry.push(i)
-          out[i] = event
-          continue
-        }
-        if (decrypted === undefined) {
-          if (!placeholders) return Effect.fail(tenantForgotten(event))
-          out[i] = placeholder(event)
-          continue
-        }
-        out[i] = placeholders && decrypted !== event ? withStoredForm(decrypted, event) : decrypted
+    if (ids === undefined) return Effect.succeed({ events, error: undefined })
+    return Effect.gen(function*() {
+      yield* load(ids)
+      let inner = new Set<string>()
+      let result = pass(events, placeholders, inner)
+      // the keys inside tenants' payloads are known once those are open: read again those held too long
+      const old = yield* Effect.clockWith((clock) => Effect.succeed(stale(inner, clock.unsafeCurrentTimeMillis())))
+      if (old.length > 0) {
+        yield* load(old)
+        result = pass(events, placeholders, inner = new Set())
       }
-      if (retry.length === 0) return Effect.succeed(out)
-      return Effect.flatMap(load(subjectIdsInside(retry.map((i) => out[i]!)).concat([...inner]), 0), () => {
-        for (const i of retry) {
-          const decrypted = decryptOne(out[i]!)
-          if (decrypted instanceof EventDecodeError) return Effect.fail(decrypted)
-          if (decrypted === undefined) {
-            if (!placeholders) return Effect.fail(tenantForgotten(out[i]!))
-            out[i] = placeholder(out[i]!)
-            continue
-          }
-          out[i] = placeholders && decrypted !== out[i] ? withStoredForm(decrypted, out[i]!) : decrypted
-        }
-        return Effect.succeed(out)
-      })
+      if (result.error !== undefined) {
+        // a key version another process made since this one read the key: read its keys again, try once more
+        const failed = events[result.at]!
+        yield* load([...(keyIdsOf([failed]) ?? []), ...inner], 0)
+        result = pass(events, placeholders, new Set())
+      }
+      return { events: result.out, error: result.error }
     })
   }
 
-  /** The subjects' key ids inside tenants' payloads (their entries are sealed inside the tenant's). */
-  const subjectIdsInside = (events: ReadonlyArray<Event.RecordedEvent>): Array<string> => {
-    const ids: Array<string> = []
-    for (const event of events) {
-      const entries = P.entriesOf(event.payload)
-      if (entries === undefined || typeof entries === "string") continue
-      for (const entry of entries) {
-        if (entry.w !== 1) continue
-        const key = lookup(entry.k, entry.v)
-        if (typeof key === "string") continue
-        const plain = P.open(
-          key,
-          P.valueAad(entry.k, entry.v, event.eventId, event.type, undefined, undefined),
-          Buffer.from(entry.c, "base64")
-        )
-        if (plain === undefined) continue
-        try {
-          const inner = P.entriesOf(JSON.parse(plain.toString("utf8")))
-          if (inner !== undefined && typeof inner !== "string") for (const e of inner) ids.push(e.k)
-        } catch {
-          // reported by the decryption itself
-        }
-      }
-    }
-    return ids
-  }
+  /** `decryptChunk`, all or nothing. */
+  const decryptAll = (
+    events: ReadonlyArray<Event.RecordedEvent>,
+    placeholders: boolean
+  ): Effect.Effect<ReadonlyArray<Event.RecordedEvent>, EventDecodeError | StoreError> =>
+    Effect.flatMap(decryptChunk(events, placeholders), (r) => r.error === undefined ? Effect.succeed(r.events) : Effect.fail(r.error))
 
+  /** A stream of stored events decrypted: the events before one that cannot be, then its error. */
+  const decryptStream = <E>(
+    stream: Stream.Stream<Event.RecordedEvent, E>,
+    placeholders: boolean
+  ): Stream.Stream<Event.RecordedEvent, E | EventDecodeError | StoreError> =>
+    Stream.flatMap(Stream.chunks(stream), (chunk) =>
+      Stream.unwrap(Effect.map(decryptChunk(Chunk.toReadonlyArray(chunk), placeholders), ({ error, events }) => {
+        const decrypted = Stream.fromChunk(Chunk.unsafeFromArray(events as Array<Event.RecordedEvent>))
+        return error === undefined ? decrypted : Stream.concat(decrypted, Stream.fail(error))
+      })))
 
-  return { prepare, encryptOne, decryptAll }
+  return { prepare, encryptOne, decryptAll, decryptStream }
 }

@@ -170,5 +170,15 @@ export const makeKeys = ({ dropCached, kekId, keks, keyStore, ttl }: KeysOptions
   }
 
 
-  return { load, lookup, currentKeys, createVersion, remember, forgetKey, track }
+  /** The ids the cache does not hold, or has held for `ttl` or longer. */
+  const stale = (keyIds: Iterable<string>, now: number): Array<string> => {
+    const out: Array<string> = []
+    for (const id of keyIds) {
+      const cached = cache.get(id)
+      if (cached === undefined || now - cached.at >= ttl) out.push(id)
+    }
+    return out
+  }
+
+  return { load, lookup, stale, currentKeys, createVersion, remember, forgetKey, track }
 }
