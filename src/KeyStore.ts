@@ -147,6 +147,14 @@ export interface KeyStoreService {
    * - Memory: `complete: true` (`destroy` zeroed the store's own arrays; copies it handed out are the caller's).
    */
   readonly purge: Effect.Effect<{ readonly complete: boolean }, StoreError>
+  /**
+   * The keys destroyed after `at` (epoch ms, by the `at` their `destroy` was given), oldest first, at most `limit`
+   * (default 1000): how a process learns of another's forgets.
+   */
+  readonly destroyedSince: (
+    at: number,
+    limit?: number
+  ) => Effect.Effect<ReadonlyArray<{ readonly keyId: string; readonly destroyedThrough: number; readonly destroyedAt: number }>, StoreError>
 }
 
 /** @since 0.1.0 */
@@ -238,7 +246,8 @@ const traced = (store: KeyStoreService): KeyStoreService => {
     keyIds: (options) => Tracing.withSpan(store.keyIds(options), "KeyStore.keyIds", span()),
     rewrap: (keyId, version, wrapped, kekId) =>
       Tracing.withSpan(store.rewrap(keyId, version, wrapped, kekId), "KeyStore.rewrap", span({ "key.version": version })),
-    purge: Tracing.withSpan(store.purge, "KeyStore.purge", span())
+    purge: Tracing.withSpan(store.purge, "KeyStore.purge", span()),
+    destroyedSince: (at, limit) => Tracing.withSpan(store.destroyedSince(at, limit), "KeyStore.destroyedSince", span())
   })
 }
 
@@ -342,7 +351,15 @@ export const makeMemory: Effect.Effect<KeyStoreService> = Effect.sync(() => {
         versions.set(version, copy({ ...old, wrapped, kekId }))
         return true
       }),
-    purge: Effect.succeed({ complete: true })
+    purge: Effect.succeed({ complete: true }),
+    destroyedSince: (at, limit = 1000) =>
+      Effect.sync(() =>
+        [...destroyed.entries()]
+          .filter(([, d]) => d.at > at)
+          .sort((x, y) => x[1].at - y[1].at)
+          .slice(0, limit)
+          .map(([keyId, d]) => ({ keyId, destroyedThrough: d.through, destroyedAt: d.at }))
+      )
   })
 })
 
@@ -490,7 +507,13 @@ export const makeSql = (options: SqlOptions = {}): Effect.Effect<KeyStoreService
         return Effect.mapError(q.keyIds(options?.after, limit), storeError("keystore.keyIds"))
       },
       rewrap: (keyId, version, wrapped, kekId) => write("keystore.rewrap", q.rewrap(keyId, version, wrapped, kekId)),
-      purge: Effect.mapError(q.purge, storeError("keystore.purge"))
+      purge: Effect.mapError(q.purge, storeError("keystore.purge")),
+      destroyedSince: (at, limit = 1000) =>
+        Effect.mapError(
+          Effect.map(q.destroyedSince(at, limit), (rows) =>
+            rows.map((r) => ({ keyId: r.keyId, destroyedThrough: Number(r.destroyedThrough), destroyedAt: Number(r.destroyedAt) }))),
+          storeError("keystore.destroyedSince")
+        )
     })
   })
 

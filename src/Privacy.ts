@@ -42,6 +42,7 @@ import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as SchemaAST from "effect/SchemaAST"
 import * as Stream from "effect/Stream"
@@ -505,6 +506,31 @@ export const layer = <E = never, R = never>(
     }
 
     const decorated = decorate(inner, undefined)
+
+    // another process's forgets reach this one within keyCacheTtl: its keys read again, its streams' cached states
+    // dropped (a handler decides on a cached state without reading the stream)
+    const started = yield* now
+    yield* Effect.forkScoped(Effect.gen(function*() {
+      let after = started
+      let atAfter = new Set<string>()
+      yield* Effect.repeat(
+        Effect.gen(function*() {
+          const rows = yield* keyStore.destroyedSince(after - 1)
+          for (const row of rows) {
+            const mark = `${row.keyId}@${row.destroyedAt}`
+            if (row.destroyedAt < after || atAfter.has(mark)) continue
+            keys.drop(row.keyId)
+            yield* Effect.flatMap(keyStore.streamsOf(row.keyId), dropCached)
+            if (row.destroyedAt > after) {
+              after = row.destroyedAt
+              atAfter = new Set()
+            }
+            atAfter.add(mark)
+          }
+        }).pipe(Effect.catchAll((e) => Effect.logWarning(`privacy: reading other processes' forgets failed: ${e.message}`))),
+        Schedule.spaced(Duration.millis(Math.max(ttl, 10)))
+      )
+    }))
 
     // --- forgetting ---
     const checkSubject = (field: string, id: string) => {

@@ -628,6 +628,29 @@ describe("Privacy across processes", () => {
       expect(yield* readName(b)).toEqual(["(forgotten)"])
       expect(yield* readTenant(b)).toEqual(["(forgotten)"])
     }))
+
+  it.scopedLive("another process's forget drops the states its handlers cached (they decide without reading)", () =>
+    Effect.gen(function*() {
+      const filename = dbFile("twocache")
+      const app = () =>
+        Aggregate.layer(Customer, { snapshotWrites: "inline" }).pipe(
+          Layer.provideMerge(
+            Privacy.layer({ registries: [CustomerEvents], kek, keyCacheTtl: "50 millis" }).pipe(
+              Layer.provideMerge(KeyStore.layerSql()),
+              Layer.provideMerge(Sqlite.layer({ filename, pollInterval: "20 millis" }))
+            )
+          )
+        )
+      const a = yield* Layer.build(app())
+      const b = yield* Layer.build(app())
+      yield* Customer.handle("c-1", { _tag: "Register", customerId: "c-1", name: "Ada", card: "1234" }).pipe(Effect.provide(b))
+      const before = yield* Customer.load("c-1").pipe(Effect.provide(b))
+      expect(before).toMatchObject({ source: "cache", state: { name: "Ada" } })
+      yield* Effect.flatMap(Privacy.Privacy, (p) => p.forget("c-1")).pipe(Effect.provide(a))
+      yield* Effect.sleep("200 millis")
+      const after = yield* Customer.load("c-1").pipe(Effect.provide(b))
+      expect(after.state.name).toBe("(forgotten)")
+    }))
 })
 
 describe("Privacy and parked events", () => {

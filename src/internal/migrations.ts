@@ -342,6 +342,7 @@ const privacy = (
   destroyed_through INTEGER NOT NULL,
   destroyed_at ${types.integer} NOT NULL
 )`),
+  sql.unsafe(`CREATE INDEX ${PS}_at ON ${PS} (destroyed_at)`),
   sql.unsafe(`CREATE TABLE ${PT} (
   key_id ${types.id} NOT NULL,
   stream_id ${types.id} NOT NULL,

@@ -180,5 +180,11 @@ export const makeKeys = ({ dropCached, kekId, keks, keyStore, ttl }: KeysOptions
     return out
   }
 
-  return { load, lookup, stale, currentKeys, createVersion, remember, forgetKey, track }
+  /** Another process destroyed the key: read it again on its next use. */
+  const drop = (keyId: string) => {
+    cache.delete(keyId)
+    tracked.delete(keyId)
+  }
+
+  return { load, lookup, stale, drop, currentKeys, createVersion, remember, forgetKey, track }
 }

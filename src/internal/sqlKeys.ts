@@ -156,6 +156,11 @@ export const make = (sql: SqlClient.SqlClient) => {
           ON CONFLICT DO NOTHING`.raw
       ),
 
+    destroyedSince: (at: number, limit: number) =>
+      sql<{ keyId: string; destroyedThrough: number | string; destroyedAt: number | string }>`SELECT key_id AS "keyId",
+          destroyed_through AS "destroyedThrough", destroyed_at AS "destroyedAt"
+        FROM ${sql(S)} WHERE destroyed_at > ${at} ORDER BY destroyed_at LIMIT ${limit}`.withoutTransform,
+
     streamsOf: (keyId: string): Effect.Effect<ReadonlyArray<string>, SqlError> =>
       Effect.map(
         sql<{ streamId: string }>`SELECT stream_id AS "streamId" FROM ${sql(T)} WHERE key_id = ${keyId}

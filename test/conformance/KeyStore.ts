@@ -95,6 +95,27 @@ export const keyStoreSuite = (name: string, storeLayer: Layer.Layer<KeyStore.Key
         expect(yield* store.rewrap(id, 2, bytes(1), "kek-2")).toBe(false)
       }))
 
+    it.effect("destroyedSince: the keys destroyed after a time, oldest first, at most limit", () =>
+      Effect.gen(function*() {
+        const store = yield* KeyStore.KeyStore
+        // times of their own (far in the future) so that other tests' destroys do not interleave
+        const base = 9_000_000_000_000 + Math.floor(Math.random() * 1_000_000) * 1000
+        const ids = [uid(), uid(), uid()].map((u) => `subject:${u}`)
+        yield* store.put(key(ids[0]!, 1))
+        yield* store.destroy(ids[1]!, base + 20)
+        yield* store.destroy(ids[0]!, base + 10)
+        yield* store.destroy(ids[2]!, base + 30)
+        const all = (yield* store.destroyedSince(base)).filter((d) => ids.includes(d.keyId))
+        expect(all).toEqual([
+          { keyId: ids[0], destroyedThrough: 1, destroyedAt: base + 10 },
+          { keyId: ids[1], destroyedThrough: 0, destroyedAt: base + 20 },
+          { keyId: ids[2], destroyedThrough: 0, destroyedAt: base + 30 }
+        ])
+        expect((yield* store.destroyedSince(base + 10)).filter((d) => ids.includes(d.keyId)).map((d) => d.keyId))
+          .toEqual([ids[1], ids[2]])
+        expect((yield* store.destroyedSince(base, 1)).map((d) => d.keyId)).toEqual([ids[0]])
+      }))
+
     it.effect("after destroy, versions ≤ destroyedThrough are refused; later ones are live until destroyed too", () =>
       Effect.gen(function*() {
         const store = yield* KeyStore.KeyStore
