@@ -315,10 +315,11 @@ export interface Options<E = never, R = never> {
    */
   readonly tenants?: boolean
   /**
-   * How long this process decrypts with the keys it read without reading them again (default 1 minute): a key
-   * another process destroyed may still decrypt here for that long. Encryption reads a key's state again after a
-   * second at most: a key another process destroyed encrypts here for at most a second more (what it encrypts then
-   * reads as its replacements). `forget` in this process takes effect here at once.
+   * How long this process decrypts with the keys it read without reading them again (default 1 minute), and how
+   * often it reads the keys other processes destroyed (then drops them, and those streams' cached states): another
+   * process's `forget` takes effect here within about that long. Encryption reads a key's state again after a second
+   * at most: a key another process destroyed encrypts here for at most a second more (what it encrypts then reads as
+   * its replacements). `forget` in this process takes effect here at once.
    */
   readonly keyCacheTtl?: Duration.DurationInput
   /** When `forget`'s second pass over snapshots and caches runs (default 2 seconds). */
