@@ -1156,6 +1156,27 @@ export const get = (name: string): Effect.Effect<Credential, CredentialsError, C
   Effect.flatMap(Credentials, (credentials) => credentials.get(name))
 
 /**
+ * The secret of the credential `name`, which must be a `Token` (else `CredentialInvalid`, saying what it was for:
+ * `purpose`, "a Vault token" say).
+ *
+ * @since 0.1.0
+ */
+export const getToken = (
+  name: string,
+  purpose: string
+): Effect.Effect<Redacted.Redacted<string>, CredentialsError, Credentials> =>
+  Effect.flatMap(get(name), (credential) =>
+    credential._tag === "Token"
+      ? Effect.succeed(credential.token)
+      : Effect.fail(
+        new CredentialInvalid({
+          name,
+          provider: credential.provider,
+          reason: `${purpose} must be a Token credential, not ${credential._tag}`
+        })
+      ))
+
+/**
  * The credential `name` and its rotations, from the `Credentials` in context.
  *
  * @since 0.1.0

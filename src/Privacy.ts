@@ -334,12 +334,7 @@ export interface Options<E = never, R = never> {
 export const kekFromCredentials = (
   name: string
 ): Effect.Effect<Redacted.Redacted<string>, Credentials.CredentialsError, Credentials.Credentials> =>
-  Effect.flatMap(Credentials.get(name), (credential) =>
-    credential._tag === "Token"
-      ? Effect.succeed(credential.token)
-      : Effect.fail(
-        new Credentials.CredentialInvalid({ name, provider: credential.provider, reason: "not a token credential" })
-      ))
+  Credentials.getToken(name, "a key-encryption key")
 
 // --- helpers ---------------------------------------------------------------------------------------------------------
 

@@ -64,16 +64,7 @@ export interface Options<R = never> {
 export const tokenFrom = (
   name: string
 ): Effect.Effect<Redacted.Redacted<string>, Credentials.CredentialsError, Credentials.Credentials> =>
-  Effect.flatMap(Credentials.get(name), (credential) =>
-    credential._tag === "Token"
-      ? Effect.succeed(credential.token)
-      : Effect.fail(
-        new Credentials.CredentialInvalid({
-          name,
-          provider: credential.provider,
-          reason: `a Vault token must be a Token credential, not ${credential._tag}`
-        })
-      ))
+  Credentials.getToken(name, "a Vault token")
 
 const segments = (path: string) => path.split("/").filter((s) => s !== "")
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Aggregate, Bus, Event, EventStore, KeyStore, Privacy, Projection, Snapshot, Tenancy } from "effect-eventstore"
+import * as Credentials from "effect-eventstore/Credentials"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as Pg from "./fixtures/pg.js"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
@@ -21,10 +22,10 @@ import * as os from "node:os"
 import * as path from "node:path"
 import {
   Customer,
+  Customers,
   CustomerEvents,
   CustomerRegistered,
   GiftSent,
-  OrderPlaced,
   otherKek,
   testKek
 } from "./fixtures/customers.js"
@@ -34,21 +35,6 @@ const dbFile = (name: string) => path.join(dir, `${name}-${crypto.randomUUID().s
 
 const kek = Redacted.make(testKek)
 
-/** The customer read model: one row per customer, purged on `SubjectForgotten`. */
-const Customers = Projection.sql({
-  name: "customers",
-  events: Event.registry([CustomerRegistered, OrderPlaced, Privacy.SubjectForgotten]),
-  init: [Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    Effect.asVoid(sql`CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT NOT NULL, card TEXT NOT NULL, ship_to TEXT)`))],
-  reset: Effect.flatMap(SqlClient.SqlClient, (sql) => Effect.asVoid(sql`DELETE FROM customers`)),
-  handlers: {
-    CustomerRegistered: (e, sql) =>
-      sql`INSERT INTO customers (id, name, card) VALUES (${e.payload.customerId}, ${e.payload.name}, ${e.payload.card})
-        ON CONFLICT (id) DO UPDATE SET name = excluded.name, card = excluded.card`,
-    OrderPlaced: (e, sql) => sql`UPDATE customers SET ship_to = ${e.payload.shipTo} WHERE id = ${e.payload.customerId}`,
-    SubjectForgotten: (e, sql) => sql`DELETE FROM customers WHERE id = ${e.payload.subject}`
-  }
-})
 
 /** SQLite file → raw store, key store, the privacy layer over them, the customer handler and projection. */
 const sqliteApp = (filename: string, options: Partial<Privacy.Options<any>> = {}) => {
@@ -102,6 +88,21 @@ describe("Privacy: declarations", () => {
         expect(Exit.isFailure(exit)).toBe(true)
         if (Exit.isFailure(exit)) expect(JSON.stringify(exit.cause)).toContain("InvalidInput")
       }
+    }))
+
+  it.effect("the key-encryption key from Credentials: a Token credential; another kind is a typed error at startup", () =>
+    Effect.gen(function*() {
+      const deps = Layer.merge(EventStore.layerMemory, KeyStore.layerMemory)
+      const ok = Privacy.layer({ registries: [CustomerEvents], kek: Privacy.kekFromCredentials("kek") }).pipe(
+        Layer.provide(Layer.merge(deps, Credentials.layerStatic({ kek: Credentials.token(kek) })))
+      )
+      yield* Layer.build(ok).pipe(Effect.scoped)
+      const wrongKind = Privacy.layer({ registries: [CustomerEvents], kek: Privacy.kekFromCredentials("kek") }).pipe(
+        Layer.provide(Layer.merge(deps, Credentials.layerStatic({ kek: Credentials.userPassword("u", kek) })))
+      )
+      const error = yield* Effect.flip(Layer.build(wrongKind).pipe(Effect.scoped))
+      expect(error).toMatchObject({ _tag: "KeyEncryptionKeyError", reason: "missing" })
+      expect(JSON.stringify(error)).not.toContain(testKek)
     }))
 
   it.effect("a payload with its own $privacy field is refused", () =>

@@ -12,7 +12,7 @@
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import Database from "better-sqlite3"
-import { Aggregate, Event, EventStore, KeyStore, Privacy, Projection, Snapshot } from "effect-eventstore"
+import { Aggregate, EventStore, KeyStore, Privacy, Projection, Snapshot } from "effect-eventstore"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
 import * as Chunk from "effect/Chunk"
@@ -30,6 +30,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import {
   Customer,
+  Customers,
   type CustomerCommand,
   type CustomerEvent,
   CustomerEvents,
@@ -39,7 +40,6 @@ import {
   evolve,
   GiftSent,
   initialState,
-  OrderPlaced,
   testKek
 } from "./fixtures/customers.js"
 
@@ -48,21 +48,6 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
 // --- the application under test (as test/privacy.test.ts composes it) ------------------------------------------------
 
-/** The customer read model: one row per customer, purged on `SubjectForgotten`. */
-const Customers = Projection.sql({
-  name: "customers",
-  events: Event.registry([CustomerRegistered, OrderPlaced, Privacy.SubjectForgotten]),
-  init: [Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    Effect.asVoid(sql`CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT NOT NULL, card TEXT NOT NULL, ship_to TEXT)`))],
-  reset: Effect.flatMap(SqlClient.SqlClient, (sql) => Effect.asVoid(sql`DELETE FROM customers`)),
-  handlers: {
-    CustomerRegistered: (e, sql) =>
-      sql`INSERT INTO customers (id, name, card) VALUES (${e.payload.customerId}, ${e.payload.name}, ${e.payload.card})
-        ON CONFLICT (id) DO UPDATE SET name = excluded.name, card = excluded.card`,
-    OrderPlaced: (e, sql) => sql`UPDATE customers SET ship_to = ${e.payload.shipTo} WHERE id = ${e.payload.customerId}`,
-    SubjectForgotten: (e, sql) => sql`DELETE FROM customers WHERE id = ${e.payload.subject}`
-  }
-})
 
 const sqliteApp = (filename: string) => {
   const base = Privacy.layer({ registries: [CustomerEvents], kek: Redacted.make(testKek), settle: "30 millis" }).pipe(
