@@ -281,7 +281,9 @@ export const open = (key: KeyObject, aad: string, sealed: Buffer): Buffer | unde
     const decipher = createDecipheriv("aes-256-gcm", key, sealed.subarray(0, IV))
     decipher.setAAD(Buffer.from(aad, "utf8"))
     decipher.setAuthTag(sealed.subarray(sealed.length - TAG))
-    return Buffer.concat([decipher.update(sealed.subarray(IV, sealed.length - TAG)), decipher.final()])
+    const plain = decipher.update(sealed.subarray(IV, sealed.length - TAG))
+    decipher.final() // checks the tag; GCM returns nothing more
+    return plain
   } catch {
     return undefined
   }
