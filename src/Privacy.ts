@@ -44,14 +44,13 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import type * as SchemaAST from "effect/SchemaAST"
 import * as Stream from "effect/Stream"
 import { EventBus } from "./Bus.js"
 import * as Credentials from "./Credentials.js"
 import { EventDecodeError, InvalidInput, StoreError } from "./Errors.js"
 import * as Event from "./Event.js"
 import { type AppendResult, EventStore, type EventStoreService, type ReadError } from "./EventStore.js"
-import { carryMarks, type ForgetHooks, tenantStoreOf, withForgetHooks } from "./internal/backend.js"
+import { carryMarks, databaseOf, type ForgetHooks, tenantStoreOf, withForgetHooks } from "./internal/backend.js"
 import { tables } from "./internal/migrations.js"
 import { checkId, prepareAppend, tenantKey, TENANT_PATTERN, userStreamId } from "./internal/codec.js"
 import * as P from "./internal/privacy.js"
@@ -217,8 +216,8 @@ export interface VerifyOptions {
   /**
    * Plain-text values of the subject (their name, their email — what the person asked to be forgotten gave): searched
    * for (as they are, and as JSON escapes them) in every event of the log (payload and metadata), in the snapshots of
-   * the subject's streams, in the unique values (claims) and the claims stored with events (through the `SqlClient`
-   * in context, when it reaches the store's tables), in `tables`, in the parked events of `projections`, in the dead
+   * the subject's streams, in the unique values (claims) and the claims stored with events (an SQL store's tables), in
+   * `tables`, in the parked events of `projections`, in the dead
    * letters of `deadLetters` and in `files`. The library cannot know them itself once the key is gone.
    */
   readonly values?: ReadonlyArray<string>
@@ -380,7 +379,7 @@ export const layer = <E = never, R = never>(
       const members = ast._tag === "Union" ? ast.types : [ast]
       for (const member of members) {
         const schema = Schema.make(member)
-        const type = tagOf(member)
+        const type = P.eventTypeOf(member)
         if (type === undefined) continue
         const plan = P.planOf(type, schema)
         if (Either.isLeft(plan)) return yield* plan.left
@@ -719,19 +718,21 @@ export const layer = <E = never, R = never>(
               detail: `${hits} events hold a value in plain text (the first: ${first!.streamId} version ${first!.version}, position ${first!.position}, an unmarked field?)`
             })
           }
-          // the library's tables that hold values in plain text: unique values (claims) and the claims stored with events
-          const client = yield* Effect.serviceOption(SqlClient.SqlClient)
-          if (Option.isSome(client)) {
+          // the library's tables that hold values in plain text: unique values (claims) and the claims stored with events,
+          // in the database the store keeps its events in (an SQL store is marked with its client)
+          const database = databaseOf(inner) as SqlClient.SqlClient | undefined
+          if (database !== undefined) {
+            const toStore = (cause: unknown) => storeError("privacy.verify", cause)
             const claimed = yield* Effect.mapError(
-              client.value.unsafe<Record<string, unknown>>(`SELECT * FROM ${tables.unique}`),
-              (cause) => storeError("privacy.verify", cause)
-            ).pipe(Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<Record<string, unknown>>)))
+              database.unsafe<Record<string, unknown>>(`SELECT * FROM ${tables.unique}`),
+              toStore
+            )
             const held = claimed.filter((row) => stringsIn(row, values).length > 0).length
             if (held > 0) findings.push({ where: "claims", detail: `${held} unique values (claims) are a value` })
             const withClaims = yield* Effect.mapError(
-              client.value.unsafe<{ claims: string }>(`SELECT claims FROM ${tables.events} WHERE claims IS NOT NULL`),
-              (cause) => storeError("privacy.verify", cause)
-            ).pipe(Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<{ claims: string }>)))
+              database.unsafe<{ claims: string }>(`SELECT claims FROM ${tables.events} WHERE claims IS NOT NULL`),
+              toStore
+            )
             const stored = withClaims.filter((row) => stringsIn(row.claims, values).length > 0).length
             if (stored > 0) findings.push({ where: "claims", detail: `${stored} events' stored claims hold a value` })
           }
@@ -861,24 +862,6 @@ export const layer = <E = never, R = never>(
 
     return Context.make(EventStore, decorated).pipe(Context.add(Privacy, service))
   }))
-
-const tagOf = (ast: SchemaAST.AST): string | undefined => {
-  switch (ast._tag) {
-    case "TypeLiteral":
-      for (const ps of ast.propertySignatures) {
-        if (ps.name === "_tag" && ps.type._tag === "Literal" && typeof ps.type.literal === "string") return ps.type.literal
-      }
-      return undefined
-    case "Transformation":
-      return tagOf(ast.from) ?? tagOf(ast.to)
-    case "Refinement":
-      return tagOf(ast.from)
-    case "Suspend":
-      return tagOf(ast.f())
-    default:
-      return undefined
-  }
-}
 
 const describe = (e: unknown): string =>
   typeof e === "object" && e !== null && "message" in e && typeof e.message === "string" ? e.message : String(e)

@@ -75,6 +75,12 @@ const propertiesOf = (ast: SchemaAST.AST): ReadonlyArray<Property> | undefined =
   }
 }
 
+/** The `_tag` literal of an event schema (on its encoded side, where the stored payload's fields are). */
+export const eventTypeOf = (ast: SchemaAST.AST): string | undefined => {
+  const tag = propertiesOf(ast)?.find((p) => p.name === "_tag")?.type
+  return tag?._tag === "Literal" && typeof tag.literal === "string" ? tag.literal : undefined
+}
+
 /** An annotation on a field's schema, or on a member of its union (`Schema.optional` adds `undefined`). */
 const findAnnotation = <A>(id: symbol, ast: SchemaAST.AST): A | undefined => {
   const own = SchemaAST.getAnnotation<A>(ast, id)
