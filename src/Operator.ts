@@ -147,6 +147,14 @@ export const ProjectionInfo = Schema.Struct({
   eventsPerSecond: Schema.optional(Schema.Number),
   /** Live (as `state`): what it stopped on. */
   failure: Schema.optional(Schema.Struct({ position: Schema.Number, eventType: Schema.String, reason: Schema.String })),
+  /** Live (as `state`): the rebuild under way, if any. */
+  rebuild: Schema.optional(Schema.Struct({
+    processed: Schema.Number,
+    total: Schema.Number,
+    eventsPerSecond: Schema.Number,
+    etaMillis: Schema.optional(Schema.Number),
+    done: Schema.Boolean
+  })),
   /** Parked events. */
   parked: Schema.Number,
   /** The most recently parked event's reason, with its position and type. */
@@ -302,30 +310,33 @@ export class Unsupported extends Schema.TaggedError<Unsupported>()("Unsupported"
 /** @since 0.1.0 */
 export type OperatorError = StoreError | InvalidInput | NotFound | Unsupported
 
+/** What a read of the operator can fail with. @since 0.1.0 */
+export type ReadFailure = StoreError | InvalidInput | NotFound
+
 /** @since 0.1.0 */
 export interface OperatorService {
   readonly backend: "sqlite" | "pg"
   readonly head: Effect.Effect<number, StoreError>
   readonly overview: Effect.Effect<Overview, StoreError>
   readonly streams: (query?: StreamsQuery) => Effect.Effect<StreamsPage, StoreError | InvalidInput>
-  readonly stream: (streamId: string, query?: StreamQuery) => Effect.Effect<EventsPage, OperatorError>
+  readonly stream: (streamId: string, query?: StreamQuery) => Effect.Effect<EventsPage, ReadFailure>
   /** An event by its id, or by its position (a decimal number). */
-  readonly event: (idOrPosition: string) => Effect.Effect<EventDetail, OperatorError>
+  readonly event: (idOrPosition: string) => Effect.Effect<EventDetail, ReadFailure>
   /** The events after a position, in order (what `tail` and the dashboard's live view poll). */
   readonly after: (
     position: number,
     options?: { readonly streamId?: string; readonly streamType?: string; readonly limit?: number }
-  ) => Effect.Effect<ReadonlyArray<EventView>, OperatorError>
+  ) => Effect.Effect<ReadonlyArray<EventView>, StoreError | InvalidInput>
   readonly projections: Effect.Effect<ReadonlyArray<ProjectionInfo>, StoreError>
   readonly projection: (name: string) => Effect.Effect<ProjectionInfo, StoreError | NotFound>
-  readonly check: (thresholds: Thresholds, names?: ReadonlyArray<string>) => Effect.Effect<CheckResult, OperatorError>
+  readonly check: (thresholds: Thresholds, names?: ReadonlyArray<string>) => Effect.Effect<CheckResult, ReadFailure>
   readonly parked: (
     projection?: string,
     options?: { readonly after?: number; readonly until?: number; readonly limit?: number }
   ) => Effect.Effect<ParkedPage, StoreError | InvalidInput>
   readonly parkedEvent: (projection: string, position: number) => Effect.Effect<
     { readonly parked: ParkedView; readonly event: EventView | undefined },
-    OperatorError
+    ReadFailure
   >
   /**
    * Deletes the parked records of `projection` from `position` to `until` (inclusive; just `position` when absent),
@@ -350,6 +361,8 @@ export interface OperatorService {
     Projection.RebuildProgress,
     OperatorError | Projection.ProjectionFailed | Projection.ProjectionStateError | Projection.ProjectionNotFound
   >
+  /** Whether `name` runs in this process (its `Projections` service is in context): what `rebuild` needs. */
+  readonly runsHere: (name: string) => boolean
   readonly doctor: Effect.Effect<Doctor, StoreError>
   /** The selected events as NDJSON lines (no newline), by position, a page at a time: the stored form, exactly. */
   readonly exportEvents: (selection?: Selection) => Stream.Stream<string, StoreError>
@@ -604,6 +617,16 @@ export const make = (
         if (status !== undefined) {
           info.state = status.state
           info.eventsPerSecond = status.eventsPerSecond
+          if (status.rebuild !== undefined) {
+            const r = status.rebuild
+            info.rebuild = {
+              processed: r.processed,
+              total: r.total,
+              eventsPerSecond: r.eventsPerSecond,
+              done: r.done,
+              ...(r.etaMillis !== undefined ? { etaMillis: r.etaMillis } : {})
+            }
+          }
           if (status.failure !== undefined) {
             info.failure = {
               position: status.failure.position,
@@ -941,6 +964,8 @@ export const make = (
         )
       }) as Effect.Effect<void, Projection.ProjectionFailed>
 
+    const runsHere = (name: string) => Option.isSome(live) && live.value.names.includes(name)
+
     const rebuild = (name: string) =>
       Option.isSome(live) && live.value.names.includes(name)
         ? live.value.rebuild(name)
@@ -1145,6 +1170,7 @@ export const make = (
       skip,
       retry,
       rebuild,
+      runsHere,
       doctor,
       exportEvents,
       importLines
