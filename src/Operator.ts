@@ -483,7 +483,7 @@ export const parseLine = (line: string, n: number): Either.Either<ImportRow, Inv
   if (!isObject(payload)) return bad("payload must be a JSON object")
   if (metadata !== null && metadata !== undefined && !isObject(metadata)) return bad("metadata must be an object or null")
   if (tenantId !== null && tenantId !== undefined && typeof tenantId !== "string") return bad("tenantId must be a string")
-  if (claims !== null && claims !== undefined && !Array.isArray(claims)) return bad("claims must be an array or null")
+  if (claims !== null && claims !== undefined && typeof claims !== "object") return bad("claims must be JSON (as exported) or null")
   return Either.right({
     eventId,
     streamId,
@@ -495,7 +495,7 @@ export const parseLine = (line: string, n: number): Either.Either<ImportRow, Inv
     metadata: metadata === null || metadata === undefined ? null : JSON.stringify(metadata),
     tenantId: typeof tenantId === "string" ? tenantId : null,
     recordedAt,
-    claims: Array.isArray(claims) ? JSON.stringify(claims) : null
+    claims: claims === null || claims === undefined ? null : JSON.stringify(claims)
   })
 }
 

@@ -22,6 +22,7 @@ export * as EventStore from "./EventStore.js"
 export * as Health from "./Health.js"
 /** @since 0.1.0 */
 export * as KeyStore from "./KeyStore.js"
+export * as Operator from "./Operator.js"
 /** @since 0.1.0 */
 export * as Privacy from "./Privacy.js"
 /** @since 0.1.0 */
