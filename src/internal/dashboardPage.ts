@@ -103,7 +103,7 @@ const script = String.raw`
   function rate(n) { return typeof n === "number" ? (n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(1)) : "\u2013"; }
   function secs(s) {
     if (typeof s !== "number") return "\u2013";
-    if (s < 60) return (s < 10 && s % 1 ? s.toFixed(1) : Math.round(s)) + " s";
+    if (s < 60) return (s < 10 && Math.round(s * 10) % 10 ? s.toFixed(1) : Math.round(s)) + " s";
     if (s < 3600) return Math.floor(s / 60) + " m " + Math.round(s % 60) + " s";
     if (s < 86400) return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " m";
     return Math.floor(s / 86400) + " d " + Math.round((s % 86400) / 3600) + " h";
@@ -115,6 +115,8 @@ const script = String.raw`
     var ago = (Date.now() - ms) / 1000;
     return String(iso).replace("T", " ").replace(/\.\d+Z$|Z$/, "") + (ago >= 0 ? " (" + secs(ago) + " ago)" : "");
   }
+  // a time with how long ago it was, kept current by the ticker below
+  function when(iso) { return h("span", { "data-time": iso || "" }, time(iso)); }
   function json(v) { try { return JSON.stringify(v, null, 2); } catch (e) { return String(v); } }
   function hrefStream(id) { return "#/stream/" + encodeURIComponent(id); }
   function hrefEvent(id) { return "#/event/" + encodeURIComponent(id); }
@@ -318,6 +320,7 @@ const script = String.raw`
       setCell($("head"), int(o.head), o.head);
       setCell($("events-per-second"), rate(o.eventsPerSecond), o.eventsPerSecond);
       setCell($("last-recorded-at"), time(o.lastRecordedAt), o.lastRecordedAt);
+      $("last-recorded-at").setAttribute("data-time", o.lastRecordedAt || "");
       setCell($("parked-total"), int(o.parked), o.parked);
       $("parked-total").className = "value" + (o.parked > 0 ? " warn" : "");
       table.sync(o.projections);
@@ -377,7 +380,7 @@ const script = String.raw`
           return h("tr", { "data-stream": s.streamId },
             h("td", { "class": "mono" }, h("a", { href: hrefStream(s.streamId) }, s.streamId)),
             h("td", null, s.streamType), h("td", { "class": "num", "data-field": "version" }, int(s.version)),
-            h("td", null, time(s.lastRecordedAt)));
+            h("td", null, when(s.lastRecordedAt)));
         }))));
       var pager = h("div", { "class": "pager" });
       if (after) add(pager, h("a", { href: hashOf("/streams", f), id: "first-page" }, "\u2190 first page"));
@@ -401,7 +404,7 @@ const script = String.raw`
           h("td", { "class": "mono" }, h("a", { href: hrefEvent(e.eventId) }, e.eventId)),
           o.stream ? h("td", { "class": "mono" }, h("a", { href: hrefStream(e.streamId) }, e.streamId)) : null,
           h("td", { "class": "num", "data-field": "version" }, int(e.version)),
-          h("td", { "data-field": "type" }, e.type), h("td", null, time(e.recordedAt)));
+          h("td", { "data-field": "type" }, e.type), h("td", null, when(e.recordedAt)));
       })));
   }
   function viewStream(root, id, params, gen) {
@@ -447,7 +450,7 @@ const script = String.raw`
           h("dt", null, "Stream type"), h("dd", null, e.streamType),
           h("dt", null, "Version"), h("dd", { "data-field": "version" }, String(e.version)),
           h("dt", null, "Type"), h("dd", { "data-field": "type" }, e.type + (e.schemaVersion > 1 ? " (schema v" + e.schemaVersion + ")" : "")),
-          h("dt", null, "Recorded"), h("dd", null, time(e.recordedAt)),
+          h("dt", null, "Recorded"), h("dd", null, when(e.recordedAt)),
           h("dt", null, "Correlation id"), h("dd", { "class": "mono", "data-field": "correlationId" }, m.correlationId || "\u2013"),
           h("dt", null, "Caused by"), h("dd", { "data-field": "causationId" }, link(m.causationId))),
         h("div", { "class": "cols" },
@@ -500,7 +503,7 @@ const script = String.raw`
             h("td", null, h("a", { href: hrefParked(p.projection) }, p.projection)),
             h("td", { "class": "num" }, h("a", { href: hrefEvent(p.eventId) }, int(p.position))),
             h("td", { "class": "mono" }, h("a", { href: hrefStream(p.streamId) }, p.streamId)),
-            h("td", null, p.eventType), h("td", { "class": "warn" }, p.reason), h("td", null, time(p.parkedAt)),
+            h("td", null, p.eventType), h("td", { "class": "warn" }, p.reason), h("td", null, when(p.parkedAt)),
             CONFIG.readOnly ? null : h("td", null,
               h("button", { type: "button", "data-action": "retry", onclick: function () { act("retry", p.projection, p.position); } }, "Retry"), " ",
               h("button", { type: "button", "class": "danger", "data-action": "skip",
@@ -550,11 +553,22 @@ const script = String.raw`
     add(tools, h("label", null, "Admin token", input));
   }
   $("interval").textContent = String(CONFIG.liveIntervalMs);
+  setInterval(function () {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-time]"), function (el) {
+      var iso = el.getAttribute("data-time");
+      if (iso) el.textContent = time(iso);
+    });
+  }, 1000);
   window.addEventListener("hashchange", route);
   route();
   connect();
 })();
 `
+
+// indentation and comment lines cost a quarter of the page's bytes; nothing in the script spans lines, so both go
+const compact = (source: string): string => source.replace(/\n[ \t]+/g, "\n").replace(/\n\/\/[^\n]*/g, "")
+const styleText = compact(style)
+const scriptText = compact(script)
 
 // JSON in a <script> element: only "<" could end it early ("</script>"); escaped, it stays data
 const embed = (value: unknown): string => JSON.stringify(value).replace(/</g, "\\u003c")
@@ -573,7 +587,7 @@ export const page = (options: { readonly readOnly: boolean; readonly liveInterva
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>effect-eventstore</title>
 <link rel="icon" href="data:,">
-<style>${style}</style>
+<style>${styleText}</style>
 </head>
 <body>
 <header>
@@ -592,7 +606,7 @@ export const page = (options: { readonly readOnly: boolean; readonly liveInterva
 <script type="application/json" id="config">${
     embed({ readOnly: options.readOnly, liveIntervalMs: options.liveIntervalMs })
   }</script>
-<script>${script}</script>
+<script>${scriptText}</script>
 </body>
 </html>
 `
