@@ -26,7 +26,7 @@ nav a.active,nav a:hover{background:#2c3957;color:#fff}
 #live[data-state=live]:before{color:#46c37b}#live[data-state=polling]:before{color:#e0a526}
 #live[data-state=reconnecting]:before{color:#e0574c}
 .badge{font-size:12px;padding:.1rem .5rem;border-radius:9px;background:#3a4766;color:#fff}
-header label{font-size:12px;color:#c9d4ea}header input{margin-left:.3rem;width:11rem}
+header form{margin:0}header label{font-size:12px;color:#c9d4ea}header input{margin-left:.3rem;width:11rem}
 main{padding:1rem 1.2rem;max-width:1400px;margin:0 auto}
 h1{font-size:18px;margin:.2rem 0 .8rem}h2{font-size:15px;margin:1.4rem 0 .5rem}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(11rem,1fr));gap:.8rem}
@@ -288,6 +288,7 @@ const script = String.raw`
       });
       Object.keys(rows).forEach(function (k) { tbody.removeChild(rows[k]); });
       empty.hidden = list.length > 0;
+      table.hidden = list.length === 0;
     }
     return { el: [table, empty], sync: sync };
   }
@@ -550,7 +551,8 @@ const script = String.raw`
     input.addEventListener("input", function () {
       try { sessionStorage.setItem(TOKEN_KEY, input.value); } catch (e) { /* storage disabled: kept for this page only */ }
     });
-    add(tools, h("label", null, "Admin token", input));
+    // in a form of its own: a password field outside one is flagged by browsers; Enter must not reload the page
+    add(tools, h("form", { onsubmit: function (e) { e.preventDefault(); } }, h("label", null, "Admin token", input)));
   }
   $("interval").textContent = String(CONFIG.liveIntervalMs);
   setInterval(function () {
