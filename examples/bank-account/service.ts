@@ -8,12 +8,19 @@
  *   curl localhost:9000/health/ready
  *
  * Settings (environment): BANK_DATA_DIR (default ./data), HEALTH_PORT (default 9000; 0 for any free port),
- * TELLERS (default 4), PAUSE_MS between a teller's commands (default 200), SHUTDOWN_TIMEOUT_MS (default 20000).
+ * DASHBOARD_PORT (the operator dashboard, default 9100 when HEALTH_PORT is not set either; 0 for any free port),
+ * EVENTSTORE_ADMIN_TOKEN (allows the dashboard's actions; read-only without it), TELLERS (default 4), PAUSE_MS between
+ * a teller's commands (default 200), SHUTDOWN_TIMEOUT_MS (default 20000).
+ *
+ *   open http://localhost:9100/
+ *   npm run cli -- projections status --url http://localhost:9100
  */
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as Dashboard from "effect-eventstore/Dashboard"
 import * as Runtime from "effect-eventstore/Runtime"
 import * as Sqlite from "effect-eventstore/Sqlite"
 import * as SqlProjection from "effect-eventstore/SqlProjection"
-import { Aggregate, Projection } from "effect-eventstore"
+import { Aggregate, Operator, Projection } from "effect-eventstore"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -36,7 +43,21 @@ const FraudCheckLive = Layer.succeed(FraudCheck, {
   review: (amount) => amount >= 100_000 ? Effect.sleep("50 millis") : Effect.void
 })
 
-const AppLive = Layer.mergeAll(
+const dashboardPort = process.env.DASHBOARD_PORT ?? (process.env.HEALTH_PORT === undefined ? "9100" : undefined)
+
+// The operator dashboard, in this process: it sees the projections running here (live state, rebuilds)
+const DashboardLive = dashboardPort === undefined ? Layer.empty : Layer.unwrapEffect(
+  Effect.map(Dashboard.optionsConfig, (options) =>
+    Layer.effectDiscard(Effect.flatMap(HttpServer.HttpServer, (server) =>
+      server.address._tag === "TcpAddress"
+        ? Effect.logInfo(`dashboard on http://127.0.0.1:${server.address.port}/`)
+        : Effect.void)).pipe(
+        Layer.provideMerge(Dashboard.serve({ ...options, port: Number(dashboardPort) })),
+        Layer.provide(Operator.layer())
+      ))
+)
+
+const AppCore = Layer.mergeAll(
   Aggregate.layer(Account),
   Projection.layer([AccountBalances, TransactionsPerDay])
 ).pipe(
@@ -47,6 +68,8 @@ const AppLive = Layer.mergeAll(
   }))),
   Layer.provideMerge(FraudCheckLive)
 )
+
+const AppLive = DashboardLive.pipe(Layer.provideMerge(AppCore))
 
 /**
  * One teller: opens an account, then deposits into it until the service stops. Each command and its ack line run as
