@@ -13,6 +13,7 @@ import * as Sqlite from "effect-eventstore/Sqlite"
 import { INSERT, median, percentile, STREAMS, WARMUP } from "./common.js"
 import { busBenches } from "./bus.js"
 import { cqrsBenches } from "./cqrs.js"
+import { operatorBenches } from "./operator.js"
 import { postgresBenches } from "./postgres.js"
 import { privacyBenches } from "./privacy.js"
 import { catchupBench, inlineBench, lagBench } from "./projection.js"
@@ -767,6 +768,9 @@ async function main() {
   if (only === undefined || only.startsWith("pg")) await postgresBenches(emit, quick, want)
   if (only === undefined || only.startsWith("bus")) await busBenches(emit, quick, want)
   if (want("cqrs")) await cqrsBenches(emit, quick)
+  if (want("cli") || want("dashboard") || only?.startsWith("cli") || only?.startsWith("dashboard")) {
+    await operatorBenches(emit, dir, quick, want)
+  }
   fs.rmSync(dir, { recursive: true, force: true })
 }
 

@@ -319,7 +319,8 @@ export const layer = (options: Options = {}) => {
       let last = ""
       const updates = Stream.repeatEffectWithSchedule(
         Effect.either(op.overview),
-        Schedule.spaced(interval)
+        // fixed: an interval from start to start, whatever the overview's own time
+        Schedule.fixed(interval)
       ).pipe(
         Stream.filterMap((result) => {
           const text = result._tag === "Right"

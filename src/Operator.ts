@@ -419,30 +419,15 @@ const EXPORT_ROW = `position, event_id, stream_id, stream_type, version, event_t
 const EXPORT_ROW_PG = `position, event_id, stream_id, stream_type, version, event_type, schema_version,
   payload::text AS payload, metadata::text AS metadata, tenant_id, recorded_at, claims`
 
-interface ExportRow {
-  readonly position: unknown
-  readonly event_id: string
-  readonly stream_id: string
-  readonly stream_type: string
-  readonly version: unknown
-  readonly event_type: string
-  readonly schema_version: unknown
-  readonly payload: string
-  readonly metadata: string | null
-  readonly tenant_id: string | null
-  readonly recorded_at: unknown
-  readonly claims: string | null
-}
-
-/** @internal one NDJSON line of `exportEvents` */
-export const exportLine = (r: ExportRow): string =>
-  `{"eventId":${JSON.stringify(r.event_id)},"streamId":${JSON.stringify(r.stream_id)},"streamType":${
-    JSON.stringify(r.stream_type)
-  },"version":${num(r.version)},"type":${JSON.stringify(r.event_type)},"schemaVersion":${
-    num(r.schema_version)
-  },"payload":${r.payload},"metadata":${r.metadata ?? "null"},"tenantId":${
-    r.tenant_id === null ? "null" : JSON.stringify(r.tenant_id)
-  },"recordedAt":${num(r.recorded_at)},"claims":${r.claims ?? "null"},"position":${num(r.position)}}`
+/** @internal one NDJSON line of `exportEvents`, from a row of `EXPORT_ROW`'s columns in order (arrays: no row objects) */
+export const exportLine = (r: ReadonlyArray<unknown>): string =>
+  `{"eventId":${JSON.stringify(r[1])},"streamId":${JSON.stringify(r[2])},"streamType":${
+    JSON.stringify(r[3])
+  },"version":${num(r[4])},"type":${JSON.stringify(r[5])},"schemaVersion":${num(r[6])},"payload":${
+    r[7] as string
+  },"metadata":${(r[8] as string | null) ?? "null"},"tenantId":${
+    r[9] === null ? "null" : JSON.stringify(r[9])
+  },"recordedAt":${num(r[10])},"claims":${(r[11] as string | null) ?? "null"},"position":${num(r[0])}}`
 
 interface ImportRow {
   readonly eventId: string
@@ -674,14 +659,21 @@ export const make = (
       Effect.gen(function*() {
         const limit = yield* limitOf(query.limit)
         const conditions: Array<any> = []
-        if (query.after !== undefined) conditions.push(sql`stream_id > ${query.after}`)
-        if (query.prefix !== undefined && query.prefix.length > 0) {
+        const prefix = query.prefix !== undefined && query.prefix.length > 0 ? query.prefix : undefined
+        if (pg) {
+          if (query.after !== undefined) conditions.push(sql`stream_id > ${query.after}`)
+          if (prefix !== undefined) conditions.push(sql`starts_with(stream_id, ${prefix})`)
+        } else if (prefix !== undefined) {
+          // binary order: the prefix's range, so the (stream_id, version) index finds it; one lower bound (SQLite
+          // starts the range at the first of two, whichever it is)
           conditions.push(
-            pg
-              ? sql`starts_with(stream_id, ${query.prefix})`
-              // binary order: the prefix's range, so the (stream_id, version) index finds it
-              : sql`stream_id >= ${query.prefix} AND stream_id < ${query.prefix + "\u{10FFFF}"}`
+            query.after !== undefined && query.after >= prefix
+              ? sql`stream_id > ${query.after}`
+              : sql`stream_id >= ${prefix}`,
+            sql`stream_id < ${prefix + "\u{10FFFF}"}`
           )
+        } else if (query.after !== undefined) {
+          conditions.push(sql`stream_id > ${query.after}`)
         }
         if (query.streamType !== undefined) conditions.push(sql`stream_type = ${query.streamType}`)
         const having: Array<any> = []
@@ -1036,14 +1028,14 @@ export const make = (
     const EXPORT_PAGE = 5000
     const exportEvents = (selection: Selection = {}) =>
       Stream.paginateChunkEffect(0, (from: number) =>
-        sql<ExportRow>`SELECT ${sql.literal(pg ? EXPORT_ROW_PG : EXPORT_ROW)} FROM ${sql(E)} WHERE position > ${from}
+        sql`SELECT ${sql.literal(pg ? EXPORT_ROW_PG : EXPORT_ROW)} FROM ${sql(E)} WHERE position > ${from}
           ${selection.streamId !== undefined ? sql`AND stream_id = ${selection.streamId}` : sql``}
           ${selection.streamType !== undefined ? sql`AND stream_type = ${selection.streamType}` : sql``}
-          ORDER BY position LIMIT ${EXPORT_PAGE}`.withoutTransform.pipe(
+          ORDER BY position LIMIT ${EXPORT_PAGE}`.values.pipe(
           Effect.map((rows) => {
             const lines = new Array<string>(rows.length)
             for (let i = 0; i < rows.length; i++) lines[i] = exportLine(rows[i]!)
-            const next = rows.length < EXPORT_PAGE ? Option.none() : Option.some(num(rows[rows.length - 1]!.position))
+            const next = rows.length < EXPORT_PAGE ? Option.none() : Option.some(num(rows[rows.length - 1]![0]))
             return [Chunk.unsafeFromArray(lines), next] as const
           }),
           Effect.mapError(storeError("operator.export"))
