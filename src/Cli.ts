@@ -57,7 +57,7 @@ import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
 import * as readline from "node:readline"
-import { InvalidInput } from "./Errors.js"
+import { InvalidInput, StoreError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import * as Operator from "./Operator.js"
 import * as Projection from "./Projection.js"
@@ -1474,9 +1474,29 @@ const dbDoctor = leaf(
     )
   },
   (c, target) =>
-    withOps(target, (ops) =>
+    Effect.gen(function*() {
+      // the journal mode as the file has it, read before the store opens it (opening turns WAL on)
+      const journal = target._tag === "sqlite" ? yield* journalModeOf(target.filename) : undefined
+      return yield* withOps(target, (ops) =>
       Effect.gen(function*() {
-        const doctor = yield* ops.doctor
+        const found = yield* ops.doctor
+        const doctor = journal === undefined ? found : {
+          ...found,
+          findings: found.findings.map((f) =>
+            f.setting === "journal_mode"
+              ? journal.toLowerCase() === "wal"
+                ? { ...f, value: journal, level: "OK" as const }
+                : {
+                  ...f,
+                  value: journal,
+                  level: "WARN" as const,
+                  advice: "not WAL: readers block the writer (Sqlite.layer turns WAL on when it opens the file)"
+                }
+              : f.setting === "synchronous"
+              ? { ...f, advice: `${f.advice} (set per connection: this is the CLI's; a service's shows through --url)` }
+              : f
+          )
+        }
         const extra = Option.isSome(c.nats)
           ? yield* natsFindings(c.nats.value, Option.getOrElse(c.stream, () => "EVENTS"))
           : []
@@ -1493,9 +1513,26 @@ const dbDoctor = leaf(
           }`
         )
         yield* out(table(["SETTING", "VALUE", "LEVEL", "ADVICE"], findings.map((f) => [f.setting, f.value, f.level, f.advice])))
-      })),
+      }))
+    }),
   { check: true }
 )
+
+/** An SQLite file's journal mode, read on a read-only connection of its own (undefined if the file is missing). */
+const journalModeOf = (filename: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      if (!fs.existsSync(filename)) return undefined
+      const { default: Database } = await import("better-sqlite3")
+      const db = new Database(filename, { readonly: true, fileMustExist: true })
+      try {
+        return String(db.pragma("journal_mode", { simple: true }))
+      } finally {
+        db.close()
+      }
+    },
+    catch: (cause) => new StoreError({ operation: "doctor.journal_mode", cause })
+  })
 
 // ---------------------------------------------------------------------------------------------------------------------
 // export, import
@@ -1576,8 +1613,10 @@ const linesOf = (input: NodeJS.ReadableStream): Stream.Stream<ReadonlyArray<stri
     (async function*() {
       let rest = ""
       let lines: Array<string> = []
+      // one decoder for the whole input: a character split between two reads is joined, not replaced
+      const decoder = new TextDecoder("utf-8")
       for await (const piece of input) {
-        const text = rest + (typeof piece === "string" ? piece : piece.toString("utf8"))
+        const text = rest + (typeof piece === "string" ? piece : decoder.decode(piece as Uint8Array, { stream: true }))
         let start = 0
         for (;;) {
           const end = text.indexOf("\n", start)
@@ -1591,6 +1630,7 @@ const linesOf = (input: NodeJS.ReadableStream): Stream.Stream<ReadonlyArray<stri
         }
         rest = text.slice(start)
       }
+      rest += decoder.decode()
       if (rest.length > 0) lines.push(rest)
       if (lines.length > 0) yield lines
     })(),
@@ -1599,12 +1639,12 @@ const linesOf = (input: NodeJS.ReadableStream): Stream.Stream<ReadonlyArray<stri
 
 const importCommand = leaf(
   "import",
-  "Changes the store: writes events from NDJSON made by export (a file, or stdin), 5000 lines at a time, each " +
+  "Changes the store: writes events from NDJSON made by export (a file, or stdin), 50,000 lines at a time, each " +
     "with its id, stream, version and time as they were. Idempotent: events stored already (same id, stream and " +
     "version) are skipped, so a second import of a file writes nothing. Progress on stderr.",
   {
     yes,
-    file: Args.file({ name: "file", exists: "yes" }).pipe(
+    file: Args.text({ name: "file" }).pipe(
       Args.withDescription("The NDJSON file; stdin when absent."),
       Args.optional
     )
@@ -1617,6 +1657,9 @@ const importCommand = leaf(
       yield* withLocal(local, () =>
         Effect.gen(function*() {
           const op = yield* Operator.Operator
+          if (file !== undefined && !fs.existsSync(file)) {
+            return yield* new InvalidInput({ field: "file", reason: `${file} does not exist` })
+          }
           const input = file === undefined
             ? process.stdin
             : fs.createReadStream(file, { highWaterMark: CHUNK_BYTES })
@@ -1626,12 +1669,16 @@ const importCommand = leaf(
           let skipped = 0
           yield* linesOf(input).pipe(
             Stream.runForEach((chunk) =>
-              Effect.map(op.importLines(chunk), (r) => {
+              Effect.map(op.importLines(chunk, { firstLine: lines + 1 }), (r) => {
                 lines += chunk.length
                 written += r.written
                 skipped += r.skipped
                 progress.tick(lines)
               })
+            ),
+            // the chunks before the one that failed are written: say so
+            Effect.tapError(() =>
+              err(`import: stopped after line ${lines}: ${written} events written, ${skipped} skipped before the failing chunk (nothing of that chunk was written)`)
             )
           )
           const secs = progress.seconds()
@@ -1768,8 +1815,11 @@ export const run = (options: RunOptions = {}): void => {
     disablePrettyLogger: true,
     teardown: (exit, onExit) => {
       // a command's failure was printed and set the code; what fails here is the command line (printed by the parser)
+      // (a refused command line of a check is UNKNOWN, 3, as Nagios reads it)
       const code = Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)
-        ? (typeof process.exitCode === "number" && process.exitCode !== 0 ? process.exitCode : 1)
+        ? (typeof process.exitCode === "number" && process.exitCode !== 0
+          ? process.exitCode
+          : argv.some((a) => a === "check" || a === "doctor") ? 3 : 1)
         : typeof process.exitCode === "number" ? process.exitCode : 0
       onExit(code)
       process.exit(code)

@@ -14,6 +14,7 @@
  *
  * @since 0.1.0
  */
+import type * as Operator from "./Operator.js"
 import * as JetStream from "@nats-io/jetstream"
 import * as Transport from "@nats-io/transport-node"
 import * as Config from "effect/Config"
@@ -360,6 +361,35 @@ export interface BusOptions {
    */
   readonly pullExpiry?: Duration.DurationInput
 }
+
+/**
+ * The durable consumers of a JetStream stream (default `EVENTS`, `layerBus`'s default), as the broker reports them:
+ * for `Operator.layer({ busConsumers })`, so the dashboard's overview shows them.
+ *
+ * @since 0.1.0
+ */
+export const consumers = (
+  stream = "EVENTS"
+): Effect.Effect<ReadonlyArray<Operator.BusConsumer>, NatsError, NatsClient> =>
+  Effect.flatMap(NatsClient, (client) =>
+    Effect.tryPromise({
+      try: async () => {
+        const out: Array<Operator.BusConsumer> = []
+        for await (const info of client.manager.consumers.list(stream)) {
+          const last = info.delivered.last_active
+          out.push({
+            name: info.name,
+            stream: info.stream_name,
+            pending: info.num_pending,
+            ackPending: info.num_ack_pending,
+            redelivered: info.num_redelivered,
+            ...(last !== undefined && last !== null ? { lastActive: new Date(last).toISOString() } : {})
+          })
+        }
+        return out
+      },
+      catch: (cause) => new NatsError({ operation: "consumers", reason: reasonOf(cause) })
+    }))
 
 /**
  * The `EventBus` on JetStream (contract and wire format: `effect-eventstore/Bus`). Creates the stream and its

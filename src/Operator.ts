@@ -115,7 +115,10 @@ export type ParkedView = typeof ParkedView.Type
 /** @since 0.1.0 */
 export const ParkedPage = Schema.Struct({
   parked: Schema.Array(ParkedView),
-  /** Pass as `after` (with the same projection) for the next page; absent on the last page. */
+  /**
+   * Pass as `after` (with the same projection) for the next page; absent on the last page. A page ends with every
+   * record at its last position (one per projection parked there), so it may hold a few more than `limit`.
+   */
   next: Schema.optional(Schema.Number)
 })
 /** @since 0.1.0 */
@@ -163,6 +166,21 @@ export const ProjectionInfo = Schema.Struct({
 /** @since 0.1.0 */
 export type ProjectionInfo = typeof ProjectionInfo.Type
 
+/** A durable consumer of the event bus, as its broker reports it (`Nats.consumers`). @since 0.1.0 */
+export const BusConsumer = Schema.Struct({
+  name: Schema.String,
+  stream: Schema.String,
+  /** Messages not yet delivered to it. */
+  pending: Schema.Number,
+  /** Delivered, not yet acknowledged. */
+  ackPending: Schema.Number,
+  redelivered: Schema.Number,
+  /** Its last delivery (ISO 8601), when it had one. */
+  lastActive: Schema.optional(Schema.String)
+})
+/** @since 0.1.0 */
+export type BusConsumer = typeof BusConsumer.Type
+
 /** @since 0.1.0 */
 export const Overview = Schema.Struct({
   head: Schema.Number,
@@ -172,7 +190,9 @@ export const Overview = Schema.Struct({
   eventsPerSecond: Schema.Number,
   projections: Schema.Array(ProjectionInfo),
   /** Parked events, all projections. */
-  parked: Schema.Number
+  parked: Schema.Number,
+  /** The bus's consumers, when the operator was given where to ask (`Options.busConsumers`). */
+  bus: Schema.optional(Schema.Array(BusConsumer))
 })
 /** @since 0.1.0 */
 export type Overview = typeof Overview.Type
@@ -372,7 +392,10 @@ export interface OperatorService {
    * stored already, at the same stream and version, is skipped; a version taken by another event, or a version that
    * does not follow the stream's last, is `InvalidInput` (nothing of that chunk written).
    */
-  readonly importLines: (lines: ReadonlyArray<string>) => Effect.Effect<ImportResult, StoreError | InvalidInput>
+  readonly importLines: (
+    lines: ReadonlyArray<string>,
+    options?: { readonly firstLine?: number }
+  ) => Effect.Effect<ImportResult, StoreError | InvalidInput>
 }
 
 /** @since 0.1.0 */
@@ -485,12 +508,17 @@ export const parseLine = (line: string, n: number): Either.Either<ImportRow, Inv
 }
 
 /** @since 0.1.0 */
-export interface Options {
+export interface Options<R = never> {
   /**
    * Projections this operator may hand parked events to again (`retry`), by name. Rebuilds run through the
    * `Projections` service in context, when there is one.
    */
   readonly projections?: ReadonlyArray<Projection.Projection<any, any, any>>
+  /**
+   * The bus's consumers for the overview (`Nats.consumers(stream)` on JetStream, with its `NatsClient` provided).
+   * When it fails, the overview leaves them out and logs why.
+   */
+  readonly busConsumers?: Effect.Effect<ReadonlyArray<BusConsumer>, unknown, R>
 }
 
 /**
@@ -499,11 +527,15 @@ export interface Options {
  *
  * @since 0.1.0
  */
-export const make = (
-  options: Options = {}
-): Effect.Effect<OperatorService, never, SqlClient.SqlClient | EventStore> =>
+export const make = <R = never>(
+  options: Options<R> = {}
+): Effect.Effect<OperatorService, never, SqlClient.SqlClient | EventStore | R> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+    const requirements = yield* Effect.context<R>()
+    const busConsumers = options.busConsumers === undefined
+      ? undefined
+      : Effect.provide(options.busConsumers, requirements).pipe(Effect.timeout("2 seconds"))
     const store = yield* EventStore
     const context = yield* Effect.context<never>()
     const live = Context.getOption(context as Context.Context<Projection.Projections>, Projection.Projections)
@@ -586,8 +618,11 @@ export const make = (
       Effect.gen(function*() {
         const position = num(row.position)
         const updatedAt = num(row.updated_at)
-        const oldest = position < headNow ? yield* firstAfter(position) : undefined
         const status = yield* liveStatus(row.name)
+        // a runner in this process knows how far it has dealt with the log: past its saved checkpoint when the events
+        // after it were not its to handle (it saves with the next event it handles)
+        const dealt = status === undefined ? position : Math.max(position, status.checkpoint)
+        const oldest = dealt < headNow ? yield* firstAfter(dealt) : undefined
         const last = parked > 0 ? yield* lastParked(row.name) : undefined
         const info: {
           -readonly [K in keyof ProjectionInfo]: ProjectionInfo[K]
@@ -595,7 +630,7 @@ export const make = (
           name: row.name,
           position,
           head: headNow,
-          lag: Math.max(0, headNow - position),
+          lag: Math.max(0, headNow - dealt),
           lagSeconds: oldest === undefined ? 0 : Math.max(0, (now - oldest) / 1000),
           stalledSeconds: oldest === undefined ? 0 : Math.max(0, (now - Math.max(updatedAt, oldest)) / 1000),
           updatedAt: iso(updatedAt),
@@ -652,6 +687,11 @@ export const make = (
         parked: all.reduce((n, p) => n + p.parked, 0)
       }
       if (last.length > 0) result.lastRecordedAt = iso(num(last[0]!.recorded_at))
+      if (busConsumers !== undefined) {
+        const consumers = yield* Effect.either(busConsumers)
+        if (consumers._tag === "Right") result.bus = consumers.right
+        else yield* Effect.logWarning(`operator: the bus's consumers could not be read: ${String(consumers.left)}`)
+      }
       return result as Overview
     }).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(storeError("operator.overview")(e))))
 
@@ -853,8 +893,19 @@ export const make = (
           ${options.until !== undefined ? sql`AND position <= ${options.until}` : sql``}
           ${name !== undefined ? sql`AND projection = ${name}` : sql``}
           ORDER BY position, projection LIMIT ${limit + 1}`.withoutTransform
-        const page = rows.slice(0, limit).map(parkedRow)
-        return rows.length > limit ? { parked: page, next: page[page.length - 1]!.position } : { parked: page }
+        if (rows.length <= limit) return { parked: rows.map(parkedRow) }
+        // the cursor is a position: a page ends with every projection's record at its last position
+        const last = num(rows[limit - 1]!.position)
+        const page = rows.slice(0, limit)
+        if (num(rows[limit]!.position) === last) {
+          const rest = yield* sql<Parameters<typeof parkedRow>[0]>`
+            SELECT projection, position, event_id, stream_id, event_type, reason, parked_at FROM ${sql(K)}
+            WHERE position = ${last} AND projection > ${rows[limit - 1]!.projection}
+            ${name !== undefined ? sql`AND projection = ${name}` : sql``}
+            ORDER BY projection`.withoutTransform
+          page.push(...rest)
+        }
+        return { parked: page.map(parkedRow), next: last }
       }).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(storeError("operator.parked")(e))))
 
     const parkedEvent = (name: string, position: number) =>
@@ -911,10 +962,11 @@ export const make = (
             const at = num(row.position)
             const [stored] = yield* decode(yield* byPosition(at))
             if (stored !== undefined) {
-              const recorded = yield* Effect.orDie(store.readAll({ fromPosition: at - 1, pageSize: 1 }).pipe(
+              const recorded = yield* store.readAll({ fromPosition: at - 1, pageSize: 1 }).pipe(
                 Stream.take(1),
-                Stream.runHead
-              ))
+                Stream.runHead,
+                Effect.mapError((e) => e._tag === "StoreError" ? e : new StoreError({ operation: "operator.retry", cause: e }))
+              )
               if (Option.isSome(recorded) && recorded.value.position === at) {
                 yield* handleOne(definition, recorded.value)
               }
@@ -1026,9 +1078,14 @@ export const make = (
     }).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(storeError("operator.doctor")(e))))
 
     const EXPORT_PAGE = 5000
+    // up to the head as of its start: on PostgreSQL that is what the store's readers hand out (a prefix of the log,
+    // see SAFE_PG), so no event can commit below a page already read
     const exportEvents = (selection: Selection = {}) =>
+      Stream.unwrap(Effect.map(head, (upTo) => exportUpTo(selection, upTo)))
+    const exportUpTo = (selection: Selection, upTo: number) =>
       Stream.paginateChunkEffect(0, (from: number) =>
         sql`SELECT ${sql.literal(pg ? EXPORT_ROW_PG : EXPORT_ROW)} FROM ${sql(E)} WHERE position > ${from}
+          AND position <= ${upTo}
           ${selection.streamId !== undefined ? sql`AND stream_id = ${selection.streamId}` : sql``}
           ${selection.streamType !== undefined ? sql`AND stream_type = ${selection.streamType}` : sql``}
           ORDER BY position LIMIT ${EXPORT_PAGE}`.values.pipe(
@@ -1042,13 +1099,14 @@ export const make = (
         )
       )
 
-    const importLines = (lines: ReadonlyArray<string>) =>
+    const importLines = (lines: ReadonlyArray<string>, importOptions: { readonly firstLine?: number } = {}) =>
       Effect.gen(function*() {
         const rows: Array<ImportRow> = []
+        const first = importOptions.firstLine ?? 1
         for (let i = 0; i < lines.length; i++) {
           const line = lines[i]!
           if (line.trim().length === 0) continue
-          const parsed = parseLine(line, i + 1)
+          const parsed = parseLine(line, first + i)
           if (Either.isLeft(parsed)) return yield* parsed.left
           rows.push(parsed.right)
         }
@@ -1178,5 +1236,6 @@ export const make = (
  *
  * @since 0.1.0
  */
-export const layer = (options: Options = {}): Layer.Layer<Operator, never, SqlClient.SqlClient | EventStore> =>
-  Layer.effect(Operator, make(options))
+export const layer = <R = never>(
+  options: Options<R> = {}
+): Layer.Layer<Operator, never, SqlClient.SqlClient | EventStore | R> => Layer.effect(Operator, make(options))

@@ -503,6 +503,29 @@ describe.concurrent("effect-eventstore CLI", () => {
     expect(ok(again).stdout).toBe(fs.readFileSync(exported, "utf8"))
   })
 
+  it("import keeps text that is not ASCII whole, wherever the file's reads split it; a bad line names its line in the file", async () => {
+    // 3 MiB of two-byte characters: the 1 MiB reads split some of them in two
+    const file = path.join(dir, "accents.ndjson")
+    const text = "é".repeat(150_000)
+    const lines = Array.from({ length: 10 }, (_, i) =>
+      JSON.stringify({
+        eventId: `acc-${i}`, streamId: `Accent-${i}`, streamType: "Accent", version: 1, type: "Named",
+        schemaVersion: 1, payload: { text }, metadata: null, tenantId: null, recordedAt: 1_700_000_000_000 + i,
+        claims: null, position: i + 1
+      }))
+    fs.writeFileSync(file, lines.join("\n") + "\n")
+    const target = dbFile("accents")
+    ok(await cli("db", "migrate", "--db", target, "--yes"))
+    expect(json(ok(await cli("import", file, "--db", target, "--yes", "--json")))).toEqual({ written: 10, skipped: 0 })
+    const back = ok(await cli("export", "--db", target)).stdout.trim().split("\n")
+    expect(back.map((l) => JSON.parse(l).payload.text === text)).toEqual(Array(10).fill(true))
+    const bad = path.join(dir, "bad.ndjson")
+    fs.writeFileSync(bad, [lines[0], lines[1], "{oops"].join("\n") + "\n")
+    const failed = await cli("import", bad, "--db", target, "--yes")
+    expect(failed.code).toBe(1)
+    expect(failed.stderr).toContain("line 3")
+  })
+
   it("bus status and check (the forwarder's checkpoint), republish to JetStream, doctor with the stream", async () => {
     if (!Nats.available) return console.log("skipped: NATS is not reachable (CI fails instead)")
     const file = dbFile("bus")

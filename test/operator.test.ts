@@ -15,6 +15,8 @@ import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as Nats from "effect-eventstore/Nats"
+import * as NatsFixture from "./fixtures/nats.js"
 import * as Pg from "./fixtures/pg.js"
 import { Totals } from "./fixtures/totals.js"
 
@@ -203,6 +205,19 @@ describe("Operator: projections", () => {
       expect(page1.parked.map((p) => p.position)).toEqual(positions.slice(0, 2))
       const page2 = yield* op.parked("totals", { limit: 2, after: page1.next! })
       expect(page2.parked.map((p) => p.position)).toEqual(positions.slice(2, 4))
+      // two projections parked at one position: pages of one still list both (a page ends with its position's all)
+      yield* sql`INSERT INTO eventstore_parked_events (projection, position, event_id, stream_id, event_type, reason, parked_at)
+        VALUES ('another', ${positions[0]!}, ${appended.events[0]!.eventId}, 'Acc-9', 'Added', 'x', ${Date.now()})`
+      const listed: Array<string> = []
+      let cursor: number | undefined
+      for (let pages = 0; pages < 10; pages++) {
+        const page: Operator.ParkedPage = yield* op.parked(undefined, { limit: 1, ...(cursor !== undefined ? { after: cursor } : {}) })
+        listed.push(...page.parked.map((p) => `${p.projection}@${p.position}`))
+        if (page.next === undefined) break
+        cursor = page.next
+      }
+      expect(listed).toEqual([`another@${positions[0]}`, ...positions.map((p) => `totals@${p}`)])
+      expect(yield* op.skip("another", positions[0]!)).toBe(1)
       const shown = yield* op.parkedEvent("totals", positions[0]!)
       expect(shown.parked.reason).toBe("boom 0")
       expect(shown.event?.eventId).toBe(appended.events[0]!.eventId)
@@ -226,4 +241,34 @@ describe("Operator: projections", () => {
       expect(normal.ok).toBe(false)
       expect(normal.findings.find((f) => f.setting === "synchronous")).toMatchObject({ value: "NORMAL", level: "WARN" })
     }))
+})
+
+describe.skipIf(!NatsFixture.available)("Operator: the bus's consumers on the overview", () => {
+  it.live("Nats.consumers lists a JetStream stream's durable consumers with their pending counts; the overview shows them", () =>
+    Effect.gen(function*() {
+      const stream = NatsFixture.unique("OPS")
+      const client = yield* Nats.NatsClient
+      yield* Effect.promise(() => client.manager.streams.add({ name: stream, subjects: [`${stream}.>`] }))
+      yield* Effect.promise(() => client.manager.consumers.add(stream, { durable_name: "billing", ack_policy: "explicit" as any }))
+      for (let i = 0; i < 3; i++) yield* Effect.promise(() => client.jetstream.publish(`${stream}.x`, new Uint8Array([i])))
+      const listed = yield* Nats.consumers(stream)
+      expect(listed.map((c) => [c.name, c.stream, c.pending, c.ackPending])).toEqual([["billing", stream, 3, 0]])
+      const overview = yield* Effect.provide(
+        Effect.flatMap(Operator.Operator, (op) => op.overview),
+        Operator.layer({ busConsumers: Nats.consumers(stream) }).pipe(
+          Layer.provideMerge(Sqlite.layer({ filename: dbFile("bus") })),
+          Layer.provide(Layer.succeed(Nats.NatsClient, client))
+        )
+      )
+      expect(overview.bus?.map((c) => c.name)).toEqual(["billing"])
+      // a broker that cannot answer leaves them out of the overview; the overview still answers
+      const missing = yield* Effect.provide(
+        Effect.flatMap(Operator.Operator, (op) => op.overview),
+        Operator.layer({ busConsumers: Effect.provideService(Nats.consumers("NO_SUCH_STREAM_X"), Nats.NatsClient, client) }).pipe(
+          Layer.provideMerge(Sqlite.layer({ filename: dbFile("bus2") }))
+        )
+      )
+      expect(missing.bus).toBeUndefined()
+      yield* Effect.promise(() => client.manager.streams.delete(stream))
+    }).pipe(Effect.provide(Nats.layer({ servers: NatsFixture.url }))))
 })

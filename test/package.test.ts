@@ -162,7 +162,7 @@ describe.skipIf(registry !== undefined && !inCI)("the packed package in an app",
     // Optional peers in plain JavaScript (the NATS client, @effect/platform, OpenTelemetry): installed here so the
     // subpaths that need them (Nats, Cqrs, NatsServer, Runtime, Vault, OpenTelemetry, TelemetryStore) are checked.
     const plainPeers = Object.entries(pkg.peerDependencies ?? {})
-      .filter(([name]) => /^@nats-io\/|^@opentelemetry\/|^@effect\/(platform|platform-node|opentelemetry)$/.test(name))
+      .filter(([name]) => /^@nats-io\/|^@opentelemetry\/|^@effect\/(platform|platform-node|opentelemetry|cli)$/.test(name))
       .map(([name, range]) => `${name}@${range}`)
     const peers = Object.entries(pkg.peerDependencies ?? {})
       .filter(([name]) => name !== "effect" && pkg.peerDependenciesMeta?.[name]?.optional !== true)

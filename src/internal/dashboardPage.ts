@@ -315,9 +315,27 @@ const script = String.raw`
       h("h1", null, "Overview"),
       h("div", { "class": "cards" }, card("Head position", "head"), card("Events / s", "events-per-second"),
         card("Last event", "last-recorded-at", true), card("Parked events", "parked-total")),
-      h("h2", null, "Projections"), table.el
+      h("h2", null, "Projections"), table.el,
+      h("div", { id: "bus", hidden: "" }, h("h2", null, "Bus consumers"),
+        h("table", null, h("thead", null, h("tr", null, h("th", null, "Consumer"), h("th", null, "Stream"),
+          h("th", { "class": "num" }, "Pending"), h("th", { "class": "num" }, "Unacked"),
+          h("th", { "class": "num" }, "Redelivered"), h("th", null, "Last active"))),
+          h("tbody", { id: "bus-rows" })))
     ]);
+    function syncBus(list) {
+      var box = $("bus"), body = $("bus-rows");
+      if (!list) { box.hidden = true; return; }
+      box.hidden = false;
+      while (body.firstChild) body.removeChild(body.firstChild);
+      list.forEach(function (c) {
+        body.appendChild(h("tr", { "data-consumer": c.name }, h("td", null, c.name), h("td", null, c.stream),
+          h("td", { "class": "num", "data-field": "pending" }, int(c.pending)),
+          h("td", { "class": "num", "data-field": "ackPending" }, int(c.ackPending)),
+          h("td", { "class": "num" }, int(c.redelivered)), h("td", null, c.lastActive ? time(c.lastActive) : "\u2013")));
+      });
+    }
     function update(o) {
+      syncBus(o.bus);
       setCell($("head"), int(o.head), o.head);
       setCell($("events-per-second"), rate(o.eventsPerSecond), o.eventsPerSecond);
       setCell($("last-recorded-at"), time(o.lastRecordedAt), o.lastRecordedAt);
