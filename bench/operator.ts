@@ -14,7 +14,7 @@
  *   `/api/overview`, the first event of `/api/live`); `dashboard.live.interval`: the interval between `/api/live`'s
  *   overview events while appends go on (ms, against the configured 250).
  * - `cli.export` / `cli.import` (events/s): `Operator.exportEvents` to an NDJSON file, `Operator.importLines` of it
- *   into a fresh store in chunks of 5,000, against raw iteration / one prepared insert per line in one transaction.
+ *   into a fresh store in chunks of 50,000 (what the CLI reads at a time), against raw iteration / one prepared insert per line in one transaction.
  *
  * The full dataset is built once with raw inserts into a file whose schema the library made, and kept in the temp
  * directory under a versioned name; every run works on a copy of it.
@@ -49,6 +49,8 @@ const DATASET_VERSION = "operator-v1"
 const E = "eventstore_events"
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), "..")
 const BIN = path.join(ROOT, "dist", "bin", "bin.js")
+/** What the CLI's import hands `importLines` at a time (src/Cli.ts IMPORT_LINES). */
+const IMPORT_CHUNK = 50_000
 
 // the harness prints JSON lines only
 const quiet = Logger.minimumLogLevel(LogLevel.Warning)
@@ -806,7 +808,7 @@ async function rawImport(ndjson: string, file: string) {
   return { seconds, written }
 }
 
-/** Library import: `importLines` in chunks of 5,000 lines (one transaction each), into a fresh store. */
+/** Library import: `importLines` in chunks of IMPORT_CHUNK lines (one transaction each), into a fresh store. */
 async function libImport(ndjson: string, file: string) {
   removeDb(file)
   const rt = operatorRuntime(file)
@@ -815,7 +817,7 @@ async function libImport(ndjson: string, file: string) {
   const lines = readLines(ndjson)
   const written = await rt.runPromise(Effect.gen(function*() {
     let n = 0
-    for (let i = 0; i < lines.length; i += 5000) n += (yield* op.importLines(lines.slice(i, i + 5000))).written
+    for (let i = 0; i < lines.length; i += IMPORT_CHUNK) n += (yield* op.importLines(lines.slice(i, i + IMPORT_CHUNK))).written
     return n
   }))
   const seconds = (performance.now() - t) / 1000
@@ -875,7 +877,7 @@ async function exportImportBench(emit: Emit, dir: string, data: Dataset, quick: 
       throw new Error(`cli.import: a second import wrote ${again.written}, skipped ${again.skipped}`)
     }
     emit("cli.import", median(libRuns!), "events/s", median(rawRuns!))
-    note(`cli.import: ${importCount} events in chunks of 5000`)
+    note(`cli.import: ${importCount} events in chunks of ${IMPORT_CHUNK}`)
     removeDb(libFile)
     removeDb(rawFile)
     fs.rmSync(source, { force: true })
@@ -891,8 +893,8 @@ async function libImportAgain(ndjson: string, file: string) {
   const result = await rt.runPromise(Effect.gen(function*() {
     let written = 0
     let skipped = 0
-    for (let i = 0; i < lines.length; i += 5000) {
-      const r = yield* op.importLines(lines.slice(i, i + 5000))
+    for (let i = 0; i < lines.length; i += IMPORT_CHUNK) {
+      const r = yield* op.importLines(lines.slice(i, i + IMPORT_CHUNK))
       written += r.written
       skipped += r.skipped
     }

@@ -1110,7 +1110,13 @@ const rebuildDryRun = (
   withOps(target, (ops) =>
     Effect.gen(function*() {
       const head = yield* ops.head
-      const info = yield* Effect.option(projectionOf(ops, name))
+      const info = yield* projectionOf(ops, name).pipe(
+        Effect.map(Option.some),
+        Effect.catchTag("NotFound", () => Effect.succeed(Option.none()))
+      )
+      if (Option.isNone(info) && definition === undefined) {
+        return yield* new Operator.NotFound({ what: "projection", id: name })
+      }
       const checkpoint = Option.match(info, { onNone: () => 0, onSome: (p) => p.position })
       const mode = definition === undefined
         ? undefined

@@ -160,7 +160,7 @@ export const ProjectionInfo = Schema.Struct({
   })),
   /** Parked events. */
   parked: Schema.Number,
-  /** The most recently parked event's reason, with its position and type. */
+  /** The reason of its parked event with the highest position, with its position and type. */
   lastParked: Schema.optional(Schema.Struct({ position: Schema.Number, eventType: Schema.String, reason: Schema.String }))
 })
 /** @since 0.1.0 */
@@ -590,7 +590,7 @@ export const make = <R = never>(
     const lastParked = (name: string) =>
       sql<{ position: unknown; event_type: string; reason: string }>`
         SELECT position, event_type, reason FROM ${sql(K)} WHERE projection = ${name}
-        ORDER BY parked_at DESC, position DESC LIMIT 1`.withoutTransform.pipe(
+        ORDER BY position DESC LIMIT 1`.withoutTransform.pipe(
         Effect.map((rows) =>
           rows.length === 0
             ? undefined
@@ -715,7 +715,10 @@ export const make = <R = never>(
         } else if (query.after !== undefined) {
           conditions.push(sql`stream_id > ${query.after}`)
         }
-        if (query.streamType !== undefined) conditions.push(sql`stream_type = ${query.streamType}`)
+        if (query.streamType !== undefined) {
+          // SQLite: `+` keeps the type index out, so the page walks the stream index in order and stops when full
+          conditions.push(pg ? sql`stream_type = ${query.streamType}` : sql`+stream_type = ${query.streamType}`)
+        }
         const having: Array<any> = []
         if (query.eventType !== undefined) {
           having.push(sql`sum(CASE WHEN event_type = ${query.eventType} THEN 1 ELSE 0 END) > 0`)
@@ -769,7 +772,10 @@ export const make = <R = never>(
 
     const event = (idOrPosition: string) =>
       Effect.gen(function*() {
-        const rows = /^[0-9]{1,15}$/.test(idOrPosition) ? yield* byPosition(Number(idOrPosition)) : yield* byId(idOrPosition)
+        const numeric = /^[0-9]{1,15}$/.test(idOrPosition)
+        let rows = numeric ? yield* byPosition(Number(idOrPosition)) : yield* byId(idOrPosition)
+        // an event id made of digits: found by its id when no event has that position
+        if (rows.length === 0 && numeric) rows = yield* byId(idOrPosition)
         if (rows.length === 0) return yield* new NotFound({ what: "event", id: idOrPosition })
         const [found] = yield* decode(rows)
         const view = found!
