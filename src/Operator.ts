@@ -12,6 +12,7 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
@@ -452,17 +453,9 @@ export const exportLine = (r: ReadonlyArray<unknown>): string =>
     r[9] === null ? "null" : JSON.stringify(r[9])
   },"recordedAt":${num(r[10])},"claims":${(r[11] as string | null) ?? "null"},"position":${num(r[0])}}`
 
-interface ImportRow {
-  readonly eventId: string
-  readonly streamId: string
-  readonly streamType: string
-  readonly version: number
-  readonly type: string
-  readonly schemaVersion: number
-  readonly payload: string
-  readonly metadata: string | null
+/** A stored row as export wrote it: the store's columns but its position (the target gives its own). */
+interface ImportRow extends Omit<StoredEvent, "position"> {
   readonly tenantId: string | null
-  readonly recordedAt: number
   readonly claims: string | null
 }
 
@@ -551,11 +544,18 @@ export const make = <R = never>(
           onRight: (event) => Effect.succeed(viewOf(event))
         }))
 
+    // the library's tables are created, never dropped: once found, a table is not asked for again (the live view
+    // asks for the overview every 250 ms)
+    const found = new Set<string>()
     const tableExists = (name: string) =>
-      (pg
+      found.has(name) ? Effect.succeed(true) : (pg
         ? sql<{ ok: unknown }>`SELECT to_regclass(${name}) IS NOT NULL AS ok`.withoutTransform
         : sql<{ ok: unknown }>`SELECT count(*) AS ok FROM sqlite_master WHERE type = 'table' AND name = ${name}`
-          .withoutTransform).pipe(Effect.map((rows) => rows.length > 0 && Boolean(num(rows[0]!.ok))))
+          .withoutTransform).pipe(Effect.map((rows) => {
+          const exists = rows.length > 0 && Boolean(num(rows[0]!.ok))
+          if (exists) found.add(name)
+          return exists
+        }))
 
     const head = store.head
 
@@ -698,7 +698,7 @@ export const make = <R = never>(
     const streams = (query: StreamsQuery = {}) =>
       Effect.gen(function*() {
         const limit = yield* limitOf(query.limit)
-        const conditions: Array<any> = []
+        const conditions: Array<Statement.Fragment> = []
         const prefix = query.prefix !== undefined && query.prefix.length > 0 ? query.prefix : undefined
         if (pg) {
           if (query.after !== undefined) conditions.push(sql`stream_id > ${query.after}`)
@@ -719,7 +719,7 @@ export const make = <R = never>(
           // SQLite: `+` keeps the type index out, so the page walks the stream index in order and stops when full
           conditions.push(pg ? sql`stream_type = ${query.streamType}` : sql`+stream_type = ${query.streamType}`)
         }
-        const having: Array<any> = []
+        const having: Array<Statement.Fragment> = []
         if (query.eventType !== undefined) {
           having.push(sql`sum(CASE WHEN event_type = ${query.eventType} THEN 1 ELSE 0 END) > 0`)
         }
@@ -966,16 +966,14 @@ export const make = <R = never>(
             AND position > ${from} AND position <= ${last} ORDER BY position LIMIT ${PAGE}`.withoutTransform
           for (const row of page) {
             const at = num(row.position)
-            const [stored] = yield* decode(yield* byPosition(at))
-            if (stored !== undefined) {
-              const recorded = yield* store.readAll({ fromPosition: at - 1, pageSize: 1 }).pipe(
-                Stream.take(1),
-                Stream.runHead,
-                Effect.mapError((e) => e._tag === "StoreError" ? e : new StoreError({ operation: "operator.retry", cause: e }))
-              )
-              if (Option.isSome(recorded) && recorded.value.position === at) {
-                yield* handleOne(definition, recorded.value)
-              }
+            // read once, as the projection's runner reads it (the store's decoded form)
+            const recorded = yield* store.readAll({ fromPosition: at - 1, pageSize: 1 }).pipe(
+              Stream.take(1),
+              Stream.runHead,
+              Effect.mapError((e) => e._tag === "StoreError" ? e : new StoreError({ operation: "operator.retry", cause: e }))
+            )
+            if (Option.isSome(recorded) && recorded.value.position === at) {
+              yield* handleOne(definition, recorded.value)
             }
             yield* sql`DELETE FROM ${sql(K)} WHERE projection = ${name} AND position = ${at}`.withoutTransform
             retried++
